@@ -1,0 +1,41 @@
+# Set-up and the two everyday commands. `make demo` and `make test` each set up a fresh machine
+# first (a virtual environment in .venv, torch, the pinned dependencies, the compiled extension).
+PYTHON ?= python3
+# torch==2.13.0 is the CPU build on this project's machines; elsewhere pick the build you want,
+# e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
+TORCH ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lrc_fast_installed
+SOURCES := setup.py pyproject.toml requirements/dev.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*)
+
+.PHONY: setup demo test bench cuda-check clean
+
+setup: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	# setup.py imports torch: build against the torch installed above, not an isolated one.
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+demo: setup
+	$(PY) -m lrc_fast.cli demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/bench_felzenszwalb.py
+
+# Compile-check the CUDA sources for Hopper with the machine's nvcc (no GPU needed).
+cuda-check:
+	@for f in csrc/cuda/*.cu; do \
+	  echo "nvcc $$f"; nvcc -std=c++17 -O3 -arch=sm_90 -fmad=false --expt-relaxed-constexpr -c $$f -o /dev/null || exit 1; \
+	done
+
+clean:
+	rm -rf build *.egg-info lrc_fast/_C*.so out

@@ -1,0 +1,209 @@
+"""Benchmark of elastic positive pairs: fused Triton path against the PyTorch reference.
+
+``python benchmarks/bench_elastic.py``
+    On CUDA: B = 16 and B = 256 slices of 512 x 512 (float32 image + int64 region map), default
+    alpha/sigma. It first checks the fused path against the reference (field against the fp32 CPU
+    oracle on the same noise, warp bit-exact ids), then times with ``triton.testing.do_bench``
+    (median):
+      fused pair (noise + field + warp), fused field alone, fused warp alone;
+      the package reference (separable conv field + explicit-gather warp);
+      the plain-PyTorch baseline of the issue (separable conv field + ``F.grid_sample`` bilinear
+      for the image and nearest for the regions);
+      MONAI ``Rand2DElasticd`` one sample at a time, when ``import monai`` works.
+    It prints a markdown table last and exits 1 if a check fails. Without CUDA it runs a tiny CPU
+    smoke version (Triton under the interpreter).
+``pytest benchmarks/bench_elastic.py``
+    pytest-benchmark functions for the fused pair and the reference pair.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+if not torch.cuda.is_available():  # the Triton kernels then run in the interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch.nn.functional as F  # noqa: E402
+
+from lrc_fast.elastic import DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp  # noqa: E402
+from lrc_fast.kernels.elastic_warp import field_from_uniform_triton  # noqa: E402
+from lrc_fast.reference import elastic as ref  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+SIZE = 512 if CUDA else 64
+BATCHES = (16, 256) if CUDA else (2,)
+MONAI_MAX_BATCH = 16  # per-sample MONAI at B = 256 would take minutes; it is timed at B <= 16
+
+
+def make_inputs(batch: int, size: int = SIZE, seed: int = 0):
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    images = torch.rand(batch, 1, size, size, generator=gen, device=DEVICE)  # (B, 1, H, W)
+    regions = torch.randint(0, 300, (batch, size, size), generator=gen, device=DEVICE)  # (B, H, W)
+    return images, regions
+
+
+def generator(seed: int = 1) -> torch.Generator:
+    return torch.Generator(device=DEVICE).manual_seed(seed)
+
+
+def fused_pair(images, regions, gen):
+    return elastic_pair(images, regions, DEFAULT_ALPHA, DEFAULT_SIGMA, gen, backend="triton")
+
+
+def reference_pair(images, regions, gen):
+    return elastic_pair(images, regions, DEFAULT_ALPHA, DEFAULT_SIGMA, gen, backend="reference")
+
+
+def grid_sample_pair(images, regions, gen):
+    """The plain PyTorch pipeline: conv-smoothed noise, then grid_sample for image and ids."""
+    batch, _, height, width = images.shape
+    uniform = torch.rand((batch, 2, height, width), generator=gen, device=images.device)
+    field = ref.field_from_uniform(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA)  # (B, 2, H, W)
+    y, x = ref.sampling_coordinates(field)  # (B, H, W)
+    grid = torch.stack([2 * x / (width - 1) - 1, 2 * y / (height - 1) - 1], dim=-1)  # (B, H, W, 2)
+    warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    ids = F.grid_sample(regions.unsqueeze(1).double(), grid.double(), mode="nearest",
+                        padding_mode="zeros", align_corners=True).squeeze(1).long()
+    outside = (y < -0.5) | (y >= height - 0.5) | (x < -0.5) | (x >= width - 0.5)
+    return warped, ids.masked_fill_(outside, -1)
+
+
+def check(batch: int) -> list[str]:
+    """Fused path against the reference; prints the errors and returns the failures."""
+    failures = []
+    images, regions = make_inputs(batch)
+    uniform = torch.rand((batch, 2, SIZE, SIZE), generator=generator(), device=DEVICE)
+    oracle = ref.field_from_uniform(uniform[:2].cpu(), DEFAULT_ALPHA, DEFAULT_SIGMA)  # fp32 on CPU
+    for precision, atol in (("tf32x3", 1e-5), ("tf32", 1e-4)):  # x alpha; see tests/test_elastic.py
+        field = field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA, precision=precision)
+        field_err = (field[:2].cpu() - oracle).abs().max().item()
+        print(f"check B={batch}: {precision} field max |error| = {field_err:.3g} px")
+        if not field_err <= atol * DEFAULT_ALPHA:
+            failures.append(f"B={batch}: {precision} field differs from the reference by "
+                            f"{field_err:.3g} px")
+    got = elastic_warp(images, regions, field, backend="triton")
+    expected = elastic_warp(images, regions, field, backend="reference")
+    image_err = (got[0] - expected[0]).abs().max().item()
+    print(f"check B={batch}: warped image max |error| = {image_err:.3g}, region ids equal: "
+          f"{torch.equal(got[1], expected[1])}")
+    if not image_err <= 2e-6:
+        failures.append(f"B={batch}: warped image differs from the reference by {image_err:.3g}")
+    if not torch.equal(got[1], expected[1]):
+        failures.append(f"B={batch}: warped region ids differ from the reference")
+    baseline = grid_sample_pair(images, regions, generator(3))
+    reference = reference_pair(images, regions, generator(3))
+    baseline_err = (baseline[0] - reference[0]).abs().max().item()
+    print(f"check B={batch}: grid_sample baseline image max |difference| = {baseline_err:.3g}")
+    if not baseline_err <= 1e-4:  # grid_sample's normalised coordinates: ~size * 2^-24 px
+        failures.append(f"B={batch}: grid_sample baseline differs from the reference by "
+                        f"{baseline_err:.3g}")
+    return failures
+
+
+def monai_per_sample(images, regions):
+    """A callable warping the batch one sample at a time with MONAI, or a reason string."""
+    try:
+        from monai.transforms import Rand2DElasticd
+    except Exception as exc:  # not installed, or broken install
+        return f"not available ({type(exc).__name__})"
+    transform = Rand2DElasticd(keys=["image", "label"], spacing=(32, 32), magnitude_range=(1.0, 2.0),
+                               prob=1.0, mode=("bilinear", "nearest"),
+                               padding_mode=("border", "zeros"), device=images.device)
+    labels = regions.unsqueeze(1).float()
+
+    def run():
+        return [transform({"image": images[b], "label": labels[b]}) for b in range(images.shape[0])]
+
+    return run
+
+
+def timed_ms(fn) -> float:
+    if CUDA:
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def main() -> int:
+    failures = []
+    for batch in BATCHES:
+        failures += check(batch)
+    if failures:
+        print("CORRECTNESS CHECK FAILED:\n  " + "\n  ".join(failures))
+        return 1
+    device_name = torch.cuda.get_device_name() if CUDA else "CPU (Triton interpreter, smoke run)"
+    rows = []
+    for batch in BATCHES:
+        images, regions = make_inputs(batch)
+        gen = generator()
+        field = field_from_uniform_triton(torch.rand((batch, 2, SIZE, SIZE), generator=gen,
+                                                     device=DEVICE), DEFAULT_ALPHA, DEFAULT_SIGMA)
+
+        def fused_field(precision):
+            uniform = torch.rand((batch, 2, SIZE, SIZE), generator=gen, device=DEVICE)
+            return field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA,
+                                             precision=precision)
+
+        times = {
+            "fused pair (noise + field + warp)": timed_ms(lambda: fused_pair(images, regions, gen)),
+            "fused field (noise + smoothing, tf32x3)": timed_ms(lambda: fused_field("tf32x3")),
+            "fused field (noise + smoothing, tf32)": timed_ms(lambda: fused_field("tf32")),
+            "fused warp (image + regions)": timed_ms(
+                lambda: elastic_warp(images, regions, field, backend="triton")),
+            "reference pair (conv + gather)": timed_ms(lambda: reference_pair(images, regions, gen)),
+            "PyTorch baseline (conv + grid_sample)": timed_ms(
+                lambda: grid_sample_pair(images, regions, gen)),
+        }
+        monai = monai_per_sample(images, regions) if batch <= MONAI_MAX_BATCH else "not timed at this B"
+        times["MONAI Rand2DElasticd, per sample"] = timed_ms(monai) if callable(monai) else monai
+        fused = times["fused pair (noise + field + warp)"]
+        for name, value in times.items():
+            if isinstance(value, str):
+                rows.append(f"| {batch} | {name} | {value} | |")
+            else:
+                rows.append(f"| {batch} | {name} | {value:.3f} | {value / fused:.1f}x |")
+        del images, regions, field
+        if CUDA:
+            torch.cuda.empty_cache()
+    print(f"\nElastic pairs, {SIZE}x{SIZE}, alpha={DEFAULT_ALPHA:g}, sigma={DEFAULT_SIGMA:g} px, "
+          f"float32 image + int64 regions, {device_name}; median ms; last column = time / fused pair\n")
+    print("| B | path | ms | vs fused pair |")
+    print("|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# pytest-benchmark
+# ---------------------------------------------------------------------------------------------
+
+def _bench(benchmark, pair):
+    images, regions = make_inputs(BATCHES[0])
+    gen = generator()
+
+    def run():
+        out = pair(images, regions, gen)
+        if CUDA:
+            torch.cuda.synchronize()
+        return out
+
+    benchmark(run)
+
+
+def test_fused_pair(benchmark):
+    _bench(benchmark, fused_pair)
+
+
+def test_reference_pair(benchmark):
+    _bench(benchmark, reference_pair)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

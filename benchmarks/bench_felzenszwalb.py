@@ -1,0 +1,169 @@
+"""Felzenszwalb throughput: lrc_fast (CPU, CUDA) against scikit-image, in one run.
+
+Script:  python benchmarks/bench_felzenszwalb.py [--quick]
+  CPU: scikit-image vs lrc_fast "cpu" on 512x512 CT-like slices, one thread and all cores.
+  CUDA (when present): batches of 16 and 256 slices already on the GPU, every launch
+  configuration checked for identical labels against the CPU backend, then timed with CUDA
+  events (median). Prints a markdown table last; exits 1 when a correctness check fails.
+pytest-benchmark:  pytest benchmarks/bench_felzenszwalb.py
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from multiprocessing import get_context
+
+import numpy as np
+import pytest
+import torch
+
+import lrc_fast
+from lrc_fast.data.phantom import phantom_slice
+
+SIZE = 512
+LAUNCHES = [(1, 512), (1, 1024), (2, 1024), (4, 1024), (8, 1024), (8, 512)]
+
+
+def ct_like_batch(n: int, size: int = SIZE) -> np.ndarray:
+    """n distinct CT-like phantom slices, HU-windowed to [0, 1] (abdomen window), float32."""
+    base = [np.clip((phantom_slice(size, size, seed=s) + 175) / 425, 0, 1) for s in range(min(n, 16))]
+    rng = np.random.default_rng(n)
+    return np.stack([base[i % len(base)] + 1e-4 * rng.random((size, size)) for i in range(n)]).astype(np.float32)
+
+
+def _skimage_one(image):
+    from skimage.segmentation import felzenszwalb
+
+    return felzenszwalb(image, scale=1.0, sigma=0.8, min_size=20, channel_axis=None)
+
+
+def _wall(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def cpu_rows(quick: bool) -> list[tuple[str, str, float]]:
+    cores = os.cpu_count() or 1
+    n1, nall = (2, 4 * cores) if quick else (8, 16 * cores)
+    one = ct_like_batch(n1)
+    many = ct_like_batch(nall)
+    rows = []
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        # The slices carry a 1e-4 jitter, so their edge costs are tie-free: labels must be equal.
+        if not np.array_equal(lrc_fast.felzenszwalb(one, backend="cpu"), np.stack([_skimage_one(s) for s in one])):
+            raise SystemExit("MISMATCH: the cpu backend differs from skimage on the benchmark slices")
+        t_sk = _wall(lambda: [_skimage_one(s) for s in one], 1) / n1
+        t_ours = _wall(lambda: lrc_fast.felzenszwalb(one, backend="cpu"), 3) / n1
+    finally:
+        torch.set_num_threads(threads)
+    rows.append(("skimage, 1 core", f"{n1} x {SIZE}^2", 1.0 / t_sk))
+    rows.append(("lrc_fast cpu, 1 thread", f"{n1} x {SIZE}^2", 1.0 / t_ours))
+    with get_context("spawn").Pool(cores) as pool:
+        pool.map(_skimage_one, many[:cores])  # start-up outside the timing
+        t_sk_all = _wall(lambda: pool.map(_skimage_one, many, chunksize=1), 1) / nall
+    t_ours_all = _wall(lambda: lrc_fast.felzenszwalb(many, backend="cpu"), 3) / nall
+    rows.append((f"skimage, {cores} processes", f"{nall} x {SIZE}^2", 1.0 / t_sk_all))
+    rows.append((f"lrc_fast cpu, {threads} threads", f"{nall} x {SIZE}^2", 1.0 / t_ours_all))
+    return rows
+
+
+def _cuda_time(fn, repeats: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
+    from lrc_fast.superpixels import _segment
+
+    rows, ok = [], True
+    for batch_size in ((16,) if quick else (16, 256)):
+        host = ct_like_batch(batch_size)
+        expected = lrc_fast.felzenszwalb(host, backend="cpu")
+        x = torch.from_numpy(host).cuda()
+        _, _, rounds = _segment(x.double(), 1.0, 0.8, 20, "cuda", LAUNCHES[0])
+        r = rounds.cpu().numpy()
+        print(f"B={batch_size}: main-pass rounds mean {r[:, 0].mean():.0f} max {r[:, 0].max()}, "
+              f"min_size rounds mean {r[:, 1].mean():.0f}")
+        for launch in LAUNCHES:
+            got = lrc_fast.felzenszwalb(x, launch=launch, check_finite=False)
+            if not np.array_equal(got.cpu().numpy(), expected):
+                print(f"MISMATCH: cuda launch={launch} B={batch_size} differs from the cpu backend")
+                ok = False
+                continue
+            ms = _cuda_time(lambda: lrc_fast.felzenszwalb(x, launch=launch, check_finite=False), 5)
+            rows.append((f"lrc_fast cuda, launch={launch}", f"{batch_size} x {SIZE}^2", ms, batch_size / ms * 1e3))
+    return rows, ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--skip-cpu", action="store_true", help="CUDA rows only")
+    args = parser.parse_args()
+    if not lrc_fast.backends()["cpu_extension"]:
+        print("lrc_fast._C is not built; run `pip install --no-build-isolation -e .` first")
+        return 1
+    cpu = [] if args.skip_cpu else cpu_rows(args.quick)
+    gpu, ok = cuda_rows(args.quick) if torch.cuda.is_available() else ([], True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    print(f"\n### felzenszwalb, {SIZE}x{SIZE} CT-like slices (scale 1, sigma 0.8, min_size 20); {device}; "
+          f"{os.cpu_count()} CPU cores")
+    print("| path | batch | ms / batch | slices / s |\n|---|---|---|---|")
+    for name, batch, rate in cpu:
+        print(f"| {name} | {batch} | | {rate:.1f} |")
+    if cpu:
+        print(f"| ratio lrc_fast / skimage, 1 core | | | {cpu[1][2] / cpu[0][2]:.2f}x |")
+        print(f"| ratio lrc_fast / skimage, all cores | | | {cpu[3][2] / cpu[2][2]:.2f}x |")
+    for name, batch, ms, rate in gpu:
+        print(f"| {name} | {batch} | {ms:.2f} | {rate:.0f} |")
+    return 0 if ok else 1
+
+
+@pytest.fixture(scope="module")
+def slices():
+    return ct_like_batch(4)
+
+
+def test_skimage_per_slice(benchmark, slices):
+    benchmark(lambda: [_skimage_one(s) for s in slices])
+
+
+def test_lrc_fast_cpu(benchmark, slices):
+    expected = np.stack([_skimage_one(s) for s in slices])
+    labels = lrc_fast.felzenszwalb(slices, backend="cpu")
+    np.testing.assert_array_equal(labels, expected)  # jittered slices: tie-free
+    benchmark(lambda: lrc_fast.felzenszwalb(slices, backend="cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_lrc_fast_cuda(benchmark, slices):
+    x = torch.from_numpy(slices).cuda()
+    np.testing.assert_array_equal(lrc_fast.felzenszwalb(x).cpu().numpy(), lrc_fast.felzenszwalb(slices))
+
+    def run():
+        lrc_fast.felzenszwalb(x, check_finite=False)
+        torch.cuda.synchronize()
+
+    benchmark(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

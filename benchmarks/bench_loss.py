@@ -1,0 +1,262 @@
+"""Benchmark of lrc_fast.region_contrast_loss, forward + backward.
+
+Paths, all run in one process on the same inputs:
+
+* ``fused``     -- the Triton path (``backend='triton'``);
+* ``reference`` -- the PyTorch reference (sampled gather, ``backend='reference'``);
+* ``one-hot``   -- a dense one-hot pooling baseline (DetCon style: a ``(B, K, H*W)`` mask, bmm,
+  then the same InfoNCE), skipped where its mask would not fit in free GPU memory;
+* ``floor``     -- allocating and zero-filling the two dense gradient buffers, the least any
+  backward must do.
+
+Setting on CUDA: B=16, D=64, 512 x 512, N=50, K in {64, 256, 1024}, float32 and bfloat16,
+separate region maps for the two views (r_p is r_q shifted by (3, -2) with the rolled-in border
+ignored), ``num_regions=K`` given (no host sync). Time is the median of
+``triton.testing.do_bench`` (L2 flushed between runs); memory is the peak of
+``torch.cuda.max_memory_allocated`` above what was allocated before the call. The fused path is
+checked against the reference at full size before any timing; the script exits with status 1 if
+that check fails. Without CUDA it runs a tiny CPU smoke version (fused path under the Triton
+interpreter), with wall-clock times and no memory column.
+
+Run: ``python benchmarks/bench_loss.py`` (``--quick`` for K=256 float32 only), or
+``pytest benchmarks/bench_loss.py`` for the pytest-benchmark functions.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # before any @triton.jit kernel is created
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from lrc_fast._ext import triton_usable  # noqa: E402
+from lrc_fast.loss import region_contrast_loss  # noqa: E402
+from lrc_fast.reference import region_loss as ref  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+FULL = dict(batch=16, channels=64, size=512, num_samples=50, ks=(64, 256, 1024),
+            dtypes=(torch.float32, torch.bfloat16))
+SMOKE = dict(batch=2, channels=8, size=32, num_samples=10, ks=(4, 16), dtypes=(torch.float32, torch.bfloat16))
+LOSS_RTOL = {torch.float32: 1e-4, torch.bfloat16: 2e-3}  # tf32x3 / tf32 logits on CUDA (see tests)
+
+
+def make_inputs(batch, channels, size, num_regions, dtype, device, seed=0):
+    """Block regions (a sqrt(K) x sqrt(K) grid, ids shuffled per image) and random features."""
+    g = torch.Generator().manual_seed(seed)
+    side = int(round(num_regions ** 0.5))
+    cells = torch.arange(size) * side // size  # (size,)
+    grid = cells[:, None] * side + cells[None, :]  # (size, size) in [0, side^2)
+    perm = torch.stack([torch.randperm(side * side, generator=g) for _ in range(batch)])  # (B, side^2)
+    regions_q = perm.gather(1, grid.reshape(1, -1).expand(batch, -1)).reshape(batch, size, size)
+    regions_p = regions_q.roll(shifts=(3, -2), dims=(1, 2)).clone()
+    regions_p[:, :3] = -1
+    regions_p[:, :, -2:] = -1
+    g_dev = torch.Generator(device=device).manual_seed(seed)
+    shape = (batch, channels, size, size)
+    feat_q = torch.randn(shape, generator=g_dev, device=device)
+    feat_p = (feat_q + 0.5 * torch.randn(shape, generator=g_dev, device=device)).to(dtype)
+    return feat_q.to(dtype), feat_p, regions_q.to(device), regions_p.to(device)
+
+
+def onehot_means(feat, regions, num_regions):
+    """Exact region means through a dense (B, K, H*W) one-hot mask and a bmm."""
+    batch = feat.shape[0]
+    ids = torch.arange(num_regions, device=feat.device).view(1, -1, 1)
+    onehot = (regions.reshape(batch, 1, -1) == ids).to(feat.dtype)  # (B, K, HW)
+    counts = onehot.sum(-1, dtype=torch.float32)  # (B, K)
+    sums = torch.bmm(onehot, feat.flatten(2).transpose(1, 2))  # (B, K, D)
+    return sums.float() / counts.clamp_min(1).unsqueeze(-1), counts > 0
+
+
+def onehot_loss(feat_q, feat_p, regions_q, regions_p, num_regions, temperature=0.1):
+    means_q, valid_q = onehot_means(feat_q, regions_q, num_regions)
+    means_p, valid_p = onehot_means(feat_p, regions_p, num_regions)
+    valid = valid_q & valid_p
+    rows = ref.region_infonce(means_q, means_p, valid, temperature)
+    return ref.reduce_rows(rows, valid, "mean")
+
+
+def step_fn(path, feat_q, feat_p, regions_q, regions_p, num_regions, num_samples):
+    """A closure running forward + backward of one path and returning the two gradients."""
+    if path == "floor":
+        return lambda: (torch.zeros_like(feat_q), torch.zeros_like(feat_p))
+    if path == "one-hot":
+        def run():
+            loss = onehot_loss(feat_q, feat_p, regions_q, regions_p, num_regions)
+            return torch.autograd.grad(loss, [feat_q, feat_p])
+        return run
+    backend = "triton" if path == "fused" else "reference"
+
+    def run():
+        loss = region_contrast_loss(feat_q, feat_p, regions_q, regions_p, num_samples=num_samples,
+                                    num_regions=num_regions, backend=backend)
+        return torch.autograd.grad(loss, [feat_q, feat_p])
+    return run
+
+
+def check_fused(feat_q, feat_p, regions_q, regions_p, num_regions, num_samples) -> str | None:
+    """Fused vs reference on the benchmark inputs (same seed); an error message or None."""
+    results = {}
+    for backend in ("reference", "triton"):
+        loss = region_contrast_loss(feat_q, feat_p, regions_q, regions_p, num_samples=num_samples,
+                                    num_regions=num_regions, generator=1234, backend=backend)
+        results[backend] = (loss.detach(), *torch.autograd.grad(loss, [feat_q, feat_p]))
+    dtype = feat_q.dtype
+    rtol = LOSS_RTOL[dtype] if CUDA else 1e-5
+    for name, fused, expected in zip(("loss", "grad_q", "grad_p"), results["triton"], results["reference"]):
+        fused, expected = fused.float(), expected.float()
+        scale = float(expected.abs().max())
+        atol = (1e-3 if name != "loss" else 0.0) * scale
+        grad_rtol = rtol * 10 + (2.0 ** -7 if dtype == torch.bfloat16 else 0.0)
+        if not torch.allclose(fused, expected, rtol=rtol if name == "loss" else grad_rtol, atol=atol):
+            diff = float((fused - expected).abs().max())
+            return f"{name}: max |fused - reference| = {diff:.3g} (reference max {scale:.3g})"
+    return None
+
+
+def time_ms(fn, rep_ms):
+    if CUDA:
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median")
+    fn()
+    samples = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def peak_extra_bytes(fn):
+    if not CUDA:
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del out
+    return peak
+
+
+def onehot_skip_reason(batch, size, num_regions, dtype, channels):
+    if not CUDA:
+        return None
+    mask = batch * num_regions * size * size * torch.tensor([], dtype=dtype).element_size()
+    needed = 1.5 * mask + 4 * batch * channels * size * size * 4
+    free = torch.cuda.mem_get_info()[0]
+    if needed > 0.8 * free:
+        return f"one-hot mask needs ~{needed / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free"
+    return None
+
+
+def run(config, quick=False):
+    device = "cuda" if CUDA else "cpu"
+    ks = (256,) if quick else config["ks"]
+    dtypes = (torch.float32,) if quick else config["dtypes"]
+    fused_ok = CUDA or triton_usable(torch.empty(0))
+    rows, failures = [], []
+    for dtype in dtypes:
+        for k in ks:
+            feat_q, feat_p, regions_q, regions_p = make_inputs(
+                config["batch"], config["channels"], config["size"], k, dtype, device)
+            feat_q.requires_grad_(True)
+            feat_p.requires_grad_(True)
+            args = (feat_q, feat_p, regions_q, regions_p, k, config["num_samples"])
+            if fused_ok:
+                problem = check_fused(*args)
+                if problem:
+                    failures.append(f"{dtype} K={k}: {problem}")
+                    print(f"CHECK FAILED {dtype} K={k}: {problem}", flush=True)
+                    continue
+            paths = ["floor", "fused", "reference", "one-hot"] if fused_ok else ["floor", "reference",
+                                                                               "one-hot"]
+            results = {}
+            for path in paths:
+                skip = onehot_skip_reason(config["batch"], config["size"], k, dtype, config["channels"]) \
+                    if path == "one-hot" else None
+                if skip:
+                    results[path] = (None, None, skip)
+                    continue
+                fn = step_fn(path, *args)
+                memory = peak_extra_bytes(fn)
+                rep = 200 if path == "one-hot" else 60
+                results[path] = (time_ms(fn, rep), memory, "")
+                torch.cuda.empty_cache() if CUDA else None
+            floor_ms, floor_mem, _ = results["floor"]
+            for path in paths:
+                ms, mem, note = results[path]
+                rows.append((str(dtype).replace("torch.", ""), k, path, ms, floor_ms, mem, floor_mem, note))
+                print(f"{rows[-1][0]:>8} K={k:<5} {path:<10} "
+                      + (f"{ms:9.3f} ms" if ms is not None else f"skipped ({note})"), flush=True)
+            del feat_q, feat_p, regions_q, regions_p, args
+    return rows, failures
+
+
+def markdown(rows):
+    lines = ["| dtype | K | path | fwd+bwd ms | x floor | peak extra MiB | x floor mem | note |",
+             "|---|---|---|---|---|---|---|---|"]
+    for dtype, k, path, ms, floor_ms, mem, floor_mem, note in rows:
+        t = f"{ms:.3f}" if ms is not None else "-"
+        tr = f"{ms / floor_ms:.2f}" if ms is not None and floor_ms else "-"
+        m = f"{mem / 2**20:.0f}" if mem is not None else "-"
+        mr = f"{mem / floor_mem:.2f}" if mem is not None and floor_mem else "-"
+        lines.append(f"| {dtype} | {k} | {path} | {t} | {tr} | {m} | {mr} | {note} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only K=256, float32")
+    args = parser.parse_args(argv)
+    start = time.time()
+    config = FULL if CUDA else SMOKE
+    device = torch.cuda.get_device_name() if CUDA else "CPU (smoke run: tiny shapes, Triton interpreter)"
+    print(f"device: {device}; B={config['batch']} D={config['channels']} "
+          f"{config['size']}x{config['size']} N={config['num_samples']}", flush=True)
+    rows, failures = run(config, quick=args.quick)
+    print(f"\n### region_contrast_loss forward+backward on {device}, B={config['batch']} "
+          f"D={config['channels']} {config['size']}x{config['size']} N={config['num_samples']} "
+          f"({time.time() - start:.0f} s)")
+    print(markdown(rows))
+    if failures:
+        print("\nCORRECTNESS CHECK FAILED:\n" + "\n".join(failures))
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# pytest-benchmark (one K, float32; tiny shapes on CPU)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["fused", "reference", "floor"])
+def test_region_contrast_loss_fwd_bwd(benchmark, path):
+    config = FULL if CUDA else SMOKE
+    k = 256 if CUDA else 16
+    if path == "fused" and not (CUDA or triton_usable(torch.empty(0))):
+        pytest.skip("the fused path needs CUDA or TRITON_INTERPRET=1")
+    feat_q, feat_p, regions_q, regions_p = make_inputs(
+        config["batch"], config["channels"], config["size"], k, torch.float32, "cuda" if CUDA else "cpu")
+    feat_q.requires_grad_(True)
+    feat_p.requires_grad_(True)
+    fn = step_fn(path, feat_q, feat_p, regions_q, regions_p, k, config["num_samples"])
+
+    def synced():
+        out = fn()
+        if CUDA:
+            torch.cuda.synchronize()
+        return out
+
+    grads = benchmark(synced)
+    assert grads[0].shape == feat_q.shape
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+// CPU backends of lrc_fast.felzenszwalb: the exact sequential algorithm (skimage's, with a
+// stable tie order) and a sequential emulation of the GPU round schedule.
+#include "felzenszwalb_cpu.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include "../felzenszwalb_common.h"
+#include "../felzenszwalb_schedule.h"
+
+namespace lrc {
+namespace {
+
+using fh::Geometry;
+
+// scipy.ndimage.gaussian_filter(img, sigma, mode='reflect') on one slice: axis 0 into tmp,
+// then axis 1 into out. radius < 0 means sigma ~ 0: scipy skips both axes.
+void smooth_slice(const double* img, double* tmp, double* out, const Geometry& g, const double* w_centre,
+                  int32_t radius) {
+  const int64_t n = g.num_pixels();
+  if (radius < 0) {
+    std::copy(img, img + n, out);
+    return;
+  }
+  auto from_img = [img](int32_t p) { return img[p]; };
+  auto from_tmp = [tmp](int32_t p) { return tmp[p]; };
+  for (int32_t i = 0; i < g.H; ++i)
+    for (int32_t j = 0; j < g.W; ++j) tmp[i * g.W + j] = fh::gauss_axis0(from_img, g, w_centre, radius, i, j);
+  for (int32_t i = 0; i < g.H; ++i)
+    for (int32_t j = 0; j < g.W; ++j) out[i * g.W + j] = fh::gauss_axis1(from_tmp, g, w_centre, radius, i, j);
+}
+
+// Sequential union-find with path halving; the root is the smaller pixel index, as skimage.
+inline int32_t find(int32_t* parent, int32_t x) {
+  while (parent[x] != x) {
+    parent[x] = parent[parent[x]];
+    x = parent[x];
+  }
+  return x;
+}
+
+// Labels 0..K-1 in order of first appearance in raster order; returns K.
+int64_t canonical_labels(int32_t* parent, int32_t n, int64_t* out) {
+  std::vector<int32_t> label(n, -1);
+  int32_t next = 0;
+  for (int32_t p = 0; p < n; ++p) {
+    const int32_t r = find(parent, p);
+    if (label[r] < 0) label[r] = next++;
+    out[p] = label[r];
+  }
+  return next;
+}
+
+// Stable LSD radix sort of (key, payload) by key, 8-bit digits; digits that are equal for
+// every key are skipped. Stability keeps equal costs in edge-index order.
+void radix_sort(std::vector<uint64_t>& keys, std::vector<uint32_t>& vals) {
+  const size_t n = keys.size();
+  std::vector<std::array<uint32_t, 256>> hist(8);
+  for (auto& h : hist) h.fill(0);
+  for (size_t i = 0; i < n; ++i)
+    for (int d = 0; d < 8; ++d) ++hist[d][(keys[i] >> (8 * d)) & 0xff];
+  std::vector<uint64_t> k2(n);
+  std::vector<uint32_t> v2(n);
+  for (int d = 0; d < 8; ++d) {
+    auto& h = hist[d];
+    if (n == 0 || h[(keys[0] >> (8 * d)) & 0xff] == n) continue;  // constant digit
+    uint32_t sum = 0;
+    for (auto& c : h) {
+      const uint32_t t = c;
+      c = sum;
+      sum += t;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t dst = h[(keys[i] >> (8 * d)) & 0xff]++;
+      k2[dst] = keys[i];
+      v2[dst] = vals[i];
+    }
+    keys.swap(k2);
+    vals.swap(v2);
+  }
+}
+
+// Exact backend on one slice. Sort payload: u * 4 + kind, where v = u + offset[kind].
+int64_t segment_exact(const double* img, const Geometry& g, double k, int32_t min_size, int64_t* out) {
+  const int32_t n = g.num_pixels(), W = g.W;
+  const int32_t E = g.num_edges();
+  std::vector<uint64_t> keys(E);
+  std::vector<uint32_t> vals(E);
+  const int32_t offset[4] = {1, W, W + 1, W - 1};
+  for (int32_t e = 0; e < E; ++e) {
+    int32_t u, v;
+    fh::edge_endpoints(g, e, u, v);
+    const int kind = e < g.n_right ? 0 : e < g.n_right + g.n_down ? 1 : e < g.n_right + g.n_down + g.n_diag ? 2 : 3;
+    keys[e] = fh::cost_bits(fh::edge_cost(img[u], img[v]));
+    vals[e] = static_cast<uint32_t>(u) * 4u + static_cast<uint32_t>(kind);
+  }
+  radix_sort(keys, vals);
+
+  std::vector<int32_t> parent(n), size(n, 1);
+  std::vector<double> cint(n, 0.0);
+  for (int32_t p = 0; p < n; ++p) parent[p] = p;
+  for (int32_t i = 0; i < E; ++i) {
+    const int32_t u = static_cast<int32_t>(vals[i] >> 2), v = u + offset[vals[i] & 3];
+    const int32_t a = find(parent.data(), u), b = find(parent.data(), v);
+    if (a == b) continue;
+    const double c = fh::bits_cost(keys[i]);
+    const float ta = fh::threshold(cint[a], size[a], k), tb = fh::threshold(cint[b], size[b], k);
+    if (c < static_cast<double>(std::min(ta, tb))) {
+      const int32_t lo = std::min(a, b), hi = std::max(a, b);
+      parent[hi] = lo;
+      size[lo] = size[a] + size[b];
+      cint[lo] = c;
+    }
+  }
+  for (int32_t i = 0; i < E; ++i) {
+    const int32_t u = static_cast<int32_t>(vals[i] >> 2), v = u + offset[vals[i] & 3];
+    const int32_t a = find(parent.data(), u), b = find(parent.data(), v);
+    if (a == b || (size[a] >= min_size && size[b] >= min_size)) continue;
+    const int32_t lo = std::min(a, b), hi = std::max(a, b);
+    parent[hi] = lo;
+    size[lo] = size[a] + size[b];
+  }
+  return canonical_labels(parent.data(), n, out);
+}
+
+// Memory operations of the emulation: one thread, so plain loads, stores and read-modify-writes.
+struct SerialOps {
+  template <class T>
+  T ld(const T* p) const { return *p; }
+  template <class T>
+  void st(T* p, T v) const { *p = v; }
+  void min_u64(uint64_t* p, uint64_t v) const { *p = std::min(*p, v); }
+  void min_i32(int32_t* p, int32_t v) const { *p = std::min(*p, v); }
+  void add_i32(int32_t* p, int32_t v) const { *p += v; }
+  int32_t cas_i32(int32_t* p, int32_t expected, int32_t v) const {
+    const int32_t old = *p;
+    if (old == expected) *p = v;
+    return old;
+  }
+};
+
+// One pass (main or min_size) of the round schedule, executed phase by phase like the CUDA
+// kernel does between barriers. The first round visits every edge, later rounds the
+// edges kept by the previous one. Returns the number of rounds.
+template <bool kMain>
+int32_t run_rounds(const fh::Slice& s, std::vector<int32_t>& list_in, std::vector<int32_t>& list_out,
+                   std::vector<uint32_t>& ra, std::vector<uint32_t>& rb) {
+  SerialOps ops;
+  const int32_t E = s.g.num_edges();
+  int32_t n_in = E;
+  int32_t rounds = 0;
+  for (bool first = true;; first = false) {
+    int32_t n_out = 0;
+    for (int32_t i = 0; i < n_in; ++i) {  // phase A
+      const int32_t e = first ? i : list_in[i];
+      uint32_t a, b;
+      const bool keep = kMain ? fh::main_offer(s, e, a, b, ops) : fh::small_offer(s, e, a, b, ops);
+      if (keep) {
+        list_out[n_out] = e;
+        ra[n_out] = a;
+        rb[n_out] = b;
+        ++n_out;
+      }
+    }
+    if (n_out == 0) break;
+    ++rounds;
+    for (int32_t i = 0; i < n_out; ++i) fh::reserve(s, list_out[i], ra[i], rb[i], !kMain, ops);  // phase B
+    for (int32_t i = 0; i < n_out; ++i) {  // phase C
+      if (kMain)
+        fh::main_commit(s, list_out[i], ra[i], rb[i], ops);
+      else
+        fh::small_commit(s, list_out[i], ra[i], rb[i], ops);
+    }
+    list_in.swap(list_out);
+    n_in = n_out;
+  }
+  return rounds;
+}
+
+// Emulation of the GPU backend on one slice, including its labelling phases.
+int64_t segment_schedule(const double* img, const Geometry& g, double k, bool zero_merge, int32_t min_size,
+                         int64_t* out, int32_t* rounds) {
+  const int32_t n = g.num_pixels(), E = g.num_edges();
+  std::vector<int32_t> parent(n), csize(n, 1), minidx(n, fh::kNoEdge);
+  std::vector<double> cint(n, 0.0);
+  std::vector<uint64_t> mincost(n, fh::kNoCost);
+  for (int32_t p = 0; p < n; ++p) parent[p] = p;
+  fh::Slice s{g, k, min_size, img, parent.data(), csize.data(), cint.data(), mincost.data(), minidx.data()};
+  if (zero_merge) {  // as the kernel: unite, then count sizes at the roots
+    SerialOps ops;
+    std::fill(csize.begin(), csize.end(), 0);
+    for (int32_t e = 0; e < E; ++e) fh::zero_union(s, e, ops);
+    for (int32_t p = 0; p < n; ++p) ++csize[fh::find_root(s.parent, p, ops)];
+  }
+  std::vector<int32_t> list_in(E), list_out(E);
+  std::vector<uint32_t> ra(E), rb(E);
+  rounds[0] = run_rounds<true>(s, list_in, list_out, ra, rb);
+  for (int32_t p = 0; p < n; ++p) csize[p] = std::abs(csize[p]);  // unfreeze
+  rounds[1] = min_size > 1 ? run_rounds<false>(s, list_in, list_out, ra, rb) : 0;
+
+  // Labelling as the kernel does it: full roots, smallest pixel per root, a scan over
+  // "first pixel of its component" flags in raster order, then a gather.
+  SerialOps ops;
+  for (int32_t p = 0; p < n; ++p) parent[p] = fh::find_root(s.parent, p, ops);
+  for (int32_t p = 0; p < n; ++p) minidx[parent[p]] = std::min(minidx[parent[p]], p);
+  int32_t next = 0;
+  for (int32_t p = 0; p < n; ++p)
+    if (minidx[parent[p]] == p) csize[p] = next++;
+  for (int32_t p = 0; p < n; ++p) out[p] = csize[minidx[parent[p]]];
+  return next;
+}
+
+}  // namespace
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
+    const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, bool schedule) {
+  TORCH_CHECK(image.device().is_cpu() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 &&
+                  image.is_contiguous(),
+              "felzenszwalb_cpu: image must be a contiguous (B, H, W) float64 CPU tensor");
+  TORCH_CHECK(weights.device().is_cpu() && weights.dim() == 1 && weights.scalar_type() == torch::kFloat64 &&
+                  (weights.numel() == 0 || weights.numel() % 2 == 1),
+              "felzenszwalb_cpu: weights must be an odd-length float64 CPU tensor or empty");
+  const int64_t B = image.size(0);
+  const int32_t H = static_cast<int32_t>(image.size(1)), W = static_cast<int32_t>(image.size(2));
+  auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
+  auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
+  auto rounds = torch::zeros({B, 2}, image.options().dtype(torch::kInt32));
+  const Geometry g = fh::make_geometry(H, W);
+  const int32_t radius = weights.numel() == 0 ? -1 : static_cast<int32_t>(weights.numel() / 2);
+  const double* w_centre = weights.numel() == 0 ? nullptr : weights.data_ptr<double>() + radius;
+  const double* img = image.data_ptr<double>();
+  int64_t* lab = labels.data_ptr<int64_t>();
+  int64_t* cnt = counts.data_ptr<int64_t>();
+  int32_t* rnd = rounds.data_ptr<int32_t>();
+  const int64_t n = static_cast<int64_t>(H) * W;
+  const bool zero_merge = fh::zero_cost_edges_merge(k, static_cast<int32_t>(n));
+  const int32_t ms = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), n + 1));
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> tmp(n), smooth(n);
+    for (int64_t b = b0; b < b1; ++b) {
+      smooth_slice(img + b * n, tmp.data(), smooth.data(), g, w_centre, radius);
+      cnt[b] = schedule ? segment_schedule(smooth.data(), g, k, zero_merge, ms, lab + b * n, rnd + 2 * b)
+                        : segment_exact(smooth.data(), g, k, ms, lab + b * n);
+    }
+  });
+  return {labels, counts, rounds};
+}
+
+}  // namespace lrc

@@ -1,0 +1,364 @@
+// One persistent "team" per slice -- a CTA, or a thread-block cluster on sm_90 -- runs the
+// whole segmentation: Gaussian smoothing, the main pass and the min_size pass as rounds of
+// the schedule in felzenszwalb_schedule.h separated by team barriers, then canonical
+// labelling. No host round trip per round.
+//
+// Memory: every value written inside the kernel is read back with ld.global.cg (L2), never
+// through the non-coherent L1, because another SM of the cluster may have written it.
+// Compile with -fmad=false: the smoothing must round like scipy's.
+#include "felzenszwalb_cuda.h"
+
+#include <cooperative_groups.h>
+
+#include "../felzenszwalb_common.h"
+#include "../felzenszwalb_schedule.h"
+
+namespace lrc {
+namespace {
+
+namespace cg = cooperative_groups;
+using fh::Geometry;
+
+struct DeviceOps {
+  __device__ int32_t ld(const int32_t* p) const { return __ldcg(p); }
+  __device__ uint64_t ld(const uint64_t* p) const {
+    return __ldcg(reinterpret_cast<const unsigned long long*>(p));
+  }
+  __device__ double ld(const double* p) const { return __ldcg(p); }
+  __device__ void st(int32_t* p, int32_t v) const { __stcg(p, v); }
+  __device__ void st(uint64_t* p, uint64_t v) const {
+    __stcg(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
+  }
+  __device__ void st(double* p, double v) const { __stcg(p, v); }
+  // Read first: most offers lose, and a plain load is much cheaper than an atomic.
+  __device__ void min_u64(uint64_t* p, uint64_t v) const {
+    if (v < ld(p)) atomicMin(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
+  }
+  __device__ void min_i32(int32_t* p, int32_t v) const {
+    if (v < ld(p)) atomicMin(p, v);
+  }
+  __device__ void add_i32(int32_t* p, int32_t v) const { atomicAdd(p, v); }
+  __device__ int32_t cas_i32(int32_t* p, int32_t expected, int32_t v) const { return atomicCAS(p, expected, v); }
+};
+
+// Per-slice scratch layout; every array starts on a 256-byte boundary.
+struct Layout {
+  size_t tmp, smooth, cint, mincost, parent, csize, minidx, list0, list1, ra, rb, ctrl, total;
+};
+
+__host__ __device__ inline size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
+
+__host__ __device__ inline Layout make_layout(int32_t H, int32_t W) {
+  const Geometry g = fh::make_geometry(H, W);
+  const size_t n = static_cast<size_t>(g.num_pixels()), e = static_cast<size_t>(g.num_edges());
+  Layout l;
+  size_t o = 0;
+  l.tmp = o;     o = align256(o + 8 * n);
+  l.smooth = o;  o = align256(o + 8 * n);
+  l.cint = o;    o = align256(o + 8 * n);
+  l.mincost = o; o = align256(o + 8 * n);
+  l.parent = o;  o = align256(o + 4 * n);
+  l.csize = o;   o = align256(o + 4 * n);
+  l.minidx = o;  o = align256(o + 4 * n);
+  l.list0 = o;   o = align256(o + 4 * e);
+  l.list1 = o;   o = align256(o + 4 * e);
+  l.ra = o;      o = align256(o + 4 * e);
+  l.rb = o;      o = align256(o + 4 * e);
+  l.ctrl = o;    o = align256(o + 4 * 16);  // [0..1] list counters, [2..9] per-CTA totals
+  l.total = o;
+  return l;
+}
+
+struct Params {
+  const double* image;
+  const double* w_centre;
+  int32_t radius;
+  Geometry g;
+  double k;
+  int32_t min_size;
+  bool zero_merge;
+  int32_t cluster;
+  int64_t* labels;
+  int64_t* counts;
+  int32_t* rounds;
+  char* workspace;
+  Layout layout;
+};
+
+// The threads that work on one slice.
+struct Team {
+  int32_t rank;     // 0 .. size-1 over the CTAs of the cluster
+  int32_t size;
+  int32_t cta;      // CTA rank inside the cluster
+  bool clustered;
+  __device__ void sync() const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (clustered) {
+      cg::this_cluster().sync();  // arrive.release / wait.acquire at cluster scope
+      return;
+    }
+#endif
+    __syncthreads();
+  }
+};
+
+struct Work {
+  int32_t* list[2];
+  uint32_t* ra;
+  uint32_t* rb;
+  int32_t* ctrl;
+};
+
+// Appends the kept items of a warp with one atomic; every lane of the warp must call it.
+__device__ inline void warp_append(bool keep, int32_t e, uint32_t a, uint32_t b, int32_t* counter, const Work& w,
+                                   int32_t* out) {
+  const unsigned mask = __ballot_sync(0xffffffffu, keep);
+  if (mask == 0) return;
+  const int lane = threadIdx.x & 31;
+  const int leader = __ffs(mask) - 1;
+  int32_t base = 0;
+  if (lane == leader) base = atomicAdd(counter, __popc(mask));
+  base = __shfl_sync(0xffffffffu, base, leader);
+  if (keep) {
+    const int32_t pos = base + __popc(mask & ((1u << lane) - 1u));
+    out[pos] = e;
+    w.ra[pos] = a;
+    w.rb[pos] = b;
+  }
+}
+
+// One pass of rounds (main when kMain, else min_size). Returns the number of rounds.
+template <bool kMain>
+__device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& team) {
+  DeviceOps ops;
+  const int32_t lane = threadIdx.x & 31;
+  int32_t n_in = s.g.num_edges();
+  int32_t rounds = 0;
+  int parity = 0;
+  for (bool first = true;; first = false) {
+    const int32_t* in = w.list[parity ^ 1];
+    int32_t* out = w.list[parity];
+    int32_t* counter = w.ctrl + parity;
+    // Phase A: a warp-uniform loop, so that warp_append sees the whole warp.
+    for (int32_t base = team.rank - lane; base < n_in; base += team.size) {
+      const int32_t i = base + lane;
+      int32_t e = 0;
+      uint32_t a = 0, b = 0;
+      bool keep = false;
+      if (i < n_in) {
+        e = first ? i : __ldcg(in + i);
+        keep = kMain ? fh::main_offer(s, e, a, b, ops) : fh::small_offer(s, e, a, b, ops);
+      }
+      warp_append(keep, e, a, b, counter, w, out);
+    }
+    team.sync();
+    const int32_t n_out = __ldcg(counter);
+    if (n_out == 0) break;
+    ++rounds;
+    // Everyone has read the other counter (as this round's n_in) before the barrier above.
+    if (team.rank == 0) __stcg(w.ctrl + (parity ^ 1), 0);
+    for (int32_t i = team.rank; i < n_out; i += team.size)  // phase B
+      fh::reserve(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), !kMain, ops);
+    team.sync();
+    for (int32_t i = team.rank; i < n_out; i += team.size) {  // phase C
+      if (kMain)
+        fh::main_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
+      else
+        fh::small_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
+    }
+    team.sync();
+    parity ^= 1;
+    n_in = n_out;
+  }
+  return rounds;
+}
+
+// Exclusive scan of one value per thread over the CTA; `total` gets the CTA's sum.
+__device__ inline int32_t cta_exclusive_scan(int32_t x, int32_t& total) {
+  __shared__ int32_t warp_sums[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  int32_t v = x;
+  for (int o = 1; o < 32; o <<= 1) {
+    const int32_t y = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += y;
+  }
+  if (lane == 31) warp_sums[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    int32_t t = lane < n_warps ? warp_sums[lane] : 0;
+    for (int o = 1; o < 32; o <<= 1) {
+      const int32_t y = __shfl_up_sync(0xffffffffu, t, o);
+      if (lane >= o) t += y;
+    }
+    warp_sums[lane] = t;
+  }
+  __syncthreads();
+  const int32_t before = warp == 0 ? 0 : warp_sums[warp - 1];
+  total = warp_sums[n_warps - 1];
+  __syncthreads();
+  return before + v - x;
+}
+
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
+  const int32_t slice = blockIdx.x / P.cluster;
+  Team team;
+  team.cta = blockIdx.x % P.cluster;
+  team.rank = team.cta * blockDim.x + threadIdx.x;
+  team.size = P.cluster * blockDim.x;
+  team.clustered = P.cluster > 1;
+
+  const Geometry g = P.g;
+  const int32_t n = g.num_pixels();
+  char* ws = P.workspace + static_cast<size_t>(slice) * P.layout.total;
+  double* tmp = reinterpret_cast<double*>(ws + P.layout.tmp);
+  double* smooth = reinterpret_cast<double*>(ws + P.layout.smooth);
+  fh::Slice s{g,
+              P.k,
+              P.min_size,
+              smooth,
+              reinterpret_cast<int32_t*>(ws + P.layout.parent),
+              reinterpret_cast<int32_t*>(ws + P.layout.csize),
+              reinterpret_cast<double*>(ws + P.layout.cint),
+              reinterpret_cast<uint64_t*>(ws + P.layout.mincost),
+              reinterpret_cast<int32_t*>(ws + P.layout.minidx)};
+  Work w{{reinterpret_cast<int32_t*>(ws + P.layout.list0), reinterpret_cast<int32_t*>(ws + P.layout.list1)},
+         reinterpret_cast<uint32_t*>(ws + P.layout.ra),
+         reinterpret_cast<uint32_t*>(ws + P.layout.rb),
+         reinterpret_cast<int32_t*>(ws + P.layout.ctrl)};
+  DeviceOps ops;
+  const double* image = P.image + static_cast<size_t>(slice) * n;
+
+  // Smoothing, axis 0 then axis 1, and state initialisation.
+  auto from_image = [image](int32_t p) { return __ldg(image + p); };
+  auto from_tmp = [tmp](int32_t p) { return __ldcg(tmp + p); };
+  for (int32_t p = team.rank; p < n; p += team.size) {
+    const int32_t i = p / g.W, j = p - i * g.W;
+    __stcg(tmp + p, P.radius >= 0 ? fh::gauss_axis0(from_image, g, P.w_centre, P.radius, i, j) : __ldg(image + p));
+  }
+  if (team.rank == 0) {
+    __stcg(w.ctrl + 0, 0);
+    __stcg(w.ctrl + 1, 0);
+  }
+  team.sync();
+  for (int32_t p = team.rank; p < n; p += team.size) {
+    const int32_t i = p / g.W, j = p - i * g.W;
+    __stcg(smooth + p, P.radius >= 0 ? fh::gauss_axis1(from_tmp, g, P.w_centre, P.radius, i, j) : __ldcg(tmp + p));
+    ops.st(s.parent + p, p);
+    ops.st(s.csize + p, P.zero_merge ? 0 : 1);
+    ops.st(s.cint + p, 0.0);
+    ops.st(s.mincost + p, fh::kNoCost);
+    ops.st(s.minidx + p, fh::kNoEdge);
+  }
+  team.sync();
+  if (P.zero_merge) {  // zero-cost edges: unite in any order, then count sizes at the roots
+    for (int32_t e = team.rank; e < g.num_edges(); e += team.size) fh::zero_union(s, e, ops);
+    team.sync();
+    for (int32_t p = team.rank; p < n; p += team.size) atomicAdd(s.csize + fh::find_root(s.parent, p, ops), 1);
+    team.sync();
+  }
+
+  const int32_t rounds_main = run_rounds<true>(s, w, team);
+  for (int32_t p = team.rank; p < n; p += team.size) {  // unfreeze
+    const int32_t c = ops.ld(s.csize + p);
+    if (c < 0) ops.st(s.csize + p, -c);
+  }
+  if (team.rank == 0) {
+    __stcg(w.ctrl + 0, 0);
+    __stcg(w.ctrl + 1, 0);
+  }
+  team.sync();
+  const int32_t rounds_small = P.min_size > 1 ? run_rounds<false>(s, w, team) : 0;
+
+  // Labelling: full roots; the smallest pixel of each component; a scan of "first pixel of
+  // its component" flags in raster order gives the label ids (stored at the first pixel,
+  // reusing csize); every pixel then gathers its component's id.
+  for (int32_t p = team.rank; p < n; p += team.size) ops.st(s.parent + p, fh::find_root(s.parent, p, ops));
+  team.sync();
+  for (int32_t p = team.rank; p < n; p += team.size) atomicMin(s.minidx + ops.ld(s.parent + p), p);
+  team.sync();
+  const int32_t chunk = (n + team.size - 1) / team.size;
+  const int32_t p0 = min(n, team.rank * chunk), p1 = min(n, p0 + chunk);
+  int32_t mine = 0;
+  for (int32_t p = p0; p < p1; ++p) mine += ops.ld(s.minidx + ops.ld(s.parent + p)) == p;
+  int32_t cta_total = 0;
+  int32_t next = cta_exclusive_scan(mine, cta_total);
+  if (threadIdx.x == 0) __stcg(w.ctrl + 2 + team.cta, cta_total);
+  team.sync();
+  int32_t num_labels = 0;
+  for (int32_t c = 0; c < P.cluster; ++c) {
+    const int32_t t = __ldcg(w.ctrl + 2 + c);
+    if (c < team.cta) next += t;
+    num_labels += t;
+  }
+  for (int32_t p = p0; p < p1; ++p)
+    if (ops.ld(s.minidx + ops.ld(s.parent + p)) == p) ops.st(s.csize + p, next++);
+  team.sync();
+  int64_t* labels = P.labels + static_cast<size_t>(slice) * n;
+  for (int32_t p = team.rank; p < n; p += team.size)
+    labels[p] = ops.ld(s.csize + ops.ld(s.minidx + ops.ld(s.parent + p)));
+  if (team.rank == 0) {
+    P.counts[slice] = num_labels;
+    P.rounds[2 * slice] = rounds_main;
+    P.rounds[2 * slice + 1] = rounds_small;
+  }
+}
+
+template <int kThreads>
+cudaError_t launch(const Params& p, int32_t B, cudaStream_t stream) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(B) * static_cast<unsigned>(p.cluster));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(p.cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = p.cluster > 1 ? 1 : 0;
+  cudaError_t err = cudaLaunchKernelEx(&cfg, fh_kernel<kThreads>, p);
+  if (err != cudaSuccess) return err;
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+size_t fh_cuda_workspace_bytes(int32_t B, int32_t H, int32_t W) {
+  return static_cast<size_t>(B) * make_layout(H, W).total;
+}
+
+cudaError_t fh_cuda(const FhCudaArgs& a, cudaStream_t stream) {
+  if (a.B <= 0 || a.H <= 0 || a.W <= 0) return cudaSuccess;
+  if (a.cluster < 1 || a.cluster > 8) return cudaErrorInvalidValue;
+  if (a.threads != 256 && a.threads != 512 && a.threads != 1024) return cudaErrorInvalidValue;
+  if (a.cluster > 1) {
+    int device = 0, major = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err != cudaSuccess) return err;
+    if (major < 9) return cudaErrorInvalidValue;
+  }
+  Params p;
+  p.image = a.image;
+  p.radius = a.radius;
+  p.w_centre = a.radius >= 0 ? a.weights + a.radius : nullptr;
+  p.g = fh::make_geometry(a.H, a.W);
+  p.k = a.k;
+  p.min_size = a.min_size;
+  p.zero_merge = fh::zero_cost_edges_merge(a.k, a.H * a.W);
+  p.cluster = a.cluster;
+  p.labels = a.labels;
+  p.counts = a.counts;
+  p.rounds = a.rounds;
+  p.workspace = static_cast<char*>(a.workspace);
+  p.layout = make_layout(a.H, a.W);
+  switch (a.threads) {
+    case 256: return launch<256>(p, a.B, stream);
+    case 512: return launch<512>(p, a.B, stream);
+    default: return launch<1024>(p, a.B, stream);
+  }
+}
+
+}  // namespace lrc

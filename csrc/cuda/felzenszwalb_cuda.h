@@ -1,0 +1,35 @@
+// CUDA backend of lrc_fast.felzenszwalb: plain CUDA C++ on raw device pointers (no torch
+// headers), so that nvcc can compile-check it anywhere.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace lrc {
+
+struct FhCudaArgs {
+  const double* image;    // (B, H, W) float64, already converted like img_as_float64
+  int32_t B, H, W;
+  const double* weights;  // (2 * radius + 1,) Gaussian taps on the device; unused when radius < 0
+  int32_t radius;         // -1: no smoothing (sigma ~ 0)
+  double k;               // scale / 255
+  int32_t min_size;
+  int32_t cluster;        // CTAs per slice: 1, or 2..8 as a thread-block cluster (sm_90+)
+  int32_t threads;        // threads per CTA: 256, 512 or 1024
+  int64_t* labels;        // out (B, H, W)
+  int64_t* counts;        // out (B,)
+  int32_t* rounds;        // out (B, 2): main-pass and min_size-pass rounds
+  void* workspace;        // fh_cuda_workspace_bytes(B, H, W) bytes, 256-byte aligned
+};
+
+// Bytes of scratch memory fh_cuda needs (no zeroing required).
+size_t fh_cuda_workspace_bytes(int32_t B, int32_t H, int32_t W);
+
+// Launches the whole segmentation (smoothing, both passes, labelling) as one kernel on
+// `stream`. Returns the launch error, cudaErrorInvalidValue for bad arguments (for example
+// cluster > 1 on a GPU older than sm_90). Asynchronous: kernel faults surface at the next sync.
+cudaError_t fh_cuda(const FhCudaArgs& args, cudaStream_t stream);
+
+}  // namespace lrc

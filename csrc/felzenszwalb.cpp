@@ -1,0 +1,76 @@
+// lrc_fast._C: dispatch and Python bindings of the Felzenszwalb op. Inputs are checked by
+// the Python wrapper (lrc_fast/superpixels.py); the checks here only guard the pointers.
+#include <torch/extension.h>
+
+#include "cpu/felzenszwalb_cpu.h"
+
+#ifdef WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/felzenszwalb_cuda.h"
+#endif
+
+namespace lrc {
+
+// Same contract as felzenszwalb_cpu, on CUDA tensors: image (B, H, W) float64 and weights on
+// the image's device. cluster: CTAs per slice (thread-block cluster on sm_90); threads: per CTA.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
+    const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
+    int64_t threads) {
+#ifdef WITH_CUDA
+  TORCH_CHECK(image.is_cuda() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 && image.is_contiguous(),
+              "felzenszwalb_cuda: image must be a contiguous (B, H, W) float64 CUDA tensor");
+  TORCH_CHECK(weights.device() == image.device() && weights.dim() == 1 && weights.scalar_type() == torch::kFloat64 &&
+                  (weights.numel() == 0 || weights.numel() % 2 == 1),
+              "felzenszwalb_cuda: weights must be an odd-length float64 tensor on the image's device, or empty");
+  const c10::cuda::CUDAGuard guard(image.device());
+  const int64_t B = image.size(0), H = image.size(1), W = image.size(2);
+  auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
+  auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
+  auto rounds = torch::empty({B, 2}, image.options().dtype(torch::kInt32));
+  if (B == 0) return {labels, counts, rounds};
+  const auto bytes = fh_cuda_workspace_bytes(static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W));
+  auto workspace = torch::empty({static_cast<int64_t>(bytes)}, image.options().dtype(torch::kUInt8));
+  FhCudaArgs a;
+  a.image = image.data_ptr<double>();
+  a.B = static_cast<int32_t>(B);
+  a.H = static_cast<int32_t>(H);
+  a.W = static_cast<int32_t>(W);
+  a.weights = weights.numel() ? weights.data_ptr<double>() : nullptr;
+  a.radius = weights.numel() ? static_cast<int32_t>(weights.numel() / 2) : -1;
+  a.k = k;
+  a.min_size = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), H * W + 1));
+  a.cluster = static_cast<int32_t>(cluster);
+  a.threads = static_cast<int32_t>(threads);
+  a.labels = labels.data_ptr<int64_t>();
+  a.counts = counts.data_ptr<int64_t>();
+  a.rounds = rounds.data_ptr<int32_t>();
+  a.workspace = workspace.data_ptr();
+  const cudaError_t err = fh_cuda(a, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "felzenszwalb_cuda: kernel launch failed: ", cudaGetErrorString(err),
+              " (cluster=", cluster, ", threads=", threads, ")");
+  return {labels, counts, rounds};
+#else
+  TORCH_CHECK(false, "lrc_fast._C was built without CUDA; rebuild with a CUDA torch and toolkit (or FORCE_CUDA=1)");
+#endif
+}
+
+bool with_cuda() {
+#ifdef WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace lrc
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "lrc_fast compiled extension";
+  m.def("felzenszwalb_cpu", &lrc::felzenszwalb_cpu, "Felzenszwalb on CPU (exact, or the GPU schedule emulated)",
+        py::arg("image"), py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("schedule"));
+  m.def("felzenszwalb_cuda", &lrc::felzenszwalb_cuda, "Felzenszwalb on CUDA", py::arg("image"), py::arg("weights"),
+        py::arg("k"), py::arg("min_size"), py::arg("cluster"), py::arg("threads"));
+  m.def("with_cuda", &lrc::with_cuda, "Whether the CUDA part was built");
+}

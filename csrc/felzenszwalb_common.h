@@ -1,0 +1,145 @@
+// Felzenszwalb-Huttenlocher segmentation: pieces shared by the CPU exact backend, the CPU
+// emulation of the GPU schedule and the CUDA kernel. No torch headers: nvcc compiles this
+// inside csrc/cuda/felzenszwalb_cuda.cu on machines without a GPU.
+//
+// Semantics follow skimage.segmentation.felzenszwalb on one channel (see
+// skimage/segmentation/_felzenszwalb_cy.pyx):
+// - Gaussian smoothing in float64 exactly as scipy.ndimage.gaussian_filter (axis 0 then
+//   axis 1, mode 'reflect', symmetric taps: centre first, then pairs from the outermost in);
+// - 8-connected edges, ordered right, down, down-right, up-right, each block in C order;
+// - cost = sqrt(d * d) in float64;
+// - threshold = (float)(cint + k / size), merge iff cost < min(thr_a, thr_b) (strict);
+// - edges are visited in the total order (cost, edge index).
+// Build with FMA contraction off (-ffp-contract=off, nvcc -fmad=false) so every rounding
+// step matches numpy/scipy bit for bit.
+#pragma once
+
+#include <cstdint>
+#include <cmath>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define LRC_HD __host__ __device__ __forceinline__
+#else
+#define LRC_HD inline
+#endif
+
+namespace lrc {
+namespace fh {
+
+// Per-slice geometry. Pixel and edge indices of one slice fit in int32: the public wrapper
+// refuses slices with 4 * H * W >= 2^31 edges.
+struct Geometry {
+  int32_t H, W;
+  int32_t n_right, n_down, n_diag;  // block sizes: H*(W-1), (H-1)*W, (H-1)*(W-1)
+  LRC_HD int32_t num_pixels() const { return H * W; }
+  LRC_HD int32_t num_edges() const { return n_right + n_down + 2 * n_diag; }
+};
+
+LRC_HD Geometry make_geometry(int32_t H, int32_t W) {
+  Geometry g;
+  g.H = H;
+  g.W = W;
+  g.n_right = H * (W - 1);
+  g.n_down = (H - 1) * W;
+  g.n_diag = (H - 1) * (W - 1);
+  return g;
+}
+
+// Endpoints of edge `e` in skimage's edge order.
+LRC_HD void edge_endpoints(const Geometry& g, int32_t e, int32_t& u, int32_t& v) {
+  const int32_t W = g.W;
+  if (e < g.n_right) {  // (i, j) -- (i, j + 1)
+    const int32_t i = e / (W - 1), j = e - i * (W - 1);
+    u = i * W + j;
+    v = u + 1;
+    return;
+  }
+  e -= g.n_right;
+  if (e < g.n_down) {  // (i, j) -- (i + 1, j)
+    u = e;
+    v = e + W;
+    return;
+  }
+  e -= g.n_down;
+  if (e < g.n_diag) {  // (i, j) -- (i + 1, j + 1)
+    const int32_t i = e / (W - 1), j = e - i * (W - 1);
+    u = i * W + j;
+    v = u + W + 1;
+    return;
+  }
+  e -= g.n_diag;  // (i, j + 1) -- (i + 1, j)
+  const int32_t i = e / (W - 1), j = e - i * (W - 1);
+  u = i * W + j + 1;
+  v = (i + 1) * W + j;
+}
+
+// sqrt(d * d) with d = img[v] - img[u], as numpy computes it for one channel (equal to |d|
+// except where d * d underflows, which is why it is not written as fabs).
+LRC_HD double edge_cost(double img_u, double img_v) {
+  const double d = img_v - img_u;
+  return sqrt(d * d);
+}
+
+// Non-negative doubles order like their bit patterns read as unsigned integers.
+LRC_HD uint64_t cost_bits(double c) {
+  uint64_t b;
+  memcpy(&b, &c, sizeof(b));
+  return b;
+}
+
+LRC_HD double bits_cost(uint64_t b) {
+  double c;
+  memcpy(&c, &b, sizeof(c));
+  return c;
+}
+
+// skimage: inner_cost = cint + scale / size, stored in a float32 variable.
+LRC_HD float threshold(double cint, int32_t size, double k) {
+  return static_cast<float>(cint + k / static_cast<double>(size));
+}
+
+// True when every threshold float32(cint + k / size), size <= n, is positive, so that every
+// zero-cost edge merges (see zero_union in felzenszwalb_schedule.h).
+LRC_HD bool zero_cost_edges_merge(double k, int32_t n) {
+  return static_cast<float>(k / static_cast<double>(n)) > 0.0f;
+}
+
+// scipy.ndimage 'reflect' (half-sample symmetric) boundary, valid for any offset.
+LRC_HD int32_t reflect_index(int32_t i, int32_t n) {
+  if (n == 1) return 0;
+  const int32_t period = 2 * n;
+  i %= period;
+  if (i < 0) i += period;
+  return i < n ? i : period - 1 - i;
+}
+
+// One output sample of scipy's symmetric correlate1d: w points at the centre tap,
+// `at(k)` returns the input at offset k from the output position.
+template <class At>
+LRC_HD double symmetric_tap_sum(const double* w, int32_t radius, At at) {
+  double acc = at(0) * w[0];
+  for (int32_t jj = -radius; jj < 0; ++jj) acc += (at(jj) + at(-jj)) * w[jj];
+  return acc;
+}
+
+// Vertical (axis 0) pass at pixel (i, j); load(idx) reads the source image.
+template <class Load>
+LRC_HD double gauss_axis0(Load load, const Geometry& g, const double* w_centre, int32_t radius, int32_t i,
+                          int32_t j) {
+  return symmetric_tap_sum(w_centre, radius, [&](int32_t k) { return load(reflect_index(i + k, g.H) * g.W + j); });
+}
+
+// Horizontal (axis 1) pass at pixel (i, j).
+template <class Load>
+LRC_HD double gauss_axis1(Load load, const Geometry& g, const double* w_centre, int32_t radius, int32_t i,
+                          int32_t j) {
+  return symmetric_tap_sum(w_centre, radius, [&](int32_t k) { return load(i * g.W + reflect_index(j + k, g.W)); });
+}
+
+constexpr uint64_t kNoCost = ~0ull;       // "no pending edge" in the per-root minimum cost
+constexpr int32_t kNoEdge = 0x7fffffff;   // "no pending edge" in the per-root minimum edge
+constexpr uint32_t kSmallBit = 0x80000000u;  // min_size pass: root is below min_size
+
+}  // namespace fh
+}  // namespace lrc

@@ -1,0 +1,83 @@
+"""The one place that loads the compiled extension and says which backends exist.
+
+``lrc_fast._C`` is built by ``setup.py`` from ``csrc/``: the CPU part always, the CUDA part
+when torch has CUDA and a toolkit is found (or ``FORCE_CUDA=1``). Triton kernels are plain
+Python and need only an importable ``triton``; on CPU tensors they run under the Triton
+interpreter (``TRITON_INTERPRET=1``), which is how the test suite checks them without a GPU.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    from . import _C  # compiled extension
+    _EXT_ERROR: Exception | None = None
+except ImportError as exc:  # not built (e.g. a source checkout without `pip install -e .`)
+    _C = None
+    _EXT_ERROR = exc
+
+
+def has_cpu_extension() -> bool:
+    """True when the compiled CPU part of ``lrc_fast._C`` is importable."""
+    return _C is not None
+
+
+def has_cuda_extension() -> bool:
+    """True when ``lrc_fast._C`` was built with its CUDA part."""
+    return _C is not None and bool(_C.with_cuda())
+
+
+def require_extension():
+    """Return the compiled module, or raise an ImportError saying how to build it."""
+    if _C is None:
+        raise ImportError(
+            "lrc_fast._C (the compiled extension) is not built; install the package with "
+            "`pip install --no-build-isolation -e .` (see README). Import error: "
+            f"{_EXT_ERROR}"
+        )
+    return _C
+
+
+def triton_available() -> bool:
+    """True when ``triton`` imports (it does on CPU machines too)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_usable(tensor: torch.Tensor) -> bool:
+    """Whether a Triton kernel can run on ``tensor``: CUDA tensors, or CPU ones in interpret mode."""
+    if not triton_available():
+        return False
+    return tensor.is_cuda or (tensor.device.type == "cpu" and triton_interpret())
+
+
+def backends() -> dict[str, bool]:
+    """Which backends this installation has.
+
+    Returns
+    -------
+    dict
+        ``{"cpu_extension", "cuda_extension", "cuda_device", "triton"}`` mapped to booleans.
+
+    Example
+    -------
+    >>> import lrc_fast
+    >>> sorted(lrc_fast.backends())
+    ['cpu_extension', 'cuda_device', 'cuda_extension', 'triton']
+    """
+    return {
+        "cpu_extension": has_cpu_extension(),
+        "cuda_extension": has_cuda_extension(),
+        "cuda_device": torch.cuda.is_available(),
+        "triton": triton_available(),
+    }

@@ -1,0 +1,366 @@
+"""Triton kernels for elastic positive pairs: Gaussian smoothing of the noise and the fused warp.
+
+Field (:func:`field_from_uniform_triton`)
+    The separable Gaussian with scipy's ``'reflect'`` boundary is a banded matrix per axis,
+    ``K[i, m] = sum of w[d] over the taps d whose reflected index i + d is m``. The field is
+    ``alpha * K_H @ (2 u - 1) @ K_W^T`` per image and channel: two kernels, each a banded
+    matrix product on the tensor cores (``tl.dot``, by default in ``tf32x3``: about float32
+    accuracy, see :data:`FIELD_DOT_PRECISION`), looping only over the ``2 r + tile`` band.
+    A direct 1-D convolution would issue ``2 r + 1`` loads per output and pass (129 at
+    sigma 16); the banded product reads each input about ``(tile + 2 r) / tile`` times from
+    cache and does the arithmetic on the tensor cores. The ``2 u - 1`` of the noise is folded
+    into the first kernel's load.
+
+Warp (:func:`elastic_warp_triton`, :class:`ElasticWarpFunction`)
+    One kernel reads the displacement once and writes the bilinear image (all channels) and the
+    nearest-neighbour region map. The coordinate arithmetic is that of
+    :mod:`lrc_fast.reference.elastic` (``y = i + dy``, ``floor(y + 0.5)``: additions and floor
+    only, so fused multiply-adds cannot change the region ids). The backward kernel scatters
+    the image gradient with float32 atomics (order not deterministic) and writes the
+    displacement gradient per pixel.
+
+On CPU tensors the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference.elastic import gaussian_kernel1d, gaussian_radius, reflect_indices
+
+PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
+
+_SMOOTH_BM = 64  # output rows per program
+_SMOOTH_BN = 64  # output columns per program
+_SMOOTH_BK = 32  # band chunk per tl.dot
+_WARP_BLOCK = 1024  # output pixels per program
+
+# tl.dot precision of the smoothing passes. "tf32x3" (three TF32 products, ~float32 accuracy:
+# field error ~1e-6 of alpha) is the default; "tf32" is about three times less tensor-core
+# work with a field error ~3e-4 of the field's std (~0.001 px at the defaults).
+FIELD_DOT_PRECISION = "tf32x3"
+
+
+# ----------------------------------------------------------------------------------------------
+# Field: banded Gaussian matrices and the two smoothing passes
+# ----------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def gaussian_band_matrix(n: int, sigma: float, truncate: float, device: torch.device) -> torch.Tensor:
+    """``(n, n)`` float32 matrix ``K`` with ``(K @ v)[i]`` = scipy's reflect-mode Gaussian of ``v``.
+
+    Built in float64 on the CPU (deterministic) and cached per device.
+    """
+    weights = gaussian_kernel1d(sigma, truncate)  # (2r+1,)
+    radius = (weights.numel() - 1) // 2
+    padded = reflect_indices(n, radius)  # (n + 2r,)
+    taps = torch.arange(2 * radius + 1)
+    source = padded[torch.arange(n)[:, None] + taps[None, :]]  # (n, 2r+1): index read by tap d of row i
+    band = torch.zeros(n, n, dtype=torch.float64)
+    band.scatter_add_(1, source, weights.expand(n, -1).contiguous())
+    return band.to(device=device, dtype=torch.float32)
+
+
+@triton.jit
+def _smooth_rows_kernel(u_ptr, kwt_ptr, t_ptr, H, W, radius, tiles_h, tiles_w,
+                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        PRECISION: tl.constexpr):
+    # t[n] = (2 u[n] - 1) @ K_W^T : smoothing along each row (the W axis)
+    pid = tl.program_id(0)
+    n = pid // (tiles_h * tiles_w)
+    tile = pid % (tiles_h * tiles_w)
+    row0 = (tile // tiles_w) * BM
+    col0 = (tile % tiles_w) * BN
+    rows = row0 + tl.arange(0, BM)  # (BM,)
+    cols = col0 + tl.arange(0, BN)  # (BN,)
+    base = n.to(tl.int64) * H * W
+    k_lo = tl.maximum(col0 - radius, 0)  # band of input columns feeding these outputs
+    k_hi = tl.minimum(tl.minimum(col0 + BN, W) + radius, W)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range((k_lo // BK) * BK, k_hi, BK):
+        ks = k0 + tl.arange(0, BK)  # (BK,)
+        a_mask = (rows[:, None] < H) & (ks[None, :] < W)
+        u = tl.load(u_ptr + base + rows[:, None] * W + ks[None, :], mask=a_mask, other=0.5)
+        noise = 2.0 * u - 1.0  # (BM, BK), exact; masked entries are 0
+        kwt = tl.load(kwt_ptr + ks[:, None] * W + cols[None, :],
+                      mask=(ks[:, None] < W) & (cols[None, :] < W), other=0.0)  # (BK, BN)
+        acc = tl.dot(noise, kwt, acc, input_precision=PRECISION)
+    out_mask = (rows[:, None] < H) & (cols[None, :] < W)
+    tl.store(t_ptr + base + rows[:, None] * W + cols[None, :], acc, mask=out_mask)
+
+
+@triton.jit
+def _smooth_cols_kernel(t_ptr, kh_ptr, f_ptr, alpha, H, W, radius, tiles_h, tiles_w,
+                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        PRECISION: tl.constexpr):
+    # f[n] = alpha * K_H @ t[n] : smoothing along each column (the H axis)
+    pid = tl.program_id(0)
+    n = pid // (tiles_h * tiles_w)
+    tile = pid % (tiles_h * tiles_w)
+    row0 = (tile // tiles_w) * BM
+    col0 = (tile % tiles_w) * BN
+    rows = row0 + tl.arange(0, BM)  # (BM,)
+    cols = col0 + tl.arange(0, BN)  # (BN,)
+    base = n.to(tl.int64) * H * W
+    k_lo = tl.maximum(row0 - radius, 0)  # band of input rows feeding these outputs
+    k_hi = tl.minimum(tl.minimum(row0 + BM, H) + radius, H)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range((k_lo // BK) * BK, k_hi, BK):
+        ks = k0 + tl.arange(0, BK)  # (BK,)
+        kh = tl.load(kh_ptr + rows[:, None] * H + ks[None, :],
+                     mask=(rows[:, None] < H) & (ks[None, :] < H), other=0.0)  # (BM, BK)
+        t = tl.load(t_ptr + base + ks[:, None] * W + cols[None, :],
+                    mask=(ks[:, None] < H) & (cols[None, :] < W), other=0.0)  # (BK, BN)
+        acc = tl.dot(kh, t, acc, input_precision=PRECISION)
+    out_mask = (rows[:, None] < H) & (cols[None, :] < W)
+    tl.store(f_ptr + base + rows[:, None] * W + cols[None, :], acc * alpha, mask=out_mask)
+
+
+def field_from_uniform_triton(uniform: torch.Tensor, alpha: float, sigma: float,
+                              truncate: float = 4.0, precision: str | None = None) -> torch.Tensor:
+    """Triton twin of :func:`lrc_fast.reference.elastic.field_from_uniform`.
+
+    Parameters
+    ----------
+    uniform : torch.Tensor
+        ``(B, 2, H, W)`` float32 draws in ``[0, 1)``, on CUDA (or CPU under the interpreter).
+    alpha, sigma, truncate : float
+        As in the reference; ``sigma`` must be >= 0.
+    precision : {'tf32x3', 'tf32', 'ieee'}, optional
+        ``tl.dot`` input precision; default :data:`FIELD_DOT_PRECISION`. The interpreter
+        always multiplies in float32.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 2, H, W)`` float32 displacement.
+    """
+    uniform = uniform.contiguous()
+    batch, two, height, width = uniform.shape
+    if sigma <= 1e-15:  # no smoothing, as scipy
+        return (uniform * 2.0 - 1.0) * alpha
+    field = torch.empty_like(uniform)
+    if uniform.numel() == 0:
+        return field
+    radius = gaussian_radius(sigma, truncate)
+    kh = gaussian_band_matrix(height, float(sigma), float(truncate), uniform.device)  # (H, H)
+    kw = gaussian_band_matrix(width, float(sigma), float(truncate), uniform.device)  # (W, W)
+    kwt = kw.t().contiguous()
+    rows_smoothed = torch.empty_like(uniform)  # (B, 2, H, W)
+    tiles_h = triton.cdiv(height, _SMOOTH_BM)
+    tiles_w = triton.cdiv(width, _SMOOTH_BN)
+    grid = (batch * two * tiles_h * tiles_w,)
+    precision = precision or FIELD_DOT_PRECISION
+    _smooth_rows_kernel[grid](uniform, kwt, rows_smoothed, height, width, radius, tiles_h, tiles_w,
+                              BM=_SMOOTH_BM, BN=_SMOOTH_BN, BK=_SMOOTH_BK, PRECISION=precision,
+                              num_warps=4)
+    _smooth_cols_kernel[grid](rows_smoothed, kh, field, float(alpha), height, width, radius,
+                              tiles_h, tiles_w, BM=_SMOOTH_BM, BN=_SMOOTH_BN, BK=_SMOOTH_BK,
+                              PRECISION=precision, num_warps=4)
+    return field
+
+
+# ----------------------------------------------------------------------------------------------
+# Warp: fused bilinear image + nearest region map, and its backward
+# ----------------------------------------------------------------------------------------------
+
+@triton.jit
+def _source_coordinate(c, size, PADDING: tl.constexpr):
+    # Coordinate the bilinear taps are taken around, and its derivative d(result)/d(c).
+    # Same expressions as lrc_fast.reference.elastic.source_coordinate.
+    hi = size * 1.0 - 1.0
+    if PADDING == 0:  # border
+        s = tl.minimum(tl.maximum(c, 0.0), hi)
+        grad = tl.where((c >= 0.0) & (c <= hi), 1.0, 0.0)
+    elif PADDING == 1:  # zeros: every tap beyond [-2, size+1] is outside anyway
+        s = tl.minimum(tl.maximum(c, -2.0), hi + 2.0)
+        grad = tl.where((c >= -2.0) & (c <= hi + 2.0), 1.0, 0.0)
+    else:  # reflection about 0 and size-1
+        span = tl.maximum(hi, 1.0)
+        a = tl.where(c < 0.0, -c, c)
+        flips = tl.floor(tl.math.div_rn(a, span))
+        extra = a - flips * span
+        even = (flips - 2.0 * tl.floor(flips * 0.5)) == 0.0
+        r = tl.where(even, extra, span - extra)
+        sign = tl.where(c < 0.0, -1.0, 1.0) * tl.where(even, 1.0, -1.0)
+        s = tl.minimum(tl.maximum(r, 0.0), hi)
+        grad = tl.where((r >= 0.0) & (r <= hi), sign, 0.0)
+    return s, grad
+
+
+@triton.jit
+def _elastic_warp_fwd_kernel(img_ptr, reg_ptr, disp_ptr, out_img_ptr, out_reg_ptr,
+                             C, H, W, tiles, ignore_index,
+                             PADDING: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    b = (pid // tiles).to(tl.int64)
+    hw = H * W
+    offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat output pixels
+    live = offs < hw
+    i = offs // W
+    j = offs % W
+    dy = tl.load(disp_ptr + b * 2 * hw + offs, mask=live, other=0.0)
+    dx = tl.load(disp_ptr + (b * 2 + 1) * hw + offs, mask=live, other=0.0)
+    y = i.to(tl.float32) + dy  # sampling coordinates, as the reference
+    x = j.to(tl.float32) + dx
+    hi_y = H * 1.0 - 1.0
+    hi_x = W * 1.0 - 1.0
+
+    # region ids: nearest source pixel, ignore_index when it is outside the image
+    yn = tl.floor(y + 0.5)
+    xn = tl.floor(x + 0.5)
+    inside = (yn >= 0.0) & (yn <= hi_y) & (xn >= 0.0) & (xn <= hi_x)
+    src = tl.minimum(tl.maximum(yn, 0.0), hi_y).to(tl.int32) * W \
+        + tl.minimum(tl.maximum(xn, 0.0), hi_x).to(tl.int32)
+    ids = tl.load(reg_ptr + b * hw + src, mask=live & inside, other=0)
+    ids = tl.where(inside, ids, ignore_index)
+    tl.store(out_reg_ptr + b * hw + offs, ids, mask=live)
+
+    # image: bilinear around the padded coordinate, taps outside the image are 0
+    ys, _gy = _source_coordinate(y, H, PADDING)
+    xs, _gx = _source_coordinate(x, W, PADDING)
+    y0f = tl.floor(ys)
+    x0f = tl.floor(xs)
+    wy = ys - y0f
+    wx = xs - x0f
+    y0 = y0f.to(tl.int32)
+    x0 = x0f.to(tl.int32)
+    my0 = (y0 >= 0) & (y0 < H)
+    my1 = (y0 + 1 >= 0) & (y0 + 1 < H)
+    mx0 = (x0 >= 0) & (x0 < W)
+    mx1 = (x0 + 1 >= 0) & (x0 + 1 < W)
+    w00 = (1.0 - wy) * (1.0 - wx)
+    w01 = (1.0 - wy) * wx
+    w10 = wy * (1.0 - wx)
+    w11 = wy * wx
+    off00 = y0 * W + x0
+    for c in range(C):
+        base = (b * C + c) * hw
+        v00 = tl.load(img_ptr + base + off00, mask=live & my0 & mx0, other=0.0).to(tl.float32)
+        v01 = tl.load(img_ptr + base + off00 + 1, mask=live & my0 & mx1, other=0.0).to(tl.float32)
+        v10 = tl.load(img_ptr + base + off00 + W, mask=live & my1 & mx0, other=0.0).to(tl.float32)
+        v11 = tl.load(img_ptr + base + off00 + W + 1, mask=live & my1 & mx1, other=0.0).to(tl.float32)
+        out = w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
+        tl.store(out_img_ptr + base + offs, out.to(out_img_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _elastic_warp_bwd_kernel(grad_out_ptr, img_ptr, disp_ptr, grad_img_ptr, grad_disp_ptr,
+                             C, H, W, tiles,
+                             PADDING: tl.constexpr, NEED_IMG: tl.constexpr,
+                             NEED_DISP: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    b = (pid // tiles).to(tl.int64)
+    hw = H * W
+    offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
+    live = offs < hw
+    i = offs // W
+    j = offs % W
+    dy = tl.load(disp_ptr + b * 2 * hw + offs, mask=live, other=0.0)
+    dx = tl.load(disp_ptr + (b * 2 + 1) * hw + offs, mask=live, other=0.0)
+    y = i.to(tl.float32) + dy
+    x = j.to(tl.float32) + dx
+    ys, gy = _source_coordinate(y, H, PADDING)
+    xs, gx = _source_coordinate(x, W, PADDING)
+    y0f = tl.floor(ys)
+    x0f = tl.floor(xs)
+    wy = ys - y0f
+    wx = xs - x0f
+    y0 = y0f.to(tl.int32)
+    x0 = x0f.to(tl.int32)
+    m00 = live & (y0 >= 0) & (y0 < H) & (x0 >= 0) & (x0 < W)
+    m01 = live & (y0 >= 0) & (y0 < H) & (x0 + 1 >= 0) & (x0 + 1 < W)
+    m10 = live & (y0 + 1 >= 0) & (y0 + 1 < H) & (x0 >= 0) & (x0 < W)
+    m11 = live & (y0 + 1 >= 0) & (y0 + 1 < H) & (x0 + 1 >= 0) & (x0 + 1 < W)
+    off00 = y0 * W + x0
+    grad_y = tl.zeros((BLOCK,), dtype=tl.float32)
+    grad_x = tl.zeros((BLOCK,), dtype=tl.float32)
+    for c in range(C):
+        base = (b * C + c) * hw
+        g = tl.load(grad_out_ptr + base + offs, mask=live, other=0.0).to(tl.float32)
+        if NEED_IMG:
+            tl.atomic_add(grad_img_ptr + base + off00, g * ((1.0 - wy) * (1.0 - wx)), mask=m00)
+            tl.atomic_add(grad_img_ptr + base + off00 + 1, g * ((1.0 - wy) * wx), mask=m01)
+            tl.atomic_add(grad_img_ptr + base + off00 + W, g * (wy * (1.0 - wx)), mask=m10)
+            tl.atomic_add(grad_img_ptr + base + off00 + W + 1, g * (wy * wx), mask=m11)
+        if NEED_DISP:
+            v00 = tl.load(img_ptr + base + off00, mask=m00, other=0.0).to(tl.float32)
+            v01 = tl.load(img_ptr + base + off00 + 1, mask=m01, other=0.0).to(tl.float32)
+            v10 = tl.load(img_ptr + base + off00 + W, mask=m10, other=0.0).to(tl.float32)
+            v11 = tl.load(img_ptr + base + off00 + W + 1, mask=m11, other=0.0).to(tl.float32)
+            grad_y += g * ((1.0 - wx) * (v10 - v00) + wx * (v11 - v01))
+            grad_x += g * ((1.0 - wy) * (v01 - v00) + wy * (v11 - v10))
+    if NEED_DISP:
+        tl.store(grad_disp_ptr + b * 2 * hw + offs, grad_y * gy, mask=live)
+        tl.store(grad_disp_ptr + (b * 2 + 1) * hw + offs, grad_x * gx, mask=live)
+
+
+def elastic_warp_triton(images: torch.Tensor, regions: torch.Tensor, displacement: torch.Tensor,
+                        padding: str = "border", ignore_index: int = -1):
+    """Fused warp, no autograd: ``(B, C, H, W)`` images and ``(B, H, W)`` ids in, same out.
+
+    ``displacement`` is ``(B, 2, H, W)`` float32. Inputs are assumed checked (see
+    :func:`lrc_fast.elastic_warp`).
+    """
+    images = images.contiguous()
+    regions = regions.contiguous()
+    displacement = displacement.contiguous()
+    batch, channels, height, width = images.shape
+    out_images = torch.empty_like(images)
+    out_regions = torch.empty_like(regions)
+    if batch == 0:
+        return out_images, out_regions
+    tiles = triton.cdiv(height * width, _WARP_BLOCK)
+    _elastic_warp_fwd_kernel[(batch * tiles,)](
+        images, regions, displacement, out_images, out_regions,
+        channels, height, width, tiles, int(ignore_index),
+        PADDING=PADDING_CODES[padding], BLOCK=_WARP_BLOCK, num_warps=4)
+    return out_images, out_regions
+
+
+def elastic_warp_triton_backward(grad_out: torch.Tensor, images: torch.Tensor,
+                                 displacement: torch.Tensor, padding: str,
+                                 need_images: bool, need_displacement: bool):
+    """Gradients of the warped images with respect to ``images`` and ``displacement`` (or None)."""
+    grad_out = grad_out.contiguous()
+    batch, channels, height, width = images.shape
+    grad_images = torch.zeros(images.shape, dtype=torch.float32, device=images.device) \
+        if need_images else None
+    grad_disp = torch.empty_like(displacement) if need_displacement else None
+    if batch > 0:
+        tiles = triton.cdiv(height * width, _WARP_BLOCK)
+        _elastic_warp_bwd_kernel[(batch * tiles,)](
+            grad_out, images, displacement,
+            grad_images if need_images else grad_out, grad_disp if need_displacement else grad_out,
+            channels, height, width, tiles,
+            PADDING=PADDING_CODES[padding], NEED_IMG=need_images, NEED_DISP=need_displacement,
+            BLOCK=_WARP_BLOCK, num_warps=4)
+    if grad_images is not None:
+        grad_images = grad_images.to(images.dtype)
+    return grad_images, grad_disp
+
+
+class ElasticWarpFunction(torch.autograd.Function):
+    """Autograd wrapper of the fused warp; differentiable in images and displacement."""
+
+    @staticmethod
+    def forward(ctx, images, displacement, regions, padding, ignore_index):
+        out_images, out_regions = elastic_warp_triton(images, regions, displacement, padding,
+                                                      ignore_index)
+        ctx.save_for_backward(images.contiguous(), displacement.contiguous())
+        ctx.padding = padding
+        ctx.mark_non_differentiable(out_regions)
+        return out_images, out_regions
+
+    @staticmethod
+    def backward(ctx, grad_images, _grad_regions):
+        images, displacement = ctx.saved_tensors
+        need_images, need_disp = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if grad_images is None or not (need_images or need_disp):
+            return None, None, None, None, None
+        gi, gd = elastic_warp_triton_backward(grad_images, images, displacement, ctx.padding,
+                                              need_images, need_disp)
+        return gi, gd, None, None, None

@@ -1,0 +1,285 @@
+"""Triton kernels for the K-region InfoNCE of the LRC loss, forward and backward.
+
+Per image, with ``q``, ``p`` the ``(M, D)`` (L2-normalised) region means of the two views,
+``a = q p^T / tau`` and ``c = q q^T / tau``::
+
+    loss[k] = lse[k] - a[k, k],   lse[k] = log( sum_j valid_j e^{a[k, j]} + sum_{j != k} valid_j e^{c[k, j]} )
+
+(``include_self`` also keeps ``j == k`` in the second sum). Invalid regions get loss 0 and are
+no one's negative.
+
+Forward (:func:`_infonce_fwd_kernel`)
+    One program per (image, block of ``BLOCK`` rows). It streams the column blocks of ``p`` and
+    ``q``, computes both logit tiles with ``tl.dot`` and keeps an online log-sum-exp. It writes
+    the per-region loss and ``lse``. Nothing ``(M, M)``-sized is stored.
+
+Backward (:func:`_infonce_bwd_kernel`)
+    With ``g[k]`` the incoming gradient of ``loss[k]`` and ``P = e^{a - lse}``, ``Q = e^{c - lse}``
+    (row-normalised, masked)::
+
+        dq[t] = ( sum_u g_t P[t,u] p_u + sum_u (g_t Q[t,u] + g_u Q[u,t]) q_u - g_t p_t ) / tau
+        dp[t] = ( sum_u g_u P[u,t] q_u - g_t q_t ) / tau
+
+    One program per (image, block ``t``) makes a single pass over the blocks ``u``. It
+    recomputes ``a[t,u]``, ``c[t,u]`` (``= c[u,t]``) and ``a[u,t]`` and accumulates ``dq[t]``
+    and ``dp[t]`` in registers. This is deterministic: no atomics, no ``(M, M)`` buffer. The
+    gradient then goes through the normalisation: ``dm = (dy - y (y . dy)) / max(|m|, eps)``
+    (``dy / eps`` below eps, as autograd of ``F.normalize``).
+
+Precision: the logits use ``tl.dot`` with ``input_precision`` ``"tf32x3"`` for float32 features
+(about float32 accuracy on the tensor cores) and ``"tf32"`` for bfloat16/float16 features. The
+region means there are averages of 16-bit values, and tf32's 10-bit mantissa is finer than the
+features' own 8 (bf16) or 11 (fp16) bits. On CPU (Triton interpreter) it is ``"ieee"``.
+Accumulation, the log-sum-exp and the gradients are float32.
+
+The launchers are registered as ``torch.library`` custom ops (``lrc_fast::region_infonce_forward``,
+``lrc_fast::region_infonce_backward``) so that ``torch.compile`` treats them as opaque.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+@triton.jit
+def _load_rows(ptr, b, rows, M, D, NORMALIZE: tl.constexpr, BLOCK_D: tl.constexpr):
+    # (BLOCK, BLOCK_D) float32 rows of a (B, M, D) tensor, L2-normalised when NORMALIZE
+    d = tl.arange(0, BLOCK_D)
+    mask = (rows < M)[:, None] & (d < D)[None, :]
+    x = tl.load(ptr + (b.to(tl.int64) * M + rows)[:, None] * D + d[None, :], mask=mask, other=0.0)
+    if NORMALIZE:
+        norm = tl.sqrt(tl.sum(x * x, axis=1))
+        x = x / tl.maximum(norm, 1e-12)[:, None]
+    return x
+
+
+@triton.jit
+def _normalize_backward(ptr, b, rows, M, D, dy, BLOCK_D: tl.constexpr):
+    # gradient of y = x / max(|x|, eps) with respect to x, given dy = dL/dy
+    d = tl.arange(0, BLOCK_D)
+    mask = (rows < M)[:, None] & (d < D)[None, :]
+    x = tl.load(ptr + (b.to(tl.int64) * M + rows)[:, None] * D + d[None, :], mask=mask, other=0.0)
+    norm = tl.sqrt(tl.sum(x * x, axis=1))
+    denom = tl.maximum(norm, 1e-12)
+    y = x / denom[:, None]
+    radial = tl.where(norm >= 1e-12, tl.sum(y * dy, axis=1), 0.0)
+    return (dy - y * radial[:, None]) / denom[:, None]
+
+
+@triton.jit
+def _infonce_fwd_kernel(mq_ptr, mp_ptr, valid_ptr, rows_ptr, lse_ptr, M, D, inv_tau,
+                        NORMALIZE: tl.constexpr, INCLUDE_SELF: tl.constexpr,
+                        PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) rows
+    b = tl.program_id(1)
+    in_i = i < M
+    valid_i = tl.load(valid_ptr + b * M + i, mask=in_i, other=0) != 0
+    q_i = _load_rows(mq_ptr, b, i, M, D, NORMALIZE, BLOCK_D)  # (BLOCK, BLOCK_D)
+    run_max = tl.full([BLOCK], -1e30, dtype=tl.float32)
+    run_sum = tl.zeros([BLOCK], dtype=tl.float32)
+    positive = tl.zeros([BLOCK], dtype=tl.float32)
+    for j0 in range(0, M, BLOCK):
+        j = j0 + tl.arange(0, BLOCK)  # (BLOCK,) columns
+        valid_j = tl.load(valid_ptr + b * M + j, mask=j < M, other=0) != 0
+        p_j = _load_rows(mp_ptr, b, j, M, D, NORMALIZE, BLOCK_D)
+        q_j = _load_rows(mq_ptr, b, j, M, D, NORMALIZE, BLOCK_D)
+        a = tl.dot(q_i, tl.trans(p_j), input_precision=PRECISION) * inv_tau  # (BLOCK, BLOCK)
+        c = tl.dot(q_i, tl.trans(q_j), input_precision=PRECISION) * inv_tau
+        diagonal = i[:, None] == j[None, :]
+        positive += tl.sum(tl.where(diagonal, a, 0.0), axis=1)
+        keep_a = valid_j[None, :] & in_i[:, None]
+        if INCLUDE_SELF:
+            keep_c = keep_a
+        else:
+            keep_c = keep_a & (i[:, None] != j[None, :])
+        a = tl.where(keep_a, a, float("-inf"))
+        c = tl.where(keep_c, c, float("-inf"))
+        new_max = tl.maximum(run_max, tl.maximum(tl.max(a, axis=1), tl.max(c, axis=1)))
+        run_sum = (run_sum * tl.exp(run_max - new_max)
+                   + tl.sum(tl.exp(a - new_max[:, None]), axis=1)
+                   + tl.sum(tl.exp(c - new_max[:, None]), axis=1))
+        run_max = new_max
+    lse = run_max + tl.log(tl.maximum(run_sum, 1e-30))  # run_sum > 0 on valid rows (the positive)
+    tl.store(rows_ptr + b * M + i, tl.where(valid_i, lse - positive, 0.0), mask=in_i)
+    tl.store(lse_ptr + b * M + i, tl.where(valid_i, lse, 0.0), mask=in_i)
+
+
+@triton.jit
+def _infonce_bwd_kernel(mq_ptr, mp_ptr, valid_ptr, lse_ptr, grad_ptr, dmq_ptr, dmp_ptr,
+                        M, D, inv_tau,
+                        NORMALIZE: tl.constexpr, INCLUDE_SELF: tl.constexpr,
+                        PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) this program's regions
+    b = tl.program_id(1)
+    in_t = t < M
+    valid_t = tl.load(valid_ptr + b * M + t, mask=in_t, other=0) != 0
+    lse_t = tl.load(lse_ptr + b * M + t, mask=in_t, other=0.0)
+    g_t = tl.where(valid_t, tl.load(grad_ptr + b * M + t, mask=in_t, other=0.0), 0.0)
+    q_t = _load_rows(mq_ptr, b, t, M, D, NORMALIZE, BLOCK_D)  # (BLOCK, BLOCK_D)
+    p_t = _load_rows(mp_ptr, b, t, M, D, NORMALIZE, BLOCK_D)
+    acc_q = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    acc_p = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    for u0 in range(0, M, BLOCK):
+        u = u0 + tl.arange(0, BLOCK)  # (BLOCK,) the other regions
+        in_u = u < M
+        valid_u = tl.load(valid_ptr + b * M + u, mask=in_u, other=0) != 0
+        lse_u = tl.load(lse_ptr + b * M + u, mask=in_u, other=0.0)
+        g_u = tl.where(valid_u, tl.load(grad_ptr + b * M + u, mask=in_u, other=0.0), 0.0)
+        q_u = _load_rows(mq_ptr, b, u, M, D, NORMALIZE, BLOCK_D)
+        p_u = _load_rows(mp_ptr, b, u, M, D, NORMALIZE, BLOCK_D)
+        keep_a = valid_t[:, None] & valid_u[None, :]  # (BLOCK, BLOCK)
+        if INCLUDE_SELF:
+            keep_c = keep_a
+        else:
+            keep_c = keep_a & (t[:, None] != u[None, :])
+        # row t against column u of q p^T: a[t, u]
+        a = tl.dot(q_t, tl.trans(p_u), input_precision=PRECISION) * inv_tau
+        w = tl.exp(tl.where(keep_a, a - lse_t[:, None], float("-inf"))) * g_t[:, None]
+        acc_q = tl.dot(w, p_u, acc_q, input_precision=PRECISION)
+        # q q^T is symmetric: c[t, u] serves row t (normaliser lse_t) and row u (lse_u)
+        c = tl.dot(q_t, tl.trans(q_u), input_precision=PRECISION) * inv_tau
+        w = (tl.exp(tl.where(keep_c, c - lse_t[:, None], float("-inf"))) * g_t[:, None]
+             + tl.exp(tl.where(keep_c, c - lse_u[None, :], float("-inf"))) * g_u[None, :])
+        acc_q = tl.dot(w, q_u, acc_q, input_precision=PRECISION)
+        # row u against column t of q p^T: a[u, t], laid out as [t, u]
+        a = tl.dot(p_t, tl.trans(q_u), input_precision=PRECISION) * inv_tau
+        w = tl.exp(tl.where(keep_a, a - lse_u[None, :], float("-inf"))) * g_u[None, :]
+        acc_p = tl.dot(w, q_u, acc_p, input_precision=PRECISION)
+    d_q = (acc_q - g_t[:, None] * p_t) * inv_tau  # the positive a[t, t] enters with sign -1
+    d_p = (acc_p - g_t[:, None] * q_t) * inv_tau
+    if NORMALIZE:
+        d_q = _normalize_backward(mq_ptr, b, t, M, D, d_q, BLOCK_D)
+        d_p = _normalize_backward(mp_ptr, b, t, M, D, d_p, BLOCK_D)
+    d = tl.arange(0, BLOCK_D)
+    out = (b.to(tl.int64) * M + t)[:, None] * D + d[None, :]
+    mask = in_t[:, None] & (d < D)[None, :]
+    tl.store(dmq_ptr + out, d_q, mask=mask)
+    tl.store(dmp_ptr + out, d_p, mask=mask)
+
+
+def _blocks(regions: int, channels: int) -> tuple[int, int]:
+    block_d = max(16, triton.next_power_of_2(channels))
+    cap = 64 if block_d <= 64 else (32 if block_d <= 128 else 16)
+    return max(16, min(cap, triton.next_power_of_2(regions))), block_d
+
+
+def _launch_precision(tensor: torch.Tensor, precision: str) -> str:
+    return precision if tensor.is_cuda else "ieee"
+
+
+def _infonce_forward(means_q, means_p, valid, temperature, normalize, include_self, precision):
+    batch, regions, channels = means_q.shape
+    rows = torch.empty((batch, regions), dtype=torch.float32, device=means_q.device)  # (B, M)
+    lse = torch.empty_like(rows)  # (B, M)
+    if batch * regions == 0:
+        return rows, lse
+    block, block_d = _blocks(regions, channels)
+    _infonce_fwd_kernel[(triton.cdiv(regions, block), batch)](
+        means_q, means_p, valid, rows, lse, regions, channels, 1.0 / temperature,
+        NORMALIZE=normalize, INCLUDE_SELF=include_self,
+        PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
+        num_warps=8 if block * block_d >= 4096 else 4)
+    return rows, lse
+
+
+def _infonce_backward(grad_rows, means_q, means_p, valid, lse, temperature, normalize,
+                      include_self, precision):
+    batch, regions, channels = means_q.shape
+    d_q = torch.empty_like(means_q)  # (B, M, D)
+    d_p = torch.empty_like(means_p)
+    if batch * regions == 0:
+        return d_q, d_p
+    block, block_d = _blocks(regions, channels)
+    _infonce_bwd_kernel[(triton.cdiv(regions, block), batch)](
+        means_q, means_p, valid, lse, grad_rows, d_q, d_p, regions, channels, 1.0 / temperature,
+        NORMALIZE=normalize, INCLUDE_SELF=include_self,
+        PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
+        num_warps=8 if block * block_d >= 4096 else 4)
+    return d_q, d_p
+
+
+@torch.library.custom_op("lrc_fast::region_infonce_forward", mutates_args=())
+def _infonce_forward_op(means_q: torch.Tensor, means_p: torch.Tensor, valid: torch.Tensor,
+                        temperature: float, normalize: bool, include_self: bool,
+                        precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _infonce_forward(means_q, means_p, valid, temperature, normalize, include_self, precision)
+
+
+@_infonce_forward_op.register_fake
+def _(means_q, means_p, valid, temperature, normalize, include_self, precision):
+    shape = means_q.shape[:2]
+    return (means_q.new_empty(shape, dtype=torch.float32),
+            means_q.new_empty(shape, dtype=torch.float32))
+
+
+@torch.library.custom_op("lrc_fast::region_infonce_backward", mutates_args=())
+def _infonce_backward_op(grad_rows: torch.Tensor, means_q: torch.Tensor, means_p: torch.Tensor,
+                         valid: torch.Tensor, lse: torch.Tensor, temperature: float, normalize: bool,
+                         include_self: bool, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _infonce_backward(grad_rows, means_q, means_p, valid, lse, temperature, normalize,
+                             include_self, precision)
+
+
+@_infonce_backward_op.register_fake
+def _(grad_rows, means_q, means_p, valid, lse, temperature, normalize, include_self, precision):
+    return torch.empty_like(means_q), torch.empty_like(means_p)
+
+
+class RegionInfoNCEFunction(torch.autograd.Function):
+    """Autograd for the per-region InfoNCE: ``(B, M, D)`` x 2 -> ``(B, M)`` float32."""
+
+    @staticmethod
+    def forward(ctx, means_q, means_p, valid, temperature, normalize, include_self, precision):
+        compiling = torch.compiler.is_compiling()
+        forward = _infonce_forward_op if compiling else _infonce_forward
+        rows, lse = forward(means_q, means_p, valid, temperature, normalize, include_self, precision)
+        ctx.save_for_backward(means_q, means_p, valid, lse)
+        ctx.options = (temperature, normalize, include_self, precision)
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        means_q, means_p, valid, lse = ctx.saved_tensors
+        backward = _infonce_backward_op if torch.compiler.is_compiling() else _infonce_backward
+        d_q, d_p = backward(grad_rows.float().contiguous(), means_q, means_p, valid, lse, *ctx.options)
+        return d_q, d_p, None, None, None, None, None
+
+
+def region_infonce(means_q: torch.Tensor, means_p: torch.Tensor, valid: torch.Tensor,
+                   temperature: float, normalize: bool = True, include_self: bool = False,
+                   precision: str = "tf32x3") -> torch.Tensor:
+    """Per-region InfoNCE with the fused Triton kernels (differentiable in both means).
+
+    Same value as :func:`lrc_fast.reference.region_loss.region_infonce`.
+
+    Parameters
+    ----------
+    means_q, means_p : torch.Tensor
+        ``(B, M, D)`` region means (made float32 and contiguous).
+    valid : torch.Tensor
+        ``(B, M)`` bool.
+    temperature : float
+        ``tau > 0``.
+    normalize, include_self : bool
+        As in :func:`lrc_fast.region_contrast_loss`.
+    precision : {'tf32x3', 'tf32', 'ieee'}
+        ``tl.dot`` input precision on CUDA (the interpreter always computes in float32).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, M)`` float32; 0 for invalid regions.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``precision``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    return RegionInfoNCEFunction.apply(means_q.float().contiguous(), means_p.float().contiguous(),
+                                       valid.to(torch.int8).contiguous(), float(temperature),
+                                       bool(normalize), bool(include_self), precision)

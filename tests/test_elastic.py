@@ -1,0 +1,531 @@
+"""Tests for elastic positive pairs (lrc_fast.elastic, its reference and its Triton kernels).
+
+On CPU the Triton kernels run under the interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
+on small odd shapes; the @pytest.mark.gpu tests repeat the comparisons on CUDA at 512 x 512.
+"""
+import math
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lrc_fast.elastic import (DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp,
+                              random_elastic_field)
+from lrc_fast.kernels.elastic_warp import field_from_uniform_triton, gaussian_band_matrix
+from lrc_fast.reference import elastic as ref
+
+PADDINGS = ref.PADDING_MODES
+
+# Image tolerance of the Triton warp against the reference, per image dtype. Both interpolate in
+# float32 with the same expressions; they differ only by fused multiply-adds (a few float32 ulps
+# of values in [0, 1)) and by the final rounding to a 16-bit dtype, where the Triton
+# interpreter truncates to bfloat16 while CUDA and torch round to nearest: one ulp of the
+# output dtype at [0.5, 1).
+WARP_ATOL = {torch.float32: 2e-6, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
+
+
+def _uniform(shape, seed, device="cpu"):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return torch.rand(shape, generator=gen, device=device)
+
+
+def _scipy_field(uniform: torch.Tensor, alpha: float, sigma: float) -> np.ndarray:
+    """scipy's Simard field on the same noise, computed in float64."""
+    noise = (uniform * 2.0 - 1.0).double().cpu().numpy()
+    return alpha * ndi.gaussian_filter(noise, sigma, axes=(-2, -1), mode="reflect", truncate=4.0)
+
+
+def _correlation_length(field: np.ndarray, axis: int) -> float:
+    """Lag (pixels, linearly interpolated) where the autocorrelation along ``axis`` falls to 1/e."""
+    centred = field - field.mean()
+    var = (centred * centred).mean()
+    corr = [1.0]
+    for lag in range(1, field.shape[axis] // 2):
+        a = np.take(centred, np.arange(field.shape[axis] - lag), axis=axis)
+        b = np.take(centred, np.arange(lag, field.shape[axis]), axis=axis)
+        corr.append(float((a * b).mean() / var))
+        if corr[-1] < math.exp(-1.0):
+            lo, hi = corr[-2], corr[-1]
+            return lag - 1 + (lo - math.exp(-1.0)) / (lo - hi)
+    raise AssertionError("autocorrelation never fell to 1/e")
+
+
+def _warp_inputs(batch, channels, height, width, dtype, region_dtype, scale, seed, device="cpu"):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    images = torch.rand(batch, channels, height, width, generator=gen, device=device).to(dtype)
+    regions = torch.randint(-2, 40, (batch, height, width), generator=gen, device=device)
+    displacement = torch.randn(batch, 2, height, width, generator=gen, device=device) * scale
+    return images, regions.to(region_dtype), displacement
+
+
+# ---------------------------------------------------------------------------------------------
+# the field
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 4.5, 16.0])
+def test_gaussian_kernel_is_scipys_impulse_response(sigma):
+    radius = ref.gaussian_radius(sigma)
+    delta = np.zeros(2 * radius + 11)
+    delta[radius + 5] = 1.0
+    response = ndi.gaussian_filter1d(delta, sigma, mode="constant", truncate=4.0)
+    np.testing.assert_allclose(ref.gaussian_kernel1d(sigma).numpy(),
+                               response[5:5 + 2 * radius + 1], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("n,radius", [(5, 2), (4, 9), (1, 3)])
+def test_reflect_indices_are_scipys_reflect_mode(n, radius):
+    values = np.arange(n, dtype=np.float64) * 10.0
+    padded = np.pad(values, radius, mode="symmetric")  # numpy 'symmetric' == scipy 'reflect'
+    np.testing.assert_array_equal(values[ref.reflect_indices(n, radius).numpy()], padded)
+
+
+# sigma 12 on a 37-pixel axis needs a radius of 48: several reflections.
+@pytest.mark.parametrize("sigma", [0.0, 0.7, 3.0, 12.0])
+@pytest.mark.parametrize("alpha", [1.0, 50.0])
+def test_reference_field_equals_scipy_on_same_noise(sigma, alpha):
+    uniform = _uniform((2, 2, 37, 91), seed=1)
+    ours = ref.field_from_uniform(uniform, alpha, sigma).double().numpy()
+    expected = _scipy_field(uniform, alpha, sigma)
+    # float32 sums of <= 2r+1 terms bounded by 1, twice: error well below 1e-6 of alpha
+    # (measured <= 1.5e-7); a wrong boundary mode or kernel changes values by ~1e-2 of alpha.
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6 * alpha)
+
+
+@pytest.mark.parametrize("sigma", [2.0, 5.0])
+def test_field_statistics_match_scipy(sigma):
+    """Mean, std and correlation length of the field equal scipy's on the same noise."""
+    alpha = 30.0
+    uniform = _uniform((2, 2, 96, 128), seed=2)
+    ours = ref.field_from_uniform(uniform, alpha, sigma).double().numpy()
+    expected = _scipy_field(uniform, alpha, sigma)
+    # The fields agree to ~1e-7 relative (previous test), so their statistics agree to 1e-5
+    # relative; the mean, a small number, is compared against the std instead.
+    std = expected.std()
+    assert abs(ours.mean() - expected.mean()) <= 1e-5 * std
+    assert ours.std() == pytest.approx(std, rel=1e-5)
+    for axis in (-2, -1):
+        assert _correlation_length(ours, axis) == pytest.approx(
+            _correlation_length(expected, axis), rel=1e-4)
+
+
+def test_field_statistics_match_theory():
+    """Away from the border the field has the analytic std and correlation exp(-d^2 / 4 sigma^2)."""
+    sigma, alpha = 4.0, 100.0
+    field = random_elastic_field(8, 160, 160, alpha, sigma,
+                                 torch.Generator().manual_seed(3)).double().numpy()
+    interior = field[..., 16:-16, 16:-16]  # 4 sigma away from the reflecting border
+    # For the variance, 8 images x 2 components x 128^2 px with a squared-correlation area of
+    # 2 pi sigma^2 ~ 100 px are ~2600 independent samples: the std is known to ~1.4 % (1 sigma);
+    # the mean (correlation area 4 pi sigma^2) to ~0.03 std.
+    expected_std = ref.displacement_std(alpha, sigma)
+    assert interior.std() == pytest.approx(expected_std, rel=0.08)
+    assert abs(interior.mean()) < 0.12 * expected_std
+    # correlation exp(-d^2 / (4 sigma^2)) falls to 1/e at d = 2 sigma
+    for axis in (-2, -1):
+        assert _correlation_length(interior, axis) == pytest.approx(2 * sigma, rel=0.08)
+
+
+def test_default_strength_is_the_documented_one():
+    assert ref.displacement_std(DEFAULT_ALPHA, DEFAULT_SIGMA) == pytest.approx(4.07, abs=0.01)
+    assert DEFAULT_ALPHA / (DEFAULT_SIGMA * math.sqrt(12 * math.pi)) == pytest.approx(4.07, abs=0.01)
+    field = random_elastic_field(4, 512, 512, DEFAULT_ALPHA, DEFAULT_SIGMA,
+                                 torch.Generator().manual_seed(4))
+    interior = field[..., 64:-64, 64:-64]
+    # ~4 x 2 x 384^2 / (2 pi 16^2) ~ 730 independent samples: std known to ~2.6 % (1 sigma)
+    assert float(interior.std()) == pytest.approx(4.07, rel=0.08)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_same_seed_same_field(backend):
+    def draw(seed):
+        return random_elastic_field(2, 37, 91, 20.0, 3.0, torch.Generator().manual_seed(seed),
+                                    backend=backend)
+
+    first, again, other = draw(7), draw(7), draw(8)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+    gen = torch.Generator().manual_seed(7)
+    a = random_elastic_field(1, 37, 91, 20.0, 3.0, gen, backend=backend)
+    b = random_elastic_field(1, 37, 91, 20.0, 3.0, gen, backend=backend)
+    assert not torch.allclose(a, b)  # the generator advances
+
+
+@pytest.mark.parametrize("batch,height,width,sigma,truncate", [
+    (2, 37, 91, 0.0, 4.0), (2, 37, 91, 1.5, 4.0), (1, 37, 91, 5.0, 4.0),
+    (2, 37, 91, 30.0, 4.0),  # radius 120 > both sides: folded reflections
+    (1, 130, 70, 16.0, 4.0),  # several tiles along H, two along W
+    # radius 33 with heavy tails: the band of the first tile ends exactly on a chunk start
+    # (63 + 33 = 3 * 32) and that of the second starts one before one (64 - 33 = 31)
+    (1, 130, 130, 33.0, 1.0),
+    (1, 1, 17, 2.0, 4.0), (1, 17, 1, 2.0, 4.0),
+])
+def test_triton_field_matches_reference(batch, height, width, sigma, truncate):
+    alpha = 3.0
+    uniform = _uniform((batch, 2, height, width), seed=5)
+    expected = ref.field_from_uniform(uniform, alpha, sigma, truncate)
+    got = field_from_uniform_triton(uniform, alpha, sigma, truncate, precision="tf32")
+    # The interpreter ignores the tl.dot precision: its tl.dot is a float32 matmul that sums the
+    # same products in another order than the convolution: ~1 float32 ulp per term (measured
+    # <= 1.6e-7 * alpha).
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * alpha)
+
+
+def test_band_matrix_applies_the_reference_smoothing():
+    x = _uniform((1, 23, 23), seed=6).double()
+    band = gaussian_band_matrix(23, 9.0, 4.0, torch.device("cpu")).double()  # radius 36 > 23
+    expected = ref.gaussian_smooth(x, 9.0)
+    torch.testing.assert_close(band @ x[0] @ band.T, expected[0], rtol=0, atol=1e-7)
+
+
+def test_empty_batch_field():
+    for backend in ("reference", "triton"):
+        field = random_elastic_field(0, 8, 9, 5.0, 2.0, backend=backend)
+        assert field.shape == (0, 2, 8, 9)
+
+
+# ---------------------------------------------------------------------------------------------
+# the warp
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("region_dtype", [torch.int64, torch.int32])
+def test_alpha_zero_returns_input_exactly(backend, dtype, padding, region_dtype):
+    images, regions, _ = _warp_inputs(2, 1, 37, 91, dtype, region_dtype, 0.0, seed=10)
+    x_p, r_p = elastic_pair(images, regions, alpha=0.0, sigma=4.0, padding=padding,
+                            generator=torch.Generator().manual_seed(0), backend=backend)
+    assert torch.equal(x_p, images) and x_p.dtype == dtype
+    assert torch.equal(r_p, regions) and r_p.dtype == region_dtype
+    x3, r3 = elastic_pair(images[:, 0], regions, alpha=0.0, backend=backend)  # (B, H, W) images
+    assert torch.equal(x3, images[:, 0]) and torch.equal(r3, regions)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_region_ids_come_from_the_image_sampling_coordinates(backend):
+    """Each warped id is the source id at the nearest pixel of the coordinates the image used."""
+    batch, height, width = 2, 37, 91
+    rows = torch.arange(height, dtype=torch.float32).view(1, height, 1).expand(batch, height, width)
+    cols = torch.arange(width, dtype=torch.float32).view(1, 1, width).expand(batch, height, width)
+    images = torch.stack([rows, cols], 1).contiguous()  # (B, 2, H, W): the image *is* its coordinate
+    regions = (torch.arange(height * width).view(1, height, width) * 3 + 7).repeat(batch, 1, 1)
+    gen = torch.Generator().manual_seed(11)
+    displacement = torch.randn(batch, 2, height, width, generator=gen) * 6.0
+    displacement[:, :, :4] = torch.rand(batch, 2, 4, width, generator=gen).round() * 0.5  # ties
+    warped, ids = elastic_warp(images, regions, displacement, backend=backend)
+
+    # 1) against an independent numpy computation of the nearest source pixel
+    d = displacement.numpy()
+    y = np.arange(height, dtype=np.float32)[None, :, None] + d[:, 0]  # float32 addition
+    x = np.arange(width, dtype=np.float32)[None, None, :] + d[:, 1]
+    yn, xn = np.floor(y + np.float32(0.5)), np.floor(x + np.float32(0.5))
+    inside = (yn >= 0) & (yn <= height - 1) & (xn >= 0) & (xn <= width - 1)
+    source = (np.clip(yn, 0, height - 1).astype(np.int64) * width
+              + np.clip(xn, 0, width - 1).astype(np.int64))
+    expected = np.where(inside, source * 3 + 7, -1)
+    np.testing.assert_array_equal(ids.numpy(), expected)
+    assert 0.05 < (~inside).mean() < 0.5  # the test covers both cases
+
+    # 2) against the coordinates the bilinear image warp used (border padding: clamped y, x)
+    id_row = (ids - 7) // 3 // width
+    id_col = (ids - 7) // 3 % width
+    keep = ids >= 0
+    assert torch.all((warped[:, 0] - id_row)[keep].abs() <= 0.5 + 1e-4)
+    assert torch.all((warped[:, 1] - id_col)[keep].abs() <= 0.5 + 1e-4)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_negative_ids_stay_negative(backend):
+    images, regions, displacement = _warp_inputs(2, 1, 37, 91, torch.float32, torch.int64, 3.0, 12)
+    regions = torch.where(regions % 3 == 0, torch.full_like(regions, -5), regions)
+    _, ids = elastic_warp(images, regions, displacement, ignore_index=-9, backend=backend)
+    expected = ref.warp_regions(regions, *ref.sampling_coordinates(displacement), ignore_index=-9)
+    assert torch.equal(ids, expected)
+    assert (ids == -5).any() and (ids == -9).any()
+    assert set(ids.unique().tolist()) <= set(regions.unique().tolist()) | {-9}
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_reference_warp_is_grid_sample(padding, channels):
+    images, regions, displacement = _warp_inputs(2, channels, 37, 91, torch.float32, torch.int64,
+                                                 8.0, seed=13)
+    warped, ids = ref.elastic_warp(images, regions, displacement, padding)
+    y, x = ref.sampling_coordinates(displacement)
+    grid = torch.stack([2 * x / (91 - 1) - 1, 2 * y / (37 - 1) - 1], dim=-1)  # (B, H, W, 2)
+    expected = F.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=True)
+    # grid_sample re-derives pixel coordinates from normalised ones: ~size * 2^-24 px of error
+    torch.testing.assert_close(warped, expected, rtol=0, atol=2e-5)
+    nearest = F.grid_sample(regions.unsqueeze(1).double(), grid.double(), mode="nearest",
+                            padding_mode="zeros", align_corners=True).squeeze(1).long()
+    # grid_sample rounds half to even and pads with 0; compare away from ties and the outside
+    fy, fx = (y - y.floor() - 0.5).abs(), (x - x.floor() - 0.5).abs()
+    clear = (fy > 1e-3) & (fx > 1e-3) & (ids != -1)
+    assert clear.float().mean() > 0.5
+    assert torch.equal(ids[clear], nearest[clear])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("region_dtype", [torch.int64, torch.int32])
+def test_triton_warp_matches_reference(dtype, padding, region_dtype):
+    images, regions, displacement = _warp_inputs(2, 2, 37, 91, dtype, region_dtype, 10.0, seed=14)
+    expected = elastic_warp(images, regions, displacement, padding=padding, backend="reference")
+    got = elastic_warp(images, regions, displacement, padding=padding, backend="triton")
+    assert got[0].dtype == dtype and got[1].dtype == region_dtype
+    torch.testing.assert_close(got[0].float(), expected[0].float(), rtol=0, atol=WARP_ATOL[dtype])
+    assert torch.equal(got[1], expected[1])
+
+
+def test_triton_warp_handles_layouts_and_wild_displacements():
+    gen = torch.Generator().manual_seed(15)
+    images = torch.rand(2, 91, 37, generator=gen).transpose(1, 2)  # (B, H, W), not contiguous
+    regions = torch.randint(0, 9, (2, 91, 37), generator=gen).transpose(1, 2)
+    displacement = torch.randn(2, 2, 37, 91, generator=gen) * 1e4  # mostly far outside
+    displacement[0, :, 5] = 0.5  # exact ties
+    for padding in PADDINGS:
+        expected = elastic_warp(images, regions, displacement, padding=padding, backend="reference")
+        got = elastic_warp(images, regions, displacement, padding=padding, backend="triton")
+        assert got[0].shape == images.shape
+        # reflection folds |c| ~ 1e4 back into range; its float32 remainder is exact only to
+        # ~1e4 * 2^-24, the same in both, but FMA may move it by an ulp of 1e4
+        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=1e-3)
+        assert torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 19), (2, 3, 19, 1), (0, 1, 5, 6)])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_degenerate_shapes(shape, padding):
+    batch, channels, height, width = shape
+    images, regions, displacement = _warp_inputs(batch, channels, height, width, torch.float32,
+                                                 torch.int64, 2.0, seed=16)
+    expected = elastic_warp(images, regions, displacement, padding=padding, backend="reference")
+    got = elastic_warp(images, regions, displacement, padding=padding, backend="triton")
+    assert got[0].shape == shape and got[1].shape == (batch, height, width)
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=2e-6)
+    assert torch.equal(got[1], expected[1])
+
+
+@settings(max_examples=20, deadline=None)
+@given(batch=st.integers(1, 2), channels=st.integers(1, 3), height=st.integers(1, 40),
+       width=st.integers(1, 40), scale=st.sampled_from([0.3, 2.0, 15.0]),
+       padding=st.sampled_from(PADDINGS), seed=st.integers(0, 2 ** 16))
+def test_triton_warp_matches_reference_on_random_shapes(batch, channels, height, width, scale,
+                                                        padding, seed):
+    images, regions, displacement = _warp_inputs(batch, channels, height, width, torch.float32,
+                                                 torch.int64, scale, seed)
+    expected = elastic_warp(images, regions, displacement, padding=padding, backend="reference")
+    got = elastic_warp(images, regions, displacement, padding=padding, backend="triton")
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=WARP_ATOL[torch.float32])
+    assert torch.equal(got[1], expected[1])
+
+
+# Gradient tolerance: both sum the same float32 products (atomics vs scatter_add order differ):
+# a few ulps of gradients of size ~10; bfloat16 image gradients are one bf16 ulp.
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 2.0 ** -7)])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("wrt", ["images", "displacement", "both"])
+def test_triton_warp_gradients_match_reference(dtype, atol, padding, wrt):
+    images, regions, displacement = _warp_inputs(2, 2, 37, 91, dtype, torch.int64, 6.0, seed=17)
+    grad_out = _uniform((2, 2, 37, 91), seed=18) - 0.5
+    grads = []
+    for backend in ("triton", "reference"):
+        img = images.clone().requires_grad_(wrt in ("images", "both"))
+        disp = displacement.clone().requires_grad_(wrt in ("displacement", "both"))
+        warped, _ = elastic_warp(img, regions, disp, padding=padding, backend=backend)
+        (warped.float() * grad_out).sum().backward()
+        grads.append((img.grad, disp.grad))
+    (gi, gd), (ei, ed) = grads
+    if wrt in ("images", "both"):
+        assert gi.dtype == dtype
+        torch.testing.assert_close(gi.float(), ei.float(), rtol=0, atol=atol)
+    else:
+        assert gi is None and ei is None
+    if wrt in ("displacement", "both"):
+        assert ed.abs().max() > 0.1
+        # d/d(displacement) multiplies pixel differences: bf16 inputs stay exact in float32
+        torch.testing.assert_close(gd, ed, rtol=0, atol=1e-5)
+    else:
+        assert gd is None and ed is None
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_reference_gradcheck_float64(padding):
+    gen = torch.Generator().manual_seed(19)
+    images = torch.rand(1, 2, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    displacement = (torch.rand(1, 2, 5, 6, generator=gen, dtype=torch.float64) - 0.5) * 5.0
+    displacement.requires_grad_(True)
+    regions = torch.randint(0, 4, (1, 5, 6), generator=gen)
+
+    def warped(img, disp):
+        return ref.elastic_warp(img, regions, disp, padding)[0]
+
+    assert torch.autograd.gradcheck(warped, (images, displacement), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_elastic_pair_is_field_then_warp(backend):
+    images, regions, _ = _warp_inputs(2, 1, 37, 91, torch.float32, torch.int64, 0.0, seed=20)
+    x_p, r_p = elastic_pair(images, regions, 60.0, 4.0, torch.Generator().manual_seed(21),
+                            backend=backend)
+    field = random_elastic_field(2, 37, 91, 60.0, 4.0, torch.Generator().manual_seed(21),
+                                 backend=backend)
+    x_e, r_e = elastic_warp(images, regions, field, backend=backend)
+    assert torch.equal(x_p, x_e) and torch.equal(r_p, r_e)
+    assert (r_p != regions).float().mean() > 0.1  # it did move things
+
+
+def test_default_backend_on_cpu_is_the_reference():
+    images, regions, displacement = _warp_inputs(1, 1, 37, 91, torch.float32, torch.int64, 4.0, 22)
+    got = elastic_warp(images, regions, displacement)
+    expected = ref.elastic_warp(images, regions, displacement)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+# ---------------------------------------------------------------------------------------------
+
+def _good():
+    images, regions, displacement = _warp_inputs(2, 1, 8, 9, torch.float32, torch.int64, 1.0, 23)
+    return {"images": images, "regions": regions, "displacement": displacement}
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (lambda a: a.update(regions=a["regions"][:, :7]), ValueError, "regions must have shape"),
+    (lambda a: a.update(regions=a["regions"][:1]), ValueError, "regions must have shape"),
+    (lambda a: a.update(regions=a["regions"].float()), ValueError, "integer map"),
+    (lambda a: a.update(regions=a["regions"].to(torch.uint8)), ValueError, "integer map"),
+    (lambda a: a.update(images=a["images"].long()), ValueError, "images must be floating"),
+    (lambda a: a.update(images=a["images"][0, 0]), ValueError, "images must be"),
+    (lambda a: a.update(images=a["images"].numpy()), TypeError, "images must be a torch.Tensor"),
+    (lambda a: a.update(displacement=a["displacement"][:, :1]), ValueError, "displacement must have"),
+    (lambda a: a.update(displacement=a["displacement"][..., :8]), ValueError, "displacement must have"),
+    (lambda a: a.update(displacement=a["displacement"].long()), ValueError, "displacement must be fl"),
+    (lambda a: a.update(padding="mirror"), ValueError, "padding must be one of"),
+    (lambda a: a.update(ignore_index=0), ValueError, "ignore_index must be negative"),
+    (lambda a: a.update(ignore_index=-1.0), TypeError, "ignore_index must be an int"),
+    (lambda a: a.update(backend="cuda"), ValueError, "backend must be"),
+])
+def test_elastic_warp_rejects_bad_input(change, error, match):
+    args = {**_good(), "padding": "border", "ignore_index": -1, "backend": None}
+    change(args)
+    with pytest.raises(error, match=match):
+        elastic_warp(args.pop("images"), args.pop("regions"), args.pop("displacement"), **args)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"sigma": -1.0}, ValueError, "sigma must be >= 0"),
+    ({"alpha": -2.0}, ValueError, "alpha must be >= 0"),
+    ({"alpha": float("nan")}, ValueError, "alpha must be finite"),
+    ({"sigma": "3"}, TypeError, "sigma must be a real number"),
+    ({"truncate": 0.0}, ValueError, "truncate must be > 0"),
+    ({"height": 0}, ValueError, "height must be >= 1"),
+    ({"batch": -1}, ValueError, "batch must be >= 0"),
+    ({"width": 4.0}, TypeError, "width must be an int"),
+    ({"generator": 3}, TypeError, "generator must be a torch.Generator"),
+    ({"device": "meta"}, ValueError, "generator lives on cpu"),
+    ({"backend": "fast"}, ValueError, "backend must be"),
+])
+def test_random_elastic_field_rejects_bad_input(kwargs, error, match):
+    args = {"batch": 2, "height": 8, "width": 9, "alpha": 1.0, "sigma": 2.0,
+            "generator": torch.Generator(), "device": None, **kwargs}
+    with pytest.raises(error, match=match):
+        random_elastic_field(**args)
+
+
+def test_elastic_pair_rejects_bad_input():
+    args = _good()
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        elastic_pair(args["images"], args["regions"], sigma=-0.5)
+    with pytest.raises(ValueError, match="integer map"):
+        elastic_pair(args["images"], args["regions"].double())
+    with pytest.raises(ValueError, match="regions must have shape"):
+        elastic_pair(args["images"], args["regions"].transpose(1, 2))
+
+
+def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    args = _good()
+    with pytest.raises(ValueError, match="backend='triton' needs"):
+        elastic_warp(args["images"], args["regions"], args["displacement"], backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' needs"):
+        random_elastic_field(1, 8, 9, 1.0, 2.0, backend="triton")
+
+
+def test_triton_backend_rejects_float64_images():
+    args = _good()
+    with pytest.raises(ValueError, match="float32/float16/bfloat16 images"):
+        elastic_warp(args["images"].double(), args["regions"], args["displacement"],
+                     backend="triton")
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA (skipped without a device): the Triton path at realistic sizes
+# ---------------------------------------------------------------------------------------------
+
+# Field tolerance on CUDA, in units of alpha, per tl.dot precision. tf32x3 keeps ~22 mantissa
+# bits (errors ~1e-6 of alpha). tf32 rounds both operands to 11 bits: ~6e-4 of the field's std
+# (0.0102 alpha at the defaults) rms, ~3e-5 alpha at the maximum over 8M values. A wrong kernel,
+# band or boundary is off by ~1e-2 alpha.
+FIELD_ATOL = {"tf32x3": 1e-5, "tf32": 1e-4}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sigma", [3.0, DEFAULT_SIGMA])
+@pytest.mark.parametrize("precision", sorted(FIELD_ATOL))
+def test_gpu_field_matches_cpu_reference(sigma, precision):
+    uniform = _uniform((4, 2, 512, 512), seed=30, device="cuda")
+    got = field_from_uniform_triton(uniform, DEFAULT_ALPHA, sigma, precision=precision)
+    expected = ref.field_from_uniform(uniform.cpu(), DEFAULT_ALPHA, sigma)  # fp32-exact oracle
+    torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=FIELD_ATOL[precision] * DEFAULT_ALPHA)
+
+
+@pytest.mark.gpu
+def test_gpu_same_seed_same_field_and_default_backend():
+    def draw():
+        gen = torch.Generator(device="cuda").manual_seed(31)
+        return random_elastic_field(3, 512, 512, DEFAULT_ALPHA, DEFAULT_SIGMA, gen)
+
+    assert torch.equal(draw(), draw())
+    gen = torch.Generator(device="cuda").manual_seed(31)
+    forced = random_elastic_field(3, 512, 512, DEFAULT_ALPHA, DEFAULT_SIGMA, gen, backend="triton")
+    assert torch.equal(draw(), forced)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_gpu_warp_matches_reference(dtype, padding):
+    images, regions, _ = _warp_inputs(8, 1, 512, 512, dtype, torch.int64, 0.0, seed=32, device="cuda")
+    field = random_elastic_field(8, 512, 512, DEFAULT_ALPHA, DEFAULT_SIGMA,
+                                 torch.Generator(device="cuda").manual_seed(33))
+    field[0] *= 20.0  # plenty of sources outside the slice
+    got = elastic_warp(images, regions, field, padding=padding)
+    expected = elastic_warp(images, regions, field, padding=padding, backend="reference")
+    # CUDA rounds to nearest like torch: at most one ulp of the output dtype (fp32: FMA)
+    torch.testing.assert_close(got[0].float(), expected[0].float(), rtol=0, atol=WARP_ATOL[dtype])
+    assert torch.equal(got[1], expected[1])
+
+
+@pytest.mark.gpu
+def test_gpu_alpha_zero_and_gradients():
+    images, regions, _ = _warp_inputs(4, 1, 512, 512, torch.float32, torch.int32, 0.0, 34, "cuda")
+    x_p, r_p = elastic_pair(images, regions, alpha=0.0)
+    assert torch.equal(x_p, images) and torch.equal(r_p, regions)
+
+    field = random_elastic_field(4, 512, 512, DEFAULT_ALPHA, DEFAULT_SIGMA,
+                                 torch.Generator(device="cuda").manual_seed(35))
+    grad_out = _uniform((4, 1, 512, 512), seed=36, device="cuda") - 0.5
+    grads = []
+    for backend in ("triton", "reference"):
+        img, disp = images.clone().requires_grad_(), field.clone().requires_grad_()
+        warped, _ = elastic_warp(img, regions, disp, backend=backend)
+        (warped * grad_out).sum().backward()
+        grads.append((img.grad, disp.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=1e-5)

@@ -1,0 +1,359 @@
+"""lrc_fast.felzenszwalb against scikit-image, and the GPU schedule's emulation against both."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from skimage.segmentation import felzenszwalb as sk_felzenszwalb
+from skimage.util import img_as_float64
+
+import lrc_fast
+from lrc_fast.superpixels import _torch_as_float64, gaussian_taps
+
+from fh_helpers import assert_valid_segmentation, has_ties, jitter_until_tie_free, tie_free
+
+pytestmark = pytest.mark.skipif(not lrc_fast.backends()["cpu_extension"], reason="lrc_fast._C not built")
+
+
+def sk(image, scale=1.0, sigma=0.8, min_size=20):
+    return sk_felzenszwalb(image, scale=scale, sigma=sigma, min_size=min_size, channel_axis=None)
+
+
+def ours(image, backend, scale=1.0, sigma=0.8, min_size=20):
+    return lrc_fast.felzenszwalb(image, scale=scale, sigma=sigma, min_size=min_size, backend=backend)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 57), (57, 1), (2, 2), (37, 91), (256, 256), (512, 512)])
+@pytest.mark.parametrize("sigma", [0.8, 0.0])
+def test_equals_skimage_on_tie_free_images(shape, sigma):
+    rng = np.random.default_rng(hash((shape, sigma)) % 2**32)
+    image = tie_free(shape, rng, sigma)
+    expected = sk(image, sigma=sigma)
+    got = ours(image, "cpu", sigma=sigma)
+    np.testing.assert_array_equal(got, expected)
+    if image.size <= 256 * 256:  # the emulation is sequential: keep CI fast
+        np.testing.assert_array_equal(ours(image, "emulate", sigma=sigma), expected)
+    assert_valid_segmentation(got, 20)
+
+
+@pytest.mark.parametrize("scale,sigma,min_size", [(0.0, 0.8, 20), (1000.0, 0.8, 20), (1.0, 3.0, 5),
+                                                 (1.0, 0.8, 0), (1.0, 0.8, 1), (300.0, 0.5, 100),
+                                                 (1.0, 0.8, 10**9)])
+def test_parameters_match_skimage(scale, sigma, min_size):
+    image = tie_free((61, 73), np.random.default_rng(7), sigma)
+    expected = sk(image, scale, sigma, min_size)
+    for backend in ("cpu", "emulate"):
+        np.testing.assert_array_equal(ours(image, backend, scale, sigma, min_size), expected)
+
+
+def test_ct_like_phantom_slices():
+    from lrc_fast.data.phantom import phantom_slice
+
+    for seed in range(3):
+        image = jitter_until_tie_free(np.clip((phantom_slice(256, 256, seed=seed) + 175) / 425, 0, 1), 0.8, seed)
+        expected = sk(image)
+        np.testing.assert_array_equal(ours(image, "cpu"), expected)
+        np.testing.assert_array_equal(ours(image, "emulate"), expected)
+
+
+def _ct_small_hu():
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    return ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+
+
+def test_pydicom_ct_small():
+    windowed = np.clip((_ct_small_hu() + 175) / 425, 0, 1)
+    image = jitter_until_tie_free(windowed, 0.8, seed=0, amplitude=1e-9)
+    for scale in (1.0, 100.0):
+        expected = sk(image, scale=scale)
+        np.testing.assert_array_equal(ours(image, "cpu", scale=scale), expected)
+        np.testing.assert_array_equal(ours(image, "emulate", scale=scale), expected)
+    # Unjittered: plateaus and tied costs. The contract is then agreement between backends.
+    np.testing.assert_array_equal(ours(windowed, "emulate"), ours(windowed, "cpu"))
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.8])
+def test_ties_backends_agree(sigma):
+    """Heavy ties (integer HU, uint8): the stable order is the contract; all backends agree."""
+    rng = np.random.default_rng(3)
+    hu = np.round(rng.normal(40, 30, (90, 70)))
+    hu[:, :20] = -1000  # an air plateau: zero-cost edges
+    image = np.clip((hu + 175) / 425, 0, 1)
+    assert has_ties(image, sigma)
+    cpu = ours(image, "cpu", sigma=sigma)
+    np.testing.assert_array_equal(ours(image, "emulate", sigma=sigma), cpu)
+    assert_valid_segmentation(cpu, 20)
+    u8 = (image * 255).astype(np.uint8)
+    np.testing.assert_array_equal(ours(u8, "emulate", sigma=sigma), ours(u8, "cpu", sigma=sigma))
+
+
+def test_batch_equals_per_slice_and_counts():
+    rng = np.random.default_rng(11)
+    batch = np.stack([tie_free((40, 50), rng, 0.8) for _ in range(5)])
+    labels, counts = lrc_fast.felzenszwalb(batch, return_counts=True)
+    assert labels.shape == batch.shape and counts.shape == (5,) and counts.dtype == np.int64
+    for b in range(5):
+        np.testing.assert_array_equal(labels[b], sk(batch[b]))
+        assert counts[b] == labels[b].max() + 1
+    single, k = lrc_fast.felzenszwalb(batch[2], return_counts=True)
+    np.testing.assert_array_equal(single, labels[2])
+    assert k.shape == () and k == counts[2]
+
+
+def test_torch_in_torch_out():
+    image = tie_free((33, 47), np.random.default_rng(5), 0.8)
+    t = torch.from_numpy(image).to(torch.float32)
+    out = lrc_fast.felzenszwalb(t)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.int64 and out.shape == t.shape
+    np.testing.assert_array_equal(out.numpy(), lrc_fast.felzenszwalb(t.numpy()))
+    out_b, counts = lrc_fast.felzenszwalb(t[None].repeat(3, 1, 1), return_counts=True)
+    assert isinstance(counts, torch.Tensor) and torch.equal(out_b[1], out)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float16, np.float32, np.bool_])
+def test_input_conversion_matches_img_as_float64(dtype):
+    rng = np.random.default_rng(2)
+    if dtype == np.bool_:
+        x = rng.random((20, 30)) > 0.5
+    elif np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, (20, 30), endpoint=True).astype(dtype)
+    else:
+        x = rng.random((20, 30)).astype(dtype)
+    np.testing.assert_array_equal(_torch_as_float64(torch.from_numpy(x)).numpy(), img_as_float64(x))
+    np.testing.assert_array_equal(lrc_fast.felzenszwalb(torch.from_numpy(x)).numpy(), lrc_fast.felzenszwalb(x))
+
+
+def test_uint8_equals_skimage_when_tie_free():
+    rng = np.random.default_rng(8)
+    for _ in range(50):
+        x = rng.integers(0, 256, (24, 24)).astype(np.uint8)
+        if not has_ties(img_as_float64(x), 0.8):
+            break
+    else:
+        pytest.fail("no tie-free uint8 image drawn")
+    np.testing.assert_array_equal(ours(x, "cpu"), sk(x))
+
+
+def test_gaussian_taps_equal_scipy():
+    from scipy.ndimage import _filters
+
+    for sigma in (0.3, 0.8, 1.5, 3.0, 7.2):
+        radius = int(4.0 * sigma + 0.5)
+        np.testing.assert_array_equal(gaussian_taps(sigma), _filters._gaussian_kernel1d(sigma, 0, radius)[::-1])
+    assert gaussian_taps(0.0) is None and gaussian_taps(1e-16) is None
+
+
+def test_min_size_larger_than_image_gives_one_region():
+    image = tie_free((10, 12), np.random.default_rng(1), 0.8)
+    assert lrc_fast.felzenszwalb(image, min_size=1000).max() == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 40), w=st.integers(1, 40), scale=st.floats(0, 500), sigma=st.floats(0, 3),
+       min_size=st.integers(0, 60), seed=st.integers(0, 2**31))
+def test_property_backends_agree_and_match_skimage(h, w, scale, sigma, min_size, seed):
+    rng = np.random.default_rng(seed)
+    image = rng.random((h, w))
+    cpu = ours(image, "cpu", scale, sigma, min_size)
+    np.testing.assert_array_equal(ours(image, "emulate", scale, sigma, min_size), cpu)
+    assert_valid_segmentation(cpu, min_size)
+    if not has_ties(image, sigma):
+        np.testing.assert_array_equal(cpu, sk(image, scale, sigma, min_size))
+
+
+# ---- bad input -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros(5), r"one slice \(H, W\) or a batch"),
+    (np.zeros((2, 3, 4, 5)), r"shape \(2, 3, 4, 5\)"),
+    (np.zeros((0, 5)), "empty"),
+    (np.zeros((3, 0, 5)), "empty"),
+    (np.zeros((64, 64, 3)), "colour image"),
+    (np.full((4, 4), np.nan), "NaN or Inf"),
+    (np.array([[0.0, np.inf], [0.0, 1.0]]), "NaN or Inf"),
+])
+def test_bad_images_raise_valueerror(bad, match):
+    with pytest.raises(ValueError, match=match):
+        lrc_fast.felzenszwalb(bad)
+
+
+def test_bad_types_raise_typeerror():
+    with pytest.raises(TypeError, match="numpy array or a torch tensor, got list"):
+        lrc_fast.felzenszwalb([[0.0, 1.0]])
+    with pytest.raises(TypeError, match="real dtype"):
+        lrc_fast.felzenszwalb(np.zeros((3, 3), dtype=np.complex64))
+    with pytest.raises(TypeError, match="real dtype"):
+        lrc_fast.felzenszwalb(torch.zeros((3, 3), dtype=torch.complex64))
+    with pytest.raises(TypeError, match="min_size must be an integer, got 2.5"):
+        lrc_fast.felzenszwalb(np.zeros((3, 3)), min_size=2.5)
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        lrc_fast.felzenszwalb(np.zeros((3, 3)), scale="1")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"sigma": -0.1}, "sigma must be finite and >= 0, got -0.1"),
+    ({"scale": -1.0}, "scale must be finite and >= 0, got -1.0"),
+    ({"scale": float("nan")}, "scale must be finite"),
+    ({"min_size": -3}, "min_size must be >= 0, got -3"),
+    ({"backend": "gpu"}, "backend must be None or one of"),
+    ({"backend": "cuda"}, "backend='cuda' needs a CUDA tensor"),
+    ({"launch": (16, 1024)}, r"launch must be .* got \(16, 1024\)"),
+    ({"launch": (1, 100)}, "launch must be"),
+])
+def test_bad_parameters_raise_valueerror(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        lrc_fast.felzenszwalb(np.zeros((4, 4)), **kwargs)
+
+
+def test_strict_comparison_and_float32_thresholds():
+    """The merge test is cost < float32(cint + k / size), strictly, as in skimage."""
+    k = 1.0 / 255.0
+    k32 = float(np.float32(k))
+    assert k32 > k  # float32 rounding moves this threshold up
+    cases = {
+        k32: 2,               # cost == threshold: strict '<' keeps two regions
+        (k + k32) / 2: 1,     # between the float64 and float32 thresholds: merges only with float32
+        np.nextafter(k32, 1): 2,
+    }
+    for cost, regions in cases.items():
+        image = np.array([[0.0, cost]])
+        expected = sk(image, scale=1.0, sigma=0.0, min_size=0)
+        assert expected.max() + 1 == regions
+        for backend in ("cpu", "emulate"):
+            np.testing.assert_array_equal(ours(image, backend, 1.0, 0.0, 0), expected)
+
+
+# ---- real CT (../shared/data; skipped when absent) ---------------------------------------
+
+def _real_slices():
+    """HU-windowed real slices: OpenKBP head & neck (128x128) and the abdominal series (512x512)."""
+    import SimpleITK as sitk
+
+    from lrc_fast.data import shared_data_dir
+
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("../shared/data is absent")
+    slices = []
+    for pt in ("pt_1", "pt_2", "pt_3"):
+        path = root / "openkbp-train" / f"{pt}_ct.nii.gz"
+        if path.exists():
+            vol = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float64)
+            slices += [np.clip((vol[z] + 160) / 400, 0, 1) for z in (40, 64, 90)]
+    folder = root / "totalseg-abdomen" / "ct_dicom"
+    if folder.is_dir():
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+        vol = sitk.GetArrayFromImage(reader.Execute()).astype(np.float64)
+        slices += [np.clip((vol[z] + 175) / 425, 0, 1) for z in (0, 10)]
+    if not slices:
+        pytest.skip("no readable CT in ../shared/data")
+    return slices
+
+
+@pytest.mark.realdata
+def test_real_ct_equals_skimage():
+    for i, windowed in enumerate(_real_slices()):
+        image = jitter_until_tie_free(windowed, 0.8, seed=i)
+        np.testing.assert_array_equal(ours(image, "cpu"), sk(image), err_msg=f"slice {i}")
+
+
+@pytest.mark.realdata
+def test_real_ct_emulation_equals_cpu_with_ties():
+    slices = _real_slices()
+    small = [s for s in slices if s.shape[0] <= 128][:3] + [s for s in slices if s.shape[0] > 128][:1]
+    for i, windowed in enumerate(small):
+        np.testing.assert_array_equal(ours(windowed, "emulate"), ours(windowed, "cpu"), err_msg=f"slice {i}")
+
+
+# ---- CUDA backend (pytest -m gpu) ------------------------------------------------------
+
+def _gpu_cases():
+    rng = np.random.default_rng(2024)
+    cases = []
+    for shape in [(1, 1), (1, 57), (57, 1), (37, 91), (256, 256), (512, 512), (1024, 1024)]:
+        cases.append((f"random{shape}", rng.random(shape)[None]))
+    hu = np.round(rng.normal(40, 30, (3, 200, 300)))
+    hu[:, :, :60] = -1000
+    cases.append(("integer-hu-ties", np.clip((hu + 175) / 425, 0, 1)))
+    from lrc_fast.data.phantom import phantom_slice
+
+    cases.append(("phantom", np.stack([np.clip((phantom_slice(512, 512, seed=s) + 175) / 425, 0, 1)
+                                       for s in range(4)])))
+    return cases
+
+
+def _cuda_vs_cpu(batch: np.ndarray, launch=None, sigma=0.8, scale=1.0, min_size=20, rounds=True):
+    ext = lrc_fast._ext.require_extension()
+    from lrc_fast.superpixels import _segment
+
+    cpu_lab, cpu_cnt = lrc_fast.felzenszwalb(batch, scale, sigma, min_size, return_counts=True)
+    x = torch.from_numpy(batch).cuda()
+    gpu_lab, gpu_cnt = lrc_fast.felzenszwalb(x, scale, sigma, min_size, return_counts=True, launch=launch)
+    np.testing.assert_array_equal(gpu_lab.cpu().numpy(), cpu_lab)
+    np.testing.assert_array_equal(gpu_cnt.cpu().numpy(), cpu_cnt)
+    if rounds:  # the kernel runs exactly the emulated schedule
+        _, _, emu_rounds = _segment(torch.from_numpy(batch), scale, sigma, min_size, "emulate")
+        _, _, gpu_rounds = ext.felzenszwalb_cuda(x, lrc_fast.superpixels._taps_on(sigma, x.device), scale / 255.0,
+                                                  min_size, *(launch or (1, 1024)))
+        np.testing.assert_array_equal(gpu_rounds.cpu().numpy(), emu_rounds.numpy())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", range(9))
+def test_cuda_equals_cpu(case):
+    name, batch = _gpu_cases()[case]
+    _cuda_vs_cpu(batch, rounds=batch.shape[-1] <= 512)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("launch", [(1, 256), (1, 512), (1, 1024), (2, 1024), (4, 512), (8, 1024), (8, 256)])
+def test_cuda_launch_configurations_agree(launch):
+    from lrc_fast.data.phantom import phantom_slice
+
+    batch = np.stack([np.clip((phantom_slice(256, 320, seed=s) + 175) / 425, 0, 1) for s in range(3)])
+    _cuda_vs_cpu(batch, launch=launch)
+    _cuda_vs_cpu(np.random.default_rng(1).random((2, 37, 91)), launch=launch, sigma=0.0, min_size=5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch_size", [1, 16, 256])
+def test_cuda_batches(batch_size):
+    from lrc_fast.data.phantom import phantom_slice
+
+    base = np.stack([np.clip((phantom_slice(512, 512, seed=s) + 175) / 425, 0, 1) for s in range(8)])
+    rng = np.random.default_rng(batch_size)
+    batch = base[rng.integers(0, 8, batch_size)] + 1e-4 * rng.random((batch_size, 512, 512))
+    _cuda_vs_cpu(batch, rounds=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.realdata
+def test_cuda_real_ct():
+    for windowed in _real_slices():
+        _cuda_vs_cpu(windowed[None])
+
+
+@pytest.mark.gpu
+def test_cuda_parameters_and_dtypes():
+    rng = np.random.default_rng(9)
+    batch = rng.random((2, 64, 80))
+    for scale, sigma, min_size in [(0.0, 0.8, 20), (500.0, 1.5, 0), (1.0, 0.0, 1), (1.0, 0.8, 10**6)]:
+        _cuda_vs_cpu(batch, sigma=sigma, scale=scale, min_size=min_size)
+    u8 = (batch * 255).astype(np.uint8)
+    out = lrc_fast.felzenszwalb(torch.from_numpy(u8).cuda())
+    np.testing.assert_array_equal(out.cpu().numpy(), lrc_fast.felzenszwalb(u8))
+
+
+@pytest.mark.gpu
+def test_cuda_error_surfaces_as_exception():
+    ext = lrc_fast._ext.require_extension()
+    x = torch.rand(1, 8, 8, dtype=torch.float64, device="cuda")
+    with pytest.raises(RuntimeError, match="kernel launch failed"):
+        ext.felzenszwalb_cuda(x, torch.empty(0, dtype=torch.float64, device="cuda"), 1 / 255, 20, 9, 1024)

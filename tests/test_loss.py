@@ -1,0 +1,661 @@
+"""Tests of lrc_fast.region_contrast_loss, its Triton kernels and its PyTorch reference.
+
+On CPU the Triton kernels run under the Triton interpreter (conftest sets TRITON_INTERPRET=1), so
+the shapes here are small; @pytest.mark.gpu tests compare the kernels on CUDA at realistic sizes.
+
+Tolerances (fp32 unless said otherwise)
+* Triton vs reference, float32: rtol 1e-5. Both compute the same float32 quantities from the
+  same sample pixels; only the summation order differs (a few ulp, ~1e-7 relative).
+* bfloat16/float16 features: the oracle is the reference run on float32 copies of the same
+  16-bit values (the reference's own 16-bit autograd rounds every duplicate addition of its
+  gather/scatter, which is less accurate than the kernel). Region means and the loss are
+  float32 in both, so the loss keeps rtol 1e-5. The kernel converts its float32 gradient to the
+  16-bit dtype once (CUDA rounds, the interpreter truncates), so it is less than one unit in
+  the last place from the float32 oracle. That unit is at most 2**-7 of the value for bfloat16
+  (8 significant bits) and 2**-10 for float16 (11 bits), which is the rtol used.
+* On CUDA the logits use tl.dot in tf32x3 (fp32 features) or tf32 (16-bit features), so the
+  GPU tests use rtol 1e-4 and 2e-3 on the loss respectively (the reference runs in IEEE fp32).
+"""
+import math
+
+import pytest
+import torch
+
+import lrc_fast.loss as loss_mod
+from lrc_fast._ext import triton_interpret
+from lrc_fast.kernels import region_infonce as infonce_kernels
+from lrc_fast.kernels import region_pool as pool_kernels
+from lrc_fast.loss import RegionContrastLoss, region_contrast_loss, region_sample_mean
+from lrc_fast.reference import region_loss as ref
+
+BF16_GRAD_RTOL = 2.0 ** -7  # one bf16 ulp at the top of a binade (see module docstring)
+FP16_GRAD_RTOL = 2.0 ** -10  # one fp16 ulp at the top of a binade
+GRAD_RTOL = {torch.float32: 1e-5, torch.bfloat16: BF16_GRAD_RTOL, torch.float16: FP16_GRAD_RTOL}
+
+# Triton on CPU tensors needs the interpreter; conftest turns it on only where there is no CUDA
+interpreter = pytest.mark.skipif(not triton_interpret(), reason="CPU Triton tests need TRITON_INTERPRET=1")
+BACKENDS = ["reference", pytest.param("triton", marks=interpreter)]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+def blob_regions(batch, height, width, k, seed, ignore_top_row=True):
+    """Voronoi blobs of k random seeds per image (ids 0..k-1, some may be absent); row 0 = -1."""
+    g = torch.Generator().manual_seed(seed)
+    ys = torch.randint(0, height, (batch, k), generator=g)
+    xs = torch.randint(0, width, (batch, k), generator=g)
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    dist = ((yy[None, :, :, None] - ys[:, None, None, :]) ** 2
+            + (xx[None, :, :, None] - xs[:, None, None, :]) ** 2)  # (B, H, W, k)
+    regions = dist.argmin(-1)  # (B, H, W)
+    if ignore_top_row:
+        regions[:, 0, :] = -1
+    return regions
+
+
+def blocky_regions(batch, height, width, k, seed, block=8):
+    """Random ids 0..k-1 on a coarse grid, upsampled to blocks of block x block pixels."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, k, (batch, -(-height // block), -(-width // block)), generator=g)
+    return coarse.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :height, :width].contiguous()
+
+
+def warped(regions, seed):
+    """A 'warped view': shifted by one pixel, a few ids dropped to -1 at random."""
+    g = torch.Generator().manual_seed(seed)
+    out = regions.roll(shifts=(1, -1), dims=(1, 2)).clone()
+    out[torch.rand(out.shape, generator=g) < 0.05] = -1
+    return out
+
+
+def features(shape, dtype=torch.float32, channels_last=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feat = torch.randn(shape, generator=g).to(dtype)
+    if channels_last:
+        feat = feat.to(memory_format=torch.channels_last)
+    return feat.requires_grad_(True)
+
+
+def loss_and_grads(feat_q, feat_p, *args, **kwargs):
+    loss = region_contrast_loss(feat_q, feat_p, *args, **kwargs)
+    grads = torch.autograd.grad(loss.sum(), [feat_q, feat_p])
+    return loss.detach(), grads
+
+
+def assert_close(actual, expected, rtol, atol_scale=1e-6):
+    """allclose with atol relative to the largest expected magnitude (gradients are sparse)."""
+    actual, expected = actual.detach(), expected.detach()
+    atol = atol_scale * max(float(expected.abs().max()), 1e-30) if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def float32_copy(feat):
+    """The oracle's input for 16-bit features: the same values in float32, a new leaf."""
+    return feat.detach().float().requires_grad_(True)
+
+
+def direct_loss(vec_q, vec_p, ids, temperature, normalize, include_self):
+    """The paper's formula for one image, in float64 with Python loops (test-only oracle)."""
+    q = {k: vec_q[k].double() for k in ids}
+    p = {k: vec_p[k].double() for k in ids}
+    if normalize:
+        q = {k: v / v.norm() for k, v in q.items()}
+        p = {k: v / v.norm() for k, v in p.items()}
+    total = 0.0
+    for k in ids:
+        den = 0.0
+        for j in ids:
+            den += math.exp(float(q[k] @ p[j]) / temperature)
+            if j != k or include_self:
+                den += math.exp(float(q[k] @ q[j]) / temperature)
+        total -= math.log(math.exp(float(q[k] @ p[k]) / temperature) / den)
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# region index: Triton counting sort == stable torch.sort
+# ----------------------------------------------------------------------------------------------
+
+@interpreter
+@pytest.mark.parametrize("tile", [16, 64, None])
+@pytest.mark.parametrize("dtype, strided", [(torch.int64, False), (torch.int32, True)])
+def test_region_index_matches_reference(tile, dtype, strided):
+    g = torch.Generator().manual_seed(1)
+    regions = torch.randint(-2, 11, (2, 13, 29), generator=g).to(dtype)  # ids 9, 10 are >= K
+    if strided:  # not (h * W + w)-addressable: exercises the non-flat path
+        regions = regions.transpose(1, 2).contiguous().transpose(1, 2)
+    num_regions = 9
+    pixels, offsets, counts = pool_kernels.region_index(regions, num_regions, tile=tile)
+    ref_pixels, ref_offsets, ref_counts = ref.region_index(regions, num_regions)
+    assert torch.equal(counts, ref_counts)
+    assert torch.equal(offsets, ref_offsets)
+    assert torch.equal(pixels, ref_pixels)
+    # the reference itself: every pixel once, grouped by id, raster order inside a group
+    flat = regions.reshape(2, -1).long()
+    for b in range(2):
+        assert torch.equal(ref_pixels[b].sort().values, torch.arange(flat.shape[1], dtype=torch.int32))
+        k = 4
+        group = ref_pixels[b, ref_offsets[b, k]: ref_offsets[b, k] + ref_counts[b, k]].long()
+        assert torch.equal(group, (flat[b] == k).nonzero().flatten())
+
+
+@interpreter
+def test_kernel_wrappers_reject_bad_arguments():
+    regions = torch.zeros(1, 4, 4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="tile must be a power of two"):
+        pool_kernels.region_index(regions, 3, tile=48)
+    with pytest.raises(ValueError, match="num_regions=.* too large"):
+        pool_kernels.region_index(regions, 2 ** 30, tile=16)
+    means = torch.zeros(1, 2, 3)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        infonce_kernels.region_infonce(means, means, torch.ones(1, 2, dtype=torch.bool), 0.1, precision="fp8")
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels against the reference given the same sample pixels
+# ----------------------------------------------------------------------------------------------
+
+@interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pool_kernel_matches_reference(dtype, channels_last):
+    batch, channels, height, width, k, n = 2, 12, 37, 91, 13, 50
+    regions = blob_regions(batch, height, width, k, seed=2)
+    feat = features((batch, channels, height, width), dtype, channels_last, seed=3)
+    pixels, offsets, counts = ref.region_index(regions, k)
+    valid = counts > 0
+    valid[0, 5] = False  # a present region left out must get no samples and no gradient
+    uniforms = torch.rand((batch, k, n), generator=torch.Generator().manual_seed(4))
+    idx = ref.sample_pixels(pixels, offsets, counts, valid, uniforms)
+    feat32 = float32_copy(feat)
+    means_ref = ref.region_pool(feat32, idx, valid)
+    assert torch.equal(ref.region_pool(feat, idx, valid), means_ref)  # 16-bit reference: same means
+    means, idx_triton = pool_kernels.region_pool(feat, regions, pixels, offsets, counts, valid, uniforms)
+    assert torch.equal(idx_triton, idx)
+    assert_close(means, means_ref, rtol=1e-5)
+    upstream = torch.randn(means.shape, generator=torch.Generator().manual_seed(5))
+    (grad_ref,) = torch.autograd.grad(means_ref, feat32, upstream)
+    (grad,) = torch.autograd.grad(means, feat, upstream)
+    assert grad.dtype == dtype
+    assert grad.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert_close(grad.float(), grad_ref.float(), rtol=GRAD_RTOL[dtype])
+    assert float(grad.float().abs().sum()) > 0
+    # gradient lives exactly on drawn pixels (of valid regions)
+    drawn = torch.zeros(batch, height * width, dtype=torch.bool)
+    drawn.scatter_(1, idx.clamp_min(0).reshape(batch, -1).long(), (idx >= 0).reshape(batch, -1))
+    nonzero = grad.float().abs().sum(1).reshape(batch, -1) > 0
+    assert torch.equal(nonzero, drawn)
+
+
+@interpreter
+@pytest.mark.parametrize("normalize, include_self", [(True, False), (True, True), (False, False)])
+def test_infonce_kernel_matches_reference(normalize, include_self):
+    g = torch.Generator().manual_seed(6)
+    batch, regions, channels = 2, 70, 24  # two row blocks of 64, D padded to 32
+    # unnormalised means are scaled so that the logits stay O(1/tau), as after normalisation
+    scale = 1.0 if normalize else 0.2
+    means_q = (scale * torch.randn(batch, regions, channels, generator=g)).requires_grad_(True)
+    means_p = (means_q.detach() + 0.5 * scale * torch.randn(batch, regions, channels, generator=g))
+    means_p.requires_grad_(True)
+    valid = torch.rand(batch, regions, generator=g) > 0.2
+    rows_ref = ref.region_infonce(means_q, means_p, valid, 0.1, normalize, include_self)
+    rows = infonce_kernels.region_infonce(means_q, means_p, valid, 0.1, normalize, include_self)
+    # a row is lse - positive, two numbers of size ~1/tau = 10: its error is absolute, a few ulp of 10
+    torch.testing.assert_close(rows, rows_ref.detach(), rtol=1e-5, atol=1e-5)
+    assert torch.all(rows[~valid] == 0)
+    upstream = torch.rand(batch, regions, generator=g)
+    grads_ref = torch.autograd.grad(rows_ref, [means_q, means_p], upstream)
+    grads = torch.autograd.grad(rows, [means_q, means_p], upstream)
+    for grad, grad_ref in zip(grads, grads_ref):
+        # each element sums ~2M terms of either sign: atol at 1e-5 of the largest gradient
+        assert_close(grad, grad_ref, rtol=1e-5, atol_scale=1e-5)
+        assert torch.all(grad[~valid] == 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole loss: Triton path == reference
+# ----------------------------------------------------------------------------------------------
+
+@interpreter
+@pytest.mark.parametrize("dtype, channels_last, separate_maps, options", [
+    (torch.float32, False, True, {}),
+    (torch.float32, True, False, {"include_self": True}),
+    (torch.float32, False, True, {"max_regions": 6}),
+    (torch.float32, False, True, {"max_regions": 6, "subset": "random", "reduction": "none"}),
+    (torch.float32, False, False, {"normalize": False, "reduction": "sum", "temperature": 0.5}),
+    (torch.bfloat16, True, True, {}),
+    (torch.float16, False, True, {"num_samples": 7}),
+])
+def test_loss_triton_matches_reference(dtype, channels_last, separate_maps, options):
+    batch, channels, height, width, k = 2, 16, 37, 91, 13
+    regions_q = blob_regions(batch, height, width, k, seed=7)
+    regions_p = warped(regions_q, seed=8) if separate_maps else None
+    if dtype == torch.bfloat16:  # int32 maps too
+        regions_q, regions_p = regions_q.int(), regions_p.int()
+    feat_q = features((batch, channels, height, width), dtype, channels_last, seed=9)
+    feat_p = features((batch, channels, height, width), dtype, channels_last, seed=10)
+    kwargs = dict(num_regions=k, generator=11, **options)
+    loss_ref, grads_ref = loss_and_grads(float32_copy(feat_q), float32_copy(feat_p), regions_q, regions_p,
+                                         backend="reference", **kwargs)
+    loss, grads = loss_and_grads(feat_q, feat_p, regions_q, regions_p, backend="triton", **kwargs)
+    if dtype != torch.float32:  # the 16-bit reference: same float32 means, so the same loss
+        loss_ref16 = region_contrast_loss(feat_q, feat_p, regions_q, regions_p, backend="reference", **kwargs)
+        assert torch.equal(loss_ref16.detach(), loss_ref)
+    assert loss.dtype == torch.float32 and loss.shape == loss_ref.shape
+    assert_close(loss, loss_ref, rtol=1e-5)
+    for grad, grad_ref, feat in zip(grads, grads_ref, (feat_q, feat_p)):
+        assert grad.dtype == dtype and grad.stride() == feat.stride()
+        assert_close(grad.float(), grad_ref.float(), rtol=GRAD_RTOL[dtype])
+        assert float(grad.float().abs().sum()) > 0
+
+
+@interpreter
+def test_default_backend_and_module():
+    regions = blob_regions(2, 12, 20, 6, seed=12)
+    feat_q = features((2, 8, 12, 20), seed=13)
+    feat_p = features((2, 8, 12, 20), seed=14)
+    expected = region_contrast_loss(feat_q, feat_p, regions, num_regions=6, generator=3, backend="triton")
+    default = region_contrast_loss(feat_q, feat_p, regions, num_regions=6, generator=3)  # interpreter
+    module = RegionContrastLoss(num_regions=6, backend="reference")
+    assert torch.equal(default, expected)
+    assert_close(module(feat_q, feat_p, regions, generator=3), expected, rtol=1e-5)
+    assert "num_samples=50" in repr(module) and "temperature=0.1" in repr(module)
+
+
+@interpreter
+def test_triton_path_is_deterministic_and_seeded():
+    regions = blob_regions(2, 12, 20, 6, seed=15)
+    feat_q = features((2, 8, 12, 20), seed=16)
+    feat_p = features((2, 8, 12, 20), seed=17)
+    first = loss_and_grads(feat_q, feat_p, regions, num_regions=6, generator=5, backend="triton")
+    again = loss_and_grads(feat_q, feat_p, regions, num_regions=6,
+                           generator=torch.Generator().manual_seed(5), backend="triton")
+    other = loss_and_grads(feat_q, feat_p, regions, num_regions=6, generator=6, backend="triton")
+    assert torch.equal(first[0], again[0])
+    assert all(torch.equal(a, b) for a, b in zip(first[1], again[1]))
+    assert not torch.equal(first[0], other[0])
+
+
+@interpreter
+def test_triton_path_does_not_keep_features_alive():
+    import weakref
+    leaf = features((2, 8, 12, 20), seed=18)
+    regions = blob_regions(2, 12, 20, 6, seed=19)
+    feat_q, feat_p = leaf * 2.0, leaf * 3.0  # non-leaf, like a decoder output
+    loss = region_contrast_loss(feat_q, feat_p, regions, num_regions=6, generator=1, backend="triton")
+    alive = weakref.ref(feat_q)
+    del feat_q, feat_p
+    assert alive() is None  # the backward needs only the hit counts and the region map
+    loss.backward()
+    assert leaf.grad is not None and float(leaf.grad.abs().sum()) > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# checks independent of the sampling
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("normalize, include_self, reduction", [
+    (True, False, "mean"), (True, True, "sum"), (False, False, "none")])
+def test_constant_regions_match_direct_formula(backend, normalize, include_self, reduction):
+    batch, channels, height, width, k, tau = 2, 5, 14, 22, 7, 0.2
+    regions_q = blob_regions(batch, height, width, k, seed=18)
+    regions_p = warped(regions_q, seed=19)
+    regions_p[1][regions_p[1] == 2] = -1  # region 2 missing from view p of image 1
+    g = torch.Generator().manual_seed(20)
+    vec_q = torch.randn(batch, k, channels, generator=g)
+    vec_p = vec_q + 0.3 * torch.randn(batch, k, channels, generator=g)
+
+    def paint(vectors, regions):
+        # constant vector per region; ignored pixels get huge values that must never be sampled
+        feat = torch.full((batch, height, width, channels), 1e3)
+        inside = regions >= 0
+        feat[inside] = vectors[torch.arange(batch)[:, None, None].expand_as(regions)[inside], regions[inside]]
+        return feat.permute(0, 3, 1, 2).contiguous()
+
+    feat_q, feat_p = paint(vec_q, regions_q), paint(vec_p, regions_p)
+    loss = region_contrast_loss(feat_q, feat_p, regions_q, regions_p, num_regions=k, temperature=tau,
+                                normalize=normalize, include_self=include_self, reduction=reduction,
+                                generator=21, backend=backend)
+    per_image, n_valid = [], 0
+    for b in range(batch):
+        ids = [j for j in range(k) if (regions_q[b] == j).any() and (regions_p[b] == j).any()]
+        n_valid += len(ids)
+        per_image.append(direct_loss(vec_q[b], vec_p[b], ids, tau, normalize, include_self))
+    assert 2 in [j for j in range(k) if (regions_q[1] == j).any()]  # the missing one was present in q
+    expected = {"none": torch.tensor(per_image), "sum": torch.tensor(sum(per_image)),
+                "mean": torch.tensor(sum(per_image) / n_valid)}[reduction]
+    assert_close(loss.double(), expected.double(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalize, include_self", [(True, False), (False, True)])
+def test_reference_infonce_gradcheck(normalize, include_self):
+    g = torch.Generator().manual_seed(22)
+    means_q = torch.randn(2, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    means_p = torch.randn(2, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    valid = torch.tensor([[True, True, False, True, True], [False, True, True, False, False]])
+    assert torch.autograd.gradcheck(
+        lambda q, p: ref.region_infonce(q, p, valid, 0.3, normalize, include_self), (means_q, means_p))
+
+
+def test_reference_loss_gradcheck():
+    regions_q = blob_regions(2, 6, 7, 4, seed=23)
+    regions_p = warped(regions_q, seed=24)
+    feat_q = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    feat_p = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda q, p: region_contrast_loss(q, p, regions_q, regions_p, num_samples=5, temperature=0.3,
+                                          num_regions=4, generator=25, backend="reference"),
+        (feat_q, feat_p))
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_samples_stay_in_their_region(backend):
+    regions = blob_regions(2, 19, 23, 9, seed=26)
+    regions[0, 3:6, 3:9] = -1  # an ignored patch inside the image
+    regions[1][regions[1] == 4] = -1  # an empty region
+    feat = features((2, 4, 19, 23), seed=27)
+    means, valid, idx = region_sample_mean(feat, regions, 30, num_regions=9, generator=28,
+                                           return_indices=True, backend=backend)
+    assert means.shape == (2, 9, 4) and valid.shape == (2, 9) and idx.shape == (2, 9, 30)
+    flat = regions.reshape(2, -1)
+    for b in range(2):
+        for k in range(9):
+            if not valid[b, k]:
+                assert torch.all(idx[b, k] == -1) and torch.all(means[b, k] == 0)
+                continue
+            assert torch.all(flat[b, idx[b, k].long()] == k)  # never outside, never ignored
+    assert not valid[1, 4]
+
+
+@interpreter
+def test_sample_indices_are_identical_across_backends():
+    regions = blob_regions(2, 37, 91, 21, seed=29)
+    feat = features((2, 6, 37, 91), torch.bfloat16, seed=30)
+    ref_out = region_sample_mean(feat, regions, 50, num_regions=21, generator=31, return_indices=True,
+                                 backend="reference")
+    out = region_sample_mean(feat, regions, 50, num_regions=21, generator=31, return_indices=True,
+                             backend="triton")
+    assert torch.equal(out[2], ref_out[2]) and torch.equal(out[1], ref_out[1])
+    assert_close(out[0], ref_out[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampling_is_uniform_chi_square(backend):
+    from scipy.stats import chisquare
+    regions = torch.full((1, 6, 10), -1)
+    regions[0, 1:5, 2:9] = 0  # 28 pixels
+    feat = features((1, 1, 6, 10), seed=32)
+    _, _, idx = region_sample_mean(feat, regions, 5600, num_regions=1, generator=33,
+                                   return_indices=True, backend=backend)
+    pixels = (regions.reshape(-1) == 0).nonzero().flatten()
+    hist = torch.bincount(idx.reshape(-1).long(), minlength=60)[pixels]
+    assert int(hist.sum()) == 5600
+    assert chisquare(hist.numpy()).pvalue > 1e-3  # 200 expected per pixel
+
+
+def test_sampling_is_with_replacement():
+    # 300 regions of 10 pixels, 10 draws each: with replacement the expected number of
+    # distinct pixels is 10 * (1 - 0.9**10) = 6.51 (without replacement it would be 10)
+    regions = (torch.arange(3000) // 10).reshape(1, 30, 100)
+    feat = features((1, 1, 30, 100), seed=34)
+    _, _, idx = region_sample_mean(feat, regions, 10, num_regions=300, generator=35,
+                                   return_indices=True, backend="reference")
+    distinct = torch.tensor([len(set(row.tolist())) for row in idx[0]], dtype=torch.float64)
+    assert abs(float(distinct.mean()) - 10 * (1 - 0.9 ** 10)) < 0.2  # std of the mean is ~0.05
+
+
+# ----------------------------------------------------------------------------------------------
+# edge cases
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_single_region(backend):
+    regions = torch.zeros(2, 9, 13, dtype=torch.int64)
+    regions[:, 0] = -1
+    feat_q, feat_p = features((2, 4, 9, 13), seed=36), features((2, 4, 9, 13), seed=37)
+    loss, grads = loss_and_grads(feat_q, feat_p, regions, num_regions=1, generator=1, backend=backend)
+    assert float(loss) == 0.0  # only the positive in the denominator
+    assert all(torch.all(g == 0) for g in grads)
+    # the literal formula keeps e^{q.q/tau}: log(1 + e^{(1 - q.p)/tau}) after normalisation
+    loss_self = region_contrast_loss(feat_q, feat_p, regions, num_regions=1, include_self=True,
+                                     reduction="none", generator=1, backend=backend)
+    u = ref.draw_uniforms(2, 2, 1, 50, torch.Generator().manual_seed(1), torch.device("cpu"))
+    pixels, offsets, counts = ref.region_index(regions, 1)
+    valid = counts > 0
+    q = ref.region_pool(feat_q, ref.sample_pixels(pixels, offsets, counts, valid, u[0]), valid)
+    p = ref.region_pool(feat_p, ref.sample_pixels(pixels, offsets, counts, valid, u[1]), valid)
+    q, p = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(p, dim=-1)
+    expected = torch.log1p(torch.exp((1 - (q * p).sum(-1)) / 0.1)).sum(1)
+    assert_close(loss_self.detach(), expected.detach(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_pixels_ignored(backend, reduction):
+    regions = torch.full((2, 7, 11), -1)
+    feat_q, feat_p = features((2, 3, 7, 11), seed=38), features((2, 3, 7, 11), seed=39)
+    loss, grads = loss_and_grads(feat_q, feat_p, regions, num_regions=5, reduction=reduction,
+                                 generator=1, backend=backend)
+    assert loss.shape == ((2,) if reduction == "none" else ())
+    assert torch.all(loss == 0)
+    assert all(torch.all(g == 0) for g in grads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_region_missing_from_one_view_is_dropped(backend):
+    regions_q = blob_regions(2, 12, 20, 6, seed=40)
+    regions_p = warped(regions_q, seed=41)
+    regions_p[regions_p == 3] = -1  # region 3 only in view q
+    dropped_q = regions_q.clone()
+    dropped_q[dropped_q == 3] = -1
+    feat_q, feat_p = features((2, 8, 12, 20), seed=42), features((2, 8, 12, 20), seed=43)
+    loss = region_contrast_loss(feat_q, feat_p, regions_q, regions_p, num_regions=6, generator=2,
+                                backend=backend)
+    expected = region_contrast_loss(feat_q, feat_p, dropped_q, regions_p, num_regions=6, generator=2,
+                                     backend=backend)
+    assert torch.isfinite(loss) and torch.equal(loss, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ids_at_or_above_num_regions_are_ignored(backend):
+    regions = blob_regions(2, 12, 20, 8, seed=44)
+    capped = regions.clone()
+    capped[capped >= 6] = -1
+    feat_q, feat_p = features((2, 8, 12, 20), seed=45), features((2, 8, 12, 20), seed=46)
+    loss = region_contrast_loss(feat_q, feat_p, regions, num_regions=6, generator=3, backend=backend)
+    expected = region_contrast_loss(feat_q, feat_p, capped, num_regions=6, generator=3, backend=backend)
+    inferred = region_contrast_loss(feat_q, feat_p, capped, generator=3, backend=backend)  # K = max + 1
+    assert torch.equal(loss, expected) and torch.equal(inferred, expected)
+
+
+def test_select_regions_largest_and_random():
+    counts_q = torch.tensor([[5, 0, 9, 9, 1, 7], [3, 3, 3, 3, 0, 0]], dtype=torch.int32)
+    counts_p = torch.tensor([[5, 4, 0, 9, 1, 8], [3, 3, 3, 3, 0, 0]], dtype=torch.int32)
+    sel, valid, slot_of = ref.select_regions(counts_q, counts_p, 3, "largest", None)
+    assert sel[0].tolist() == [3, 5, 0]  # sizes 18, 15, 10; ids 1 and 2 miss a view
+    assert sel[1].tolist() == [0, 1, 2]  # ties go to the smaller id
+    assert valid.all()
+    assert slot_of[0].tolist() == [2, -1, -1, 0, -1, 1]
+    full = ref.select_regions(counts_q, counts_p, 6, "largest", None)
+    assert full[0] is None and torch.equal(full[1], (counts_q > 0) & (counts_p > 0))
+    picks = {tuple(sorted(ref.select_regions(counts_q, counts_p, 2, "random",
+                                             torch.Generator().manual_seed(s))[0][1].tolist()))
+             for s in range(20)}
+    assert len(picks) > 1 and all(set(p) <= {0, 1, 2, 3} for p in picks)
+    again = ref.select_regions(counts_q, counts_p, 2, "random", torch.Generator().manual_seed(7))
+    once = ref.select_regions(counts_q, counts_p, 2, "random", torch.Generator().manual_seed(7))
+    assert torch.equal(again[0], once[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_more_regions_than_max_regions(backend):
+    regions = blob_regions(2, 16, 24, 12, seed=47)
+    feat_q, feat_p = features((2, 8, 16, 24), seed=48), features((2, 8, 16, 24), seed=49)
+    loss = region_contrast_loss(feat_q, feat_p, regions, num_regions=12, max_regions=4,
+                                reduction="sum", generator=4, backend=backend)
+    # the same sum from maps that keep only the 4 largest regions per image
+    counts = torch.stack([torch.bincount(r[r >= 0], minlength=12) for r in regions])  # (B, K)
+    keep = torch.topk(counts * 12 + (11 - torch.arange(12)), 4, dim=1).indices
+    kept = regions.clone()
+    for b in range(2):
+        kept[b][~torch.isin(kept[b], keep[b])] = -1
+    means_ok = region_contrast_loss(feat_q, feat_p, kept, num_regions=12, max_regions=4,
+                                    reduction="sum", generator=4, backend=backend)
+    assert torch.isfinite(loss) and torch.equal(loss, means_ok)
+    no_cap = region_contrast_loss(feat_q, feat_p, regions, num_regions=12, max_regions=12,
+                                  generator=4, backend=backend)
+    assert torch.equal(no_cap, region_contrast_loss(feat_q, feat_p, regions, num_regions=12,
+                                                    generator=4, backend=backend))
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 5, 6), (2, 4, 0, 6)])
+def test_empty_inputs(shape):
+    feat_q, feat_p = features(shape, seed=50), features(shape, seed=51)
+    regions = torch.zeros(shape[0], *shape[2:], dtype=torch.int64)
+    loss, grads = loss_and_grads(feat_q, feat_p, regions, num_regions=3)
+    assert float(loss) == 0.0 and all(g.shape == shape for g in grads)
+    means, valid = region_sample_mean(feat_q, regions, 4, num_regions=3)
+    assert means.shape == (shape[0], 3, 4) and not valid.any()
+
+
+@interpreter
+def test_torch_compile():
+    regions = blob_regions(2, 8, 12, 5, seed=52)
+    feat_q, feat_p = features((2, 8, 8, 12), seed=53), features((2, 8, 8, 12), seed=54)
+    for backend in ("triton", "reference"):
+        def step(q, p, r, backend=backend):  # global RNG: dynamo cannot trace torch.Generator
+            return region_contrast_loss(q, p, r, num_regions=5, backend=backend)
+        compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+        torch.manual_seed(9)
+        loss = compiled(feat_q, feat_p, regions)
+        grads = torch.autograd.grad(loss, [feat_q, feat_p])
+        torch.manual_seed(9)
+        eager = step(feat_q, feat_p, regions)
+        eager_grads = torch.autograd.grad(eager, [feat_q, feat_p])
+        assert torch.equal(loss, eager)
+        assert all(torch.equal(a, b) for a, b in zip(grads, eager_grads))
+    # with a generator it still runs compiled, with a graph break around the random draw
+    seeded = torch.compile(lambda q, p, r, gen: region_contrast_loss(q, p, r, num_regions=5, generator=gen),
+                           backend="aot_eager")
+    assert torch.equal(seeded(feat_q, feat_p, regions, torch.Generator().manual_seed(3)),
+                       region_contrast_loss(feat_q, feat_p, regions, num_regions=5, generator=3))
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks
+# ----------------------------------------------------------------------------------------------
+
+def _inputs():
+    feat = torch.randn(2, 4, 6, 7)
+    return feat, feat.clone(), torch.zeros(2, 6, 7, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda a: a.update(feat_p=torch.randn(2, 4, 6, 8)), ValueError, "feat_p must have the shape"),
+    (lambda a: a.update(feat_p=a["feat_p"].double()), ValueError, "feat_p must have the dtype"),
+    (lambda a: a.update(feat_q=a["feat_q"][0]), ValueError, r"feat_q must have shape \(B, D, H, W\)"),
+    (lambda a: a.update(feat_q=a["feat_q"].int()), ValueError, "feat_q must be float32"),
+    (lambda a: a.update(feat_q=a["feat_q"][:, :0], feat_p=a["feat_p"][:, :0]), ValueError, "at least one channel"),
+    (lambda a: a.update(feat_q="x"), TypeError, "feat_q must be a torch.Tensor"),
+    (lambda a: a.update(regions_q=torch.zeros(2, 6, 6, dtype=torch.int64)), ValueError,
+     r"regions_q must have shape \(B, H, W\)"),
+    (lambda a: a.update(regions_q=torch.zeros(2, 6, 7)), ValueError, "regions_q must hold int64 or int32"),
+    (lambda a: a.update(regions_p=torch.zeros(2, 6, 7, dtype=torch.uint8)), ValueError, "regions_p must hold int64"),
+    (lambda a: a.update(regions_p=torch.zeros(1, 6, 7, dtype=torch.int64)), ValueError, "regions_p must have shape"),
+    (lambda a: a.update(regions_p=torch.zeros(2, 6, 7, dtype=torch.int64, device="meta")), ValueError,
+     "regions_p is on meta"),
+    (lambda a: a.update(feat_p=a["feat_p"].to("meta")), ValueError, "feat_p is on meta"),
+    (lambda a: a.update(num_samples=0), ValueError, "num_samples must be >= 1"),
+    (lambda a: a.update(num_samples=2.5), TypeError, "num_samples must be an int"),
+    (lambda a: a.update(temperature=0.0), ValueError, "temperature must be a finite number > 0"),
+    (lambda a: a.update(temperature="hot"), TypeError, "temperature must be a real number"),
+    (lambda a: a.update(num_regions=0), ValueError, "num_regions must be >= 1"),
+    (lambda a: a.update(max_regions=True), TypeError, "max_regions must be an int or None"),
+    (lambda a: a.update(subset="smallest"), ValueError, "subset must be 'largest' or 'random'"),
+    (lambda a: a.update(reduction="avg"), ValueError, "reduction must be 'mean', 'sum' or 'none'"),
+    (lambda a: a.update(backend="cuda"), ValueError, "backend must be None, 'triton' or 'reference'"),
+    (lambda a: a.update(generator="seed"), TypeError, "generator must be a torch.Generator"),
+    (lambda a: a.update(feat_q=a["feat_q"].to("meta"), feat_p=a["feat_p"].to("meta"),
+                        regions_q=a["regions_q"].to("meta"), generator=torch.Generator()),
+     ValueError, "generator lives on cpu but the features are on meta"),
+    (lambda a: a.update(feat_q=a["feat_q"].double(), feat_p=a["feat_p"].double(), backend="triton"),
+     ValueError, "backend='triton' takes float32"),
+])
+def test_input_checks(change, error, match):
+    feat_q, feat_p, regions = _inputs()
+    args = dict(feat_q=feat_q, feat_p=feat_p, regions_q=regions)
+    change(args)
+    with pytest.raises(error, match=match):
+        region_contrast_loss(**args)
+
+
+def test_input_checks_module_and_sample_mean():
+    with pytest.raises(ValueError, match="reduction must be"):
+        RegionContrastLoss(reduction="max")
+    with pytest.raises(ValueError, match="max_regions must be >= 1"):
+        RegionContrastLoss(max_regions=0)
+    feat, _, regions = _inputs()
+    with pytest.raises(ValueError, match="regions must have shape"):
+        region_sample_mean(feat, regions[:, :3], 5)
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        region_sample_mean(feat, regions, 0)
+
+
+def test_triton_backend_needs_interpreter_or_cuda(monkeypatch):
+    feat, _, regions = _inputs()
+    monkeypatch.setattr(loss_mod, "triton_usable", lambda tensor: False)
+    with pytest.raises(ValueError, match="backend='triton' needs triton and a CUDA tensor"):
+        region_contrast_loss(feat, feat, regions, backend="triton")
+    assert loss_mod._resolve_backend(None, feat) == "reference"
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU: the fused path on CUDA against the reference at realistic sizes
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, loss_rtol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("num_regions", [64, 1024])
+def test_gpu_matches_reference(dtype, loss_rtol, channels_last, num_regions):
+    batch, channels, size = 4, 64, 256
+    side = int(round(num_regions ** 0.5))
+    grid = (torch.arange(size) * side // size)
+    regions_q = (grid[:, None] * side + grid[None, :]).expand(batch, -1, -1).cuda()
+    regions_q = regions_q.clone()
+    regions_q[:, :3] = -1
+    regions_p = regions_q.roll(shifts=(2, -3), dims=(1, 2))
+    feat_q = features((batch, channels, size, size), dtype, channels_last, seed=60)
+    feat_p = features((batch, channels, size, size), dtype, channels_last, seed=61)
+    feat_q = feat_q.detach().cuda().requires_grad_(True)
+    feat_p = feat_p.detach().cuda().requires_grad_(True)
+    kwargs = dict(num_regions=num_regions, generator=7)
+    loss_ref, grads_ref = loss_and_grads(feat_q, feat_p, regions_q, regions_p, backend="reference", **kwargs)
+    loss, grads = loss_and_grads(feat_q, feat_p, regions_q, regions_p, backend="triton", **kwargs)
+    assert_close(loss, loss_ref, rtol=loss_rtol)
+    # gradient: a mean-gradient error of ~loss_rtol relative, plus the dtype's rounding
+    for grad, grad_ref in zip(grads, grads_ref):
+        assert_close(grad.float(), grad_ref.float(), rtol=loss_rtol * 10 + GRAD_RTOL[dtype], atol_scale=1e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_region_index_and_samples_match_reference():
+    regions = blocky_regions(3, 300, 333, 700, seed=62, block=5).cuda()
+    pixels, offsets, counts = pool_kernels.region_index(regions, 700)
+    ref_pixels, ref_offsets, ref_counts = ref.region_index(regions, 700)
+    assert torch.equal(pixels, ref_pixels) and torch.equal(offsets, ref_offsets)
+    assert torch.equal(counts, ref_counts)
+    feat = features((3, 32, 300, 333), torch.bfloat16, True, seed=63).detach().cuda()
+    out = region_sample_mean(feat, regions, 50, num_regions=700, generator=1, return_indices=True,
+                             backend="triton")
+    ref_out = region_sample_mean(feat, regions, 50, num_regions=700, generator=1, return_indices=True,
+                                 backend="reference")
+    assert torch.equal(out[2], ref_out[2])
+    assert_close(out[0], ref_out[0], rtol=1e-5)
