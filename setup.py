@@ -35,7 +35,7 @@ def extensions():
     rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)  # noqa: E731
     sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
     # No FMA contraction anywhere: the smoothing must round exactly like scipy's.
-    cxx = ["-O3", "-std=c++17", "-ffp-contract=off"]
+    cxx = ["-O3", "-ffp-contract=off"]
     link = []
     # at::parallel_for is a header template: without -fopenmp it runs serially in this module.
     if "OpenMP" in torch.__config__.parallel_info() and sys.platform.startswith("linux"):
@@ -43,7 +43,7 @@ def extensions():
         link.append("-fopenmp")
     if _with_cuda():
         sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
-        nvcc = ["-O3", "-std=c++17", "-fmad=false", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc = ["-O3", "-fmad=false", "--expt-relaxed-constexpr", "-lineinfo"]
         nvcc += os.environ.get("NVCC_FLAGS", "").split()
         return [CUDAExtension("lrc_fast._C", sources, define_macros=[("WITH_CUDA", None)],
                               extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)]
