@@ -5,7 +5,7 @@
 #include "cpu/felzenszwalb_cpu.h"
 
 #ifdef WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "cuda/felzenszwalb_cuda.h"
@@ -47,7 +47,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
   a.counts = counts.data_ptr<int64_t>();
   a.rounds = rounds.data_ptr<int32_t>();
   a.workspace = workspace.data_ptr();
-  const cudaError_t err = fh_cuda(a, at::cuda::getCurrentCUDAStream());
+  const cudaError_t err = fh_cuda(a, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "felzenszwalb_cuda: kernel launch failed: ", cudaGetErrorString(err),
               " (cluster=", cluster, ", threads=", threads, ")");
   return {labels, counts, rounds};
