@@ -299,8 +299,9 @@ def _cuda_vs_cpu(batch: np.ndarray, launch=None, sigma=0.8, scale=1.0, min_size=
     np.testing.assert_array_equal(gpu_lab.cpu().numpy(), cpu_lab)
     np.testing.assert_array_equal(gpu_cnt.cpu().numpy(), cpu_cnt)
     if rounds:  # the kernel runs exactly the emulated schedule
-        _, _, emu_rounds = _segment(torch.from_numpy(batch), scale, sigma, min_size, "emulate")
-        _, _, gpu_rounds = ext.felzenszwalb_cuda(x, lrc_fast.superpixels._taps_on(sigma, x.device), scale / 255.0,
+        x64 = _torch_as_float64(x)
+        _, _, emu_rounds = _segment(x64.cpu(), scale, sigma, min_size, "emulate")
+        _, _, gpu_rounds = ext.felzenszwalb_cuda(x64, lrc_fast.superpixels._taps_on(sigma, x.device), scale / 255.0,
                                                   min_size, *(launch or (1, 1024)))
         np.testing.assert_array_equal(gpu_rounds.cpu().numpy(), emu_rounds.numpy())
 
@@ -329,8 +330,10 @@ def test_cuda_batches(batch_size):
 
     base = np.stack([np.clip((phantom_slice(512, 512, seed=s) + 175) / 425, 0, 1) for s in range(8)])
     rng = np.random.default_rng(batch_size)
-    batch = base[rng.integers(0, 8, batch_size)] + 1e-4 * rng.random((batch_size, 512, 512))
-    _cuda_vs_cpu(batch, rounds=False)
+    batch = base[rng.integers(0, 8, batch_size)]
+    flips = rng.random(batch_size) < 0.5
+    batch[flips] = batch[flips, :, ::-1]  # windowed CT: plateaus and ties, as in training
+    _cuda_vs_cpu(np.ascontiguousarray(batch), rounds=False)
 
 
 @pytest.mark.gpu
