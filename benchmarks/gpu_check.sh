@@ -15,6 +15,11 @@ export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 # Real CT copied beside the tree for this run, when the caller carried it (README, GPU checks).
 [ -d .gpu_data ] && export LRC_FAST_SHARED_DATA=$PWD/.gpu_data
 PY=${PYTHON:-python3}
+# Wheels the machine lacks (SimpleITK on the lent H100/H200 image), when the caller carried them.
+if ls .whl/*.whl > /dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/lrc_site .whl/*.whl \
+    && export PYTHONPATH=/tmp/lrc_site${PYTHONPATH:+:$PYTHONPATH}
+fi
 SUMMARY=()
 
 step() {  # step NAME SECONDS COMMAND...: run with min(SECONDS, what is left of the budget)

@@ -2,6 +2,8 @@
 // the Python wrapper (lrc_fast/superpixels.py); the checks here only guard the pointers.
 #include <torch/extension.h>
 
+#include <string>
+
 #include "cpu/felzenszwalb_cpu.h"
 
 #ifdef WITH_CUDA
@@ -24,33 +26,43 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
   TORCH_CHECK(weights.device() == image.device() && weights.dim() == 1 && weights.scalar_type() == torch::kFloat64 &&
                   (weights.numel() == 0 || weights.numel() % 2 == 1),
               "felzenszwalb_cuda: weights must be an odd-length float64 tensor on the image's device, or empty");
-  const c10::cuda::CUDAGuard guard(image.device());
-  const int64_t B = image.size(0), H = image.size(1), W = image.size(2);
-  auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
-  auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
-  auto rounds = torch::empty({B, 2}, image.options().dtype(torch::kInt32));
-  if (B == 0) return {labels, counts, rounds};
-  const auto bytes = fh_cuda_workspace_bytes(static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W));
-  auto workspace = torch::empty({static_cast<int64_t>(bytes)}, image.options().dtype(torch::kUInt8));
-  FhCudaArgs a;
-  a.image = image.data_ptr<double>();
-  a.B = static_cast<int32_t>(B);
-  a.H = static_cast<int32_t>(H);
-  a.W = static_cast<int32_t>(W);
-  a.weights = weights.numel() ? weights.data_ptr<double>() : nullptr;
-  a.radius = weights.numel() ? static_cast<int32_t>(weights.numel() / 2) : -1;
-  a.k = k;
-  a.min_size = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), H * W + 1));
-  a.cluster = static_cast<int32_t>(cluster);
-  a.threads = static_cast<int32_t>(threads);
-  a.labels = labels.data_ptr<int64_t>();
-  a.counts = counts.data_ptr<int64_t>();
-  a.rounds = rounds.data_ptr<int32_t>();
-  a.workspace = workspace.data_ptr();
-  const cudaError_t err = fh_cuda(a, c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "felzenszwalb_cuda: kernel launch failed: ", cudaGetErrorString(err),
-              " (cluster=", cluster, ", threads=", threads, ")");
-  return {labels, counts, rounds};
+  TORCH_CHECK(cluster >= 1 && cluster <= 8 && (threads == 256 || threads == 512 || threads == 1024),
+              "felzenszwalb_cuda: need 1 <= cluster <= 8 and threads in {256, 512, 1024}, got cluster=", cluster,
+              ", threads=", threads);
+  // Launch inside a scope and raise after it: the guard and the tensors are released normally
+  // before the exception is thrown (an exception unwinding through them crashed on an H200).
+  std::string error;
+  {
+    const c10::cuda::CUDAGuard guard(image.device());
+    const int64_t B = image.size(0), H = image.size(1), W = image.size(2);
+    auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
+    auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
+    auto rounds = torch::empty({B, 2}, image.options().dtype(torch::kInt32));
+    if (B == 0) return {labels, counts, rounds};
+    const auto bytes =
+        fh_cuda_workspace_bytes(static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W));
+    auto workspace = torch::empty({static_cast<int64_t>(bytes)}, image.options().dtype(torch::kUInt8));
+    FhCudaArgs a;
+    a.image = image.data_ptr<double>();
+    a.B = static_cast<int32_t>(B);
+    a.H = static_cast<int32_t>(H);
+    a.W = static_cast<int32_t>(W);
+    a.weights = weights.numel() ? weights.data_ptr<double>() : nullptr;
+    a.radius = weights.numel() ? static_cast<int32_t>(weights.numel() / 2) : -1;
+    a.k = k;
+    a.min_size = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), H * W + 1));
+    a.cluster = static_cast<int32_t>(cluster);
+    a.threads = static_cast<int32_t>(threads);
+    a.labels = labels.data_ptr<int64_t>();
+    a.counts = counts.data_ptr<int64_t>();
+    a.rounds = rounds.data_ptr<int32_t>();
+    a.workspace = workspace.data_ptr();
+    const cudaError_t err = fh_cuda(a, c10::cuda::getCurrentCUDAStream());
+    if (err == cudaSuccess) return {labels, counts, rounds};
+    error = std::string("felzenszwalb_cuda: kernel launch failed: ") + cudaGetErrorString(err) +
+            " (cluster=" + std::to_string(cluster) + ", threads=" + std::to_string(threads) + ")";
+  }
+  TORCH_CHECK(false, error);
 #else
   TORCH_CHECK(false, "lrc_fast._C was built without CUDA; rebuild with a CUDA torch and toolkit (or FORCE_CUDA=1)");
 #endif
