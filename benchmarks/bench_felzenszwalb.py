@@ -18,10 +18,11 @@ from multiprocessing import get_context
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 import lrc_fast
-from lrc_fast.data.phantom import phantom_slice
+from lrc_fast.data import phantom_slice, read_dicom_series, shared_data_dir, window_hu
 
 SIZE = 512
 LAUNCHES = {16: [(1, 1024), (2, 1024), (4, 1024), (8, 1024), (8, 512)], 256: [(1, 512), (1, 1024), (2, 1024)]}
@@ -39,23 +40,16 @@ def ct_like_batch(n: int, size: int = SIZE) -> np.ndarray:
     Not jittered: like real windowed CT they have plateaus (air and bone clipped to 0 and 1)
     and tied edge costs, which is what a training loop feeds.
     """
-    return _variants([np.clip((phantom_slice(size, size, seed=s) + 175) / 425, 0, 1) for s in range(min(n, 16))], n)
+    return _variants([window_hu(phantom_slice(size, size, seed=s)) for s in range(min(n, 16))], n)
 
 
-def real_ct_batch(n: int) -> np.ndarray | None:
-    """n slices of the abdominal DICOM series in ../shared/data (512x512), or None when absent."""
-    from lrc_fast.data import shared_data_dir
-
+def real_ct_slices() -> list[np.ndarray] | None:
+    """The abdominal DICOM series in ../shared/data (512x512), windowed, or None when absent."""
     root = shared_data_dir()
     folder = root / "totalseg-abdomen" / "ct_dicom" if root is not None else None
     if folder is None or not folder.is_dir():
         return None
-    import SimpleITK as sitk
-
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
-    vol = sitk.GetArrayFromImage(reader.Execute()).astype(np.float32)
-    return _variants([np.clip((s + 175) / 425, 0, 1) for s in vol], n)
+    return [window_hu(s) for s in sitk.GetArrayFromImage(read_dicom_series(folder))]
 
 
 def _skimage_one(image):
@@ -120,7 +114,10 @@ def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
     from lrc_fast.superpixels import _segment
 
     rows, ok = [], True
-    datasets = [("phantom", ct_like_batch)] + ([("real abdomen CT", real_ct_batch)] if real_ct_batch(1) is not None else [])
+    datasets = [("phantom", ct_like_batch)]
+    real = real_ct_slices()  # read once
+    if real is not None:
+        datasets.append(("real abdomen CT", lambda n: _variants(real, n)))
     for data_name, make in datasets:
         for batch_size in ((16,) if quick else (16, 256)):
             host = make(batch_size)

@@ -11,7 +11,6 @@ from .superpixels import felzenszwalb
 
 __version__ = "0.1.0"
 
-
 __all__ = [
     "backends",
     "data",

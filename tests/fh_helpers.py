@@ -59,6 +59,3 @@ def assert_valid_segmentation(labels: np.ndarray, min_size: int) -> None:
     if labels.size >= min_size:
         assert np.bincount(flat).min() >= min_size
 
-
-def window(hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return np.clip((np.asarray(hu, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
