@@ -1,10 +1,13 @@
 """Felzenszwalb throughput: lrc_fast (CPU, CUDA) against scikit-image, in one run.
 
-Script:  python benchmarks/bench_felzenszwalb.py [--quick]
+Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--schedule]
   CPU: scikit-image vs lrc_fast "cpu" on 512x512 CT-like slices, one thread and all cores.
   CUDA (when present): batches of 16 and 256 slices already on the GPU, every launch
-  configuration checked for identical labels against the CPU backend, then timed with CUDA
-  events (median). Prints a markdown table last; exits 1 when a correctness check fails.
+  configuration and cost window checked for identical labels against the CPU backend, then
+  timed with CUDA events (median). Prints a markdown table last; exits 1 when a correctness
+  check fails.
+  --schedule: only the GPU schedule's work per cost window, from its CPU emulation (rounds and
+  edge offers per slice; no GPU needed).
 pytest-benchmark:  pytest benchmarks/bench_felzenszwalb.py
 """
 from __future__ import annotations
@@ -23,9 +26,11 @@ import torch
 
 import lrc_fast
 from lrc_fast.data import phantom_slice, read_dicom_series, shared_data_dir, window_hu
+from lrc_fast.superpixels import _WINDOW, _segment
 
 SIZE = 512
 LAUNCHES = {16: [(1, 1024), (2, 1024), (4, 1024), (8, 1024), (8, 512)], 256: [(1, 512), (1, 1024), (2, 1024)]}
+WINDOWS = (512, _WINDOW, 8192, 2**31 - 1)  # the last: one window, every pending edge offered each round
 
 
 def _variants(base: list[np.ndarray], n: int) -> np.ndarray:
@@ -110,33 +115,57 @@ def _cuda_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
-    from lrc_fast.superpixels import _segment
-
-    rows, ok = [], True
+def _datasets() -> list[tuple[str, callable]]:
+    """(name, make) pairs; make(n) gives n slices, spread over the whole series for real CT."""
     datasets = [("phantom", ct_like_batch)]
     real = real_ct_slices()  # read once
     if real is not None:
-        datasets.append(("real abdomen CT", lambda n: _variants(real, n)))
-    for data_name, make in datasets:
+        spread = [real[i] for i in np.linspace(0, len(real) - 1, min(16, len(real))).astype(int)]
+        datasets.append(("real abdomen CT", lambda n: _variants(spread, n)))
+    return datasets
+
+
+def schedule_rows(quick: bool) -> list[tuple[str, int, float, float, float, float]]:
+    """The schedule's work per slice for each cost window, from the CPU emulation."""
+    n = 2 if quick else 8
+    edges = 4 * SIZE * SIZE - 6 * SIZE + 2  # 8-connected edges of a SIZE x SIZE slice
+    rows = []
+    for data_name, make in _datasets():
+        x = torch.from_numpy(make(n)).double()
+        expected = lrc_fast.felzenszwalb(x, backend="cpu")
+        for window in WINDOWS:
+            labels, _, stats = _segment(x, 1.0, 0.8, 20, "emulate", window=window)
+            if not torch.equal(labels, expected):
+                raise SystemExit(f"MISMATCH: emulation with window={window} differs from the cpu backend")
+            st = stats.double().mean(0).tolist()
+            rows.append((data_name, window, st[0], st[1], st[2] / edges, st[3] / edges))
+    return rows
+
+
+def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
+    rows, ok = [], True
+    for data_name, make in _datasets():
         for batch_size in ((16,) if quick else (16, 256)):
             host = make(batch_size)
             expected = lrc_fast.felzenszwalb(host, backend="cpu")
             x = torch.from_numpy(host).cuda()
-            _, _, rounds = _segment(x.double(), 1.0, 0.8, 20, "cuda", (1, 1024))
-            r = rounds.cpu().numpy()
-            print(f"{data_name} B={batch_size}: main-pass rounds mean {r[:, 0].mean():.0f} max {r[:, 0].max()}, "
-                  f"min_size rounds mean {r[:, 1].mean():.0f}", flush=True)
-            for launch in LAUNCHES[batch_size]:
-                got = lrc_fast.felzenszwalb(x, launch=launch, check_finite=False)
+            x64 = x.double()
+            default = lrc_fast.superpixels._default_launch(batch_size, x.device)
+            configs = [(launch, _WINDOW) for launch in LAUNCHES[batch_size]]
+            configs += [(default, w) for w in WINDOWS if w != _WINDOW]
+            for launch, window in configs:
+                got, _, stats = _segment(x64, 1.0, 0.8, 20, "cuda", launch, window)
                 if not np.array_equal(got.cpu().numpy(), expected):
-                    print(f"MISMATCH: cuda launch={launch} B={batch_size} differs from the cpu backend")
+                    print(f"MISMATCH: cuda launch={launch} window={window} B={batch_size} differs from cpu")
                     ok = False
                     continue
-                ms = _cuda_time(lambda: lrc_fast.felzenszwalb(x, launch=launch, check_finite=False), 5)
-                rows.append((f"lrc_fast cuda {data_name}, launch={launch}", f"{batch_size} x {SIZE}^2", ms,
-                             batch_size / ms * 1e3))
-                print(f"  launch={launch}: {ms:.2f} ms", flush=True)
+                # the public call (with its float64 conversion) is what a training loop times
+                ms = _cuda_time(lambda: _segment(x.double(), 1.0, 0.8, 20, "cuda", launch, window), 5)
+                rows.append((f"lrc_fast cuda {data_name}, launch={launch}, window={window}",
+                             f"{batch_size} x {SIZE}^2", ms, batch_size / ms * 1e3))
+                r = stats.double().mean(0).cpu().tolist()
+                print(f"  launch={launch} window={window}: {ms:.2f} ms; rounds {r[0]:.0f} + {r[1]:.0f}, "
+                      f"offers {r[2]:.3g} + {r[3]:.3g} per slice", flush=True)
     return rows, ok
 
 
@@ -144,10 +173,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--skip-cpu", action="store_true", help="CUDA rows only")
+    parser.add_argument("--schedule", action="store_true", help="only the schedule's work per cost window")
     args = parser.parse_args()
     if not lrc_fast.backends()["cpu_extension"]:
         print("lrc_fast._C is not built; run `pip install --no-build-isolation -e .` first")
         return 1
+    if args.schedule:
+        print(f"\n### GPU schedule work per {SIZE}x{SIZE} slice by cost window (CPU emulation, labels checked)")
+        print("| data | window | rounds main | rounds min_size | offers / edge main | offers / edge min_size |")
+        print("|---|---|---|---|---|---|")
+        for data_name, window, r0, r1, o0, o1 in schedule_rows(args.quick):
+            shown = "all" if window == 2**31 - 1 else window
+            print(f"| {data_name} | {shown} | {r0:.0f} | {r1:.0f} | {o0:.2f} | {o1:.2f} |")
+        return 0
     cpu = [] if args.skip_cpu else cpu_rows(args.quick)
     gpu, ok = cuda_rows(args.quick) if torch.cuda.is_available() else ([], True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"

@@ -16,10 +16,11 @@
 namespace lrc {
 
 // Same contract as felzenszwalb_cpu, on CUDA tensors: image (B, H, W) float64 and weights on
-// the image's device. cluster: CTAs per slice (thread-block cluster on sm_90); threads: per CTA.
+// the image's device. cluster: CTAs per slice (thread-block cluster on sm_90); threads: per CTA;
+// window: minimum edges per cost window of the schedule.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
-    int64_t threads) {
+    int64_t threads, int64_t window) {
 #ifdef WITH_CUDA
   TORCH_CHECK(image.is_cuda() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 && image.is_contiguous(),
               "felzenszwalb_cuda: image must be a contiguous (B, H, W) float64 CUDA tensor");
@@ -29,6 +30,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
   TORCH_CHECK(cluster >= 1 && cluster <= 8 && (threads == 256 || threads == 512 || threads == 1024),
               "felzenszwalb_cuda: need 1 <= cluster <= 8 and threads in {256, 512, 1024}, got cluster=", cluster,
               ", threads=", threads);
+  TORCH_CHECK(window >= 1 && window < (int64_t{1} << 31), "felzenszwalb_cuda: window must be in [1, 2^31), got ",
+              window);
   // Launch inside a scope and raise after it: the guard and the tensors are released normally
   // before the exception is thrown (an exception unwinding through them crashed on an H200).
   std::string error;
@@ -37,8 +40,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
     const int64_t B = image.size(0), H = image.size(1), W = image.size(2);
     auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
     auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
-    auto rounds = torch::empty({B, 2}, image.options().dtype(torch::kInt32));
-    if (B == 0) return {labels, counts, rounds};
+    auto stats = torch::empty({B, 4}, image.options().dtype(torch::kInt64));
+    if (B == 0) return {labels, counts, stats};
     const auto bytes =
         fh_cuda_workspace_bytes(static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W));
     auto workspace = torch::empty({static_cast<int64_t>(bytes)}, image.options().dtype(torch::kUInt8));
@@ -53,12 +56,13 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
     a.min_size = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), H * W + 1));
     a.cluster = static_cast<int32_t>(cluster);
     a.threads = static_cast<int32_t>(threads);
+    a.window = static_cast<int32_t>(window);
     a.labels = labels.data_ptr<int64_t>();
     a.counts = counts.data_ptr<int64_t>();
-    a.rounds = rounds.data_ptr<int32_t>();
+    a.stats = stats.data_ptr<int64_t>();
     a.workspace = workspace.data_ptr();
     const cudaError_t err = fh_cuda(a, c10::cuda::getCurrentCUDAStream());
-    if (err == cudaSuccess) return {labels, counts, rounds};
+    if (err == cudaSuccess) return {labels, counts, stats};
     error = std::string("felzenszwalb_cuda: kernel launch failed: ") + cudaGetErrorString(err) +
             " (cluster=" + std::to_string(cluster) + ", threads=" + std::to_string(threads) + ")";
   }
@@ -81,8 +85,9 @@ bool with_cuda() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lrc_fast compiled extension";
   m.def("felzenszwalb_cpu", &lrc::felzenszwalb_cpu, "Felzenszwalb on CPU (exact, or the GPU schedule emulated)",
-        py::arg("image"), py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("schedule"));
+        py::arg("image"), py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("schedule"),
+        py::arg("window"));
   m.def("felzenszwalb_cuda", &lrc::felzenszwalb_cuda, "Felzenszwalb on CUDA", py::arg("image"), py::arg("weights"),
-        py::arg("k"), py::arg("min_size"), py::arg("cluster"), py::arg("threads"));
+        py::arg("k"), py::arg("min_size"), py::arg("cluster"), py::arg("threads"), py::arg("window"));
   m.def("with_cuda", &lrc::with_cuda, "Whether the CUDA part was built");
 }

@@ -14,9 +14,21 @@
 // changes by merging), so it is frozen and its edges are dropped. The result equals the
 // sequential visit in (cost, index) order, bit for bit.
 //
+// Cost windows: a round does not offer every pending edge of the slice. After the zero-cost
+// pre-pass the live edges are counting-sorted by the top 16 bits of their cost (histogram,
+// scan, scatter), and the rounds run over one window of whole bins at a time (at least
+// `width` edges, see window_end) until none of its edges is pending. Every edge of a later
+// bin costs strictly more, so a window decided to the end is exactly the next stretch of the
+// sequential visit, and a frozen component stays frozen for the later windows (their edges
+// cost more than the one that failed). Without windows the ~20k edges that wait behind a long
+// chain of dependent merges were re-offered every round (65 offers per edge on a real CT
+// slice; 1.8 with 1,000-edge windows, for 28% more rounds).
+//
 // min_size pass: the same rounds over edges with at least one endpoint below min_size; only
 // the small endpoints reserve (a large component merges with whoever picks it, and sizes only
-// grow, so an edge between two large components is dead for good).
+// grow, so an edge between two large components is dead for good). It runs as one window
+// (kOneWindow): it offers few edges per round anyway, and windows would multiply its rounds
+// (real CT: 24 rounds in one window, 286 with 2048-edge windows).
 #pragma once
 
 #include "felzenszwalb_common.h"
@@ -76,6 +88,49 @@ LRC_HD void zero_union(const Slice& s, int32_t e, Ops& ops) {
   int32_t u, v;
   edge_endpoints(s.g, e, u, v);
   if (edge_cost(ops.ld(s.img + u), ops.ld(s.img + v)) == 0.0) unite(s.parent, u, v, ops);
+}
+
+// ---- cost windows ----------------------------------------------------------------------
+
+// Bins of the counting sort: the top 16 bits of a non-negative double (sign, exponent and 4
+// mantissa bits) order like the costs. The clamp only matters for a NaN with its sign bit
+// set (check_finite=False); it keeps the index in range.
+constexpr int32_t kCostBins = 1 << 15;
+
+LRC_HD int32_t cost_bin(uint64_t bits) {
+  const uint64_t b = bits >> 48;
+  return b < static_cast<uint64_t>(kCostBins) ? static_cast<int32_t>(b) : kCostBins - 1;
+}
+
+// The bin of edge e, or -1 when the zero-cost pre-pass already joined its endpoints.
+template <class Ops>
+LRC_HD int32_t live_bin(const Slice& s, int32_t e, Ops& ops) {
+  int32_t u, v;
+  edge_endpoints(s.g, e, u, v);
+  if (find_root(s.parent, u, ops) == find_root(s.parent, v, ops)) return -1;
+  return cost_bin(cost_bits(edge_cost(ops.ld(s.img + u), ops.ld(s.img + v))));
+}
+
+// A window width that makes the whole sorted list one window.
+constexpr int32_t kOneWindow = 0x7fffffff;
+
+// bin_end[b]: one past the last sorted edge of bins 0..b (non-decreasing; the last entry is
+// the number of live edges). The window starting at `start` (a bin boundary) ends at the first
+// bin boundary at least `width` edges later, or at the end of the list.
+template <class Ops>
+LRC_HD int32_t window_end(const int32_t* bin_end, int32_t start, int32_t width, Ops& ops) {
+  const int32_t live = ops.ld(bin_end + kCostBins - 1);
+  if (live - start <= width) return live;
+  const int32_t target = start + width;
+  int32_t lo = 0, hi = kCostBins - 1;
+  while (lo < hi) {
+    const int32_t mid = lo + (hi - lo) / 2;
+    if (ops.ld(bin_end + mid) >= target)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return ops.ld(bin_end + lo);
 }
 
 // ---- main pass -------------------------------------------------------------------------

@@ -30,6 +30,11 @@ _BACKENDS = ("cpu", "cuda", "emulate", "skimage")
 # whose sigma is at most 1e-15.
 _TRUNCATE = 4.0
 _SIGMA_EPS = 1e-15
+# Minimum edges per cost window of the GPU schedule's main pass (csrc/felzenszwalb_schedule.h).
+# Smaller windows re-offer fewer waiting edges per round but need more rounds; on real 512x512
+# CT, 2048 offers each edge 16x less often than one window, for 25% more rounds (CPU
+# emulation, benchmarks/RESULTS.md). To be tuned on a GPU with bench_felzenszwalb's sweep.
+_WINDOW = 2048
 
 
 @lru_cache(maxsize=64)
@@ -130,9 +135,11 @@ def _torch_as_float64(images: torch.Tensor) -> torch.Tensor:
 def _default_launch(batch: int, device: torch.device) -> tuple[int, int]:
     """(CTAs per slice, threads per CTA) for the CUDA backend.
 
-    From the launch sweep in benchmarks/RESULTS.md (H200, 512x512 CT): small batches run fastest
-    with a cluster of 8 CTAs per slice (B=16: 3-5x faster than one CTA), large ones with 2
-    (B=256: 1.2-1.3x faster than one); 1024 threads per CTA always won. Clusters need sm_90.
+    From the launch sweep in benchmarks/RESULTS.md (H200, 512x512 CT, measured before the cost
+    windows, which shrink the work per round and may favour smaller teams; bench_felzenszwalb
+    sweeps both): small batches ran fastest with a cluster of 8 CTAs per slice (B=16: 3-5x faster
+    than one CTA), large ones with 2 (B=256: 1.2-1.3x faster than one); 1024 threads per CTA
+    always won. Clusters need sm_90.
     """
     props = torch.cuda.get_device_properties(device)
     if props.major < 9:
@@ -141,15 +148,22 @@ def _default_launch(batch: int, device: torch.device) -> tuple[int, int]:
 
 
 def _segment(images64: torch.Tensor, scale: float, sigma: float, min_size: int, backend: str,
-             launch: tuple[int, int] | None = None):
-    """Run a compiled backend on a (B, H, W) float64 tensor: (labels, counts, rounds)."""
+             launch: tuple[int, int] | None = None, window: int = _WINDOW):
+    """Run a compiled backend on a (B, H, W) float64 tensor: (labels, counts, stats).
+
+    ``window`` is the minimum number of edges per cost window of the schedule's main pass.
+    ``stats`` (B, 4) int64 describes the schedule's work: rounds of the main and the min_size
+    pass, then the edges offered in phase A of each pass. "cuda" and "emulate" give the same
+    stats for the same ``window``; "cpu" gives zeros.
+    """
     ext = require_extension()
     k = scale / 255.0  # skimage: scale = float(scale) / 255.
     if backend == "cuda":
         cluster, threads = launch if launch is not None else _default_launch(images64.shape[0], images64.device)
-        return ext.felzenszwalb_cuda(images64, _taps_on(sigma, images64.device), k, min_size, cluster, threads)
+        return ext.felzenszwalb_cuda(images64, _taps_on(sigma, images64.device), k, min_size, cluster, threads,
+                                     window)
     taps = _taps_on(sigma, torch.device("cpu"))
-    return ext.felzenszwalb_cpu(images64, taps, k, min_size, backend == "emulate")
+    return ext.felzenszwalb_cpu(images64, taps, k, min_size, backend == "emulate", window)
 
 
 def _skimage_loop(images64: np.ndarray, scale: float, sigma: float, min_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -167,6 +167,41 @@ def test_property_backends_agree_and_match_skimage(h, w, scale, sigma, min_size,
         np.testing.assert_array_equal(cpu, sk(image, scale, sigma, min_size))
 
 
+@pytest.mark.parametrize("window", [1, 3, 64, 2**31 - 1])
+def test_emulation_any_cost_window_is_exact(window):
+    """Cost windows only change which edges a round offers, never a decision."""
+    from lrc_fast.data.phantom import phantom_slice
+    from lrc_fast.superpixels import _segment
+
+    rng = np.random.default_rng(window % 1000)
+    windowed = np.clip((phantom_slice(96, 128, seed=3) + 175) / 425, 0, 1)  # plateaus and ties
+    for image, min_size in [(windowed, 20), (rng.random((37, 91)), 5), (rng.random((1, 1)), 20)]:
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))[None]
+        emu, _, stats = _segment(x, 1.0, 0.8, min_size, "emulate", window=window)
+        np.testing.assert_array_equal(emu[0].numpy(), ours(image, "cpu", min_size=min_size))
+        rounds, offers = stats[0, :2], stats[0, 2:]
+        assert (offers >= rounds).all() and (rounds >= 0).all()
+
+
+def test_emulation_cost_windows_take_effect():
+    """One bin per window takes more rounds, and offers fewer edges, than one window."""
+    from lrc_fast.superpixels import _segment
+
+    x = torch.from_numpy(np.random.default_rng(5).random((1, 64, 64)))
+    _, _, narrow = _segment(x, 1.0, 0.8, 20, "emulate", window=1)
+    _, _, wide = _segment(x, 1.0, 0.8, 20, "emulate", window=2**31 - 1)
+    assert narrow[0, 0] > 2 * wide[0, 0] > 0
+    assert 0 < narrow[0, 2] < wide[0, 2]
+
+
+def test_compiled_op_rejects_bad_window():
+    from lrc_fast.superpixels import _segment
+
+    x = torch.rand(1, 8, 8, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="window must be in"):
+        _segment(x, 1.0, 0.8, 20, "emulate", window=0)
+
+
 # ---- bad input -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad,match", [
@@ -289,21 +324,18 @@ def _gpu_cases():
     return cases
 
 
-def _cuda_vs_cpu(batch: np.ndarray, launch=None, sigma=0.8, scale=1.0, min_size=20, rounds=True):
-    ext = lrc_fast._ext.require_extension()
-    from lrc_fast.superpixels import _segment
+def _cuda_vs_cpu(batch: np.ndarray, launch=None, sigma=0.8, scale=1.0, min_size=20, rounds=True, window=None):
+    from lrc_fast.superpixels import _WINDOW, _segment
 
+    window = _WINDOW if window is None else window
     cpu_lab, cpu_cnt = lrc_fast.felzenszwalb(batch, scale, sigma, min_size, return_counts=True)
-    x = torch.from_numpy(batch).cuda()
-    gpu_lab, gpu_cnt = lrc_fast.felzenszwalb(x, scale, sigma, min_size, return_counts=True, launch=launch)
+    x64 = _torch_as_float64(torch.from_numpy(batch).cuda())
+    gpu_lab, gpu_cnt, gpu_stats = _segment(x64, scale, sigma, min_size, "cuda", launch, window)
     np.testing.assert_array_equal(gpu_lab.cpu().numpy(), cpu_lab)
     np.testing.assert_array_equal(gpu_cnt.cpu().numpy(), cpu_cnt)
-    if rounds:  # the kernel runs exactly the emulated schedule
-        x64 = _torch_as_float64(x)
-        _, _, emu_rounds = _segment(x64.cpu(), scale, sigma, min_size, "emulate")
-        _, _, gpu_rounds = ext.felzenszwalb_cuda(x64, lrc_fast.superpixels._taps_on(sigma, x.device), scale / 255.0,
-                                                  min_size, *(launch or (1, 1024)))
-        np.testing.assert_array_equal(gpu_rounds.cpu().numpy(), emu_rounds.numpy())
+    if rounds:  # the kernel runs exactly the emulated schedule: same rounds, same edges offered
+        _, _, emu_stats = _segment(x64.cpu(), scale, sigma, min_size, "emulate", window=window)
+        np.testing.assert_array_equal(gpu_stats.cpu().numpy(), emu_stats.numpy())
 
 
 @pytest.mark.gpu
@@ -321,6 +353,17 @@ def test_cuda_launch_configurations_agree(launch):
     batch = np.stack([np.clip((phantom_slice(256, 320, seed=s) + 175) / 425, 0, 1) for s in range(3)])
     _cuda_vs_cpu(batch, launch=launch)
     _cuda_vs_cpu(np.random.default_rng(1).random((2, 37, 91)), launch=launch, sigma=0.0, min_size=5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("window", [1, 37, 100_000])
+def test_cuda_cost_windows(window):
+    """Tiny windows run thousands of windows back to back (the rotating append counters)."""
+    from lrc_fast.data.phantom import phantom_slice
+
+    batch = np.stack([np.clip((phantom_slice(128, 160, seed=s) + 175) / 425, 0, 1) for s in range(3)])
+    for launch in [(1, 256), (2, 1024)]:
+        _cuda_vs_cpu(batch, launch=launch, window=window)
 
 
 @pytest.mark.gpu
@@ -361,9 +404,11 @@ def test_cuda_bad_launch_raises_runtime_error():
     x = torch.rand(1, 8, 8, dtype=torch.float64, device="cuda")
     taps = torch.empty(0, dtype=torch.float64, device="cuda")
     with pytest.raises(RuntimeError, match="need 1 <= cluster <= 8"):
-        ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 9, 1024)
+        ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 9, 1024, 2048)
     with pytest.raises(RuntimeError, match="threads in"):
-        ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 1, 100)
+        ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 1, 100, 2048)
+    with pytest.raises(RuntimeError, match="window must be"):
+        ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 1, 1024, 0)
     with pytest.raises(RuntimeError, match="float64 CUDA tensor"):
-        ext.felzenszwalb_cuda(x.float(), taps, 1 / 255, 20, 1, 1024)
-    assert ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 1, 1024)[1].item() >= 1  # still usable afterwards
+        ext.felzenszwalb_cuda(x.float(), taps, 1 / 255, 20, 1, 1024, 2048)
+    assert ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 1, 1024, 2048)[1].item() >= 1  # still usable afterwards

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <memory>
 #include <vector>
 
 #include "../felzenszwalb_common.h"
@@ -42,9 +43,9 @@ inline int32_t find(int32_t* parent, int32_t x) {
   return x;
 }
 
-// Labels 0..K-1 in order of first appearance in raster order; returns K.
-int64_t canonical_labels(int32_t* parent, int32_t n, int64_t* out) {
-  std::vector<int32_t> label(n, -1);
+// Labels 0..K-1 in order of first appearance in raster order; returns K. label: (n,) scratch.
+int64_t canonical_labels(int32_t* parent, int32_t n, int32_t* label, int64_t* out) {
+  std::fill(label, label + n, -1);
   int32_t next = 0;
   for (int32_t p = 0; p < n; ++p) {
     const int32_t r = find(parent, p);
@@ -55,15 +56,15 @@ int64_t canonical_labels(int32_t* parent, int32_t n, int64_t* out) {
 }
 
 // Stable LSD radix sort of (key, payload) by key, 8-bit digits; digits that are equal for
-// every key are skipped. Stability keeps equal costs in edge-index order.
-void radix_sort(std::vector<uint64_t>& keys, std::vector<uint32_t>& vals) {
+// every key are skipped. Stability keeps equal costs in edge-index order. k2, v2: scratch of
+// the same sizes.
+void radix_sort(std::vector<uint64_t>& keys, std::vector<uint32_t>& vals, std::vector<uint64_t>& k2,
+                std::vector<uint32_t>& v2) {
   const size_t n = keys.size();
-  std::vector<std::array<uint32_t, 256>> hist(8);
+  std::array<std::array<uint32_t, 256>, 8> hist;
   for (auto& h : hist) h.fill(0);
   for (size_t i = 0; i < n; ++i)
     for (int d = 0; d < 8; ++d) ++hist[d][(keys[i] >> (8 * d)) & 0xff];
-  std::vector<uint64_t> k2(n);
-  std::vector<uint32_t> v2(n);
   for (int d = 0; d < 8; ++d) {
     auto& h = hist[d];
     if (n == 0 || h[(keys[0] >> (8 * d)) & 0xff] == n) continue;  // constant digit
@@ -83,12 +84,25 @@ void radix_sort(std::vector<uint64_t>& keys, std::vector<uint32_t>& vals) {
   }
 }
 
+// Buffers of the exact backend, allocated once per worker thread and reused for each of its
+// slices (fresh ~30 MB per 512x512 slice made the threads page-fault in each other's way).
+struct ExactScratch {
+  std::vector<uint64_t> keys, keys2;
+  std::vector<uint32_t> vals, vals2;
+  std::vector<int32_t> parent, size, label;
+  std::vector<double> cint;
+  explicit ExactScratch(const Geometry& g)
+      : keys(g.num_edges()), keys2(g.num_edges()), vals(g.num_edges()), vals2(g.num_edges()),
+        parent(g.num_pixels()), size(g.num_pixels()), label(g.num_pixels()), cint(g.num_pixels()) {}
+};
+
 // Exact backend on one slice. Sort payload: u * 4 + kind, where v = u + offset[kind].
-int64_t segment_exact(const double* img, const Geometry& g, double k, int32_t min_size, int64_t* out) {
+int64_t segment_exact(const double* img, const Geometry& g, double k, int32_t min_size, ExactScratch& ws,
+                      int64_t* out) {
   const int32_t n = g.num_pixels(), W = g.W;
   const int32_t E = g.num_edges();
-  std::vector<uint64_t> keys(E);
-  std::vector<uint32_t> vals(E);
+  auto& keys = ws.keys;
+  auto& vals = ws.vals;
   const int32_t offset[4] = {1, W, W + 1, W - 1};
   for (int32_t e = 0; e < E; ++e) {
     int32_t u, v;
@@ -97,10 +111,13 @@ int64_t segment_exact(const double* img, const Geometry& g, double k, int32_t mi
     keys[e] = fh::cost_bits(fh::edge_cost(img[u], img[v]));
     vals[e] = static_cast<uint32_t>(u) * 4u + static_cast<uint32_t>(kind);
   }
-  radix_sort(keys, vals);
+  radix_sort(keys, vals, ws.keys2, ws.vals2);
 
-  std::vector<int32_t> parent(n), size(n, 1);
-  std::vector<double> cint(n, 0.0);
+  auto& parent = ws.parent;
+  auto& size = ws.size;
+  auto& cint = ws.cint;
+  std::fill(size.begin(), size.end(), 1);
+  std::fill(cint.begin(), cint.end(), 0.0);
   for (int32_t p = 0; p < n; ++p) parent[p] = p;
   for (int32_t i = 0; i < E; ++i) {
     const int32_t u = static_cast<int32_t>(vals[i] >> 2), v = u + offset[vals[i] & 3];
@@ -123,7 +140,7 @@ int64_t segment_exact(const double* img, const Geometry& g, double k, int32_t mi
     parent[hi] = lo;
     size[lo] = size[a] + size[b];
   }
-  return canonical_labels(parent.data(), n, out);
+  return canonical_labels(parent.data(), n, ws.label.data(), out);
 }
 
 // Memory operations of the emulation: one thread, so plain loads, stores and read-modify-writes.
@@ -143,67 +160,91 @@ struct SerialOps {
 };
 
 // One pass (main or min_size) of the round schedule, executed phase by phase like the CUDA
-// kernel does between barriers. The first round visits every edge, later rounds the
-// edges kept by the previous one. Returns the number of rounds.
+// kernel does between barriers: for each cost window of the sorted live edges, a first round
+// over the window, later rounds over the edges the previous one kept. Returns the number of
+// rounds and adds the edges offered in phase A to `offers`.
 template <bool kMain>
-int32_t run_rounds(const fh::Slice& s, std::vector<int32_t>& list_in, std::vector<int32_t>& list_out,
-                   std::vector<uint32_t>& ra, std::vector<uint32_t>& rb) {
+int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const std::vector<int32_t>& bin_end,
+                   int32_t width, std::vector<int32_t>& list_in, std::vector<int32_t>& list_out,
+                   std::vector<uint32_t>& ra, std::vector<uint32_t>& rb, int64_t& offers) {
   SerialOps ops;
-  const int32_t E = s.g.num_edges();
-  int32_t n_in = E;
+  const int32_t live = bin_end[fh::kCostBins - 1];
   int32_t rounds = 0;
-  for (bool first = true;; first = false) {
-    int32_t n_out = 0;
-    for (int32_t i = 0; i < n_in; ++i) {  // phase A
-      const int32_t e = first ? i : list_in[i];
-      uint32_t a, b;
-      const bool keep = kMain ? fh::main_offer(s, e, a, b, ops) : fh::small_offer(s, e, a, b, ops);
-      if (keep) {
-        list_out[n_out] = e;
-        ra[n_out] = a;
-        rb[n_out] = b;
-        ++n_out;
+  for (int32_t start = 0; start < live;) {
+    const int32_t end = fh::window_end(bin_end.data(), start, width, ops);
+    int32_t n_in = end - start;
+    for (bool first = true;; first = false) {
+      const int32_t* in = first ? sorted.data() + start : list_in.data();
+      int32_t n_out = 0;
+      offers += n_in;
+      for (int32_t i = 0; i < n_in; ++i) {  // phase A
+        const int32_t e = in[i];
+        uint32_t a, b;
+        const bool keep = kMain ? fh::main_offer(s, e, a, b, ops) : fh::small_offer(s, e, a, b, ops);
+        if (keep) {
+          list_out[n_out] = e;
+          ra[n_out] = a;
+          rb[n_out] = b;
+          ++n_out;
+        }
       }
+      if (n_out == 0) break;
+      ++rounds;
+      for (int32_t i = 0; i < n_out; ++i) fh::reserve(s, list_out[i], ra[i], rb[i], !kMain, ops);  // phase B
+      for (int32_t i = 0; i < n_out; ++i) {  // phase C
+        if (kMain)
+          fh::main_commit(s, list_out[i], ra[i], rb[i], ops);
+        else
+          fh::small_commit(s, list_out[i], ra[i], rb[i], ops);
+      }
+      list_in.swap(list_out);
+      n_in = n_out;
     }
-    if (n_out == 0) break;
-    ++rounds;
-    for (int32_t i = 0; i < n_out; ++i) fh::reserve(s, list_out[i], ra[i], rb[i], !kMain, ops);  // phase B
-    for (int32_t i = 0; i < n_out; ++i) {  // phase C
-      if (kMain)
-        fh::main_commit(s, list_out[i], ra[i], rb[i], ops);
-      else
-        fh::small_commit(s, list_out[i], ra[i], rb[i], ops);
-    }
-    list_in.swap(list_out);
-    n_in = n_out;
+    start = end;
   }
   return rounds;
 }
 
 // Emulation of the GPU backend on one slice, including its labelling phases.
 int64_t segment_schedule(const double* img, const Geometry& g, double k, bool zero_merge, int32_t min_size,
-                         int64_t* out, int32_t* rounds) {
+                         int32_t width, int64_t* out, int64_t* stats) {
   const int32_t n = g.num_pixels(), E = g.num_edges();
   std::vector<int32_t> parent(n), csize(n, 1), minidx(n, fh::kNoEdge);
   std::vector<double> cint(n, 0.0);
   std::vector<uint64_t> mincost(n, fh::kNoCost);
   for (int32_t p = 0; p < n; ++p) parent[p] = p;
   fh::Slice s{g, k, min_size, img, parent.data(), csize.data(), cint.data(), mincost.data(), minidx.data()};
+  SerialOps ops;
   if (zero_merge) {  // as the kernel: unite, then count sizes at the roots
-    SerialOps ops;
     std::fill(csize.begin(), csize.end(), 0);
     for (int32_t e = 0; e < E; ++e) fh::zero_union(s, e, ops);
     for (int32_t p = 0; p < n; ++p) ++csize[fh::find_root(s.parent, p, ops)];
   }
+  // Counting sort of the live edges by cost bin (the kernel's order inside a bin differs;
+  // no decision depends on it). bin_end ends up holding the end of every bin.
+  std::vector<int32_t> bin(E), bin_end(fh::kCostBins, 0), sorted(E);
+  for (int32_t e = 0; e < E; ++e) {
+    bin[e] = fh::live_bin(s, e, ops);
+    if (bin[e] >= 0) ++bin_end[bin[e]];
+  }
+  int32_t sum = 0;
+  for (auto& c : bin_end) {
+    const int32_t t = c;
+    c = sum;
+    sum += t;
+  }
+  for (int32_t e = 0; e < E; ++e)
+    if (bin[e] >= 0) sorted[bin_end[bin[e]]++] = e;
+
   std::vector<int32_t> list_in(E), list_out(E);
   std::vector<uint32_t> ra(E), rb(E);
-  rounds[0] = run_rounds<true>(s, list_in, list_out, ra, rb);
+  stats[0] = run_rounds<true>(s, sorted, bin_end, width, list_in, list_out, ra, rb, stats[2]);
   for (int32_t p = 0; p < n; ++p) csize[p] = std::abs(csize[p]);  // unfreeze
-  rounds[1] = min_size > 1 ? run_rounds<false>(s, list_in, list_out, ra, rb) : 0;
+  if (min_size > 1)
+    stats[1] = run_rounds<false>(s, sorted, bin_end, fh::kOneWindow, list_in, list_out, ra, rb, stats[3]);
 
   // Labelling as the kernel does it: full roots, smallest pixel per root, a scan over
   // "first pixel of its component" flags in raster order, then a gather.
-  SerialOps ops;
   for (int32_t p = 0; p < n; ++p) parent[p] = fh::find_root(s.parent, p, ops);
   for (int32_t p = 0; p < n; ++p) minidx[parent[p]] = std::min(minidx[parent[p]], p);
   int32_t next = 0;
@@ -216,37 +257,42 @@ int64_t segment_schedule(const double* img, const Geometry& g, double k, bool ze
 }  // namespace
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
-    const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, bool schedule) {
+    const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, bool schedule,
+    int64_t window) {
   TORCH_CHECK(image.device().is_cpu() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 &&
                   image.is_contiguous(),
               "felzenszwalb_cpu: image must be a contiguous (B, H, W) float64 CPU tensor");
   TORCH_CHECK(weights.device().is_cpu() && weights.dim() == 1 && weights.scalar_type() == torch::kFloat64 &&
                   (weights.numel() == 0 || weights.numel() % 2 == 1),
               "felzenszwalb_cpu: weights must be an odd-length float64 CPU tensor or empty");
+  TORCH_CHECK(window >= 1 && window < (int64_t{1} << 31), "felzenszwalb_cpu: window must be in [1, 2^31), got ", window);
   const int64_t B = image.size(0);
   const int32_t H = static_cast<int32_t>(image.size(1)), W = static_cast<int32_t>(image.size(2));
   auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
   auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
-  auto rounds = torch::zeros({B, 2}, image.options().dtype(torch::kInt32));
+  auto stats = torch::zeros({B, 4}, image.options().dtype(torch::kInt64));
   const Geometry g = fh::make_geometry(H, W);
   const int32_t radius = weights.numel() == 0 ? -1 : static_cast<int32_t>(weights.numel() / 2);
   const double* w_centre = weights.numel() == 0 ? nullptr : weights.data_ptr<double>() + radius;
   const double* img = image.data_ptr<double>();
   int64_t* lab = labels.data_ptr<int64_t>();
   int64_t* cnt = counts.data_ptr<int64_t>();
-  int32_t* rnd = rounds.data_ptr<int32_t>();
+  int64_t* st = stats.data_ptr<int64_t>();
   const int64_t n = static_cast<int64_t>(H) * W;
   const bool zero_merge = fh::zero_cost_edges_merge(k, static_cast<int32_t>(n));
   const int32_t ms = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), n + 1));
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<double> tmp(n), smooth(n);
+    std::unique_ptr<ExactScratch> scratch;
+    if (!schedule) scratch = std::make_unique<ExactScratch>(g);
     for (int64_t b = b0; b < b1; ++b) {
       smooth_slice(img + b * n, tmp.data(), smooth.data(), g, w_centre, radius);
-      cnt[b] = schedule ? segment_schedule(smooth.data(), g, k, zero_merge, ms, lab + b * n, rnd + 2 * b)
-                        : segment_exact(smooth.data(), g, k, ms, lab + b * n);
+      cnt[b] = schedule ? segment_schedule(smooth.data(), g, k, zero_merge, ms, static_cast<int32_t>(window), lab + b * n,
+                                           st + 4 * b)
+                        : segment_exact(smooth.data(), g, k, ms, *scratch, lab + b * n);
     }
   });
-  return {labels, counts, rounds};
+  return {labels, counts, stats};
 }
 
 }  // namespace lrc

@@ -1,6 +1,7 @@
 // One persistent "team" per slice -- a CTA, or a thread-block cluster on sm_90 -- runs the
-// whole segmentation: Gaussian smoothing, the main pass and the min_size pass as rounds of
-// the schedule in felzenszwalb_schedule.h separated by team barriers, then canonical
+// whole segmentation: Gaussian smoothing, the zero-cost pre-pass, the counting sort of the
+// live edges into cost bins, the main pass and the min_size pass as rounds of the schedule in
+// felzenszwalb_schedule.h (window by window) separated by team barriers, then canonical
 // labelling. No host round trip per round.
 //
 // Memory: every value written inside the kernel is read back with ld.global.cg (L2), never
@@ -43,7 +44,7 @@ struct DeviceOps {
 
 // Per-slice scratch layout; every array starts on a 256-byte boundary.
 struct Layout {
-  size_t tmp, smooth, cint, mincost, parent, csize, minidx, list0, list1, ra, rb, ctrl, total;
+  size_t tmp, smooth, cint, mincost, parent, csize, minidx, list0, list1, ra, rb, sorted, bins, ctrl, total;
 };
 
 __host__ __device__ inline size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
@@ -64,7 +65,9 @@ __host__ __device__ inline Layout make_layout(int32_t H, int32_t W) {
   l.list1 = o;   o = align256(o + 4 * e);
   l.ra = o;      o = align256(o + 4 * e);
   l.rb = o;      o = align256(o + 4 * e);
-  l.ctrl = o;    o = align256(o + 4 * 16);  // [0..1] list counters, [2..9] per-CTA totals
+  l.sorted = o;  o = align256(o + 4 * e);
+  l.bins = o;    o = align256(o + 4 * static_cast<size_t>(fh::kCostBins));
+  l.ctrl = o;    o = align256(o + 4 * 16);  // [0..2] list counters, [4..11] per-CTA totals
   l.total = o;
   return l;
 }
@@ -78,9 +81,10 @@ struct Params {
   int32_t min_size;
   bool zero_merge;
   int32_t cluster;
+  int32_t window;
   int64_t* labels;
   int64_t* counts;
-  int32_t* rounds;
+  int64_t* stats;
   char* workspace;
   Layout layout;
 };
@@ -106,8 +110,25 @@ struct Work {
   int32_t* list[2];
   uint32_t* ra;
   uint32_t* rb;
+  int32_t* sorted;   // live edges in cost-bin order
+  int32_t* bin_end;  // end of each bin in `sorted`
   int32_t* ctrl;
 };
+
+constexpr int kCtaTotals = 4;  // ctrl[4 + c]: a per-CTA total of a team-wide scan
+
+// Adds one to table[key] for every lane with key >= 0, one atomic per distinct key in the
+// warp, and returns each lane's old value plus its rank among the lanes with the same key.
+// Every lane of the warp must call it.
+__device__ inline int32_t warp_increment(int32_t key, int32_t* table) {
+  const unsigned peers = __match_any_sync(0xffffffffu, key);
+  const int lane = threadIdx.x & 31;
+  const int leader = __ffs(peers) - 1;
+  int32_t base = 0;
+  if (key >= 0 && lane == leader) base = atomicAdd(table + key, __popc(peers));
+  base = __shfl_sync(0xffffffffu, base, leader);
+  return base + __popc(peers & ((1u << lane) - 1u));
+}
 
 // Appends the kept items of a warp with one atomic; every lane of the warp must call it.
 __device__ inline void warp_append(bool keep, int32_t e, uint32_t a, uint32_t b, int32_t* counter, const Work& w,
@@ -127,48 +148,58 @@ __device__ inline void warp_append(bool keep, int32_t e, uint32_t a, uint32_t b,
   }
 }
 
-// One pass of rounds (main when kMain, else min_size). Returns the number of rounds.
+// One pass of rounds (main when kMain, else min_size), cost window by cost window. Returns the
+// number of rounds and adds the edges offered in phase A to `offers`. `step` counts every
+// phase A of the kernel (also the last, empty one of each window) and picks its append counter,
+// ctrl[step % 3]: the counter of the next step is zeroed during this step's phase A, when nobody
+// reads it any more, so that a window can start right after the previous one ended without
+// another barrier.
 template <bool kMain>
-__device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& team) {
+__device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& team, int32_t width, int32_t& step,
+                              int64_t& offers) {
   DeviceOps ops;
   const int32_t lane = threadIdx.x & 31;
-  int32_t n_in = s.g.num_edges();
+  const int32_t live = __ldcg(w.bin_end + fh::kCostBins - 1);
   int32_t rounds = 0;
-  int parity = 0;
-  for (bool first = true;; first = false) {
-    const int32_t* in = w.list[parity ^ 1];
-    int32_t* out = w.list[parity];
-    int32_t* counter = w.ctrl + parity;
-    // Phase A: a warp-uniform loop, so that warp_append sees the whole warp.
-    for (int32_t base = team.rank - lane; base < n_in; base += team.size) {
-      const int32_t i = base + lane;
-      int32_t e = 0;
-      uint32_t a = 0, b = 0;
-      bool keep = false;
-      if (i < n_in) {
-        e = first ? i : __ldcg(in + i);
-        keep = kMain ? fh::main_offer(s, e, a, b, ops) : fh::small_offer(s, e, a, b, ops);
+  for (int32_t start = 0; start < live;) {
+    const int32_t end = fh::window_end(w.bin_end, start, width, ops);
+    int32_t n_in = end - start;
+    for (bool first = true;; first = false, ++step) {
+      const int32_t* in = first ? w.sorted + start : w.list[(step - 1) & 1];
+      int32_t* out = w.list[step & 1];
+      int32_t* counter = w.ctrl + step % 3;
+      if (team.rank == 0) __stcg(w.ctrl + (step + 1) % 3, 0);
+      offers += n_in;
+      // Phase A: a warp-uniform loop, so that warp_append sees the whole warp.
+      for (int32_t base = team.rank - lane; base < n_in; base += team.size) {
+        const int32_t i = base + lane;
+        int32_t e = 0;
+        uint32_t a = 0, b = 0;
+        bool keep = false;
+        if (i < n_in) {
+          e = __ldcg(in + i);
+          keep = kMain ? fh::main_offer(s, e, a, b, ops) : fh::small_offer(s, e, a, b, ops);
+        }
+        warp_append(keep, e, a, b, counter, w, out);
       }
-      warp_append(keep, e, a, b, counter, w, out);
+      team.sync();
+      const int32_t n_out = __ldcg(counter);
+      if (n_out == 0) break;
+      ++rounds;
+      for (int32_t i = team.rank; i < n_out; i += team.size)  // phase B
+        fh::reserve(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), !kMain, ops);
+      team.sync();
+      for (int32_t i = team.rank; i < n_out; i += team.size) {  // phase C
+        if (kMain)
+          fh::main_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
+        else
+          fh::small_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
+      }
+      team.sync();
+      n_in = n_out;
     }
-    team.sync();
-    const int32_t n_out = __ldcg(counter);
-    if (n_out == 0) break;
-    ++rounds;
-    // Everyone has read the other counter (as this round's n_in) before the barrier above.
-    if (team.rank == 0) __stcg(w.ctrl + (parity ^ 1), 0);
-    for (int32_t i = team.rank; i < n_out; i += team.size)  // phase B
-      fh::reserve(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), !kMain, ops);
-    team.sync();
-    for (int32_t i = team.rank; i < n_out; i += team.size) {  // phase C
-      if (kMain)
-        fh::main_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
-      else
-        fh::small_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
-    }
-    team.sync();
-    parity ^= 1;
-    n_in = n_out;
+    ++step;  // the empty step that ended the window
+    start = end;
   }
   return rounds;
 }
@@ -199,6 +230,43 @@ __device__ inline int32_t cta_exclusive_scan(int32_t x, int32_t& total) {
   return before + v - x;
 }
 
+// Counting sort of the live edges by cost bin (felzenszwalb_schedule.h, cost windows):
+// histogram, exclusive scan over the bins, scatter. Afterwards w.bin_end[b] is the end of bin b.
+// Expects the zero-cost pre-pass (if any) done and the bins zeroed; ends with a barrier.
+__device__ void sort_live_edges(const fh::Slice& s, const Work& w, const Team& team) {
+  DeviceOps ops;
+  const int32_t lane = threadIdx.x & 31, E = s.g.num_edges();
+  for (int32_t base = team.rank - lane; base < E; base += team.size) {  // warp-uniform loop
+    const int32_t e = base + lane;
+    warp_increment(e < E ? fh::live_bin(s, e, ops) : -1, w.bin_end);
+  }
+  team.sync();
+  // Exclusive scan: each thread sums a contiguous chunk of bins, the CTA scans those sums, the
+  // CTAs of a cluster add the totals of the CTAs before them.
+  const int32_t chunk = (fh::kCostBins + team.size - 1) / team.size;
+  const int32_t b0 = min(fh::kCostBins, team.rank * chunk), b1 = min(fh::kCostBins, b0 + chunk);
+  int32_t mine = 0;
+  for (int32_t b = b0; b < b1; ++b) mine += __ldcg(w.bin_end + b);
+  int32_t cta_total = 0;
+  int32_t before = cta_exclusive_scan(mine, cta_total);
+  if (threadIdx.x == 0) __stcg(w.ctrl + kCtaTotals + team.cta, cta_total);
+  team.sync();
+  for (int32_t c = 0; c < team.cta; ++c) before += __ldcg(w.ctrl + kCtaTotals + c);
+  for (int32_t b = b0; b < b1; ++b) {
+    const int32_t t = __ldcg(w.bin_end + b);
+    __stcg(w.bin_end + b, before);
+    before += t;
+  }
+  team.sync();
+  for (int32_t base = team.rank - lane; base < E; base += team.size) {
+    const int32_t e = base + lane;
+    const int32_t bin = e < E ? fh::live_bin(s, e, ops) : -1;
+    const int32_t pos = warp_increment(bin, w.bin_end);
+    if (bin >= 0) __stcg(w.sorted + pos, e);
+  }
+  team.sync();
+}
+
 template <int kThreads>
 __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   const int32_t slice = blockIdx.x / P.cluster;
@@ -225,6 +293,8 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   Work w{{reinterpret_cast<int32_t*>(ws + P.layout.list0), reinterpret_cast<int32_t*>(ws + P.layout.list1)},
          reinterpret_cast<uint32_t*>(ws + P.layout.ra),
          reinterpret_cast<uint32_t*>(ws + P.layout.rb),
+         reinterpret_cast<int32_t*>(ws + P.layout.sorted),
+         reinterpret_cast<int32_t*>(ws + P.layout.bins),
          reinterpret_cast<int32_t*>(ws + P.layout.ctrl)};
   DeviceOps ops;
   const double* image = P.image + static_cast<size_t>(slice) * n;
@@ -236,10 +306,8 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
     const int32_t i = p / g.W, j = p - i * g.W;
     __stcg(tmp + p, P.radius >= 0 ? fh::gauss_axis0(from_image, g, P.w_centre, P.radius, i, j) : __ldg(image + p));
   }
-  if (team.rank == 0) {
-    __stcg(w.ctrl + 0, 0);
-    __stcg(w.ctrl + 1, 0);
-  }
+  if (team.rank == 0) __stcg(w.ctrl + 0, 0);
+  for (int32_t b = team.rank; b < fh::kCostBins; b += team.size) __stcg(w.bin_end + b, 0);
   team.sync();
   for (int32_t p = team.rank; p < n; p += team.size) {
     const int32_t i = p / g.W, j = p - i * g.W;
@@ -255,20 +323,19 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
     for (int32_t e = team.rank; e < g.num_edges(); e += team.size) fh::zero_union(s, e, ops);
     team.sync();
     for (int32_t p = team.rank; p < n; p += team.size) atomicAdd(s.csize + fh::find_root(s.parent, p, ops), 1);
-    team.sync();
   }
+  sort_live_edges(s, w, team);
 
-  const int32_t rounds_main = run_rounds<true>(s, w, team);
+  int32_t step = 0;
+  int64_t offers_main = 0, offers_small = 0;
+  const int32_t rounds_main = run_rounds<true>(s, w, team, P.window, step, offers_main);
   for (int32_t p = team.rank; p < n; p += team.size) {  // unfreeze
     const int32_t c = ops.ld(s.csize + p);
     if (c < 0) ops.st(s.csize + p, -c);
   }
-  if (team.rank == 0) {
-    __stcg(w.ctrl + 0, 0);
-    __stcg(w.ctrl + 1, 0);
-  }
   team.sync();
-  const int32_t rounds_small = P.min_size > 1 ? run_rounds<false>(s, w, team) : 0;
+  const int32_t rounds_small =
+      P.min_size > 1 ? run_rounds<false>(s, w, team, fh::kOneWindow, step, offers_small) : 0;
 
   // Labelling: full roots; the smallest pixel of each component; a scan of "first pixel of
   // its component" flags in raster order gives the label ids (stored at the first pixel,
@@ -283,11 +350,11 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   for (int32_t p = p0; p < p1; ++p) mine += ops.ld(s.minidx + ops.ld(s.parent + p)) == p;
   int32_t cta_total = 0;
   int32_t next = cta_exclusive_scan(mine, cta_total);
-  if (threadIdx.x == 0) __stcg(w.ctrl + 2 + team.cta, cta_total);
+  if (threadIdx.x == 0) __stcg(w.ctrl + kCtaTotals + team.cta, cta_total);
   team.sync();
   int32_t num_labels = 0;
   for (int32_t c = 0; c < P.cluster; ++c) {
-    const int32_t t = __ldcg(w.ctrl + 2 + c);
+    const int32_t t = __ldcg(w.ctrl + kCtaTotals + c);
     if (c < team.cta) next += t;
     num_labels += t;
   }
@@ -299,8 +366,11 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
     labels[p] = ops.ld(s.csize + ops.ld(s.minidx + ops.ld(s.parent + p)));
   if (team.rank == 0) {
     P.counts[slice] = num_labels;
-    P.rounds[2 * slice] = rounds_main;
-    P.rounds[2 * slice + 1] = rounds_small;
+    int64_t* stats = P.stats + 4 * static_cast<size_t>(slice);
+    stats[0] = rounds_main;
+    stats[1] = rounds_small;
+    stats[2] = offers_main;
+    stats[3] = offers_small;
   }
 }
 
@@ -333,6 +403,7 @@ cudaError_t fh_cuda(const FhCudaArgs& a, cudaStream_t stream) {
   if (a.B <= 0 || a.H <= 0 || a.W <= 0) return cudaSuccess;
   if (a.cluster < 1 || a.cluster > 8) return cudaErrorInvalidValue;
   if (a.threads != 256 && a.threads != 512 && a.threads != 1024) return cudaErrorInvalidValue;
+  if (a.window < 1) return cudaErrorInvalidValue;
   if (a.cluster > 1) {
     int device = 0, major = 0;
     cudaError_t err = cudaGetDevice(&device);
@@ -349,9 +420,10 @@ cudaError_t fh_cuda(const FhCudaArgs& a, cudaStream_t stream) {
   p.min_size = a.min_size;
   p.zero_merge = fh::zero_cost_edges_merge(a.k, a.H * a.W);
   p.cluster = a.cluster;
+  p.window = a.window;
   p.labels = a.labels;
   p.counts = a.counts;
-  p.rounds = a.rounds;
+  p.stats = a.stats;
   p.workspace = static_cast<char*>(a.workspace);
   p.layout = make_layout(a.H, a.W);
   switch (a.threads) {

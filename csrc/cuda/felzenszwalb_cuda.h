@@ -18,9 +18,10 @@ struct FhCudaArgs {
   int32_t min_size;
   int32_t cluster;        // CTAs per slice: 1, or 2..8 as a thread-block cluster (sm_90+)
   int32_t threads;        // threads per CTA: 256, 512 or 1024
+  int32_t window;         // minimum edges per cost window of the schedule (>= 1)
   int64_t* labels;        // out (B, H, W)
   int64_t* counts;        // out (B,)
-  int32_t* rounds;        // out (B, 2): main-pass and min_size-pass rounds
+  int64_t* stats;         // out (B, 4): rounds and edge offers of the main and min_size passes
   void* workspace;        // fh_cuda_workspace_bytes(B, H, W) bytes, 256-byte aligned
 };
 
