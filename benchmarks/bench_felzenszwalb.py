@@ -6,8 +6,8 @@ Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--sched
   configuration and cost window checked for identical labels against the CPU backend, then
   timed with CUDA events (median). Prints a markdown table last; exits 1 when a correctness
   check fails.
-  --schedule: only the GPU schedule's work per cost window, from its CPU emulation (rounds and
-  edge offers per slice; no GPU needed).
+  --schedule: only the GPU schedule's work per cost window, with and without the hub
+  extension, from its CPU emulation (rounds, edge offers and hub steps per slice; no GPU needed).
 pytest-benchmark:  pytest benchmarks/bench_felzenszwalb.py
 """
 from __future__ import annotations
@@ -125,20 +125,19 @@ def _datasets() -> list[tuple[str, callable]]:
     return datasets
 
 
-def schedule_rows(quick: bool) -> list[tuple[str, int, float, float, float, float]]:
+def schedule_rows(quick: bool) -> list[tuple[str, int, bool, list[float]]]:
     """The schedule's work per slice for each cost window, from the CPU emulation."""
     n = 2 if quick else 8
-    edges = 4 * SIZE * SIZE - 6 * SIZE + 2  # 8-connected edges of a SIZE x SIZE slice
     rows = []
     for data_name, make in _datasets():
         x = torch.from_numpy(make(n)).double()
         expected = lrc_fast.felzenszwalb(x, backend="cpu")
-        for window in WINDOWS:
-            labels, _, stats = _segment(x, 1.0, 0.8, 20, "emulate", window=window)
-            if not torch.equal(labels, expected):
-                raise SystemExit(f"MISMATCH: emulation with window={window} differs from the cpu backend")
-            st = stats.double().mean(0).tolist()
-            rows.append((data_name, window, st[0], st[1], st[2] / edges, st[3] / edges))
+        for extend in (False, True):
+            for window in WINDOWS:
+                labels, _, stats = _segment(x, 1.0, 0.8, 20, "emulate", window=window, extend=extend)
+                if not torch.equal(labels, expected):
+                    raise SystemExit(f"MISMATCH: emulation (window={window}, extend={extend}) differs from cpu")
+                rows.append((data_name, window, extend, stats.double().mean(0).tolist()))
     return rows
 
 
@@ -151,21 +150,23 @@ def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
             x = torch.from_numpy(host).cuda()
             x64 = x.double()
             default = lrc_fast.superpixels._default_launch(batch_size, x.device)
-            configs = [(launch, _WINDOW) for launch in LAUNCHES[batch_size]]
-            configs += [(default, w) for w in WINDOWS if w != _WINDOW]
-            for launch, window in configs:
-                got, _, stats = _segment(x64, 1.0, 0.8, 20, "cuda", launch, window)
+            configs = [(launch, _WINDOW, True) for launch in LAUNCHES[batch_size]]
+            configs += [(default, w, True) for w in WINDOWS if w != _WINDOW]
+            configs += [(default, _WINDOW, False), (default, 2**31 - 1, False)]  # without the hub extension
+            for launch, window, extend in configs:
+                got, _, stats = _segment(x64, 1.0, 0.8, 20, "cuda", launch, window, extend)
+                name = f"launch={launch}, window={window}, hub={'on' if extend else 'off'}"
                 if not np.array_equal(got.cpu().numpy(), expected):
-                    print(f"MISMATCH: cuda launch={launch} window={window} B={batch_size} differs from cpu")
+                    print(f"MISMATCH: cuda {name} B={batch_size} differs from cpu")
                     ok = False
                     continue
-                # the public call (with its float64 conversion) is what a training loop times
-                ms = _cuda_time(lambda: _segment(x.double(), 1.0, 0.8, 20, "cuda", launch, window), 5)
-                rows.append((f"lrc_fast cuda {data_name}, launch={launch}, window={window}",
-                             f"{batch_size} x {SIZE}^2", ms, batch_size / ms * 1e3))
+                # with the float64 conversion, as the public call does it in a training loop
+                ms = _cuda_time(lambda: _segment(x.double(), 1.0, 0.8, 20, "cuda", launch, window, extend), 5)
+                rows.append((f"lrc_fast cuda {data_name}, {name}", f"{batch_size} x {SIZE}^2", ms,
+                             batch_size / ms * 1e3))
                 r = stats.double().mean(0).cpu().tolist()
-                print(f"  launch={launch} window={window}: {ms:.2f} ms; rounds {r[0]:.0f} + {r[1]:.0f}, "
-                      f"offers {r[2]:.3g} + {r[3]:.3g} per slice", flush=True)
+                print(f"  {name}: {ms:.2f} ms; rounds {r[0]:.0f} + {r[1]:.0f}, offers {r[2]:.3g} + {r[3]:.3g}, "
+                      f"hub steps {r[4]:.0f} per slice", flush=True)
     return rows, ok
 
 
@@ -179,12 +180,15 @@ def main() -> int:
         print("lrc_fast._C is not built; run `pip install --no-build-isolation -e .` first")
         return 1
     if args.schedule:
-        print(f"\n### GPU schedule work per {SIZE}x{SIZE} slice by cost window (CPU emulation, labels checked)")
-        print("| data | window | rounds main | rounds min_size | offers / edge main | offers / edge min_size |")
-        print("|---|---|---|---|---|---|")
-        for data_name, window, r0, r1, o0, o1 in schedule_rows(args.quick):
+        edges = 4 * SIZE * SIZE - 6 * SIZE + 2  # 8-connected edges of a SIZE x SIZE slice
+        print(f"\n### GPU schedule work per {SIZE}x{SIZE} slice (CPU emulation, labels checked; mean per slice)")
+        print("| data | window | hub extension | rounds main | rounds min_size | offers / edge main "
+              "| offers / edge min_size | hub steps |")
+        print("|---|---|---|---|---|---|---|---|")
+        for data_name, window, extend, st in schedule_rows(args.quick):
             shown = "all" if window == 2**31 - 1 else window
-            print(f"| {data_name} | {shown} | {r0:.0f} | {r1:.0f} | {o0:.2f} | {o1:.2f} |")
+            print(f"| {data_name} | {shown} | {'on' if extend else 'off'} | {st[0]:.0f} | {st[1]:.0f} "
+                  f"| {st[2] / edges:.2f} | {st[3] / edges:.2f} | {st[4]:.0f} |")
         return 0
     cpu = [] if args.skip_cpu else cpu_rows(args.quick)
     gpu, ok = cuda_rows(args.quick) if torch.cuda.is_available() else ([], True)

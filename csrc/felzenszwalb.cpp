@@ -17,10 +17,10 @@ namespace lrc {
 
 // Same contract as felzenszwalb_cpu, on CUDA tensors: image (B, H, W) float64 and weights on
 // the image's device. cluster: CTAs per slice (thread-block cluster on sm_90); threads: per CTA;
-// window: minimum edges per cost window of the schedule.
+// window: minimum edges per cost window of the schedule; extend: run the hub extension.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
-    int64_t threads, int64_t window) {
+    int64_t threads, int64_t window, bool extend) {
 #ifdef WITH_CUDA
   TORCH_CHECK(image.is_cuda() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 && image.is_contiguous(),
               "felzenszwalb_cuda: image must be a contiguous (B, H, W) float64 CUDA tensor");
@@ -40,7 +40,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
     const int64_t B = image.size(0), H = image.size(1), W = image.size(2);
     auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
     auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
-    auto stats = torch::empty({B, 4}, image.options().dtype(torch::kInt64));
+    auto stats = torch::empty({B, 5}, image.options().dtype(torch::kInt64));
     if (B == 0) return {labels, counts, stats};
     const auto bytes =
         fh_cuda_workspace_bytes(static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W));
@@ -57,6 +57,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
     a.cluster = static_cast<int32_t>(cluster);
     a.threads = static_cast<int32_t>(threads);
     a.window = static_cast<int32_t>(window);
+    a.extend = extend;
     a.labels = labels.data_ptr<int64_t>();
     a.counts = counts.data_ptr<int64_t>();
     a.stats = stats.data_ptr<int64_t>();
@@ -86,8 +87,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lrc_fast compiled extension";
   m.def("felzenszwalb_cpu", &lrc::felzenszwalb_cpu, "Felzenszwalb on CPU (exact, or the GPU schedule emulated)",
         py::arg("image"), py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("schedule"),
-        py::arg("window"));
+        py::arg("window"), py::arg("extend"));
   m.def("felzenszwalb_cuda", &lrc::felzenszwalb_cuda, "Felzenszwalb on CUDA", py::arg("image"), py::arg("weights"),
-        py::arg("k"), py::arg("min_size"), py::arg("cluster"), py::arg("threads"), py::arg("window"));
+        py::arg("k"), py::arg("min_size"), py::arg("cluster"), py::arg("threads"), py::arg("window"),
+        py::arg("extend"));
   m.def("with_cuda", &lrc::with_cuda, "Whether the CUDA part was built");
 }

@@ -74,6 +74,24 @@ LRC_HD void edge_endpoints(const Geometry& g, int32_t e, int32_t& u, int32_t& v)
   v = (i + 1) * W + j;
 }
 
+// The edges of pixel p (2 to 8 of them; 0 for a 1x1 slice) in skimage's numbering; returns
+// how many were written to out[0..7].
+LRC_HD int32_t pixel_edges(const Geometry& g, int32_t p, int32_t* out) {
+  const int32_t W = g.W, i = p / W, j = p - i * W;
+  const int32_t down0 = g.n_right, diag0 = g.n_right + g.n_down, anti0 = diag0 + g.n_diag;
+  const bool up = i > 0, dn = i < g.H - 1, lf = j > 0, rt = j < W - 1;
+  int32_t n = 0;
+  if (rt) out[n++] = i * (W - 1) + j;                        // (i, j) -- (i, j+1)
+  if (lf) out[n++] = i * (W - 1) + j - 1;                    // (i, j-1) -- (i, j)
+  if (dn) out[n++] = down0 + i * W + j;                      // (i, j) -- (i+1, j)
+  if (up) out[n++] = down0 + (i - 1) * W + j;                // (i-1, j) -- (i, j)
+  if (dn && rt) out[n++] = diag0 + i * (W - 1) + j;          // (i, j) -- (i+1, j+1)
+  if (up && lf) out[n++] = diag0 + (i - 1) * (W - 1) + j - 1;  // (i-1, j-1) -- (i, j)
+  if (dn && lf) out[n++] = anti0 + i * (W - 1) + j - 1;      // (i, j) -- (i+1, j-1)
+  if (up && rt) out[n++] = anti0 + (i - 1) * (W - 1) + j;    // (i-1, j+1) -- (i, j)
+  return n;
+}
+
 // sqrt(d * d) with d = img[v] - img[u], as numpy computes it for one channel (equal to |d|
 // except where d * d underflows, which is why it is not written as fabs).
 LRC_HD double edge_cost(double img_u, double img_v) {

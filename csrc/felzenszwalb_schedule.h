@@ -24,6 +24,17 @@
 // chain of dependent merges were re-offered every round (real abdominal CT: 19.8 offers per
 // edge in one window, 1.26 with 2048-edge windows, for 25% more rounds).
 //
+// Hub extension (main pass): a component that grows by a chain of dependent merges -- on CT
+// the air region absorbing the smoothing halo around the body, one pixel per round -- makes
+// the rounds a sequence. So after each round's commits one thread continues the largest
+// component merged in that round (the hub) sequentially: its pending edges of the window,
+// sorted, are decided in (cost, index) order as long as each one is also the minimum pending
+// edge of its other endpoint (recorded at that round's reservation), which makes it exactly the
+// next sequential decision for both components. An absorbed single pixel adds its own edges;
+// anything else stops the extension, and the rounds go on. On real abdominal CT (2048-edge
+// windows) the main pass takes 304 rounds instead of 1,241, the extension deciding about 1,200
+// edges per slice (see hub_extend).
+//
 // min_size pass: the same rounds over edges with at least one endpoint below min_size; only
 // the small endpoints reserve (a large component merges with whoever picks it, and sizes only
 // grow, so an edge between two large components is dead for good). It runs as one window
@@ -47,6 +58,8 @@ struct Slice {
   double* cint;       // largest merged edge cost ("internal difference") at roots, (N,)
   uint64_t* mincost;  // per-root minimum pending cost (bits), kNoCost when none, (N,)
   int32_t* minidx;    // per-root minimum pending edge at that cost, kNoEdge when none, (N,)
+  int32_t* resv;      // the edge each root reserved in the latest round it had one, (N,)
+  uint64_t* hub;      // (size << 32) | root of the largest component merged this round, or 0
 };
 
 template <class Ops>
@@ -133,6 +146,16 @@ LRC_HD int32_t window_end(const int32_t* bin_end, int32_t start, int32_t width, 
   return ops.ld(bin_end + lo);
 }
 
+// Cost bits below which an edge lies before the window ending at `end` of the sorted list:
+// the start of the next window's first bin, or kNoCost for the last window.
+template <class Ops>
+LRC_HD uint64_t window_bound(const Slice& s, const int32_t* sorted, int32_t end, int32_t live, Ops& ops) {
+  if (end >= live) return kNoCost;
+  int32_t u, v;
+  edge_endpoints(s.g, ops.ld(sorted + end), u, v);
+  return static_cast<uint64_t>(cost_bin(cost_bits(edge_cost(ops.ld(s.img + u), ops.ld(s.img + v))))) << 48;
+}
+
 // ---- main pass -------------------------------------------------------------------------
 
 // Phase A: drop the edge (return false) or offer its cost to both roots.
@@ -166,6 +189,7 @@ LRC_HD void reserve(const Slice& s, int32_t e, uint32_t ra_tagged, uint32_t rb_t
 
 template <class Ops>
 LRC_HD void release(const Slice& s, int32_t r, Ops& ops) {
+  ops.st(s.resv + r, ops.ld(s.minidx + r));
   ops.st(s.mincost + r, kNoCost);
   ops.st(s.minidx + r, kNoEdge);
 }
@@ -190,12 +214,143 @@ LRC_HD void main_commit(const Slice& s, int32_t e, uint32_t ra, uint32_t rb, Ops
     ops.st(s.parent + hi, lo);
     ops.st(s.csize + lo, size);
     ops.st(s.cint + lo, c);
+    ops.max_u64(s.hub, (static_cast<uint64_t>(size) << 32) | static_cast<uint32_t>(lo));
   } else {
     if (own_a && !(c < static_cast<double>(ta))) ops.st(s.csize + a, -ops.ld(s.csize + a));
     if (own_b && !(c < static_cast<double>(tb))) ops.st(s.csize + b, -ops.ld(s.csize + b));
   }
   if (own_a) release(s, a, ops);
   if (own_b) release(s, b, ops);
+}
+
+// ---- hub extension ---------------------------------------------------------------------
+
+constexpr int32_t kFrontierCap = 2048;  // hub edges sorted per round; more skips the extension
+constexpr int32_t kHeapCap = 256;       // edges of absorbed pixels waiting in the extension
+
+LRC_HD bool key_less(uint64_t cost_a, int32_t edge_a, uint64_t cost_b, int32_t edge_b) {
+  return cost_a < cost_b || (cost_a == cost_b && edge_a < edge_b);
+}
+
+// A binary min-heap of (cost bits, edge) keys on caller-provided arrays of kHeapCap entries.
+struct EdgeHeap {
+  uint64_t* cost;
+  int32_t* edge;
+  int32_t size;
+
+  LRC_HD void push(uint64_t c, int32_t e) {
+    int32_t i = size++;
+    while (i > 0) {
+      const int32_t up = (i - 1) / 2;
+      if (!key_less(c, e, cost[up], edge[up])) break;
+      cost[i] = cost[up];
+      edge[i] = edge[up];
+      i = up;
+    }
+    cost[i] = c;
+    edge[i] = e;
+  }
+
+  LRC_HD void pop() {
+    const uint64_t c = cost[--size];
+    const int32_t e = edge[size];
+    int32_t i = 0;
+    while (true) {
+      int32_t child = 2 * i + 1;
+      if (child >= size) break;
+      if (child + 1 < size && key_less(cost[child + 1], edge[child + 1], cost[child], edge[child])) ++child;
+      if (!key_less(cost[child], edge[child], c, e)) break;
+      cost[i] = cost[child];
+      edge[i] = edge[child];
+      i = child;
+    }
+    cost[i] = c;
+    edge[i] = e;
+  }
+};
+
+// Which pending edges of the window belong to the hub's frontier: exactly one endpoint in the
+// hub (roots as after the round's commits).
+template <class Ops>
+LRC_HD bool hub_frontier_edge(const Slice& s, int32_t hub, int32_t e, Ops& ops) {
+  int32_t u, v;
+  edge_endpoints(s.g, e, u, v);
+  return (find_root(s.parent, u, ops) == hub) != (find_root(s.parent, v, ops) == hub);
+}
+
+// The hub extension, run by one thread after the round's commits. f_cost / f_edge: the hub's
+// frontier (its pending edges of the window) sorted by key; end_bound: the cost bits where the
+// next window begins (kNoCost in the last window); heap: empty, kHeapCap entries. Each edge
+// taken, smallest key first, from the frontier and the heap is (hub, y) with y a root:
+// - both ends already in the hub: internal now, skipped; y frozen: the edge is dead, skipped;
+// - y reserved another edge this round (resv): y has a smaller pending edge, which the
+//   sequential visit decides first -- stop;
+// - otherwise it is the minimum pending edge of both: decide it as main_commit does. A merged
+//   single pixel adds its other edges to the heap; a merged larger component stops the
+//   extension (its own pending edges are not in the frontier); a hub frozen by its threshold
+//   stops it; a full heap stops it.
+// Every pending edge of the hub is in the frontier or the heap, and y's minimum pending edge
+// cannot change before the hub reaches it (its edges only die or turn into hub edges), so each
+// decision is the sequential one. Returns the number of edges decided.
+template <class Ops>
+LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const uint64_t* f_cost, const int32_t* f_edge,
+                          int32_t n_frontier, uint64_t end_bound, EdgeHeap heap, Ops& ops) {
+  int32_t m = hub, steps = 0, next = 0;
+  while (true) {
+    uint64_t c;
+    int32_t e;
+    if (heap.size > 0 && (next == n_frontier || key_less(heap.cost[0], heap.edge[0], f_cost[next], f_edge[next]))) {
+      c = heap.cost[0];
+      e = heap.edge[0];
+      heap.pop();
+    } else if (next < n_frontier) {
+      c = f_cost[next];
+      e = f_edge[next];
+      ++next;
+    } else {
+      break;
+    }
+    if (c >= end_bound) break;
+    int32_t u, v;
+    edge_endpoints(s.g, e, u, v);
+    const int32_t ru = find_root(s.parent, u, ops), rv = find_root(s.parent, v, ops);
+    if (ru == rv) continue;
+    const int32_t y = ru == m ? rv : ru;
+    const int32_t y_size = ops.ld(s.csize + y);
+    if (y_size < 0) continue;
+    if (ops.ld(s.resv + y) != e) break;
+    ++steps;
+    const double cost = bits_cost(c);
+    const int32_t m_size = ops.ld(s.csize + m);
+    const float tm = threshold(ops.ld(s.cint + m), m_size, s.k);
+    const float ty = threshold(ops.ld(s.cint + y), y_size, s.k);
+    if (cost < static_cast<double>(tm < ty ? tm : ty)) {
+      const int32_t lo = m < y ? m : y, hi = m < y ? y : m;
+      ops.st(s.parent + hi, lo);
+      ops.st(s.csize + lo, m_size + y_size);
+      ops.st(s.cint + lo, cost);
+      m = lo;
+      if (y_size != 1) break;
+      int32_t pe[8];
+      const int32_t np = pixel_edges(s.g, y, pe);  // a root of size 1 is its only pixel
+      for (int32_t t = 0; t < np; ++t) {
+        if (pe[t] == e) continue;
+        int32_t a, b;
+        edge_endpoints(s.g, pe[t], a, b);
+        const uint64_t ct = cost_bits(edge_cost(ops.ld(s.img + a), ops.ld(s.img + b)));
+        if (ct >= end_bound) continue;
+        if (heap.size == kHeapCap) return steps;
+        heap.push(ct, pe[t]);
+      }
+    } else {
+      if (!(cost < static_cast<double>(ty))) ops.st(s.csize + y, -y_size);
+      if (!(cost < static_cast<double>(tm))) {
+        ops.st(s.csize + m, -m_size);
+        break;
+      }
+    }
+  }
+  return steps;
 }
 
 // ---- min_size pass ---------------------------------------------------------------------

@@ -31,9 +31,10 @@ _BACKENDS = ("cpu", "cuda", "emulate", "skimage")
 _TRUNCATE = 4.0
 _SIGMA_EPS = 1e-15
 # Minimum edges per cost window of the GPU schedule's main pass (csrc/felzenszwalb_schedule.h).
-# Smaller windows re-offer fewer waiting edges per round but need more rounds; on real 512x512
-# CT, 2048 offers each edge 16x less often than one window, for 25% more rounds (CPU
-# emulation, benchmarks/RESULTS.md). To be tuned on a GPU with bench_felzenszwalb's sweep.
+# Smaller windows re-offer fewer waiting edges per round; larger ones give the hub extension
+# frontiers beyond its 2048-edge sort, which then skips. On real 512x512 CT, 2048 with the
+# extension needs 304 rounds and 0.51 offers per edge, against 995 and 19.8 for one window
+# without it (CPU emulation, benchmarks/RESULTS.md). To be tuned with bench_felzenszwalb's sweep.
 _WINDOW = 2048
 
 
@@ -148,22 +149,24 @@ def _default_launch(batch: int, device: torch.device) -> tuple[int, int]:
 
 
 def _segment(images64: torch.Tensor, scale: float, sigma: float, min_size: int, backend: str,
-             launch: tuple[int, int] | None = None, window: int = _WINDOW):
+             launch: tuple[int, int] | None = None, window: int = _WINDOW, extend: bool = True):
     """Run a compiled backend on a (B, H, W) float64 tensor: (labels, counts, stats).
 
-    ``window`` is the minimum number of edges per cost window of the schedule's main pass.
-    ``stats`` (B, 4) int64 describes the schedule's work: rounds of the main and the min_size
-    pass, then the edges offered in phase A of each pass. "cuda" and "emulate" give the same
-    stats for the same ``window``; "cpu" gives zeros.
+    ``window`` is the minimum number of edges per cost window of the schedule's main pass;
+    ``extend`` runs the hub extension after each main-pass round (both: felzenszwalb_schedule.h).
+    ``stats`` (B, 5) int64 describes the schedule's work: rounds of the main and the min_size
+    pass, the edges offered in phase A of each pass, and the edges the hub extension decided.
+    "cuda" and "emulate" give the same stats for the same ``window`` and ``extend``; "cpu" gives
+    zeros.
     """
     ext = require_extension()
     k = scale / 255.0  # skimage: scale = float(scale) / 255.
     if backend == "cuda":
         cluster, threads = launch if launch is not None else _default_launch(images64.shape[0], images64.device)
         return ext.felzenszwalb_cuda(images64, _taps_on(sigma, images64.device), k, min_size, cluster, threads,
-                                     window)
+                                     window, extend)
     taps = _taps_on(sigma, torch.device("cpu"))
-    return ext.felzenszwalb_cpu(images64, taps, k, min_size, backend == "emulate", window)
+    return ext.felzenszwalb_cpu(images64, taps, k, min_size, backend == "emulate", window, extend)
 
 
 def _skimage_loop(images64: np.ndarray, scale: float, sigma: float, min_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -168,8 +168,9 @@ def test_property_backends_agree_and_match_skimage(h, w, scale, sigma, min_size,
 
 
 @pytest.mark.parametrize("window", [1, 3, 64, 2**31 - 1])
-def test_emulation_any_cost_window_is_exact(window):
-    """Cost windows only change which edges a round offers, never a decision."""
+@pytest.mark.parametrize("extend", [True, False])
+def test_emulation_any_cost_window_is_exact(window, extend):
+    """Cost windows and the hub extension only change when an edge is decided, never how."""
     from lrc_fast.data.phantom import phantom_slice
     from lrc_fast.superpixels import _segment
 
@@ -177,10 +178,11 @@ def test_emulation_any_cost_window_is_exact(window):
     windowed = np.clip((phantom_slice(96, 128, seed=3) + 175) / 425, 0, 1)  # plateaus and ties
     for image, min_size in [(windowed, 20), (rng.random((37, 91)), 5), (rng.random((1, 1)), 20)]:
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))[None]
-        emu, _, stats = _segment(x, 1.0, 0.8, min_size, "emulate", window=window)
+        emu, _, stats = _segment(x, 1.0, 0.8, min_size, "emulate", window=window, extend=extend)
         np.testing.assert_array_equal(emu[0].numpy(), ours(image, "cpu", min_size=min_size))
-        rounds, offers = stats[0, :2], stats[0, 2:]
+        rounds, offers, hub_steps = stats[0, :2], stats[0, 2:4], stats[0, 4]
         assert (offers >= rounds).all() and (rounds >= 0).all()
+        assert hub_steps >= 0 if extend else hub_steps == 0
 
 
 def test_emulation_cost_windows_take_effect():
@@ -192,6 +194,20 @@ def test_emulation_cost_windows_take_effect():
     _, _, wide = _segment(x, 1.0, 0.8, 20, "emulate", window=2**31 - 1)
     assert narrow[0, 0] > 2 * wide[0, 0] > 0
     assert 0 < narrow[0, 2] < wide[0, 2]
+
+
+def test_emulation_hub_extension_takes_effect():
+    """On windowed CT the hub extension decides the air region's chain of merges in few rounds."""
+    from lrc_fast.data.phantom import phantom_slice
+    from lrc_fast.superpixels import _segment
+
+    windowed = np.clip((phantom_slice(96, 128, seed=3) + 175) / 425, 0, 1)
+    x = torch.from_numpy(np.ascontiguousarray(windowed, dtype=np.float64))[None]
+    plain_labels, _, plain = _segment(x, 1.0, 0.8, 20, "emulate", extend=False)
+    hub_labels, _, hub = _segment(x, 1.0, 0.8, 20, "emulate", extend=True)
+    assert torch.equal(plain_labels, hub_labels)
+    assert plain[0, 4] == 0 and hub[0, 4] > 50
+    assert 2 * hub[0, 0] < plain[0, 0]
 
 
 def test_compiled_op_rejects_bad_window():
@@ -324,17 +340,18 @@ def _gpu_cases():
     return cases
 
 
-def _cuda_vs_cpu(batch: np.ndarray, launch=None, sigma=0.8, scale=1.0, min_size=20, rounds=True, window=None):
+def _cuda_vs_cpu(batch: np.ndarray, launch=None, sigma=0.8, scale=1.0, min_size=20, rounds=True, window=None,
+                 extend=True):
     from lrc_fast.superpixels import _WINDOW, _segment
 
     window = _WINDOW if window is None else window
     cpu_lab, cpu_cnt = lrc_fast.felzenszwalb(batch, scale, sigma, min_size, return_counts=True)
     x64 = _torch_as_float64(torch.from_numpy(batch).cuda())
-    gpu_lab, gpu_cnt, gpu_stats = _segment(x64, scale, sigma, min_size, "cuda", launch, window)
+    gpu_lab, gpu_cnt, gpu_stats = _segment(x64, scale, sigma, min_size, "cuda", launch, window, extend)
     np.testing.assert_array_equal(gpu_lab.cpu().numpy(), cpu_lab)
     np.testing.assert_array_equal(gpu_cnt.cpu().numpy(), cpu_cnt)
     if rounds:  # the kernel runs exactly the emulated schedule: same rounds, same edges offered
-        _, _, emu_stats = _segment(x64.cpu(), scale, sigma, min_size, "emulate", window=window)
+        _, _, emu_stats = _segment(x64.cpu(), scale, sigma, min_size, "emulate", window=window, extend=extend)
         np.testing.assert_array_equal(gpu_stats.cpu().numpy(), emu_stats.numpy())
 
 
@@ -357,13 +374,14 @@ def test_cuda_launch_configurations_agree(launch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("window", [1, 37, 100_000])
-def test_cuda_cost_windows(window):
+@pytest.mark.parametrize("extend", [True, False])
+def test_cuda_cost_windows_and_hub_extension(window, extend):
     """Tiny windows run thousands of windows back to back (the rotating append counters)."""
     from lrc_fast.data.phantom import phantom_slice
 
     batch = np.stack([np.clip((phantom_slice(128, 160, seed=s) + 175) / 425, 0, 1) for s in range(3)])
     for launch in [(1, 256), (2, 1024)]:
-        _cuda_vs_cpu(batch, launch=launch, window=window)
+        _cuda_vs_cpu(batch, launch=launch, window=window, extend=extend)
 
 
 @pytest.mark.gpu
@@ -404,11 +422,11 @@ def test_cuda_bad_launch_raises_runtime_error():
     x = torch.rand(1, 8, 8, dtype=torch.float64, device="cuda")
     taps = torch.empty(0, dtype=torch.float64, device="cuda")
     with pytest.raises(RuntimeError, match="need 1 <= cluster <= 8"):
-        ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 9, 1024, 2048)
+        ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 9, 1024, 2048, True)
     with pytest.raises(RuntimeError, match="threads in"):
-        ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 1, 100, 2048)
+        ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 1, 100, 2048, True)
     with pytest.raises(RuntimeError, match="window must be"):
-        ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 1, 1024, 0)
+        ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 1, 1024, 0, True)
     with pytest.raises(RuntimeError, match="float64 CUDA tensor"):
-        ext.felzenszwalb_cuda(x.float(), taps, 1 / 255, 20, 1, 1024, 2048)
-    assert ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 1, 1024, 2048)[1].item() >= 1  # still usable afterwards
+        ext.felzenszwalb_cuda(x.float(), taps, 1 / 255, 20, 1, 1024, 2048, True)
+    assert ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 1, 1024, 2048, True)[1].item() >= 1  # still usable

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <array>
 #include <memory>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../felzenszwalb_common.h"
@@ -150,6 +152,7 @@ struct SerialOps {
   template <class T>
   void st(T* p, T v) const { *p = v; }
   void min_u64(uint64_t* p, uint64_t v) const { *p = std::min(*p, v); }
+  void max_u64(uint64_t* p, uint64_t v) const { *p = std::max(*p, v); }
   void min_i32(int32_t* p, int32_t v) const { *p = std::min(*p, v); }
   void add_i32(int32_t* p, int32_t v) const { *p += v; }
   int32_t cas_i32(int32_t* p, int32_t expected, int32_t v) const {
@@ -161,22 +164,27 @@ struct SerialOps {
 
 // One pass (main or min_size) of the round schedule, executed phase by phase like the CUDA
 // kernel does between barriers: for each cost window of the sorted live edges, a first round
-// over the window, later rounds over the edges the previous one kept. Returns the number of
-// rounds and adds the edges offered in phase A to `offers`.
+// over the window, later rounds over the edges the previous one kept; in the main pass with
+// `extend`, each round ends with the hub extension. Returns the number of rounds and adds the
+// edges offered in phase A to stats[0] and the edges the hub extension decided to stats[1].
 template <bool kMain>
 int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const std::vector<int32_t>& bin_end,
-                   int32_t width, std::vector<int32_t>& list_in, std::vector<int32_t>& list_out,
-                   std::vector<uint32_t>& ra, std::vector<uint32_t>& rb, int64_t& offers) {
+                   int32_t width, bool extend, std::vector<int32_t>& list_in, std::vector<int32_t>& list_out,
+                   std::vector<uint32_t>& ra, std::vector<uint32_t>& rb, int64_t* stats) {
   SerialOps ops;
   const int32_t live = bin_end[fh::kCostBins - 1];
+  std::vector<std::pair<uint64_t, int32_t>> frontier;
+  std::vector<uint64_t> f_cost, heap_cost(fh::kHeapCap);
+  std::vector<int32_t> f_edge, heap_edge(fh::kHeapCap);
   int32_t rounds = 0;
   for (int32_t start = 0; start < live;) {
     const int32_t end = fh::window_end(bin_end.data(), start, width, ops);
+    const uint64_t end_bound = fh::window_bound(s, sorted.data(), end, live, ops);
     int32_t n_in = end - start;
     for (bool first = true;; first = false) {
       const int32_t* in = first ? sorted.data() + start : list_in.data();
       int32_t n_out = 0;
-      offers += n_in;
+      stats[0] += n_in;
       for (int32_t i = 0; i < n_in; ++i) {  // phase A
         const int32_t e = in[i];
         uint32_t a, b;
@@ -190,12 +198,33 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
       }
       if (n_out == 0) break;
       ++rounds;
+      *s.hub = 0;
       for (int32_t i = 0; i < n_out; ++i) fh::reserve(s, list_out[i], ra[i], rb[i], !kMain, ops);  // phase B
       for (int32_t i = 0; i < n_out; ++i) {  // phase C
         if (kMain)
           fh::main_commit(s, list_out[i], ra[i], rb[i], ops);
         else
           fh::small_commit(s, list_out[i], ra[i], rb[i], ops);
+      }
+      if (kMain && extend && *s.hub != 0) {  // phase D: gather, sort, extend
+        const int32_t hub = static_cast<int32_t>(*s.hub & 0xffffffffu);
+        frontier.clear();
+        for (int32_t i = 0; i < n_out; ++i) {
+          const int32_t e = list_out[i];
+          if (!fh::hub_frontier_edge(s, hub, e, ops)) continue;
+          int32_t u, v;
+          fh::edge_endpoints(s.g, e, u, v);
+          frontier.emplace_back(fh::cost_bits(fh::edge_cost(s.img[u], s.img[v])), e);
+        }
+        if (frontier.size() <= static_cast<size_t>(fh::kFrontierCap)) {
+          std::sort(frontier.begin(), frontier.end());
+          f_cost.resize(frontier.size());
+          f_edge.resize(frontier.size());
+          for (size_t i = 0; i < frontier.size(); ++i) std::tie(f_cost[i], f_edge[i]) = frontier[i];
+          fh::EdgeHeap heap{heap_cost.data(), heap_edge.data(), 0};
+          stats[1] += fh::hub_extend(s, hub, f_cost.data(), f_edge.data(), static_cast<int32_t>(frontier.size()),
+                                     end_bound, heap, ops);
+        }
       }
       list_in.swap(list_out);
       n_in = n_out;
@@ -205,15 +234,18 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
   return rounds;
 }
 
-// Emulation of the GPU backend on one slice, including its labelling phases.
+// Emulation of the GPU backend on one slice, including its labelling phases. stats: (5,) as
+// felzenszwalb_cpu returns them.
 int64_t segment_schedule(const double* img, const Geometry& g, double k, bool zero_merge, int32_t min_size,
-                         int32_t width, int64_t* out, int64_t* stats) {
+                         int32_t width, bool extend, int64_t* out, int64_t* stats) {
   const int32_t n = g.num_pixels(), E = g.num_edges();
-  std::vector<int32_t> parent(n), csize(n, 1), minidx(n, fh::kNoEdge);
+  std::vector<int32_t> parent(n), csize(n, 1), minidx(n, fh::kNoEdge), resv(n, fh::kNoEdge);
   std::vector<double> cint(n, 0.0);
   std::vector<uint64_t> mincost(n, fh::kNoCost);
+  uint64_t hub = 0;
   for (int32_t p = 0; p < n; ++p) parent[p] = p;
-  fh::Slice s{g, k, min_size, img, parent.data(), csize.data(), cint.data(), mincost.data(), minidx.data()};
+  fh::Slice s{g, k, min_size, img, parent.data(), csize.data(), cint.data(), mincost.data(), minidx.data(),
+              resv.data(), &hub};
   SerialOps ops;
   if (zero_merge) {  // as the kernel: unite, then count sizes at the roots
     std::fill(csize.begin(), csize.end(), 0);
@@ -238,10 +270,14 @@ int64_t segment_schedule(const double* img, const Geometry& g, double k, bool ze
 
   std::vector<int32_t> list_in(E), list_out(E);
   std::vector<uint32_t> ra(E), rb(E);
-  stats[0] = run_rounds<true>(s, sorted, bin_end, width, list_in, list_out, ra, rb, stats[2]);
+  int64_t main_work[2] = {0, 0}, small_work[2] = {0, 0};
+  stats[0] = run_rounds<true>(s, sorted, bin_end, width, extend, list_in, list_out, ra, rb, main_work);
   for (int32_t p = 0; p < n; ++p) csize[p] = std::abs(csize[p]);  // unfreeze
   if (min_size > 1)
-    stats[1] = run_rounds<false>(s, sorted, bin_end, fh::kOneWindow, list_in, list_out, ra, rb, stats[3]);
+    stats[1] = run_rounds<false>(s, sorted, bin_end, fh::kOneWindow, false, list_in, list_out, ra, rb, small_work);
+  stats[2] = main_work[0];
+  stats[3] = small_work[0];
+  stats[4] = main_work[1];
 
   // Labelling as the kernel does it: full roots, smallest pixel per root, a scan over
   // "first pixel of its component" flags in raster order, then a gather.
@@ -258,7 +294,7 @@ int64_t segment_schedule(const double* img, const Geometry& g, double k, bool ze
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, bool schedule,
-    int64_t window) {
+    int64_t window, bool extend) {
   TORCH_CHECK(image.device().is_cpu() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 &&
                   image.is_contiguous(),
               "felzenszwalb_cpu: image must be a contiguous (B, H, W) float64 CPU tensor");
@@ -270,7 +306,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
   const int32_t H = static_cast<int32_t>(image.size(1)), W = static_cast<int32_t>(image.size(2));
   auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
   auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
-  auto stats = torch::zeros({B, 4}, image.options().dtype(torch::kInt64));
+  auto stats = torch::zeros({B, 5}, image.options().dtype(torch::kInt64));
   const Geometry g = fh::make_geometry(H, W);
   const int32_t radius = weights.numel() == 0 ? -1 : static_cast<int32_t>(weights.numel() / 2);
   const double* w_centre = weights.numel() == 0 ? nullptr : weights.data_ptr<double>() + radius;
@@ -287,8 +323,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
     if (!schedule) scratch = std::make_unique<ExactScratch>(g);
     for (int64_t b = b0; b < b1; ++b) {
       smooth_slice(img + b * n, tmp.data(), smooth.data(), g, w_centre, radius);
-      cnt[b] = schedule ? segment_schedule(smooth.data(), g, k, zero_merge, ms, static_cast<int32_t>(window), lab + b * n,
-                                           st + 4 * b)
+      cnt[b] = schedule ? segment_schedule(smooth.data(), g, k, zero_merge, ms, static_cast<int32_t>(window), extend,
+                                           lab + b * n, st + 5 * b)
                         : segment_exact(smooth.data(), g, k, ms, *scratch, lab + b * n);
     }
   });

@@ -14,12 +14,14 @@ namespace lrc {
 // schedule == false: sequential Kruskal over edges sorted by (cost, index) -- the exact
 //                    reference backend;
 // schedule == true:  the GPU backend's round schedule executed sequentially (emulation),
-//                    with cost windows of at least `window` edges (see felzenszwalb_schedule.h).
+//                    with cost windows of at least `window` edges and, with `extend`, the hub
+//                    extension (see felzenszwalb_schedule.h).
 // Returns labels (B, H, W) int64 numbered by first appearance, counts (B,) int64 and
-// stats (B, 4) int64: rounds of the main and min_size passes, then the edges offered in phase A
-// of each pass (the schedule's work; zeros for the exact backend).
+// stats (B, 5) int64: rounds of the main and min_size passes, the edges offered in phase A of
+// each pass, and the edges the hub extension decided (the schedule's work; zeros for the exact
+// backend).
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, bool schedule,
-    int64_t window);
+    int64_t window, bool extend);
 
 }  // namespace lrc

@@ -1,8 +1,9 @@
 // One persistent "team" per slice -- a CTA, or a thread-block cluster on sm_90 -- runs the
 // whole segmentation: Gaussian smoothing, the zero-cost pre-pass, the counting sort of the
 // live edges into cost bins, the main pass and the min_size pass as rounds of the schedule in
-// felzenszwalb_schedule.h (window by window) separated by team barriers, then canonical
-// labelling. No host round trip per round.
+// felzenszwalb_schedule.h (window by window, each main-pass round followed by the hub
+// extension on one thread) separated by team barriers, then canonical labelling. No host round
+// trip per round.
 //
 // Memory: every value written inside the kernel is read back with ld.global.cg (L2), never
 // through the non-coherent L1, because another SM of the cluster may have written it.
@@ -35,6 +36,9 @@ struct DeviceOps {
   __device__ void min_u64(uint64_t* p, uint64_t v) const {
     if (v < ld(p)) atomicMin(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
   }
+  __device__ void max_u64(uint64_t* p, uint64_t v) const {
+    if (v > ld(p)) atomicMax(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
+  }
   __device__ void min_i32(int32_t* p, int32_t v) const {
     if (v < ld(p)) atomicMin(p, v);
   }
@@ -44,7 +48,7 @@ struct DeviceOps {
 
 // Per-slice scratch layout; every array starts on a 256-byte boundary.
 struct Layout {
-  size_t tmp, smooth, cint, mincost, parent, csize, minidx, list0, list1, ra, rb, sorted, bins, ctrl, total;
+  size_t tmp, smooth, cint, mincost, parent, csize, minidx, resv, list0, list1, ra, rb, sorted, bins, ctrl, total;
 };
 
 __host__ __device__ inline size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
@@ -61,13 +65,14 @@ __host__ __device__ inline Layout make_layout(int32_t H, int32_t W) {
   l.parent = o;  o = align256(o + 4 * n);
   l.csize = o;   o = align256(o + 4 * n);
   l.minidx = o;  o = align256(o + 4 * n);
+  l.resv = o;    o = align256(o + 4 * n);
   l.list0 = o;   o = align256(o + 4 * e);
   l.list1 = o;   o = align256(o + 4 * e);
   l.ra = o;      o = align256(o + 4 * e);
   l.rb = o;      o = align256(o + 4 * e);
   l.sorted = o;  o = align256(o + 4 * e);
   l.bins = o;    o = align256(o + 4 * static_cast<size_t>(fh::kCostBins));
-  l.ctrl = o;    o = align256(o + 4 * 16);  // [0..2] list counters, [4..11] per-CTA totals
+  l.ctrl = o;    o = align256(o + 4 * 16);  // see kCtaTotals and friends
   l.total = o;
   return l;
 }
@@ -82,6 +87,7 @@ struct Params {
   bool zero_merge;
   int32_t cluster;
   int32_t window;
+  bool extend;
   int64_t* labels;
   int64_t* counts;
   int64_t* stats;
@@ -115,7 +121,11 @@ struct Work {
   int32_t* ctrl;
 };
 
-constexpr int kCtaTotals = 4;  // ctrl[4 + c]: a per-CTA total of a team-wide scan
+// ctrl (16 int32 per slice): [0..2] append counters of the rounds, [3] hub frontier count,
+// [4..11] per-CTA totals of a team-wide scan, [12..13] the hub key (uint64).
+constexpr int kFrontierCount = 3;
+constexpr int kCtaTotals = 4;
+constexpr int kHubKey = 12;
 
 // Adds one to table[key] for every lane with key >= 0, one atomic per distinct key in the
 // warp, and returns each lane's old value plus its rank among the lanes with the same key.
@@ -148,21 +158,70 @@ __device__ inline void warp_append(bool keep, int32_t e, uint32_t a, uint32_t b,
   }
 }
 
+// Phase D's sort and sequential part, on the first CTA of the team: the hub's frontier (edge ids
+// in fbuf) sorted by key in shared memory (bitonic sort), then fh::hub_extend on thread 0, which
+// gets the number of edges it decided (0 elsewhere).
+__device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t* fbuf, int32_t nf,
+                                  uint64_t end_bound) {
+  __shared__ uint64_t f_cost[fh::kFrontierCap];
+  __shared__ int32_t f_edge[fh::kFrontierCap];
+  __shared__ uint64_t heap_cost[fh::kHeapCap];
+  __shared__ int32_t heap_edge[fh::kHeapCap];
+  DeviceOps ops;
+  int32_t n = 1;
+  while (n < nf) n <<= 1;
+  for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
+    uint64_t c = fh::kNoCost;
+    int32_t e = fh::kNoEdge;
+    if (i < nf) {
+      e = __ldcg(fbuf + i);
+      int32_t u, v;
+      fh::edge_endpoints(s.g, e, u, v);
+      c = fh::cost_bits(fh::edge_cost(ops.ld(s.img + u), ops.ld(s.img + v)));
+    }
+    f_cost[i] = c;
+    f_edge[i] = e;
+  }
+  __syncthreads();
+  for (int32_t k = 2; k <= n; k <<= 1) {
+    for (int32_t j = k >> 1; j > 0; j >>= 1) {
+      for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const int32_t partner = i ^ j;
+        if (partner <= i) continue;
+        const bool ascending = (i & k) == 0;
+        const bool partner_less = fh::key_less(f_cost[partner], f_edge[partner], f_cost[i], f_edge[i]);
+        if (partner_less == ascending) {
+          const uint64_t c = f_cost[i];
+          const int32_t e = f_edge[i];
+          f_cost[i] = f_cost[partner];
+          f_edge[i] = f_edge[partner];
+          f_cost[partner] = c;
+          f_edge[partner] = e;
+        }
+      }
+      __syncthreads();
+    }
+  }
+  if (threadIdx.x != 0) return 0;
+  return fh::hub_extend(s, hub, f_cost, f_edge, nf, end_bound, fh::EdgeHeap{heap_cost, heap_edge, 0}, ops);
+}
+
 // One pass of rounds (main when kMain, else min_size), cost window by cost window. Returns the
-// number of rounds and adds the edges offered in phase A to `offers`. `step` counts every
-// phase A of the kernel (also the last, empty one of each window) and picks its append counter,
-// ctrl[step % 3]: the counter of the next step is zeroed during this step's phase A, when nobody
-// reads it any more, so that a window can start right after the previous one ended without
-// another barrier.
+// number of rounds, adds the edges offered in phase A to `offers` and those decided by the hub
+// extension to `hub_steps` (on rank 0). `step` counts every phase A of the kernel (also the
+// last, empty one of each window) and picks its append counter, ctrl[step % 3]: the counter of
+// the next step is zeroed during this step's phase A, when nobody reads it any more, so that a
+// window can start right after the previous one ended without another barrier.
 template <bool kMain>
-__device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& team, int32_t width, int32_t& step,
-                              int64_t& offers) {
+__device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& team, int32_t width, bool extend,
+                              int32_t& step, int64_t& offers, int64_t& hub_steps) {
   DeviceOps ops;
   const int32_t lane = threadIdx.x & 31;
   const int32_t live = __ldcg(w.bin_end + fh::kCostBins - 1);
   int32_t rounds = 0;
   for (int32_t start = 0; start < live;) {
     const int32_t end = fh::window_end(w.bin_end, start, width, ops);
+    const uint64_t end_bound = fh::window_bound(s, w.sorted, end, live, ops);
     int32_t n_in = end - start;
     for (bool first = true;; first = false, ++step) {
       const int32_t* in = first ? w.sorted + start : w.list[(step - 1) & 1];
@@ -186,6 +245,10 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
       const int32_t n_out = __ldcg(counter);
       if (n_out == 0) break;
       ++rounds;
+      if (team.rank == 0) {  // nobody reads these between the last round's phase D and phase D
+        ops.st(s.hub, uint64_t{0});
+        __stcg(w.ctrl + kFrontierCount, 0);
+      }
       for (int32_t i = team.rank; i < n_out; i += team.size)  // phase B
         fh::reserve(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), !kMain, ops);
       team.sync();
@@ -196,6 +259,21 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
           fh::small_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
       }
       team.sync();
+      const uint64_t hub_key = kMain && extend ? ops.ld(s.hub) : 0;
+      if (hub_key != 0) {  // phase D: gather the hub's frontier, then sort and extend on one CTA
+        const int32_t hub = static_cast<int32_t>(hub_key & 0xffffffffu);
+        int32_t* fbuf = w.list[(step + 1) & 1];  // this round's input list: no longer read
+        for (int32_t i = team.rank; i < n_out; i += team.size) {
+          const int32_t e = __ldcg(out + i);
+          if (!fh::hub_frontier_edge(s, hub, e, ops)) continue;
+          const int32_t pos = atomicAdd(w.ctrl + kFrontierCount, 1);
+          if (pos < fh::kFrontierCap) __stcg(fbuf + pos, e);
+        }
+        team.sync();
+        const int32_t nf = __ldcg(w.ctrl + kFrontierCount);
+        if (nf <= fh::kFrontierCap && team.cta == 0) hub_steps += hub_extend_cta(s, hub, fbuf, nf, end_bound);
+        team.sync();
+      }
       n_in = n_out;
     }
     ++step;  // the empty step that ended the window
@@ -289,7 +367,9 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
               reinterpret_cast<int32_t*>(ws + P.layout.csize),
               reinterpret_cast<double*>(ws + P.layout.cint),
               reinterpret_cast<uint64_t*>(ws + P.layout.mincost),
-              reinterpret_cast<int32_t*>(ws + P.layout.minidx)};
+              reinterpret_cast<int32_t*>(ws + P.layout.minidx),
+              reinterpret_cast<int32_t*>(ws + P.layout.resv),
+              reinterpret_cast<uint64_t*>(ws + P.layout.ctrl + 4 * kHubKey)};
   Work w{{reinterpret_cast<int32_t*>(ws + P.layout.list0), reinterpret_cast<int32_t*>(ws + P.layout.list1)},
          reinterpret_cast<uint32_t*>(ws + P.layout.ra),
          reinterpret_cast<uint32_t*>(ws + P.layout.rb),
@@ -317,6 +397,7 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
     ops.st(s.cint + p, 0.0);
     ops.st(s.mincost + p, fh::kNoCost);
     ops.st(s.minidx + p, fh::kNoEdge);
+    ops.st(s.resv + p, fh::kNoEdge);
   }
   team.sync();
   if (P.zero_merge) {  // zero-cost edges: unite in any order, then count sizes at the roots
@@ -327,15 +408,15 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   sort_live_edges(s, w, team);
 
   int32_t step = 0;
-  int64_t offers_main = 0, offers_small = 0;
-  const int32_t rounds_main = run_rounds<true>(s, w, team, P.window, step, offers_main);
+  int64_t offers_main = 0, offers_small = 0, hub_steps = 0;
+  const int32_t rounds_main = run_rounds<true>(s, w, team, P.window, P.extend, step, offers_main, hub_steps);
   for (int32_t p = team.rank; p < n; p += team.size) {  // unfreeze
     const int32_t c = ops.ld(s.csize + p);
     if (c < 0) ops.st(s.csize + p, -c);
   }
   team.sync();
   const int32_t rounds_small =
-      P.min_size > 1 ? run_rounds<false>(s, w, team, fh::kOneWindow, step, offers_small) : 0;
+      P.min_size > 1 ? run_rounds<false>(s, w, team, fh::kOneWindow, false, step, offers_small, hub_steps) : 0;
 
   // Labelling: full roots; the smallest pixel of each component; a scan of "first pixel of
   // its component" flags in raster order gives the label ids (stored at the first pixel,
@@ -366,11 +447,12 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
     labels[p] = ops.ld(s.csize + ops.ld(s.minidx + ops.ld(s.parent + p)));
   if (team.rank == 0) {
     P.counts[slice] = num_labels;
-    int64_t* stats = P.stats + 4 * static_cast<size_t>(slice);
+    int64_t* stats = P.stats + 5 * static_cast<size_t>(slice);
     stats[0] = rounds_main;
     stats[1] = rounds_small;
     stats[2] = offers_main;
     stats[3] = offers_small;
+    stats[4] = hub_steps;
   }
 }
 
@@ -421,6 +503,7 @@ cudaError_t fh_cuda(const FhCudaArgs& a, cudaStream_t stream) {
   p.zero_merge = fh::zero_cost_edges_merge(a.k, a.H * a.W);
   p.cluster = a.cluster;
   p.window = a.window;
+  p.extend = a.extend;
   p.labels = a.labels;
   p.counts = a.counts;
   p.stats = a.stats;

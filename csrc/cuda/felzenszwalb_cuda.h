@@ -19,9 +19,11 @@ struct FhCudaArgs {
   int32_t cluster;        // CTAs per slice: 1, or 2..8 as a thread-block cluster (sm_90+)
   int32_t threads;        // threads per CTA: 256, 512 or 1024
   int32_t window;         // minimum edges per cost window of the schedule (>= 1)
+  bool extend;            // run the hub extension after each main-pass round
   int64_t* labels;        // out (B, H, W)
   int64_t* counts;        // out (B,)
-  int64_t* stats;         // out (B, 4): rounds and edge offers of the main and min_size passes
+  int64_t* stats;         // out (B, 5): rounds and edge offers of the main and min_size passes,
+                          // edges decided by the hub extension
   void* workspace;        // fh_cuda_workspace_bytes(B, H, W) bytes, 256-byte aligned
 };
 
