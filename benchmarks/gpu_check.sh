@@ -2,8 +2,8 @@
 # The one script to run on a lent GPU machine (no network there):
 #   bash benchmarks/gpu_check.sh
 # Builds the extension with that machine's torch, runs `pytest -m gpu`, the benchmarks and
-# compute-sanitizer on the CUDA kernel, and prints a short summary last. Every step has its own
-# time limit inside a global budget (GPU_CHECK_BUDGET seconds, default 560), and the script goes
+# compute-sanitizer (memcheck, racecheck) on the CUDA kernel, and prints a short summary last.
+# Every step has its own time limit inside a global budget (GPU_CHECK_BUDGET seconds, default 560), and the script goes
 # on after a failure, so one call gives the whole picture. Logs go to $OUT (the device tool brings
 # them back) or out/gpu_check.
 set -u
@@ -55,6 +55,8 @@ step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tes
 step bench_loss 100 $PY benchmarks/bench_loss.py
 step bench_elastic 100 $PY benchmarks/bench_elastic.py
 step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
+# shared-memory races (the hub extension's sort), last: it is the slowest tool
+step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
 
 for log in pytest_gpu_felzenszwalb pytest_gpu_loss_elastic; do
   [ -f "$LOG_DIR/$log.log" ] && { echo; echo "### $log"; grep -E "passed|failed|error" "$LOG_DIR/$log.log" | tail -n 2; }

@@ -1,6 +1,9 @@
-"""A small CUDA Felzenszwalb run for compute-sanitizer (memcheck): every launch shape once.
+"""A small CUDA Felzenszwalb run for compute-sanitizer: every launch shape, small and default cost
+windows, the hub extension on and off; labels against the CPU backend and the schedule's stats
+against its CPU emulation.
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize_felzenszwalb.py
+    compute-sanitizer --tool racecheck python benchmarks/sanitize_felzenszwalb.py   (shared memory)
 """
 import sys
 
@@ -8,20 +11,28 @@ import numpy as np
 import torch
 
 import lrc_fast
+from lrc_fast.data import phantom_slice, window_hu
+from lrc_fast.superpixels import _WINDOW, _segment
 
 
 def main() -> int:
     rng = np.random.default_rng(0)
-    host = rng.random((2, 45, 61))
-    host[:, :, :10] = 0.0  # a plateau: the zero-cost pre-pass
-    expected = lrc_fast.felzenszwalb(host)
-    x = torch.from_numpy(host).cuda()
+    plateau = rng.random((2, 45, 61))
+    plateau[:, :, :10] = 0.0  # a plateau: the zero-cost pre-pass
+    phantom = window_hu(phantom_slice(64, 80, seed=1)).astype(np.float64)[None]  # a hub chain
     ok = True
-    for launch in [(1, 256), (2, 512), (8, 1024)]:
-        got = lrc_fast.felzenszwalb(x, launch=launch).cpu().numpy()
-        torch.cuda.synchronize()
-        ok &= np.array_equal(got, expected)
-        print(f"launch={launch}: {'equal' if np.array_equal(got, expected) else 'DIFFERENT'} to the cpu backend")
+    for name, host in [("random + plateau", plateau), ("windowed phantom", phantom)]:
+        x = torch.from_numpy(host)
+        expected = lrc_fast.felzenszwalb(host)
+        for launch in [(1, 256), (2, 512), (8, 1024)]:
+            for window, extend in [(_WINDOW, True), (64, True), (64, False)]:
+                labels, _, stats = _segment(x.cuda(), 1.0, 0.8, 20, "cuda", launch, window, extend)
+                torch.cuda.synchronize()
+                _, _, emulated = _segment(x, 1.0, 0.8, 20, "emulate", window=window, extend=extend)
+                same = np.array_equal(labels.cpu().numpy(), expected) and torch.equal(stats.cpu(), emulated)
+                ok &= same
+                print(f"{name}, launch={launch}, window={window}, hub={'on' if extend else 'off'}: "
+                      f"{'equal' if same else 'DIFFERENT'} (hub steps {stats[:, 4].tolist()})")
     return 0 if ok else 1
 
 
