@@ -33,7 +33,7 @@ _SIGMA_EPS = 1e-15
 # Minimum edges per cost window of the GPU schedule's main pass (csrc/felzenszwalb_schedule.h).
 # Smaller windows re-offer fewer waiting edges per round; larger ones give the hub extension
 # frontiers beyond its 2048-edge sort, which then skips. On real 512x512 CT, 2048 with the
-# extension needs 304 rounds and 0.51 offers per edge, against 995 and 19.8 for one window
+# extension needs 231 rounds and 0.53 offers per edge, against 995 and 19.8 for one window
 # without it (CPU emulation, benchmarks/RESULTS.md). To be tuned with bench_felzenszwalb's sweep.
 _WINDOW = 2048
 

@@ -163,9 +163,9 @@ struct SerialOps {
 };
 
 // One pass (main or min_size) of the round schedule, executed phase by phase like the CUDA
-// kernel does between barriers: for each cost window of the sorted live edges, a first round
-// over the window, later rounds over the edges the previous one kept; in the main pass with
-// `extend`, each round ends with the hub extension. Returns the number of rounds and adds the
+// kernel does between barriers: each round offers the edges the previous one kept, plus the
+// next cost window of the sorted live edges when few are left (fh::refill_below); in the main
+// pass with `extend`, each round ends with the hub extension. Returns the number of rounds and adds the
 // edges offered in phase A to stats[0] and the edges the hub extension decided to stats[1].
 template <bool kMain>
 int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const std::vector<int32_t>& bin_end,
@@ -176,60 +176,59 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
   std::vector<std::pair<uint64_t, int32_t>> frontier;
   std::vector<uint64_t> f_cost, heap_cost(fh::kHeapCap);
   std::vector<int32_t> f_edge, heap_edge(fh::kHeapCap);
-  int32_t rounds = 0;
-  for (int32_t start = 0; start < live;) {
-    const int32_t end = fh::window_end(bin_end.data(), start, width, ops);
-    const uint64_t end_bound = fh::window_bound(s, sorted.data(), end, live, ops);
-    int32_t n_in = end - start;
-    for (bool first = true;; first = false) {
-      const int32_t* in = first ? sorted.data() + start : list_in.data();
-      int32_t n_out = 0;
-      stats[0] += n_in;
-      for (int32_t i = 0; i < n_in; ++i) {  // phase A
-        const int32_t e = in[i];
-        uint32_t a, b;
-        const bool keep = kMain ? fh::main_offer(s, e, a, b, ops) : fh::small_offer(s, e, a, b, ops);
-        if (keep) {
-          list_out[n_out] = e;
-          ra[n_out] = a;
-          rb[n_out] = b;
-          ++n_out;
-        }
+  const int32_t refill = fh::refill_below(width);
+  int32_t rounds = 0, loaded = 0, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
+  while (true) {
+    const int32_t chunk = loaded;
+    if (n_active <= refill && loaded < live) loaded = fh::window_end(bin_end.data(), loaded, width, ops);
+    const int32_t n_in = n_active + (loaded - chunk);
+    if (n_in == 0) break;
+    const uint64_t end_bound = fh::window_bound(s, sorted.data(), loaded, live, ops);
+    int32_t n_out = 0;
+    stats[0] += n_in;
+    for (int32_t i = 0; i < n_in; ++i) {  // phase A
+      const int32_t e = i < n_active ? list_in[i] : sorted[chunk + i - n_active];
+      uint32_t a, b;
+      const bool keep = kMain ? fh::main_offer(s, e, a, b, ops) : fh::small_offer(s, e, a, b, ops);
+      if (keep) {
+        list_out[n_out] = e;
+        ra[n_out] = a;
+        rb[n_out] = b;
+        ++n_out;
       }
-      if (n_out == 0) break;
-      ++rounds;
-      *s.hub = 0;
-      for (int32_t i = 0; i < n_out; ++i) fh::reserve(s, list_out[i], ra[i], rb[i], !kMain, ops);  // phase B
-      for (int32_t i = 0; i < n_out; ++i) {  // phase C
-        if (kMain)
-          fh::main_commit(s, list_out[i], ra[i], rb[i], ops);
-        else
-          fh::small_commit(s, list_out[i], ra[i], rb[i], ops);
-      }
-      if (kMain && extend && *s.hub != 0) {  // phase D: gather, sort, extend
-        const int32_t hub = static_cast<int32_t>(*s.hub & 0xffffffffu);
-        frontier.clear();
-        for (int32_t i = 0; i < n_out; ++i) {
-          const int32_t e = list_out[i];
-          if (!fh::hub_frontier_edge(s, hub, e, ops)) continue;
-          int32_t u, v;
-          fh::edge_endpoints(s.g, e, u, v);
-          frontier.emplace_back(fh::cost_bits(fh::edge_cost(s.img[u], s.img[v])), e);
-        }
-        if (frontier.size() <= static_cast<size_t>(fh::kFrontierCap)) {
-          std::sort(frontier.begin(), frontier.end());
-          f_cost.resize(frontier.size());
-          f_edge.resize(frontier.size());
-          for (size_t i = 0; i < frontier.size(); ++i) std::tie(f_cost[i], f_edge[i]) = frontier[i];
-          fh::EdgeHeap heap{heap_cost.data(), heap_edge.data(), 0};
-          stats[1] += fh::hub_extend(s, hub, f_cost.data(), f_edge.data(), static_cast<int32_t>(frontier.size()),
-                                     end_bound, heap, ops);
-        }
-      }
-      list_in.swap(list_out);
-      n_in = n_out;
     }
-    start = end;
+    n_active = n_out;
+    if (n_out == 0) continue;
+    ++rounds;
+    *s.hub = 0;
+    for (int32_t i = 0; i < n_out; ++i) fh::reserve(s, list_out[i], ra[i], rb[i], !kMain, ops);  // phase B
+    for (int32_t i = 0; i < n_out; ++i) {  // phase C
+      if (kMain)
+        fh::main_commit(s, list_out[i], ra[i], rb[i], ops);
+      else
+        fh::small_commit(s, list_out[i], ra[i], rb[i], ops);
+    }
+    if (kMain && extend && *s.hub != 0) {  // phase D: gather, sort, extend
+      const int32_t hub = static_cast<int32_t>(*s.hub & 0xffffffffu);
+      frontier.clear();
+      for (int32_t i = 0; i < n_out; ++i) {
+        const int32_t e = list_out[i];
+        if (!fh::hub_frontier_edge(s, hub, e, ops)) continue;
+        int32_t u, v;
+        fh::edge_endpoints(s.g, e, u, v);
+        frontier.emplace_back(fh::cost_bits(fh::edge_cost(s.img[u], s.img[v])), e);
+      }
+      if (frontier.size() <= static_cast<size_t>(fh::kFrontierCap)) {
+        std::sort(frontier.begin(), frontier.end());
+        f_cost.resize(frontier.size());
+        f_edge.resize(frontier.size());
+        for (size_t i = 0; i < frontier.size(); ++i) std::tie(f_cost[i], f_edge[i]) = frontier[i];
+        fh::EdgeHeap heap{heap_cost.data(), heap_edge.data(), 0};
+        stats[1] += fh::hub_extend(s, hub, f_cost.data(), f_edge.data(), static_cast<int32_t>(frontier.size()),
+                                   end_bound, heap, ops);
+      }
+    }
+    list_in.swap(list_out);
   }
   return rounds;
 }

@@ -206,78 +206,78 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   return fh::hub_extend(s, hub, f_cost, f_edge, nf, end_bound, fh::EdgeHeap{heap_cost, heap_edge, 0}, ops);
 }
 
-// One pass of rounds (main when kMain, else min_size), cost window by cost window. Returns the
-// number of rounds, adds the edges offered in phase A to `offers` and those decided by the hub
-// extension to `hub_steps` (on rank 0). `step` counts every phase A of the kernel (also the
-// last, empty one of each window) and picks its append counter, ctrl[step % 3]: the counter of
-// the next step is zeroed during this step's phase A, when nobody reads it any more, so that a
-// window can start right after the previous one ended without another barrier.
+// One pass of rounds (main when kMain, else min_size): each offers the edges the previous one
+// kept, plus the next cost window when few are left (fh::refill_below). Returns the number of
+// rounds, adds the edges offered in phase A to `offers` and those decided by the hub extension to
+// `hub_steps` (on rank 0). `step` counts every phase A of the kernel (also those that find nothing
+// pending) and picks its append counter, ctrl[step % 3]: the counter of the next step is zeroed
+// during this step's phase A, when nobody reads it any more, so that a step can follow one whose
+// phase A found nothing without another barrier.
 template <bool kMain>
 __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& team, int32_t width, bool extend,
                               int32_t& step, int64_t& offers, int64_t& hub_steps) {
   DeviceOps ops;
   const int32_t lane = threadIdx.x & 31;
   const int32_t live = __ldcg(w.bin_end + fh::kCostBins - 1);
-  int32_t rounds = 0;
-  for (int32_t start = 0; start < live;) {
-    const int32_t end = fh::window_end(w.bin_end, start, width, ops);
-    const uint64_t end_bound = fh::window_bound(s, w.sorted, end, live, ops);
-    int32_t n_in = end - start;
-    for (bool first = true;; first = false, ++step) {
-      const int32_t* in = first ? w.sorted + start : w.list[(step - 1) & 1];
-      int32_t* out = w.list[step & 1];
-      int32_t* counter = w.ctrl + step % 3;
-      if (team.rank == 0) __stcg(w.ctrl + (step + 1) % 3, 0);
-      offers += n_in;
-      // Phase A: a warp-uniform loop, so that warp_append sees the whole warp.
-      for (int32_t base = team.rank - lane; base < n_in; base += team.size) {
-        const int32_t i = base + lane;
-        int32_t e = 0;
-        uint32_t a = 0, b = 0;
-        bool keep = false;
-        if (i < n_in) {
-          e = __ldcg(in + i);
-          keep = kMain ? fh::main_offer(s, e, a, b, ops) : fh::small_offer(s, e, a, b, ops);
-        }
-        warp_append(keep, e, a, b, counter, w, out);
+  const int32_t refill = fh::refill_below(width);
+  int32_t rounds = 0, loaded = 0, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
+  for (;; ++step) {
+    const int32_t chunk = loaded;
+    if (n_active <= refill && loaded < live) loaded = fh::window_end(w.bin_end, loaded, width, ops);
+    const int32_t n_in = n_active + (loaded - chunk);
+    if (n_in == 0) break;
+    const uint64_t end_bound = fh::window_bound(s, w.sorted, loaded, live, ops);
+    const int32_t* active = w.list[(step + 1) & 1];  // the previous step's output
+    int32_t* out = w.list[step & 1];
+    int32_t* counter = w.ctrl + step % 3;
+    if (team.rank == 0) __stcg(w.ctrl + (step + 1) % 3, 0);
+    offers += n_in;
+    // Phase A: a warp-uniform loop, so that warp_append sees the whole warp.
+    for (int32_t base = team.rank - lane; base < n_in; base += team.size) {
+      const int32_t i = base + lane;
+      int32_t e = 0;
+      uint32_t a = 0, b = 0;
+      bool keep = false;
+      if (i < n_in) {
+        e = i < n_active ? __ldcg(active + i) : __ldcg(w.sorted + chunk + (i - n_active));
+        keep = kMain ? fh::main_offer(s, e, a, b, ops) : fh::small_offer(s, e, a, b, ops);
       }
-      team.sync();
-      const int32_t n_out = __ldcg(counter);
-      if (n_out == 0) break;
-      ++rounds;
-      if (team.rank == 0) {  // nobody reads these between the last round's phase D and phase D
-        ops.st(s.hub, uint64_t{0});
-        __stcg(w.ctrl + kFrontierCount, 0);
-      }
-      for (int32_t i = team.rank; i < n_out; i += team.size)  // phase B
-        fh::reserve(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), !kMain, ops);
-      team.sync();
-      for (int32_t i = team.rank; i < n_out; i += team.size) {  // phase C
-        if (kMain)
-          fh::main_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
-        else
-          fh::small_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
-      }
-      team.sync();
-      const uint64_t hub_key = kMain && extend ? ops.ld(s.hub) : 0;
-      if (hub_key != 0) {  // phase D: gather the hub's frontier, then sort and extend on one CTA
-        const int32_t hub = static_cast<int32_t>(hub_key & 0xffffffffu);
-        int32_t* fbuf = w.list[(step + 1) & 1];  // this round's input list: no longer read
-        for (int32_t i = team.rank; i < n_out; i += team.size) {
-          const int32_t e = __ldcg(out + i);
-          if (!fh::hub_frontier_edge(s, hub, e, ops)) continue;
-          const int32_t pos = atomicAdd(w.ctrl + kFrontierCount, 1);
-          if (pos < fh::kFrontierCap) __stcg(fbuf + pos, e);
-        }
-        team.sync();
-        const int32_t nf = __ldcg(w.ctrl + kFrontierCount);
-        if (nf <= fh::kFrontierCap && team.cta == 0) hub_steps += hub_extend_cta(s, hub, fbuf, nf, end_bound);
-        team.sync();
-      }
-      n_in = n_out;
+      warp_append(keep, e, a, b, counter, w, out);
     }
-    ++step;  // the empty step that ended the window
-    start = end;
+    team.sync();
+    const int32_t n_out = __ldcg(counter);
+    n_active = n_out;
+    if (n_out == 0) continue;
+    ++rounds;
+    if (team.rank == 0) {  // nobody reads these between the last round's phase D and phase D
+      ops.st(s.hub, uint64_t{0});
+      __stcg(w.ctrl + kFrontierCount, 0);
+    }
+    for (int32_t i = team.rank; i < n_out; i += team.size)  // phase B
+      fh::reserve(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), !kMain, ops);
+    team.sync();
+    for (int32_t i = team.rank; i < n_out; i += team.size) {  // phase C
+      if (kMain)
+        fh::main_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
+      else
+        fh::small_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
+    }
+    team.sync();
+    const uint64_t hub_key = kMain && extend ? ops.ld(s.hub) : 0;
+    if (hub_key != 0) {  // phase D: gather the hub's frontier, then sort and extend on one CTA
+      const int32_t hub = static_cast<int32_t>(hub_key & 0xffffffffu);
+      int32_t* fbuf = w.list[(step + 1) & 1];  // this round's input list: no longer read
+      for (int32_t i = team.rank; i < n_out; i += team.size) {
+        const int32_t e = __ldcg(out + i);
+        if (!fh::hub_frontier_edge(s, hub, e, ops)) continue;
+        const int32_t pos = atomicAdd(w.ctrl + kFrontierCount, 1);
+        if (pos < fh::kFrontierCap) __stcg(fbuf + pos, e);
+      }
+      team.sync();
+      const int32_t nf = __ldcg(w.ctrl + kFrontierCount);
+      if (nf <= fh::kFrontierCap && team.cta == 0) hub_steps += hub_extend_cta(s, hub, fbuf, nf, end_bound);
+      team.sync();
+    }
   }
   return rounds;
 }
