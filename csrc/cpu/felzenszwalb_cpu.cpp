@@ -165,8 +165,9 @@ struct SerialOps {
 // One pass (main or min_size) of the round schedule, executed phase by phase like the CUDA
 // kernel does between barriers: each round offers the edges the previous one kept, plus the
 // next cost window of the sorted live edges when few are left (fh::refill_below); in the main
-// pass with `extend`, each round ends with the hub extension. Returns the number of rounds and adds the
-// edges offered in phase A to stats[0] and the edges the hub extension decided to stats[1].
+// pass with `extend`, each round ends with the hub extension. Returns the number of rounds and
+// adds the edges offered in phase A to stats[0] and the edges the hub extension decided to
+// stats[1].
 template <bool kMain>
 int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const std::vector<int32_t>& bin_end,
                    int32_t width, bool extend, std::vector<int32_t>& list_in, std::vector<int32_t>& list_out,
@@ -300,7 +301,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
   TORCH_CHECK(weights.device().is_cpu() && weights.dim() == 1 && weights.scalar_type() == torch::kFloat64 &&
                   (weights.numel() == 0 || weights.numel() % 2 == 1),
               "felzenszwalb_cpu: weights must be an odd-length float64 CPU tensor or empty");
-  TORCH_CHECK(window >= 1 && window < (int64_t{1} << 31), "felzenszwalb_cpu: window must be in [1, 2^31), got ", window);
+  TORCH_CHECK(window >= 1 && window < (int64_t{1} << 31), "felzenszwalb_cpu: window must be in [1, 2^31), got ",
+              window);
   const int64_t B = image.size(0);
   const int32_t H = static_cast<int32_t>(image.size(1)), W = static_cast<int32_t>(image.size(2));
   auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
