@@ -1,9 +1,9 @@
 // One persistent "team" per slice -- a CTA, or a thread-block cluster on sm_90 -- runs the
 // whole segmentation: Gaussian smoothing, the zero-cost pre-pass, the counting sort of the
 // live edges into cost bins, the main pass and the min_size pass as rounds of the schedule in
-// felzenszwalb_schedule.h (window by window, each main-pass round followed by the hub
-// extension on one thread) separated by team barriers, then canonical labelling. No host round
-// trip per round.
+// felzenszwalb_schedule.h (loading cost windows of the sorted edges as they go, each main-pass
+// round followed by the hub extension on one thread) separated by team barriers, then canonical
+// labelling. No host round trip per round. Scratch: about 34 MB per 512x512 slice.
 //
 // Memory: every value written inside the kernel is read back with ld.global.cg (L2), never
 // through the non-coherent L1, because another SM of the cluster may have written it.
