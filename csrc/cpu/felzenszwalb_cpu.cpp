@@ -274,7 +274,8 @@ int64_t segment_schedule(const double* img, const Geometry& g, double k, bool ze
   stats[0] = run_rounds<true>(s, sorted, bin_end, width, extend, list_in, list_out, ra, rb, main_work);
   for (int32_t p = 0; p < n; ++p) csize[p] = std::abs(csize[p]);  // unfreeze
   if (min_size > 1)
-    stats[1] = run_rounds<false>(s, sorted, bin_end, fh::kOneWindow, false, list_in, list_out, ra, rb, small_work);
+    stats[1] = run_rounds<false>(s, sorted, bin_end, fh::kSmallPassWindow, false, list_in, list_out, ra, rb,
+                                 small_work);
   stats[2] = main_work[0];
   stats[3] = small_work[0];
   stats[4] = main_work[1];

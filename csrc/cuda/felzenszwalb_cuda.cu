@@ -416,7 +416,8 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   }
   team.sync();
   const int32_t rounds_small =
-      P.min_size > 1 ? run_rounds<false>(s, w, team, fh::kOneWindow, false, step, offers_small, hub_steps) : 0;
+      P.min_size > 1 ? run_rounds<false>(s, w, team, fh::kSmallPassWindow, false, step, offers_small, hub_steps)
+                     : 0;
 
   // Labelling: full roots; the smallest pixel of each component; a scan of "first pixel of
   // its component" flags in raster order gives the label ids (stored at the first pixel,
