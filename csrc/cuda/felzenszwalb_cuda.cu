@@ -310,13 +310,17 @@ __device__ inline int32_t cta_exclusive_scan(int32_t x, int32_t& total) {
 
 // Counting sort of the live edges by cost bin (felzenszwalb_schedule.h, cost windows):
 // histogram, exclusive scan over the bins, scatter. Afterwards w.bin_end[b] is the end of bin b.
-// Expects the zero-cost pre-pass (if any) done and the bins zeroed; ends with a barrier.
+// Expects the zero-cost pre-pass (if any) done and the bins zeroed; ends with a barrier. The
+// bin of each edge waits in w.ra between the histogram and the scatter.
 __device__ void sort_live_edges(const fh::Slice& s, const Work& w, const Team& team) {
   DeviceOps ops;
   const int32_t lane = threadIdx.x & 31, E = s.g.num_edges();
+  int32_t* bin_of = reinterpret_cast<int32_t*>(w.ra);  // (E,) scratch until the first round
   for (int32_t base = team.rank - lane; base < E; base += team.size) {  // warp-uniform loop
     const int32_t e = base + lane;
-    warp_increment(e < E ? fh::live_bin(s, e, ops) : -1, w.bin_end);
+    const int32_t bin = e < E ? fh::live_bin(s, e, ops) : -1;
+    if (e < E) __stcg(bin_of + e, bin);
+    warp_increment(bin, w.bin_end);
   }
   team.sync();
   // Exclusive scan: each thread sums a contiguous chunk of bins, the CTA scans those sums, the
@@ -338,7 +342,7 @@ __device__ void sort_live_edges(const fh::Slice& s, const Work& w, const Team& t
   team.sync();
   for (int32_t base = team.rank - lane; base < E; base += team.size) {
     const int32_t e = base + lane;
-    const int32_t bin = e < E ? fh::live_bin(s, e, ops) : -1;
+    const int32_t bin = e < E ? __ldcg(bin_of + e) : -1;
     const int32_t pos = warp_increment(bin, w.bin_end);
     if (bin >= 0) __stcg(w.sorted + pos, e);
   }
