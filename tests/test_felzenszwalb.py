@@ -10,7 +10,7 @@ from skimage.segmentation import felzenszwalb as sk_felzenszwalb
 from skimage.util import img_as_float64
 
 import lrc_fast
-from lrc_fast.superpixels import _torch_as_float64, gaussian_taps
+from lrc_fast.superpixels import _WINDOW, _torch_as_float64, gaussian_taps
 
 from fh_helpers import assert_valid_segmentation, has_ties, jitter_until_tie_free, tie_free
 
@@ -210,6 +210,23 @@ def test_emulation_hub_extension_takes_effect():
     assert 2 * hub[0, 0] < plain[0, 0]
 
 
+def test_non_finite_input_without_check_backends_agree():
+    """check_finite=False: NaN/Inf never merge in the main pass; every backend stays in bounds and
+    agrees (the cost bins clamp a NaN whose sign bit is set)."""
+    from lrc_fast.superpixels import _segment
+
+    image = np.random.default_rng(0).random((40, 50))
+    image[5:9, 5:9] = np.nan
+    image[20, 20], image[30, 30] = np.inf, -np.inf
+    image[12, 3] = -np.nan
+    cpu = lrc_fast.felzenszwalb(image, check_finite=False, backend="cpu")
+    assert cpu.min() == 0 and cpu.max() < image.size
+    x = torch.from_numpy(image)[None]
+    for window, extend in [(_WINDOW, True), (1, True), (_WINDOW, False)]:
+        emu = _segment(x, 1.0, 0.8, 20, "emulate", window=window, extend=extend)[0][0].numpy()
+        np.testing.assert_array_equal(emu, cpu)
+
+
 def test_compiled_op_rejects_bad_window():
     from lrc_fast.superpixels import _segment
 
@@ -342,7 +359,7 @@ def _gpu_cases():
 
 def _cuda_vs_cpu(batch: np.ndarray, launch=None, sigma=0.8, scale=1.0, min_size=20, rounds=True, window=None,
                  extend=True):
-    from lrc_fast.superpixels import _WINDOW, _segment
+    from lrc_fast.superpixels import _segment
 
     window = _WINDOW if window is None else window
     cpu_lab, cpu_cnt = lrc_fast.felzenszwalb(batch, scale, sigma, min_size, return_counts=True)
@@ -402,6 +419,16 @@ def test_cuda_batches(batch_size):
 def test_cuda_real_ct():
     for windowed in _real_slices():
         _cuda_vs_cpu(windowed[None])
+
+
+@pytest.mark.gpu
+def test_cuda_non_finite_input_without_check():
+    image = np.random.default_rng(0).random((2, 40, 50))
+    image[:, 5:9, 5:9] = np.nan
+    image[0, 20, 20], image[1, 30, 30] = np.inf, -np.inf
+    expected = lrc_fast.felzenszwalb(image, check_finite=False, backend="cpu")
+    got = lrc_fast.felzenszwalb(torch.from_numpy(image).cuda(), check_finite=False)
+    np.testing.assert_array_equal(got.cpu().numpy(), expected)
 
 
 @pytest.mark.gpu
