@@ -105,6 +105,14 @@ LRC_HD void zero_union(const Slice& s, int32_t e, Ops& ops) {
   if (edge_cost(ops.ld(s.img + u), ops.ld(s.img + v)) == 0.0) unite(s.parent, u, v, ops);
 }
 
+// The cost of edge e as its ordered bits (the key's first part), from the smoothed image.
+template <class Ops>
+LRC_HD uint64_t edge_cost_bits(const Slice& s, int32_t e, Ops& ops) {
+  int32_t u, v;
+  edge_endpoints(s.g, e, u, v);
+  return cost_bits(edge_cost(ops.ld(s.img + u), ops.ld(s.img + v)));
+}
+
 // ---- cost windows ----------------------------------------------------------------------
 
 // Bins of the counting sort: the top 16 bits of a non-negative double (sign, exponent and 4
@@ -158,9 +166,7 @@ LRC_HD int32_t window_end(const int32_t* bin_end, int32_t start, int32_t width, 
 template <class Ops>
 LRC_HD uint64_t window_bound(const Slice& s, const int32_t* sorted, int32_t end, int32_t live, Ops& ops) {
   if (end >= live) return kNoCost;
-  int32_t u, v;
-  edge_endpoints(s.g, ops.ld(sorted + end), u, v);
-  return static_cast<uint64_t>(cost_bin(cost_bits(edge_cost(ops.ld(s.img + u), ops.ld(s.img + v))))) << 48;
+  return static_cast<uint64_t>(cost_bin(edge_cost_bits(s, ops.ld(sorted + end), ops))) << 48;
 }
 
 // ---- main pass -------------------------------------------------------------------------
@@ -185,9 +191,7 @@ LRC_HD bool main_offer(const Slice& s, int32_t e, uint32_t& ra, uint32_t& rb, Op
 template <class Ops>
 LRC_HD void reserve(const Slice& s, int32_t e, uint32_t ra_tagged, uint32_t rb_tagged, bool small_only,
                     Ops& ops) {
-  int32_t u, v;
-  edge_endpoints(s.g, e, u, v);
-  const uint64_t c = cost_bits(edge_cost(ops.ld(s.img + u), ops.ld(s.img + v)));
+  const uint64_t c = edge_cost_bits(s, e, ops);
   const int32_t a = static_cast<int32_t>(ra_tagged & ~kSmallBit);
   const int32_t b = static_cast<int32_t>(rb_tagged & ~kSmallBit);
   if ((!small_only || (ra_tagged & kSmallBit)) && ops.ld(s.mincost + a) == c) ops.min_i32(s.minidx + a, e);
@@ -343,9 +347,7 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const uint64_t* f_cost, c
       const int32_t np = pixel_edges(s.g, y, pe);  // a root of size 1 is its only pixel
       for (int32_t t = 0; t < np; ++t) {
         if (pe[t] == e) continue;
-        int32_t a, b;
-        edge_endpoints(s.g, pe[t], a, b);
-        const uint64_t ct = cost_bits(edge_cost(ops.ld(s.img + a), ops.ld(s.img + b)));
+        const uint64_t ct = edge_cost_bits(s, pe[t], ops);
         if (ct >= end_bound) continue;
         if (heap.size == kHeapCap) return steps;
         heap.push(ct, pe[t]);

@@ -214,10 +214,7 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
       frontier.clear();
       for (int32_t i = 0; i < n_out; ++i) {
         const int32_t e = list_out[i];
-        if (!fh::hub_frontier_edge(s, hub, e, ops)) continue;
-        int32_t u, v;
-        fh::edge_endpoints(s.g, e, u, v);
-        frontier.emplace_back(fh::cost_bits(fh::edge_cost(s.img[u], s.img[v])), e);
+        if (fh::hub_frontier_edge(s, hub, e, ops)) frontier.emplace_back(fh::edge_cost_bits(s, e, ops), e);
       }
       if (frontier.size() <= static_cast<size_t>(fh::kFrontierCap)) {
         std::sort(frontier.begin(), frontier.end());

@@ -175,9 +175,7 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
     int32_t e = fh::kNoEdge;
     if (i < nf) {
       e = __ldcg(fbuf + i);
-      int32_t u, v;
-      fh::edge_endpoints(s.g, e, u, v);
-      c = fh::cost_bits(fh::edge_cost(ops.ld(s.img + u), ops.ld(s.img + v)));
+      c = fh::edge_cost_bits(s, e, ops);
     }
     f_cost[i] = c;
     f_edge[i] = e;
@@ -227,7 +225,7 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
     const int32_t n_in = n_active + (loaded - chunk);
     if (n_in == 0) break;
     const uint64_t end_bound = fh::window_bound(s, w.sorted, loaded, live, ops);
-    const int32_t* active = w.list[(step + 1) & 1];  // the previous step's output
+    int32_t* active = w.list[(step + 1) & 1];  // the previous step's output; phase D's buffer
     int32_t* out = w.list[step & 1];
     int32_t* counter = w.ctrl + step % 3;
     if (team.rank == 0) __stcg(w.ctrl + (step + 1) % 3, 0);
@@ -266,16 +264,15 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
     const uint64_t hub_key = kMain && extend ? ops.ld(s.hub) : 0;
     if (hub_key != 0) {  // phase D: gather the hub's frontier, then sort and extend on one CTA
       const int32_t hub = static_cast<int32_t>(hub_key & 0xffffffffu);
-      int32_t* fbuf = w.list[(step + 1) & 1];  // this round's input list: no longer read
-      for (int32_t i = team.rank; i < n_out; i += team.size) {
+      for (int32_t i = team.rank; i < n_out; i += team.size) {  // `active` is no longer read
         const int32_t e = __ldcg(out + i);
         if (!fh::hub_frontier_edge(s, hub, e, ops)) continue;
         const int32_t pos = atomicAdd(w.ctrl + kFrontierCount, 1);
-        if (pos < fh::kFrontierCap) __stcg(fbuf + pos, e);
+        if (pos < fh::kFrontierCap) __stcg(active + pos, e);
       }
       team.sync();
       const int32_t nf = __ldcg(w.ctrl + kFrontierCount);
-      if (nf <= fh::kFrontierCap && team.cta == 0) hub_steps += hub_extend_cta(s, hub, fbuf, nf, end_bound);
+      if (nf <= fh::kFrontierCap && team.cta == 0) hub_steps += hub_extend_cta(s, hub, active, nf, end_bound);
       team.sync();
     }
   }
@@ -308,6 +305,30 @@ __device__ inline int32_t cta_exclusive_scan(int32_t x, int32_t& total) {
   return before + v - x;
 }
 
+// The contiguous part [lo, hi) of 0..n-1 that this thread scans in a team-wide scan.
+__device__ inline void team_chunk(int32_t n, const Team& team, int32_t& lo, int32_t& hi) {
+  const int32_t chunk = (n + team.size - 1) / team.size;
+  lo = min(n, team.rank * chunk);
+  hi = min(n, lo + chunk);
+}
+
+// Exclusive scan of one value per thread over the team in rank order: the CTA scans, then each
+// CTA adds the totals of the CTAs before it (exchanged through ctrl[kCtaTotals..]). `total` gets
+// the team's sum. Contains a team barrier: every thread of the team must call it.
+__device__ int32_t team_exclusive_scan(int32_t x, const Work& w, const Team& team, int32_t& total) {
+  int32_t cta_total = 0;
+  int32_t before = cta_exclusive_scan(x, cta_total);
+  if (threadIdx.x == 0) __stcg(w.ctrl + kCtaTotals + team.cta, cta_total);
+  team.sync();
+  total = 0;
+  for (int32_t c = 0; c < team.size / static_cast<int32_t>(blockDim.x); ++c) {
+    const int32_t t = __ldcg(w.ctrl + kCtaTotals + c);
+    if (c < team.cta) before += t;
+    total += t;
+  }
+  return before;
+}
+
 // Counting sort of the live edges by cost bin (felzenszwalb_schedule.h, cost windows):
 // histogram, exclusive scan over the bins, scatter. Afterwards w.bin_end[b] is the end of bin b.
 // Expects the zero-cost pre-pass (if any) done and the bins zeroed; ends with a barrier. The
@@ -323,17 +344,12 @@ __device__ void sort_live_edges(const fh::Slice& s, const Work& w, const Team& t
     warp_increment(bin, w.bin_end);
   }
   team.sync();
-  // Exclusive scan: each thread sums a contiguous chunk of bins, the CTA scans those sums, the
-  // CTAs of a cluster add the totals of the CTAs before them.
-  const int32_t chunk = (fh::kCostBins + team.size - 1) / team.size;
-  const int32_t b0 = min(fh::kCostBins, team.rank * chunk), b1 = min(fh::kCostBins, b0 + chunk);
+  // Exclusive scan over the bins: each thread sums a contiguous chunk, the team scans the sums.
+  int32_t b0, b1, live;
+  team_chunk(fh::kCostBins, team, b0, b1);
   int32_t mine = 0;
   for (int32_t b = b0; b < b1; ++b) mine += __ldcg(w.bin_end + b);
-  int32_t cta_total = 0;
-  int32_t before = cta_exclusive_scan(mine, cta_total);
-  if (threadIdx.x == 0) __stcg(w.ctrl + kCtaTotals + team.cta, cta_total);
-  team.sync();
-  for (int32_t c = 0; c < team.cta; ++c) before += __ldcg(w.ctrl + kCtaTotals + c);
+  int32_t before = team_exclusive_scan(mine, w, team, live);
   for (int32_t b = b0; b < b1; ++b) {
     const int32_t t = __ldcg(w.bin_end + b);
     __stcg(w.bin_end + b, before);
@@ -430,20 +446,11 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   team.sync();
   for (int32_t p = team.rank; p < n; p += team.size) atomicMin(s.minidx + ops.ld(s.parent + p), p);
   team.sync();
-  const int32_t chunk = (n + team.size - 1) / team.size;
-  const int32_t p0 = min(n, team.rank * chunk), p1 = min(n, p0 + chunk);
+  int32_t p0, p1, num_labels;
+  team_chunk(n, team, p0, p1);
   int32_t mine = 0;
   for (int32_t p = p0; p < p1; ++p) mine += ops.ld(s.minidx + ops.ld(s.parent + p)) == p;
-  int32_t cta_total = 0;
-  int32_t next = cta_exclusive_scan(mine, cta_total);
-  if (threadIdx.x == 0) __stcg(w.ctrl + kCtaTotals + team.cta, cta_total);
-  team.sync();
-  int32_t num_labels = 0;
-  for (int32_t c = 0; c < P.cluster; ++c) {
-    const int32_t t = __ldcg(w.ctrl + kCtaTotals + c);
-    if (c < team.cta) next += t;
-    num_labels += t;
-  }
+  int32_t next = team_exclusive_scan(mine, w, team, num_labels);
   for (int32_t p = p0; p < p1; ++p)
     if (ops.ld(s.minidx + ops.ld(s.parent + p)) == p) ops.st(s.csize + p, next++);
   team.sync();
