@@ -10,7 +10,8 @@ from skimage.segmentation import felzenszwalb as sk_felzenszwalb
 from skimage.util import img_as_float64
 
 import lrc_fast
-from lrc_fast.superpixels import _WINDOW, _torch_as_float64, gaussian_taps
+from lrc_fast.data import phantom_slice, window_hu
+from lrc_fast.superpixels import _WINDOW, _segment, _torch_as_float64, gaussian_taps
 
 from fh_helpers import assert_valid_segmentation, has_ties, jitter_until_tie_free, tie_free
 
@@ -49,8 +50,6 @@ def test_parameters_match_skimage(scale, sigma, min_size):
 
 
 def test_ct_like_phantom_slices():
-    from lrc_fast.data.phantom import phantom_slice
-
     for seed in range(3):
         image = jitter_until_tie_free(np.clip((phantom_slice(256, 256, seed=seed) + 175) / 425, 0, 1), 0.8, seed)
         expected = sk(image)
@@ -171,11 +170,8 @@ def test_property_backends_agree_and_match_skimage(h, w, scale, sigma, min_size,
 @pytest.mark.parametrize("extend", [True, False])
 def test_emulation_any_cost_window_is_exact(window, extend):
     """Cost windows and the hub extension only change when an edge is decided, never how."""
-    from lrc_fast.data.phantom import phantom_slice
-    from lrc_fast.superpixels import _segment
-
     rng = np.random.default_rng(window % 1000)
-    windowed = np.clip((phantom_slice(96, 128, seed=3) + 175) / 425, 0, 1)  # plateaus and ties
+    windowed = window_hu(phantom_slice(96, 128, seed=3))  # plateaus and ties
     for image, min_size in [(windowed, 20), (rng.random((37, 91)), 5), (rng.random((1, 1)), 20)]:
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))[None]
         emu, _, stats = _segment(x, 1.0, 0.8, min_size, "emulate", window=window, extend=extend)
@@ -187,8 +183,6 @@ def test_emulation_any_cost_window_is_exact(window, extend):
 
 def test_emulation_cost_windows_take_effect():
     """One bin per window takes more rounds, and offers fewer edges, than one window."""
-    from lrc_fast.superpixels import _segment
-
     x = torch.from_numpy(np.random.default_rng(5).random((1, 64, 64)))
     _, _, narrow = _segment(x, 1.0, 0.8, 20, "emulate", window=1)
     _, _, wide = _segment(x, 1.0, 0.8, 20, "emulate", window=2**31 - 1)
@@ -198,10 +192,7 @@ def test_emulation_cost_windows_take_effect():
 
 def test_emulation_hub_extension_takes_effect():
     """On windowed CT the hub extension decides the air region's chain of merges in few rounds."""
-    from lrc_fast.data.phantom import phantom_slice
-    from lrc_fast.superpixels import _segment
-
-    windowed = np.clip((phantom_slice(96, 128, seed=3) + 175) / 425, 0, 1)
+    windowed = window_hu(phantom_slice(96, 128, seed=3))
     x = torch.from_numpy(np.ascontiguousarray(windowed, dtype=np.float64))[None]
     plain_labels, _, plain = _segment(x, 1.0, 0.8, 20, "emulate", extend=False)
     hub_labels, _, hub = _segment(x, 1.0, 0.8, 20, "emulate", extend=True)
@@ -213,8 +204,6 @@ def test_emulation_hub_extension_takes_effect():
 def test_non_finite_input_without_check_backends_agree():
     """check_finite=False: NaN/Inf never merge in the main pass; every backend stays in bounds and
     agrees (the cost bins clamp a NaN whose sign bit is set)."""
-    from lrc_fast.superpixels import _segment
-
     image = np.random.default_rng(0).random((40, 50))
     image[5:9, 5:9] = np.nan
     image[20, 20], image[30, 30] = np.inf, -np.inf
@@ -228,8 +217,6 @@ def test_non_finite_input_without_check_backends_agree():
 
 
 def test_compiled_op_rejects_bad_window():
-    from lrc_fast.superpixels import _segment
-
     x = torch.rand(1, 8, 8, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="window must be in"):
         _segment(x, 1.0, 0.8, 20, "emulate", window=0)
@@ -349,18 +336,14 @@ def _gpu_cases():
         cases.append((f"random{shape}", rng.random(shape)[None]))
     hu = np.round(rng.normal(40, 30, (3, 200, 300)))
     hu[:, :, :60] = -1000
-    cases.append(("integer-hu-ties", np.clip((hu + 175) / 425, 0, 1)))
-    from lrc_fast.data.phantom import phantom_slice
-
-    cases.append(("phantom", np.stack([np.clip((phantom_slice(512, 512, seed=s) + 175) / 425, 0, 1)
-                                       for s in range(4)])))
+    cases.append(("integer-hu-ties", window_hu(hu).astype(np.float64)))
+    phantoms = np.stack([window_hu(phantom_slice(512, 512, seed=s)) for s in range(4)])
+    cases.append(("phantom", phantoms.astype(np.float64)))
     return cases
 
 
 def _cuda_vs_cpu(batch: np.ndarray, launch=None, sigma=0.8, scale=1.0, min_size=20, rounds=True, window=None,
                  extend=True):
-    from lrc_fast.superpixels import _segment
-
     window = _WINDOW if window is None else window
     cpu_lab, cpu_cnt = lrc_fast.felzenszwalb(batch, scale, sigma, min_size, return_counts=True)
     x64 = _torch_as_float64(torch.from_numpy(batch).cuda())
@@ -382,9 +365,7 @@ def test_cuda_equals_cpu(case):
 @pytest.mark.gpu
 @pytest.mark.parametrize("launch", [(1, 256), (1, 512), (1, 1024), (2, 1024), (4, 512), (8, 1024), (8, 256)])
 def test_cuda_launch_configurations_agree(launch):
-    from lrc_fast.data.phantom import phantom_slice
-
-    batch = np.stack([np.clip((phantom_slice(256, 320, seed=s) + 175) / 425, 0, 1) for s in range(3)])
+    batch = np.stack([window_hu(phantom_slice(256, 320, seed=s)) for s in range(3)]).astype(np.float64)
     _cuda_vs_cpu(batch, launch=launch)
     _cuda_vs_cpu(np.random.default_rng(1).random((2, 37, 91)), launch=launch, sigma=0.0, min_size=5)
 
@@ -394,9 +375,7 @@ def test_cuda_launch_configurations_agree(launch):
 @pytest.mark.parametrize("extend", [True, False])
 def test_cuda_cost_windows_and_hub_extension(window, extend):
     """Tiny windows run thousands of windows back to back (the rotating append counters)."""
-    from lrc_fast.data.phantom import phantom_slice
-
-    batch = np.stack([np.clip((phantom_slice(128, 160, seed=s) + 175) / 425, 0, 1) for s in range(3)])
+    batch = np.stack([window_hu(phantom_slice(128, 160, seed=s)) for s in range(3)]).astype(np.float64)
     for launch in [(1, 256), (2, 1024)]:
         _cuda_vs_cpu(batch, launch=launch, window=window, extend=extend)
 
@@ -404,9 +383,7 @@ def test_cuda_cost_windows_and_hub_extension(window, extend):
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch_size", [1, 16, 256])
 def test_cuda_batches(batch_size):
-    from lrc_fast.data.phantom import phantom_slice
-
-    base = np.stack([np.clip((phantom_slice(512, 512, seed=s) + 175) / 425, 0, 1) for s in range(8)])
+    base = np.stack([window_hu(phantom_slice(512, 512, seed=s)) for s in range(8)]).astype(np.float64)
     rng = np.random.default_rng(batch_size)
     batch = base[rng.integers(0, 8, batch_size)]
     flips = rng.random(batch_size) < 0.5
