@@ -33,7 +33,8 @@ def _with_cuda():
 
 def extensions():
     rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)  # noqa: E731
-    sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+    sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
+                  + glob.glob(os.path.join(ROOT, "csrc", "simt", "*.cpp")))
     # No FMA contraction anywhere: the smoothing must round exactly like scipy's.
     cxx = ["-O3", "-ffp-contract=off"]
     link = []

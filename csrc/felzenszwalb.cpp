@@ -5,6 +5,8 @@
 #include <string>
 
 #include "cpu/felzenszwalb_cpu.h"
+#include "cpu/felzenszwalb_simt.h"
+#include "simt/simt.h"
 
 #ifdef WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -73,6 +75,40 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
 #endif
 }
 
+// The CUDA kernel's own code run on the CPU by the SIMT simulator (csrc/simt): same contract
+// as felzenszwalb_cuda on CPU tensors, plus the simulator's seed (0: threads in order).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_simt(
+    const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
+    int64_t threads, int64_t window, bool extend, int64_t seed) {
+  TORCH_CHECK(image.device().is_cpu() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 &&
+                  image.is_contiguous(),
+              "felzenszwalb_simt: image must be a contiguous (B, H, W) float64 CPU tensor");
+  TORCH_CHECK(weights.device().is_cpu() && weights.dim() == 1 && weights.scalar_type() == torch::kFloat64 &&
+                  weights.is_contiguous() && (weights.numel() == 0 || weights.numel() % 2 == 1),
+              "felzenszwalb_simt: weights must be an odd-length contiguous float64 CPU tensor, or empty");
+  TORCH_CHECK(cluster >= 1 && cluster <= 8 && (threads == 256 || threads == 512 || threads == 1024),
+              "felzenszwalb_simt: need 1 <= cluster <= 8 and threads in {256, 512, 1024}, got cluster=", cluster,
+              ", threads=", threads);
+  TORCH_CHECK(window >= 1 && window < (int64_t{1} << 31), "felzenszwalb_simt: window must be in [1, 2^31), got ",
+              window);
+  const int64_t B = image.size(0), H = image.size(1), W = image.size(2);
+  auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
+  auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
+  auto stats = torch::empty({B, 5}, image.options().dtype(torch::kInt64));
+  if (B == 0 || H * W == 0) return {labels, counts, stats};
+  const auto bytes = fh_simt_workspace_bytes(static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W));
+  auto workspace = torch::empty({static_cast<int64_t>(bytes)}, image.options().dtype(torch::kUInt8));
+  const std::string error = fh_simt(
+      image.data_ptr<double>(), static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W),
+      weights.numel() ? weights.data_ptr<double>() : nullptr,
+      weights.numel() ? static_cast<int32_t>(weights.numel() / 2) : -1, k,
+      static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), H * W + 1)), static_cast<int32_t>(cluster),
+      static_cast<int32_t>(threads), static_cast<int32_t>(window), extend, labels.data_ptr<int64_t>(),
+      counts.data_ptr<int64_t>(), stats.data_ptr<int64_t>(), workspace.data_ptr(), static_cast<uint64_t>(seed));
+  TORCH_CHECK(error.empty(), "felzenszwalb_simt: ", error);
+  return {labels, counts, stats};
+}
+
 bool with_cuda() {
 #ifdef WITH_CUDA
   return true;
@@ -91,5 +127,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("felzenszwalb_cuda", &lrc::felzenszwalb_cuda, "Felzenszwalb on CUDA", py::arg("image"), py::arg("weights"),
         py::arg("k"), py::arg("min_size"), py::arg("cluster"), py::arg("threads"), py::arg("window"),
         py::arg("extend"));
+  m.def("felzenszwalb_simt", &lrc::felzenszwalb_simt, "The CUDA Felzenszwalb kernel run by the CPU SIMT simulator",
+        py::arg("image"), py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("cluster"),
+        py::arg("threads"), py::arg("window"), py::arg("extend"), py::arg("seed"));
+  m.def("simt_available", &lrc::simt_available, "Whether the SIMT simulator runs on this platform");
+  m.def("simt_selftest", &simt::selftest, "Run one of the SIMT simulator's self-test kernels; '' when it passed",
+        py::arg("name"));
   m.def("with_cuda", &lrc::with_cuda, "Whether the CUDA part was built");
 }

@@ -149,15 +149,20 @@ def _default_launch(batch: int, device: torch.device) -> tuple[int, int]:
 
 
 def _segment(images64: torch.Tensor, scale: float, sigma: float, min_size: int, backend: str,
-             launch: tuple[int, int] | None = None, window: int = _WINDOW, extend: bool = True):
+             launch: tuple[int, int] | None = None, window: int = _WINDOW, extend: bool = True,
+             seed: int = 0):
     """Run a compiled backend on a (B, H, W) float64 tensor: (labels, counts, stats).
 
+    Backends: "cpu", "emulate", "cuda" (see the module docstring) and "simt": the CUDA kernel's
+    own source run on the CPU by the SIMT simulator of ``csrc/simt`` (slow, for tests: every
+    CUDA thread a fiber, ``launch`` as for "cuda", default (1, 256); ``seed`` 0 runs the
+    threads in order, any other seed in a random interleaving).
     ``window`` is the minimum number of edges per cost window of the schedule's main pass;
     ``extend`` runs the hub extension after each main-pass round (both: felzenszwalb_schedule.h).
     ``stats`` (B, 5) int64 describes the schedule's work: rounds of the main and the min_size
     pass, the edges offered in phase A of each pass, and the edges the hub extension decided.
-    "cuda" and "emulate" give the same stats for the same ``window`` and ``extend``; "cpu" gives
-    zeros.
+    "cuda", "simt" and "emulate" give the same stats for the same ``window`` and ``extend``;
+    "cpu" gives zeros.
     """
     ext = require_extension()
     k = scale / 255.0  # skimage: scale = float(scale) / 255.
@@ -166,6 +171,9 @@ def _segment(images64: torch.Tensor, scale: float, sigma: float, min_size: int, 
         return ext.felzenszwalb_cuda(images64, _taps_on(sigma, images64.device), k, min_size, cluster, threads,
                                      window, extend)
     taps = _taps_on(sigma, torch.device("cpu"))
+    if backend == "simt":
+        cluster, threads = launch if launch is not None else (1, 256)
+        return ext.felzenszwalb_simt(images64, taps, k, min_size, cluster, threads, window, extend, seed)
     return ext.felzenszwalb_cpu(images64, taps, k, min_size, backend == "emulate", window, extend)
 
 

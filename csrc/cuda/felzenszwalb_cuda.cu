@@ -10,7 +10,9 @@
 // Compile with -fmad=false: the smoothing must round like scipy's.
 #include "felzenszwalb_cuda.h"
 
+#ifndef LRC_SIMT  // csrc/cpu/felzenszwalb_simt.cpp runs this file on the SIMT simulator
 #include <cooperative_groups.h>
+#endif
 
 #include "../felzenszwalb_common.h"
 #include "../felzenszwalb_schedule.h"

@@ -2,7 +2,9 @@
 // headers), so that nvcc can compile-check it anywhere.
 #pragma once
 
+#ifndef LRC_SIMT  // the SIMT simulator's cuda_shim.h supplies the runtime API
 #include <cuda_runtime.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>

@@ -1,0 +1,50 @@
+// csrc/cuda/felzenszwalb_cuda.cu compiled as host C++ against the SIMT simulator's CUDA shim.
+// Its public names are renamed so that a CUDA build can link both.
+#define LRC_SIMT 1
+#include "../simt/cuda_shim.h"
+
+#define fh_cuda fh_cuda_on_simt
+#define fh_cuda_workspace_bytes fh_cuda_workspace_bytes_on_simt
+#include "../cuda/felzenszwalb_cuda.cu"
+#undef fh_cuda
+#undef fh_cuda_workspace_bytes
+
+#include "felzenszwalb_simt.h"
+
+namespace lrc {
+
+std::string fh_simt(const double* image, int32_t B, int32_t H, int32_t W, const double* weights, int32_t radius,
+                    double k, int32_t min_size, int32_t cluster, int32_t threads, int32_t window, bool extend,
+                    int64_t* labels, int64_t* counts, int64_t* stats, void* workspace, uint64_t seed) {
+  if (!simt::available()) return "the SIMT simulator runs on x86-64 Linux only";
+  FhCudaArgs a;
+  a.image = image;
+  a.B = B;
+  a.H = H;
+  a.W = W;
+  a.weights = weights;
+  a.radius = radius;
+  a.k = k;
+  a.min_size = min_size;
+  a.cluster = cluster;
+  a.threads = threads;
+  a.window = window;
+  a.extend = extend;
+  a.labels = labels;
+  a.counts = counts;
+  a.stats = stats;
+  a.workspace = workspace;
+  simt::set_default_seed(seed);
+  simt::last_launch_error().clear();
+  const cudaError_t err = fh_cuda_on_simt(a, nullptr);
+  simt::set_default_seed(0);
+  if (err == cudaSuccess) return "";
+  if (err == cudaErrorInvalidValue) return "invalid launch arguments";
+  return simt::last_launch_error();
+}
+
+size_t fh_simt_workspace_bytes(int32_t B, int32_t H, int32_t W) { return fh_cuda_workspace_bytes_on_simt(B, H, W); }
+
+bool simt_available() { return simt::available(); }
+
+}  // namespace lrc

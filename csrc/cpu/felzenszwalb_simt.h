@@ -1,0 +1,22 @@
+// The CUDA Felzenszwalb kernel (csrc/cuda/felzenszwalb_cuda.cu) run on the CPU by the SIMT
+// simulator (csrc/simt): the kernel's own code, thread by thread, on host memory. For tests.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace lrc {
+
+// Same arguments and outputs as fh_cuda (felzenszwalb_cuda.h), on host pointers; `seed` as
+// simt::LaunchConfig::seed. Returns "" or the launch's error (bad arguments, a deadlock, ...).
+std::string fh_simt(const double* image, int32_t B, int32_t H, int32_t W, const double* weights, int32_t radius,
+                    double k, int32_t min_size, int32_t cluster, int32_t threads, int32_t window, bool extend,
+                    int64_t* labels, int64_t* counts, int64_t* stats, void* workspace, uint64_t seed);
+
+// Scratch bytes fh_simt needs (those of fh_cuda).
+size_t fh_simt_workspace_bytes(int32_t B, int32_t H, int32_t W);
+
+bool simt_available();
+
+}  // namespace lrc

@@ -1,0 +1,454 @@
+// The SIMT simulator's scheduler: fibers, barriers, warp collectives (see simt.h).
+#include "simt.h"
+
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__linux__)
+#define LRC_SIMT_AVAILABLE 1
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
+namespace simt {
+
+#if LRC_SIMT_AVAILABLE
+
+// lrc_simt_switch(save, next): saves the callee-saved registers, the SSE and x87 control words
+// and the stack pointer into *save, then resumes the context whose stack pointer is `next`.
+extern "C" void lrc_simt_switch(void** save, void* next);
+asm(R"(
+  .pushsection .text
+  .globl lrc_simt_switch
+  .hidden lrc_simt_switch
+  .type lrc_simt_switch, @function
+lrc_simt_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size lrc_simt_switch, .-lrc_simt_switch
+  .popsection
+)");
+
+namespace {
+
+constexpr int kWarp = 32;
+constexpr size_t kStackBytes = size_t{128} << 10;  // per thread, plus a guard page below it
+
+enum class Wait { kNone, kBlock, kCluster, kWarp, kDone };
+enum class Op { kBallot, kMatch, kShfl, kShflUp };
+
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::kBallot: return "__ballot_sync";
+    case Op::kMatch: return "__match_any_sync";
+    case Op::kShfl: return "__shfl_sync";
+    default: return "__shfl_up_sync";
+  }
+}
+
+struct Fiber {
+  void* sp = nullptr;
+  Wait wait = Wait::kNone;
+};
+
+struct WarpSlots {
+  int arrived = 0;
+  Op op[kWarp];
+  uint32_t mask[kWarp];
+  uint64_t value[kWarp];
+  int64_t arg[kWarp];
+  uint64_t result[kWarp];
+};
+
+// The CTAs of one cluster meet here; a CTA that finishes or fails "departs", after which a
+// barrier that has not completed can never complete.
+struct ClusterBarrier {
+  std::mutex m;
+  std::condition_variable cv;
+  int size = 1, arrived = 0;
+  uint64_t generation = 0;
+  bool broken = false;
+  std::string why;
+
+  bool arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(m);
+    if (broken) return false;
+    const uint64_t g = generation;
+    if (++arrived == size) {
+      arrived = 0;
+      ++generation;
+      cv.notify_all();
+      return true;
+    }
+    cv.wait(lock, [&] { return generation != g || broken; });
+    return generation != g;
+  }
+  void depart(const std::string& reason) {
+    std::lock_guard<std::mutex> lock(m);
+    if (!broken) {
+      broken = true;
+      why = reason;
+    }
+    cv.notify_all();
+  }
+};
+
+struct Rng {  // splitmix64
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+};
+
+struct Cta {
+  Dim3 block_idx, block_dim, grid_dim;
+  int n = 0;
+  std::vector<Fiber> fibers;
+  std::vector<WarpSlots> warps;
+  std::vector<int> runnable;
+  size_t head = 0;  // runnable[head..] in in-order mode
+  int current = -1;
+  void* scheduler_sp = nullptr;
+  int at_block = 0, at_cluster = 0, done = 0;
+  bool randomised = false;
+  Rng rng{0};
+  ClusterBarrier* cluster = nullptr;
+  const std::function<void()>* body = nullptr;
+  std::string error;
+  char* stacks = nullptr;
+  size_t stacks_bytes = 0;
+};
+
+thread_local Cta* tl_cta = nullptr;
+thread_local uint64_t tl_default_seed = 0;
+
+Cta& cta() { return *tl_cta; }
+
+void make_runnable(Cta& c, int t) {
+  c.fibers[t].wait = Wait::kNone;
+  c.runnable.push_back(t);
+}
+
+int pick(Cta& c) {
+  if (!c.randomised) {
+    if (c.head == c.runnable.size()) {
+      c.runnable.clear();
+      c.head = 0;
+      return -1;
+    }
+    return c.runnable[c.head++];
+  }
+  if (c.runnable.empty()) return -1;
+  const size_t i = c.rng.next() % c.runnable.size();
+  const int t = c.runnable[i];
+  c.runnable[i] = c.runnable.back();
+  c.runnable.pop_back();
+  return t;
+}
+
+// Back to the scheduler; returns when this fiber is resumed.
+void suspend(Wait why) {
+  Cta& c = cta();
+  Fiber& f = c.fibers[c.current];
+  f.wait = why;
+  lrc_simt_switch(&f.sp, c.scheduler_sp);
+}
+
+// Stops the launch: records the error and never resumes this fiber.
+[[noreturn]] void fail(const std::string& what) {
+  Cta& c = cta();
+  if (c.error.empty()) c.error = what;
+  suspend(Wait::kDone);
+  std::abort();  // unreachable: a failed fiber is never resumed
+}
+
+std::string where(const Cta& c) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "CTA %u, thread %d", c.block_idx.x, c.current);
+  return buf;
+}
+
+void fiber_main() {
+  Cta& c = cta();
+  (*c.body)();
+  Cta& c2 = cta();
+  if (c2.at_block > 0 || c2.at_cluster > 0)
+    fail(where(c2) + " exited while other threads of its CTA wait at a barrier");
+  ++c2.done;
+  suspend(Wait::kDone);
+  std::abort();  // unreachable
+}
+
+// The first switch into a fiber "returns" into fiber_main on a fresh stack.
+void* initial_sp(char* stack_top) {
+  auto top = reinterpret_cast<uintptr_t>(stack_top) & ~uintptr_t{15};
+  auto* slot = reinterpret_cast<uint64_t*>(top);
+  slot[-1] = 0;                                           // fake return address of fiber_main
+  slot[-2] = reinterpret_cast<uint64_t>(&fiber_main);    // popped by `ret`
+  for (int r = 3; r <= 8; ++r) slot[-r] = 0;              // rbp, rbx, r12..r15
+  uint32_t mxcsr = 0;
+  uint16_t fpucw = 0;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpucw));
+  auto* control = reinterpret_cast<char*>(slot - 9);
+  std::memcpy(control, &mxcsr, 4);
+  std::memcpy(control + 4, &fpucw, 2);
+  return control;
+}
+
+std::string deadlock_report(const Cta& c) {
+  int at_warp = 0;
+  std::string partial;
+  for (size_t w = 0; w < c.warps.size(); ++w) {
+    if (c.warps[w].arrived == 0) continue;
+    at_warp += c.warps[w].arrived;
+    if (partial.empty())
+      partial = "; warp " + std::to_string(w) + " has " + std::to_string(c.warps[w].arrived) + " of 32 lanes at " +
+                op_name(c.warps[w].op[0]);
+  }
+  return "deadlock in CTA " + std::to_string(c.block_idx.x) + ": " + std::to_string(c.at_block) +
+         " threads at __syncthreads, " + std::to_string(c.at_cluster) + " at a cluster barrier, " +
+         std::to_string(at_warp) + " at warp collectives, " + std::to_string(c.done) + " exited" + partial;
+}
+
+void run_cta(Cta& c) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t per = kStackBytes + page;
+  c.stacks_bytes = per * static_cast<size_t>(c.n);
+  void* mem = mmap(nullptr, c.stacks_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mem == MAP_FAILED) {
+    c.error = "could not map the fiber stacks";
+    c.cluster->depart(c.error);
+    return;
+  }
+  c.stacks = static_cast<char*>(mem);
+  c.fibers.assign(c.n, Fiber{});
+  c.warps.assign((c.n + kWarp - 1) / kWarp, WarpSlots{});
+  for (int t = 0; t < c.n; ++t) {
+    char* base = c.stacks + per * t;
+    mprotect(base, page, PROT_NONE);  // guard page: a stack overflow faults instead of corrupting
+    c.fibers[t].sp = initial_sp(base + per);
+    c.runnable.push_back(t);
+  }
+  tl_cta = &c;
+  for (;;) {
+    const int t = pick(c);
+    if (t < 0) break;
+    c.current = t;
+    lrc_simt_switch(&c.scheduler_sp, c.fibers[t].sp);
+    if (!c.error.empty()) break;
+  }
+  if (c.error.empty() && c.done != c.n) c.error = deadlock_report(c);
+  tl_cta = nullptr;
+  munmap(c.stacks, c.stacks_bytes);
+  c.cluster->depart(c.error.empty() ? "CTA " + std::to_string(c.block_idx.x) + " finished" : c.error);
+}
+
+void warp_arrive(Op op, uint32_t mask, uint64_t value, int64_t arg) {
+  Cta& c = cta();
+  const int t = c.current, lane = t % kWarp;
+  WarpSlots& w = c.warps[t / kWarp];
+  if (mask != 0xffffffffu) fail(where(c) + ": " + op_name(op) + " with a partial mask is not simulated");
+  w.op[lane] = op;
+  w.mask[lane] = mask;
+  w.value[lane] = value;
+  w.arg[lane] = arg;
+  if (++w.arrived < kWarp) {
+    suspend(Wait::kWarp);
+    return;
+  }
+  w.arrived = 0;
+  for (int l = 0; l < kWarp; ++l)
+    if (w.op[l] != op)
+      fail(where(c) + ": lanes of one warp met at different collectives (" + op_name(op) + " and " + op_name(w.op[l]) +
+           ")");
+  for (int l = 0; l < kWarp; ++l) {
+    uint64_t r = 0;
+    switch (op) {
+      case Op::kBallot:
+        for (int m = 0; m < kWarp; ++m) r |= static_cast<uint64_t>(w.value[m] != 0) << m;
+        break;
+      case Op::kMatch:
+        for (int m = 0; m < kWarp; ++m) r |= static_cast<uint64_t>(w.value[m] == w.value[l]) << m;
+        break;
+      case Op::kShfl:
+        r = w.value[((w.arg[l] % kWarp) + kWarp) % kWarp];
+        break;
+      case Op::kShflUp:
+        r = l >= w.arg[l] ? w.value[l - w.arg[l]] : w.value[l];
+        break;
+    }
+    w.result[l] = r;
+  }
+  const int first = t - lane;
+  for (int l = 0; l < kWarp; ++l)
+    if (first + l != t) make_runnable(c, first + l);
+  if (c.randomised) {  // let the others run first sometimes
+    make_runnable(c, t);
+    suspend(Wait::kNone);
+  }
+}
+
+uint64_t warp_collective(Op op, uint32_t mask, uint64_t value, int64_t arg) {
+  warp_arrive(op, mask, value, arg);
+  Cta& c = cta();
+  return c.warps[c.current / kWarp].result[c.current % kWarp];
+}
+
+}  // namespace
+
+bool available() { return true; }
+
+void set_default_seed(uint64_t seed) { tl_default_seed = seed; }
+uint64_t default_seed() { return tl_default_seed; }
+
+Dim3 thread_idx() {
+  Dim3 d;
+  d.x = static_cast<unsigned>(cta().current);
+  return d;
+}
+Dim3 block_idx() { return cta().block_idx; }
+Dim3 block_dim() { return cta().block_dim; }
+Dim3 grid_dim() { return cta().grid_dim; }
+
+void sync_block() {
+  Cta& c = cta();
+  if (c.at_cluster > 0 || c.done > 0)
+    fail(where(c) + " reached __syncthreads while other threads of its CTA wait at a cluster barrier or exited");
+  if (++c.at_block < c.n) {
+    suspend(Wait::kBlock);
+    return;
+  }
+  c.at_block = 0;
+  for (int t = 0; t < c.n; ++t)
+    if (t != c.current) make_runnable(c, t);
+  if (c.randomised) {
+    make_runnable(c, c.current);
+    suspend(Wait::kNone);
+  }
+}
+
+void sync_cluster() {
+  Cta& c = cta();
+  if (c.at_block > 0 || c.done > 0)
+    fail(where(c) + " reached a cluster barrier while other threads of its CTA wait at __syncthreads or exited");
+  if (++c.at_cluster < c.n) {
+    suspend(Wait::kCluster);
+    return;
+  }
+  c.at_cluster = 0;
+  if (!c.cluster->arrive_and_wait()) {
+    const std::string why = c.cluster->why;
+    fail("cluster barrier of CTA " + std::to_string(c.block_idx.x) + " cannot complete: " + why);
+  }
+  for (int t = 0; t < c.n; ++t)
+    if (t != c.current) make_runnable(c, t);
+  if (c.randomised) {
+    make_runnable(c, c.current);
+    suspend(Wait::kNone);
+  }
+}
+
+uint32_t ballot(uint32_t mask, bool predicate) {
+  return static_cast<uint32_t>(warp_collective(Op::kBallot, mask, predicate, 0));
+}
+uint32_t match_any(uint32_t mask, uint64_t value) {
+  return static_cast<uint32_t>(warp_collective(Op::kMatch, mask, value, 0));
+}
+uint64_t shfl(uint32_t mask, uint64_t value, int src_lane) { return warp_collective(Op::kShfl, mask, value, src_lane); }
+uint64_t shfl_up(uint32_t mask, uint64_t value, unsigned delta) {
+  return warp_collective(Op::kShflUp, mask, value, delta);
+}
+
+void preemption_point() {
+  Cta* c = tl_cta;
+  if (c == nullptr || !c->randomised || (c->rng.next() & 7) != 0) return;
+  make_runnable(*c, c->current);
+  suspend(Wait::kNone);
+}
+
+std::string launch(const LaunchConfig& config, const std::function<void()>& body) {
+  const unsigned cluster = config.cluster;
+  if (tl_cta != nullptr) return "simt::launch called from inside a kernel";
+  if (config.block.x == 0 || config.block.x % kWarp != 0 || config.block.y != 1 || config.block.z != 1)
+    return "simt: CTAs must be 1-D with a multiple of 32 threads";
+  if (cluster == 0 || config.grid.x % cluster != 0 || config.grid.y != 1 || config.grid.z != 1)
+    return "simt: the grid must be 1-D and a multiple of the cluster size";
+  Rng seeds{config.seed};
+  for (unsigned first = 0; first < config.grid.x; first += cluster) {
+    ClusterBarrier barrier;
+    barrier.size = static_cast<int>(cluster);
+    std::vector<Cta> ctas(cluster);
+    for (unsigned r = 0; r < cluster; ++r) {
+      Cta& c = ctas[r];
+      c.block_idx.x = first + r;
+      c.block_dim = config.block;
+      c.grid_dim = config.grid;
+      c.n = static_cast<int>(config.block.x);
+      c.randomised = config.seed != 0;
+      c.rng.s = seeds.next();
+      c.cluster = &barrier;
+      c.body = &body;
+    }
+    if (cluster == 1) {
+      run_cta(ctas[0]);
+    } else {
+      std::vector<std::thread> threads;
+      for (unsigned r = 0; r < cluster; ++r) threads.emplace_back([&ctas, r] { run_cta(ctas[r]); });
+      for (auto& th : threads) th.join();
+    }
+    for (const Cta& c : ctas)
+      if (!c.error.empty()) return c.error;
+  }
+  return "";
+}
+
+#else  // not x86-64 Linux
+
+bool available() { return false; }
+std::string launch(const LaunchConfig&, const std::function<void()>&) {
+  return "the SIMT simulator runs on x86-64 Linux only";
+}
+void set_default_seed(uint64_t) {}
+uint64_t default_seed() { return 0; }
+Dim3 thread_idx() { return {}; }
+Dim3 block_idx() { return {}; }
+Dim3 block_dim() { return {}; }
+Dim3 grid_dim() { return {}; }
+void sync_block() {}
+void sync_cluster() {}
+uint32_t ballot(uint32_t, bool) { return 0; }
+uint32_t match_any(uint32_t, uint64_t) { return 0; }
+uint64_t shfl(uint32_t, uint64_t, int) { return 0; }
+uint64_t shfl_up(uint32_t, uint64_t, unsigned) { return 0; }
+void preemption_point() {}
+
+#endif
+
+}  // namespace simt

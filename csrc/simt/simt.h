@@ -1,0 +1,67 @@
+// A small SIMT simulator: runs CUDA kernel source on the CPU so that a kernel's own code (its
+// scans, warp collectives, barriers and counters, not only the algorithm it implements) can
+// be tested on machines without a GPU.
+//
+// Model:
+// - every CUDA thread is a fiber with its own stack; the fibers of a CTA share one OS thread
+//   and switch only at barriers, warp collectives and, when a seed is given, at random
+//   "preemption points" (every global load, store and atomic of the shim in cuda_shim.h);
+// - the CTAs of a thread-block cluster run on OS threads of their own, concurrently, and meet
+//   at cluster barriers; clusters run one after another;
+// - warp collectives (ballot, match_any, shfl, shfl_up) wait for all 32 lanes of the warp and
+//   check that every lane called the same collective with a full mask;
+// - a barrier that can never complete (threads of one CTA waiting at different barriers, a
+//   warp collective that not all lanes reach, a thread that exited while others wait, a CTA
+//   that left the cluster while its peers wait) stops the launch with an error message
+//   instead of hanging.
+// With seed 0 the fibers of a CTA run in thread order; any other seed shuffles the order in
+// which waiting threads resume and preempts threads at random memory operations, so that a
+// kernel whose result depends on an unsynchronised interleaving gives different results
+// under different seeds.
+//
+// Available on x86-64 Linux (the context switch is a few lines of assembly); elsewhere
+// available() is false and launch() returns an error.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace simt {
+
+struct Dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+
+struct LaunchConfig {
+  Dim3 grid, block;    // only x is used: 1-D grids and CTAs
+  unsigned cluster = 1;  // CTAs per cluster; divides grid.x
+  uint64_t seed = 0;   // 0: in-order, switch only at collectives; else randomised (see above)
+};
+
+bool available();
+
+// Runs `body` once on every thread of the grid. Returns "" or what went wrong.
+std::string launch(const LaunchConfig& config, const std::function<void()>& body);
+
+// The seed of the launches made by this OS thread through cudaLaunchKernelEx (cuda_shim.h).
+void set_default_seed(uint64_t seed);
+uint64_t default_seed();
+
+// Inside a kernel.
+Dim3 thread_idx();
+Dim3 block_idx();
+Dim3 block_dim();
+Dim3 grid_dim();
+void sync_block();    // __syncthreads
+void sync_cluster();  // cooperative_groups::this_cluster().sync()
+uint32_t ballot(uint32_t mask, bool predicate);
+uint32_t match_any(uint32_t mask, uint64_t value);
+uint64_t shfl(uint32_t mask, uint64_t value, int src_lane);
+uint64_t shfl_up(uint32_t mask, uint64_t value, unsigned delta);
+void preemption_point();  // a no-op with seed 0
+
+// Runs one of the simulator's self-test kernels (see simt_selftest.cpp); "" when it passed.
+std::string selftest(const std::string& name);
+
+}  // namespace simt

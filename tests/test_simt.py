@@ -1,0 +1,135 @@
+"""The SIMT simulator (csrc/simt) and the CUDA Felzenszwalb kernel run on it, without a GPU.
+
+The simulator compiles ``csrc/cuda/felzenszwalb_cuda.cu`` as host C++ and runs every CUDA
+thread as a fiber: the kernel's own scans, warp collectives, barriers and counters execute, not
+only the schedule it shares with the ``"emulate"`` backend. Its labels must equal the exact CPU
+backend's and its schedule statistics the emulation's, in thread order (seed 0) and in random
+interleavings (other seeds), for every launch shape.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lrc_fast
+from lrc_fast.data import phantom_slice, window_hu
+from lrc_fast.superpixels import _WINDOW, _segment
+
+pytestmark = pytest.mark.skipif(not lrc_fast.backends()["cpu_extension"], reason="lrc_fast._C not built")
+
+
+@pytest.fixture(scope="module")
+def ext():
+    ext = lrc_fast._ext.require_extension()
+    if not ext.simt_available():
+        pytest.skip("the SIMT simulator runs on x86-64 Linux only")
+    return ext
+
+
+# ---- the simulator itself -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["collectives", "cluster_exchange", "mixed_collectives", "missing_lane",
+                                  "early_exit", "cluster_departure", "racy_increment"])
+def test_selftest(ext, name):
+    """Collectives give CUDA's results; misuse is reported, not hung on; seeds expose races."""
+    assert ext.simt_selftest(name) == ""
+
+
+def test_selftest_unknown_name(ext):
+    assert "unknown self-test" in ext.simt_selftest("no-such-test")
+
+
+# ---- the Felzenszwalb kernel on the simulator --------------------------------------------------
+
+def _check_kernel(batch: np.ndarray, launch=(1, 256), seed=0, sigma=0.8, scale=1.0, min_size=20, window=_WINDOW,
+                  extend=True):
+    """Kernel labels == exact CPU labels; kernel schedule stats == emulation stats."""
+    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float64))
+    labels, counts, stats = _segment(x, scale, sigma, min_size, "simt", launch, window, extend, seed)
+    cpu_labels, cpu_counts, _ = _segment(x, scale, sigma, min_size, "cpu")
+    _, _, emu_stats = _segment(x, scale, sigma, min_size, "emulate", window=window, extend=extend)
+    np.testing.assert_array_equal(labels.numpy(), cpu_labels.numpy())
+    np.testing.assert_array_equal(counts.numpy(), cpu_counts.numpy())
+    np.testing.assert_array_equal(stats.numpy(), emu_stats.numpy())
+    return stats
+
+
+def _phantoms(h, w, seeds):
+    return np.stack([window_hu(phantom_slice(h, w, seed=s)) for s in seeds]).astype(np.float64)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 57), (57, 1), (2, 2), (37, 91)])
+@pytest.mark.parametrize("sigma", [0.8, 0.0])
+def test_kernel_random_shapes(ext, shape, sigma):
+    rng = np.random.default_rng(sum(shape))
+    _check_kernel(rng.random((2,) + shape), sigma=sigma)
+
+
+@pytest.mark.parametrize("launch,seed", [((1, 256), 0), ((1, 1024), 3), ((2, 256), 0), ((2, 512), 5),
+                                         ((4, 256), 7), ((8, 256), 0), ((8, 256), 9)])
+def test_kernel_launch_shapes_and_interleavings(ext, launch, seed):
+    """Clusters run their CTAs on concurrent OS threads; seeds shuffle the threads of each CTA."""
+    stats = _check_kernel(_phantoms(96, 128, [0, 1]), launch=launch, seed=seed)
+    assert (stats[:, 0] > 1).all() and (stats[:, 4] > 0).any()  # many rounds; the hub extension ran
+
+
+@pytest.mark.parametrize("window", [1, 37, 100_000])
+@pytest.mark.parametrize("extend", [True, False])
+def test_kernel_cost_windows_and_hub_extension(ext, window, extend):
+    """Tiny windows run many windows back to back (the rotating append counters)."""
+    stats = _check_kernel(_phantoms(64, 80, [2]), launch=(2, 256), seed=1, window=window, extend=extend)
+    assert (stats[:, 4] > 0).all() == extend
+
+
+def test_kernel_integer_hu_ties(ext):
+    """Tie-heavy input: the zero-cost pre-pass and (cost, index) tie breaks."""
+    rng = np.random.default_rng(4)
+    hu = np.round(rng.normal(40, 30, (2, 40, 60)))
+    hu[:, :, :15] = -1000
+    _check_kernel(window_hu(hu).astype(np.float64), launch=(2, 256), seed=2)
+
+
+@pytest.mark.parametrize("scale,sigma,min_size", [(0.0, 0.8, 20), (500.0, 1.5, 0), (1.0, 0.0, 1),
+                                                  (1.0, 0.8, 10**6)])
+def test_kernel_parameters(ext, scale, sigma, min_size):
+    batch = np.random.default_rng(9).random((2, 30, 40))
+    _check_kernel(batch, scale=scale, sigma=sigma, min_size=min_size)
+
+
+def test_kernel_non_finite_input(ext):
+    image = np.random.default_rng(0).random((2, 40, 50))
+    image[:, 5:9, 5:9] = np.nan
+    image[0, 20, 20], image[1, 30, 30] = np.inf, -np.inf
+    _check_kernel(image, launch=(2, 256), seed=4)
+
+
+def test_kernel_full_size_slice(ext):
+    """One 512x512 CT-like slice with the 8-CTA, 1024-thread launch of small batches."""
+    _check_kernel(_phantoms(512, 512, [5]), launch=(8, 1024), seed=1)
+
+
+@pytest.mark.realdata
+def test_kernel_real_ct(ext):
+    from test_felzenszwalb import _real_slices
+
+    slices = _real_slices()
+    small = [s for s in slices if s.shape[0] <= 128][:2]
+    large = [s for s in slices if s.shape[0] > 128][:1]
+    for windowed in small:
+        _check_kernel(windowed[None], launch=(2, 256), seed=6)
+    for windowed in large:
+        _check_kernel(windowed[None], launch=(4, 1024), seed=0)
+
+
+def test_kernel_bad_launch_raises(ext):
+    x = torch.rand(1, 8, 8, dtype=torch.float64)
+    taps = torch.empty(0, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="need 1 <= cluster <= 8"):
+        ext.felzenszwalb_simt(x, taps, 1 / 255, 20, 9, 256, 2048, True, 0)
+    with pytest.raises(RuntimeError, match="threads in"):
+        ext.felzenszwalb_simt(x, taps, 1 / 255, 20, 1, 100, 2048, True, 0)
+    with pytest.raises(RuntimeError, match="window must be"):
+        ext.felzenszwalb_simt(x, taps, 1 / 255, 20, 1, 256, 0, True, 0)
+    with pytest.raises(RuntimeError, match="float64 CPU tensor"):
+        ext.felzenszwalb_simt(x.float(), taps, 1 / 255, 20, 1, 256, 2048, True, 0)
