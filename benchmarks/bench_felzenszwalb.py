@@ -1,6 +1,6 @@
 """Felzenszwalb throughput: lrc_fast (CPU, CUDA) against scikit-image, in one run.
 
-Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--schedule]
+Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--schedule | --simt]
   CPU: scikit-image vs lrc_fast "cpu" on 512x512 CT-like slices, one thread and all cores.
   CUDA (when present): batches of 16 and 256 slices already on the GPU, every launch
   configuration and cost window checked for identical labels against the CPU backend, then
@@ -8,6 +8,10 @@ Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--sched
   check fails.
   --schedule: only the GPU schedule's work per cost window, with and without the hub
   extension, from its CPU emulation (rounds, edge offers and hub steps per slice; no GPU needed).
+  --simt: the CUDA kernel's own code on the CPU SIMT simulator, for the launch shapes of B=16 with
+  the hub extension on and off: its critical path (global loads, atomics and warp collectives
+  waited for, summed over barrier intervals) and barriers per slice. Not a timing: how the
+  critical path tracked measured GPU times is in benchmarks/RESULTS.md ("SIMT cost profile").
 pytest-benchmark:  pytest benchmarks/bench_felzenszwalb.py
 """
 from __future__ import annotations
@@ -142,6 +146,26 @@ def schedule_rows(quick: bool) -> list[tuple[str, int, bool, list[float]]]:
     return rows
 
 
+def simt_rows(quick: bool) -> list[tuple[str, tuple[int, int], bool, np.ndarray]]:
+    """The kernel's cost profile per slice on the SIMT simulator, for each B=16 launch shape."""
+    ext = lrc_fast._ext.require_extension()
+    n = 1 if quick else 4
+    rows = []
+    for data_name, make in _datasets():
+        x = torch.from_numpy(make(16)[np.linspace(0, 15, n).astype(int)]).double()
+        expected = lrc_fast.felzenszwalb(x, backend="cpu")
+        for extend in (True, False):
+            for launch in LAUNCHES[16]:
+                labels, _, _, profile = ext.felzenszwalb_simt(x, lrc_fast.superpixels._taps_on(0.8, x.device),
+                                                              1 / 255, 20, *launch, _WINDOW, extend, 0)
+                if not torch.equal(labels, expected):
+                    raise SystemExit(f"MISMATCH: simulated kernel {launch} (hub {extend}) differs from cpu")
+                rows.append((data_name, launch, extend, profile.numpy()))
+                print(f"  {data_name} {launch} hub={'on' if extend else 'off'}: critical path "
+                      f"{profile[:, 0].max().item()} ops", flush=True)
+    return rows
+
+
 def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
     rows, ok = [], True
     for data_name, make in _datasets():
@@ -176,6 +200,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--skip-cpu", action="store_true", help="CUDA rows only")
     parser.add_argument("--schedule", action="store_true", help="only the schedule's work per cost window")
+    parser.add_argument("--simt", action="store_true", help="only the kernel's cost profile on the SIMT simulator")
     args = parser.parse_args()
     if not lrc_fast.backends()["cpu_extension"]:
         print("lrc_fast._C is not built; run `pip install --no-build-isolation -e .` first")
@@ -190,6 +215,17 @@ def main() -> int:
             shown = "all" if window == ONE_WINDOW else window
             print(f"| {data_name} | {shown} | {'on' if extend else 'off'} | {st[0]:.0f} | {st[1]:.0f} "
                   f"| {st[2] / edges:.2f} | {st[3] / edges:.2f} | {st[4]:.0f} |")
+        return 0
+    if args.simt:
+        rows = simt_rows(args.quick)
+        print(f"\n### CUDA kernel on the SIMT simulator, {SIZE}x{SIZE} slices, window {_WINDOW} "
+              "(labels checked; per slice)")
+        print("| data | launch | hub extension | critical path, max | mean | cluster barriers, max "
+              "| CTA barriers, max |")
+        print("|---|---|---|---|---|---|---|")
+        for data_name, launch, extend, p in rows:
+            print(f"| {data_name} | {launch} | {'on' if extend else 'off'} | {p[:, 0].max()} | {p[:, 0].mean():.0f} "
+                  f"| {p[:, 1].max()} | {p[:, 2].max()} |")
         return 0
     cpu = [] if args.skip_cpu else cpu_rows(args.quick)
     gpu, ok = cuda_rows(args.quick) if torch.cuda.is_available() else ([], True)

@@ -76,8 +76,10 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
 }
 
 // The CUDA kernel's own code run on the CPU by the SIMT simulator (csrc/simt): same contract
-// as felzenszwalb_cuda on CPU tensors, plus the simulator's seed (0: threads in order).
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_simt(
+// as felzenszwalb_cuda on CPU tensors, plus the simulator's seed (0: threads in order). Also
+// returns profile (B, 4) int64: the kernel's critical-path operations, cluster barriers, CTA
+// barriers and all operations on each slice (simt::Profile).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_simt(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
     int64_t threads, int64_t window, bool extend, int64_t seed) {
   TORCH_CHECK(image.device().is_cpu() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 &&
@@ -95,7 +97,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_simt(
   auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
   auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
   auto stats = torch::empty({B, 5}, image.options().dtype(torch::kInt64));
-  if (B == 0 || H * W == 0) return {labels, counts, stats};
+  auto profile = torch::zeros({B, 4}, image.options().dtype(torch::kInt64));
+  if (B == 0 || H * W == 0) return {labels, counts, stats, profile};
   const auto bytes = fh_simt_workspace_bytes(static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W));
   auto workspace = torch::empty({static_cast<int64_t>(bytes)}, image.options().dtype(torch::kUInt8));
   const std::string error = fh_simt(
@@ -104,9 +107,10 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_simt(
       weights.numel() ? static_cast<int32_t>(weights.numel() / 2) : -1, k,
       static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), H * W + 1)), static_cast<int32_t>(cluster),
       static_cast<int32_t>(threads), static_cast<int32_t>(window), extend, labels.data_ptr<int64_t>(),
-      counts.data_ptr<int64_t>(), stats.data_ptr<int64_t>(), workspace.data_ptr(), static_cast<uint64_t>(seed));
+      counts.data_ptr<int64_t>(), stats.data_ptr<int64_t>(), workspace.data_ptr(), static_cast<uint64_t>(seed),
+      profile.data_ptr<int64_t>());
   TORCH_CHECK(error.empty(), "felzenszwalb_simt: ", error);
-  return {labels, counts, stats};
+  return {labels, counts, stats, profile};
 }
 
 bool with_cuda() {

@@ -243,28 +243,32 @@ LRC_HD bool key_less(uint64_t cost_a, int32_t edge_a, uint64_t cost_b, int32_t e
   return cost_a < cost_b || (cost_a == cost_b && edge_a < edge_b);
 }
 
-// A binary min-heap of (cost bits, edge) keys on caller-provided arrays of kHeapCap entries.
+// A binary min-heap of (cost bits, edge) keys, each with the edge's endpoint outside the hub,
+// on caller-provided arrays of kHeapCap entries.
 struct EdgeHeap {
   uint64_t* cost;
   int32_t* edge;
+  int32_t* outside;
   int32_t size;
 
-  LRC_HD void push(uint64_t c, int32_t e) {
+  LRC_HD void push(uint64_t c, int32_t e, int32_t o) {
     int32_t i = size++;
     while (i > 0) {
       const int32_t up = (i - 1) / 2;
       if (!key_less(c, e, cost[up], edge[up])) break;
       cost[i] = cost[up];
       edge[i] = edge[up];
+      outside[i] = outside[up];
       i = up;
     }
     cost[i] = c;
     edge[i] = e;
+    outside[i] = o;
   }
 
   LRC_HD void pop() {
     const uint64_t c = cost[--size];
-    const int32_t e = edge[size];
+    const int32_t e = edge[size], o = outside[size];
     int32_t i = 0;
     while (true) {
       int32_t child = 2 * i + 1;
@@ -273,26 +277,31 @@ struct EdgeHeap {
       if (!key_less(cost[child], edge[child], c, e)) break;
       cost[i] = cost[child];
       edge[i] = edge[child];
+      outside[i] = outside[child];
       i = child;
     }
     cost[i] = c;
     edge[i] = e;
+    outside[i] = o;
   }
 };
 
-// Which loaded pending edges belong to the hub's frontier: exactly one endpoint in the
-// hub (roots as after the round's commits).
+// Whether a loaded pending edge belongs to the hub's frontier (exactly one endpoint in the hub,
+// roots as after the round's commits): its endpoint outside the hub, or -1.
 template <class Ops>
-LRC_HD bool hub_frontier_edge(const Slice& s, int32_t hub, int32_t e, Ops& ops) {
+LRC_HD int32_t hub_frontier_outside(const Slice& s, int32_t hub, int32_t e, Ops& ops) {
   int32_t u, v;
   edge_endpoints(s.g, e, u, v);
-  return (find_root(s.parent, u, ops) == hub) != (find_root(s.parent, v, ops) == hub);
+  const bool in_u = find_root(s.parent, u, ops) == hub, in_v = find_root(s.parent, v, ops) == hub;
+  if (in_u == in_v) return -1;
+  return in_u ? v : u;
 }
 
-// The hub extension, run by one thread after the round's commits. f_cost / f_edge: the hub's
-// frontier (its loaded pending edges) sorted by key; end_bound: the cost bits where the edges
-// not loaded yet begin (kNoCost once all are loaded); heap: empty, kHeapCap entries. Each edge
-// taken, smallest key first, from the frontier and the heap is (hub, y) with y a root:
+// The hub extension, run by one thread after the round's commits. f_cost / f_edge / f_outside:
+// the hub's frontier (its loaded pending edges and their endpoints outside the hub) sorted by
+// key; end_bound: the cost bits where the edges not loaded yet begin (kNoCost once all are
+// loaded); heap: empty, kHeapCap entries. Each edge taken, smallest key first, from the
+// frontier and the heap is (hub, y) with y the root of its outside endpoint:
 // - both ends already in the hub: internal now, skipped; y frozen: the edge is dead, skipped;
 // - y reserved another edge this round (resv): y has a smaller pending edge, which the
 //   sequential visit decides first -- stop;
@@ -304,53 +313,66 @@ LRC_HD bool hub_frontier_edge(const Slice& s, int32_t hub, int32_t e, Ops& ops) 
 // end_bound on are never taken, and y's minimum pending edge
 // cannot change before the hub reaches it (its edges only die or turn into hub edges), so each
 // decision is the sequential one. Returns the number of edges decided.
+//
+// Latency: the thread works alone while the team waits, so each global load it waits for
+// counts. The hub's own size and internal difference live in registers (no one else writes
+// them meanwhile); only the outside endpoint's root is looked up (the other endpoint is in the
+// hub); an absorbed pixel's value is loaded once for its up to 8 edges.
 template <class Ops>
 LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const uint64_t* f_cost, const int32_t* f_edge,
-                          int32_t n_frontier, uint64_t end_bound, EdgeHeap heap, Ops& ops) {
+                          const int32_t* f_outside, int32_t n_frontier, uint64_t end_bound, EdgeHeap heap,
+                          Ops& ops) {
   int32_t m = hub, steps = 0, next = 0;
+  int32_t m_size = ops.ld(s.csize + m);
+  double m_cint = ops.ld(s.cint + m);
   while (true) {
     uint64_t c;
-    int32_t e;
+    int32_t e, w;
     if (heap.size > 0 && (next == n_frontier || key_less(heap.cost[0], heap.edge[0], f_cost[next], f_edge[next]))) {
       c = heap.cost[0];
       e = heap.edge[0];
+      w = heap.outside[0];
       heap.pop();
     } else if (next < n_frontier) {
       c = f_cost[next];
       e = f_edge[next];
+      w = f_outside[next];
       ++next;
     } else {
       break;
     }
     if (c >= end_bound) break;
-    int32_t u, v;
-    edge_endpoints(s.g, e, u, v);
-    const int32_t ru = find_root(s.parent, u, ops), rv = find_root(s.parent, v, ops);
-    if (ru == rv) continue;
-    const int32_t y = ru == m ? rv : ru;
+    const int32_t y = find_root(s.parent, w, ops);
+    if (y == m) continue;  // both ends in the hub now
     const int32_t y_size = ops.ld(s.csize + y);
     if (y_size < 0) continue;
     if (ops.ld(s.resv + y) != e) break;
     ++steps;
     const double cost = bits_cost(c);
-    const int32_t m_size = ops.ld(s.csize + m);
-    const float tm = threshold(ops.ld(s.cint + m), m_size, s.k);
+    const float tm = threshold(m_cint, m_size, s.k);
     const float ty = threshold(ops.ld(s.cint + y), y_size, s.k);
     if (cost < static_cast<double>(tm < ty ? tm : ty)) {
       const int32_t lo = m < y ? m : y, hi = m < y ? y : m;
+      m_size += y_size;
+      m_cint = cost;
       ops.st(s.parent + hi, lo);
-      ops.st(s.csize + lo, m_size + y_size);
-      ops.st(s.cint + lo, cost);
+      ops.st(s.csize + lo, m_size);
+      ops.st(s.cint + lo, m_cint);
       m = lo;
       if (y_size != 1) break;
       int32_t pe[8];
       const int32_t np = pixel_edges(s.g, y, pe);  // a root of size 1 is its only pixel
+      const double img_y = ops.ld(s.img + y);
       for (int32_t t = 0; t < np; ++t) {
         if (pe[t] == e) continue;
-        const uint64_t ct = edge_cost_bits(s, pe[t], ops);
+        int32_t a, b;
+        edge_endpoints(s.g, pe[t], a, b);
+        const double img_a = a == y ? img_y : ops.ld(s.img + a);
+        const double img_b = b == y ? img_y : ops.ld(s.img + b);
+        const uint64_t ct = cost_bits(edge_cost(img_a, img_b));
         if (ct >= end_bound) continue;
         if (heap.size == kHeapCap) return steps;
-        heap.push(ct, pe[t]);
+        heap.push(ct, pe[t], a == y ? b : a);
       }
     } else {
       if (!(cost < static_cast<double>(ty))) ops.st(s.csize + y, -y_size);

@@ -173,7 +173,7 @@ def _segment(images64: torch.Tensor, scale: float, sigma: float, min_size: int, 
     taps = _taps_on(sigma, torch.device("cpu"))
     if backend == "simt":
         cluster, threads = launch if launch is not None else (1, 256)
-        return ext.felzenszwalb_simt(images64, taps, k, min_size, cluster, threads, window, extend, seed)
+        return ext.felzenszwalb_simt(images64, taps, k, min_size, cluster, threads, window, extend, seed)[:3]
     return ext.felzenszwalb_cpu(images64, taps, k, min_size, backend == "emulate", window, extend)
 
 

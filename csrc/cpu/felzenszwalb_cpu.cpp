@@ -174,9 +174,9 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
                    std::vector<uint32_t>& ra, std::vector<uint32_t>& rb, int64_t* stats) {
   SerialOps ops;
   const int32_t live = bin_end[fh::kCostBins - 1];
-  std::vector<std::pair<uint64_t, int32_t>> frontier;
+  std::vector<std::tuple<uint64_t, int32_t, int32_t>> frontier;  // (cost bits, edge, outside endpoint)
   std::vector<uint64_t> f_cost, heap_cost(fh::kHeapCap);
-  std::vector<int32_t> f_edge, heap_edge(fh::kHeapCap);
+  std::vector<int32_t> f_edge, f_outside, heap_edge(fh::kHeapCap), heap_outside(fh::kHeapCap);
   const int32_t refill = fh::refill_below(width);
   int32_t rounds = 0, loaded = 0, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
   while (true) {
@@ -214,16 +214,18 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
       frontier.clear();
       for (int32_t i = 0; i < n_out; ++i) {
         const int32_t e = list_out[i];
-        if (fh::hub_frontier_edge(s, hub, e, ops)) frontier.emplace_back(fh::edge_cost_bits(s, e, ops), e);
+        const int32_t w = fh::hub_frontier_outside(s, hub, e, ops);
+        if (w >= 0) frontier.emplace_back(fh::edge_cost_bits(s, e, ops), e, w);
       }
       if (frontier.size() <= static_cast<size_t>(fh::kFrontierCap)) {
-        std::sort(frontier.begin(), frontier.end());
+        std::sort(frontier.begin(), frontier.end());  // by (cost, edge): edges are unique
         f_cost.resize(frontier.size());
         f_edge.resize(frontier.size());
-        for (size_t i = 0; i < frontier.size(); ++i) std::tie(f_cost[i], f_edge[i]) = frontier[i];
-        fh::EdgeHeap heap{heap_cost.data(), heap_edge.data(), 0};
-        stats[1] += fh::hub_extend(s, hub, f_cost.data(), f_edge.data(), static_cast<int32_t>(frontier.size()),
-                                   end_bound, heap, ops);
+        f_outside.resize(frontier.size());
+        for (size_t i = 0; i < frontier.size(); ++i) std::tie(f_cost[i], f_edge[i], f_outside[i]) = frontier[i];
+        fh::EdgeHeap heap{heap_cost.data(), heap_edge.data(), heap_outside.data(), 0};
+        stats[1] += fh::hub_extend(s, hub, f_cost.data(), f_edge.data(), f_outside.data(),
+                                   static_cast<int32_t>(frontier.size()), end_bound, heap, ops);
       }
     }
     list_in.swap(list_out);

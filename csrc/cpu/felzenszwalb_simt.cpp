@@ -11,11 +11,14 @@
 
 #include "felzenszwalb_simt.h"
 
+#include <vector>
+
 namespace lrc {
 
 std::string fh_simt(const double* image, int32_t B, int32_t H, int32_t W, const double* weights, int32_t radius,
                     double k, int32_t min_size, int32_t cluster, int32_t threads, int32_t window, bool extend,
-                    int64_t* labels, int64_t* counts, int64_t* stats, void* workspace, uint64_t seed) {
+                    int64_t* labels, int64_t* counts, int64_t* stats, void* workspace, uint64_t seed,
+                    int64_t* profile) {
   if (!simt::available()) return "the SIMT simulator runs on x86-64 Linux only";
   FhCudaArgs a;
   a.image = image;
@@ -34,11 +37,22 @@ std::string fh_simt(const double* image, int32_t B, int32_t H, int32_t W, const 
   a.counts = counts;
   a.stats = stats;
   a.workspace = workspace;
+  std::vector<simt::Profile> slices;
   simt::set_default_seed(seed);
+  simt::set_profile_sink(&slices);
   simt::last_launch_error().clear();
   const cudaError_t err = fh_cuda_on_simt(a, nullptr);
   simt::set_default_seed(0);
-  if (err == cudaSuccess) return "";
+  simt::set_profile_sink(nullptr);
+  if (err == cudaSuccess) {
+    for (size_t b = 0; profile != nullptr && b < slices.size(); ++b) {
+      profile[4 * b + 0] = static_cast<int64_t>(slices[b].critical_ops);
+      profile[4 * b + 1] = static_cast<int64_t>(slices[b].cluster_barriers);
+      profile[4 * b + 2] = static_cast<int64_t>(slices[b].block_barriers);
+      profile[4 * b + 3] = static_cast<int64_t>(slices[b].total_ops);
+    }
+    return "";
+  }
   if (err == cudaErrorInvalidValue) return "invalid launch arguments";
   return simt::last_launch_error();
 }

@@ -161,26 +161,30 @@ __device__ inline void warp_append(bool keep, int32_t e, uint32_t a, uint32_t b,
 }
 
 // Phase D's sort and sequential part, on the first CTA of the team: the hub's frontier (edge ids
-// in fbuf) sorted by key in shared memory (bitonic sort), then fh::hub_extend on thread 0, which
-// gets the number of edges it decided (0 elsewhere).
-__device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t* fbuf, int32_t nf,
-                                  uint64_t end_bound) {
+// in fbuf, their outside endpoints in obuf) sorted by key in shared memory (bitonic sort), then
+// fh::hub_extend on thread 0, which gets the number of edges it decided (0 elsewhere).
+__device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t* fbuf, const uint32_t* obuf,
+                                  int32_t nf, uint64_t end_bound) {
   __shared__ uint64_t f_cost[fh::kFrontierCap];
   __shared__ int32_t f_edge[fh::kFrontierCap];
+  __shared__ int32_t f_outside[fh::kFrontierCap];
   __shared__ uint64_t heap_cost[fh::kHeapCap];
   __shared__ int32_t heap_edge[fh::kHeapCap];
+  __shared__ int32_t heap_outside[fh::kHeapCap];
   DeviceOps ops;
   int32_t n = 1;
   while (n < nf) n <<= 1;
   for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
     uint64_t c = fh::kNoCost;
-    int32_t e = fh::kNoEdge;
+    int32_t e = fh::kNoEdge, o = 0;
     if (i < nf) {
       e = __ldcg(fbuf + i);
+      o = static_cast<int32_t>(__ldcg(obuf + i));
       c = fh::edge_cost_bits(s, e, ops);
     }
     f_cost[i] = c;
     f_edge[i] = e;
+    f_outside[i] = o;
   }
   __syncthreads();
   for (int32_t k = 2; k <= n; k <<= 1) {
@@ -192,18 +196,21 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
         const bool partner_less = fh::key_less(f_cost[partner], f_edge[partner], f_cost[i], f_edge[i]);
         if (partner_less == ascending) {
           const uint64_t c = f_cost[i];
-          const int32_t e = f_edge[i];
+          const int32_t e = f_edge[i], o = f_outside[i];
           f_cost[i] = f_cost[partner];
           f_edge[i] = f_edge[partner];
+          f_outside[i] = f_outside[partner];
           f_cost[partner] = c;
           f_edge[partner] = e;
+          f_outside[partner] = o;
         }
       }
       __syncthreads();
     }
   }
   if (threadIdx.x != 0) return 0;
-  return fh::hub_extend(s, hub, f_cost, f_edge, nf, end_bound, fh::EdgeHeap{heap_cost, heap_edge, 0}, ops);
+  return fh::hub_extend(s, hub, f_cost, f_edge, f_outside, nf, end_bound,
+                        fh::EdgeHeap{heap_cost, heap_edge, heap_outside, 0}, ops);
 }
 
 // One pass of rounds (main when kMain, else min_size): each offers the edges the previous one
@@ -266,15 +273,21 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
     const uint64_t hub_key = kMain && extend ? ops.ld(s.hub) : 0;
     if (hub_key != 0) {  // phase D: gather the hub's frontier, then sort and extend on one CTA
       const int32_t hub = static_cast<int32_t>(hub_key & 0xffffffffu);
-      for (int32_t i = team.rank; i < n_out; i += team.size) {  // `active` is no longer read
+      // The frontier goes to `active` (no longer read) and the outside endpoints to w.ra (the
+      // roots of this round's edges, which phases B and C have used; the next phase A rewrites it).
+      for (int32_t i = team.rank; i < n_out; i += team.size) {
         const int32_t e = __ldcg(out + i);
-        if (!fh::hub_frontier_edge(s, hub, e, ops)) continue;
+        const int32_t outside = fh::hub_frontier_outside(s, hub, e, ops);
+        if (outside < 0) continue;
         const int32_t pos = atomicAdd(w.ctrl + kFrontierCount, 1);
-        if (pos < fh::kFrontierCap) __stcg(active + pos, e);
+        if (pos < fh::kFrontierCap) {
+          __stcg(active + pos, e);
+          __stcg(w.ra + pos, static_cast<uint32_t>(outside));
+        }
       }
       team.sync();
       const int32_t nf = __ldcg(w.ctrl + kFrontierCount);
-      if (nf <= fh::kFrontierCap && team.cta == 0) hub_steps += hub_extend_cta(s, hub, active, nf, end_bound);
+      if (nf <= fh::kFrontierCap && team.cta == 0) hub_steps += hub_extend_cta(s, hub, active, w.ra, nf, end_bound);
       team.sync();
     }
   }

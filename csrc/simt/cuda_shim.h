@@ -54,7 +54,7 @@ using std::min;
 // ---- memory ------------------------------------------------------------------------------------
 template <class T>
 inline T __ldg(const T* p) {
-  ::simt::preemption_point();
+  ::simt::memory_op();
   T v;
   __atomic_load(p, &v, __ATOMIC_RELAXED);
   return v;
@@ -65,18 +65,18 @@ inline T __ldcg(const T* p) {
 }
 template <class T>
 inline void __stcg(T* p, T v) {
-  ::simt::preemption_point();
+  ::simt::memory_op(false);
   __atomic_store(p, &v, __ATOMIC_RELAXED);
 }
 
 template <class T>
 inline T simt_atomic_add(T* p, T v) {
-  ::simt::preemption_point();
+  ::simt::memory_op();
   return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 template <class T, class Better>
 inline T simt_atomic_update(T* p, T v, Better better) {
-  ::simt::preemption_point();
+  ::simt::memory_op();
   T old = __atomic_load_n(p, __ATOMIC_RELAXED);
   while (better(v, old) && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
   }
@@ -97,7 +97,7 @@ inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v)
   return simt_atomic_update(p, v, [](unsigned long long a, unsigned long long b) { return a > b; });
 }
 inline int atomicCAS(int* p, int expected, int v) {
-  ::simt::preemption_point();
+  ::simt::memory_op();
   __atomic_compare_exchange_n(p, &expected, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
   return expected;
 }
@@ -202,6 +202,7 @@ inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*kern
   for (unsigned i = 0; i < cfg->numAttrs; ++i)
     if (cfg->attrs[i].id == cudaLaunchAttributeClusterDimension) config.cluster = cfg->attrs[i].val.clusterDim.x;
   config.seed = ::simt::default_seed();
+  config.profile = ::simt::profile_sink();
   const std::function<void()> body = [=] { kernel(args...); };
   ::simt::last_launch_error() = ::simt::launch(config, body);
   return cudaGetLastError();

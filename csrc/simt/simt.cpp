@@ -1,6 +1,7 @@
 // The SIMT simulator's scheduler: fibers, barriers, warp collectives (see simt.h).
 #include "simt.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -72,6 +73,8 @@ const char* op_name(Op op) {
 struct Fiber {
   void* sp = nullptr;
   Wait wait = Wait::kNone;
+  uint64_t ops = 0;    // operations waited for since the CTA's last barrier (Profile)
+  uint64_t memory = 0;  // global memory operations since then
 };
 
 struct WarpSlots {
@@ -85,6 +88,8 @@ struct WarpSlots {
 
 // The CTAs of one cluster meet here; a CTA that finishes or fails "departs", after which a
 // barrier that has not completed can never complete.
+// `cost` is the arriving CTA's critical path since the last cluster barrier; the cluster's
+// critical path grows by the largest of them at each barrier (and at the end).
 struct ClusterBarrier {
   std::mutex m;
   std::condition_variable cv;
@@ -92,22 +97,31 @@ struct ClusterBarrier {
   uint64_t generation = 0;
   bool broken = false;
   std::string why;
+  uint64_t interval_max = 0, final_max = 0;
+  Profile profile;
 
-  bool arrive_and_wait() {
+  bool arrive_and_wait(uint64_t cost) {
     std::unique_lock<std::mutex> lock(m);
     if (broken) return false;
     const uint64_t g = generation;
+    interval_max = std::max(interval_max, cost);
     if (++arrived == size) {
       arrived = 0;
       ++generation;
+      profile.critical_ops += interval_max;
+      ++profile.cluster_barriers;
+      interval_max = 0;
       cv.notify_all();
       return true;
     }
     cv.wait(lock, [&] { return generation != g || broken; });
     return generation != g;
   }
-  void depart(const std::string& reason) {
+  void depart(const std::string& reason, uint64_t cost, uint64_t block_barriers, uint64_t total_ops) {
     std::lock_guard<std::mutex> lock(m);
+    final_max = std::max(final_max, cost);
+    profile.block_barriers = std::max(profile.block_barriers, block_barriers);
+    profile.total_ops += total_ops;
     if (!broken) {
       broken = true;
       why = reason;
@@ -136,6 +150,8 @@ struct Cta {
   int current = -1;
   void* scheduler_sp = nullptr;
   int at_block = 0, at_cluster = 0, done = 0;
+  uint64_t path = 0;  // critical path since the last cluster barrier
+  uint64_t block_barriers = 0, total_ops = 0;
   bool randomised = false;
   Rng rng{0};
   ClusterBarrier* cluster = nullptr;
@@ -147,8 +163,20 @@ struct Cta {
 
 thread_local Cta* tl_cta = nullptr;
 thread_local uint64_t tl_default_seed = 0;
+thread_local std::vector<Profile>* tl_profile_sink = nullptr;
 
 Cta& cta() { return *tl_cta; }
+
+// Ends an interval between barriers: the CTA waited for its busiest thread.
+void close_interval(Cta& c) {
+  uint64_t busiest = 0;
+  for (Fiber& f : c.fibers) {
+    busiest = std::max(busiest, f.ops);
+    c.total_ops += f.memory;
+    f.ops = f.memory = 0;
+  }
+  c.path += busiest;
+}
 
 void make_runnable(Cta& c, int t) {
   c.fibers[t].wait = Wait::kNone;
@@ -244,7 +272,7 @@ void run_cta(Cta& c) {
   void* mem = mmap(nullptr, c.stacks_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) {
     c.error = "could not map the fiber stacks";
-    c.cluster->depart(c.error);
+    c.cluster->depart(c.error, 0, 0, 0);
     return;
   }
   c.stacks = static_cast<char*>(mem);
@@ -265,9 +293,11 @@ void run_cta(Cta& c) {
     if (!c.error.empty()) break;
   }
   if (c.error.empty() && c.done != c.n) c.error = deadlock_report(c);
+  close_interval(c);
   tl_cta = nullptr;
   munmap(c.stacks, c.stacks_bytes);
-  c.cluster->depart(c.error.empty() ? "CTA " + std::to_string(c.block_idx.x) + " finished" : c.error);
+  c.cluster->depart(c.error.empty() ? "CTA " + std::to_string(c.block_idx.x) + " finished" : c.error, c.path,
+                    c.block_barriers, c.total_ops);
 }
 
 void warp_arrive(Op op, uint32_t mask, uint64_t value, int64_t arg) {
@@ -316,6 +346,7 @@ void warp_arrive(Op op, uint32_t mask, uint64_t value, int64_t arg) {
 }
 
 uint64_t warp_collective(Op op, uint32_t mask, uint64_t value, int64_t arg) {
+  ++cta().fibers[cta().current].ops;
   warp_arrive(op, mask, value, arg);
   Cta& c = cta();
   return c.warps[c.current / kWarp].result[c.current % kWarp];
@@ -327,6 +358,8 @@ bool available() { return true; }
 
 void set_default_seed(uint64_t seed) { tl_default_seed = seed; }
 uint64_t default_seed() { return tl_default_seed; }
+void set_profile_sink(std::vector<Profile>* sink) { tl_profile_sink = sink; }
+std::vector<Profile>* profile_sink() { return tl_profile_sink; }
 
 Dim3 thread_idx() {
   Dim3 d;
@@ -346,6 +379,8 @@ void sync_block() {
     return;
   }
   c.at_block = 0;
+  close_interval(c);
+  ++c.block_barriers;
   for (int t = 0; t < c.n; ++t)
     if (t != c.current) make_runnable(c, t);
   if (c.randomised) {
@@ -363,7 +398,10 @@ void sync_cluster() {
     return;
   }
   c.at_cluster = 0;
-  if (!c.cluster->arrive_and_wait()) {
+  close_interval(c);
+  const uint64_t path = c.path;
+  c.path = 0;
+  if (!c.cluster->arrive_and_wait(path)) {
     const std::string why = c.cluster->why;
     fail("cluster barrier of CTA " + std::to_string(c.block_idx.x) + " cannot complete: " + why);
   }
@@ -386,9 +424,13 @@ uint64_t shfl_up(uint32_t mask, uint64_t value, unsigned delta) {
   return warp_collective(Op::kShflUp, mask, value, delta);
 }
 
-void preemption_point() {
+void memory_op(bool waits) {
   Cta* c = tl_cta;
-  if (c == nullptr || !c->randomised || (c->rng.next() & 7) != 0) return;
+  if (c == nullptr) return;
+  Fiber& f = c->fibers[c->current];
+  f.ops += waits;
+  ++f.memory;
+  if (!c->randomised || (c->rng.next() & 7) != 0) return;
   make_runnable(*c, c->current);
   suspend(Wait::kNone);
 }
@@ -401,6 +443,7 @@ std::string launch(const LaunchConfig& config, const std::function<void()>& body
   if (cluster == 0 || config.grid.x % cluster != 0 || config.grid.y != 1 || config.grid.z != 1)
     return "simt: the grid must be 1-D and a multiple of the cluster size";
   Rng seeds{config.seed};
+  if (config.profile != nullptr) config.profile->assign(config.grid.x / cluster, Profile{});
   for (unsigned first = 0; first < config.grid.x; first += cluster) {
     ClusterBarrier barrier;
     barrier.size = static_cast<int>(cluster);
@@ -425,6 +468,11 @@ std::string launch(const LaunchConfig& config, const std::function<void()>& body
     }
     for (const Cta& c : ctas)
       if (!c.error.empty()) return c.error;
+    if (config.profile != nullptr) {
+      Profile& p = (*config.profile)[first / cluster];
+      p = barrier.profile;
+      p.critical_ops += barrier.final_max;
+    }
   }
   return "";
 }
@@ -437,6 +485,8 @@ std::string launch(const LaunchConfig&, const std::function<void()>&) {
 }
 void set_default_seed(uint64_t) {}
 uint64_t default_seed() { return 0; }
+void set_profile_sink(std::vector<Profile>*) {}
+std::vector<Profile>* profile_sink() { return nullptr; }
 Dim3 thread_idx() { return {}; }
 Dim3 block_idx() { return {}; }
 Dim3 block_dim() { return {}; }
@@ -447,7 +497,7 @@ uint32_t ballot(uint32_t, bool) { return 0; }
 uint32_t match_any(uint32_t, uint64_t) { return 0; }
 uint64_t shfl(uint32_t, uint64_t, int) { return 0; }
 uint64_t shfl_up(uint32_t, uint64_t, unsigned) { return 0; }
-void preemption_point() {}
+void memory_op(bool) {}
 
 #endif
 

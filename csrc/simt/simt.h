@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace simt {
 
@@ -33,10 +34,24 @@ struct Dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
 
+// What one cluster (or lone CTA) did, in units that do not depend on a GPU. Between two
+// barriers a CTA is as slow as its busiest thread, and a cluster as its slowest CTA, so
+// `critical_ops` sums, over the intervals between barriers, the largest number of operations
+// any one thread had to wait for in it (global loads, atomics, warp collectives; not stores):
+// a latency-bound cost that takes every such operation as one full latency, so it
+// overestimates threads that issue independent loads back to back.
+struct Profile {
+  uint64_t critical_ops = 0;
+  uint64_t cluster_barriers = 0;
+  uint64_t block_barriers = 0;  // __syncthreads, most of any CTA of the cluster
+  uint64_t total_ops = 0;       // global memory operations of all threads, stores included
+};
+
 struct LaunchConfig {
   Dim3 grid, block;    // only x is used: 1-D grids and CTAs
   unsigned cluster = 1;  // CTAs per cluster; divides grid.x
   uint64_t seed = 0;   // 0: in-order, switch only at collectives; else randomised (see above)
+  std::vector<Profile>* profile = nullptr;  // when set: resized to one entry per cluster
 };
 
 bool available();
@@ -44,9 +59,12 @@ bool available();
 // Runs `body` once on every thread of the grid. Returns "" or what went wrong.
 std::string launch(const LaunchConfig& config, const std::function<void()>& body);
 
-// The seed of the launches made by this OS thread through cudaLaunchKernelEx (cuda_shim.h).
+// The seed and the profile sink of the launches made by this OS thread through
+// cudaLaunchKernelEx (cuda_shim.h).
 void set_default_seed(uint64_t seed);
 uint64_t default_seed();
+void set_profile_sink(std::vector<Profile>* sink);
+std::vector<Profile>* profile_sink();
 
 // Inside a kernel.
 Dim3 thread_idx();
@@ -59,7 +77,9 @@ uint32_t ballot(uint32_t mask, bool predicate);
 uint32_t match_any(uint32_t mask, uint64_t value);
 uint64_t shfl(uint32_t mask, uint64_t value, int src_lane);
 uint64_t shfl_up(uint32_t mask, uint64_t value, unsigned delta);
-void preemption_point();  // a no-op with seed 0
+// Counts one global memory operation; `waits`: the thread needs its result (a load or an
+// atomic) before going on, unlike a store. With a seed, may switch threads.
+void memory_op(bool waits = true);
 
 // Runs one of the simulator's self-test kernels (see simt_selftest.cpp); "" when it passed.
 std::string selftest(const std::string& name);

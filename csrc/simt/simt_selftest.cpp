@@ -87,6 +87,24 @@ __global__ void cluster_exchange_kernel(int32_t* out) {
   if (threadIdx.x == 0) __stcg(out + n + r, __ldcg(out + (r + 1) % n));
 }
 
+// Known costs: thread t waits for t % 5 loads, all meet, thread 0 waits for 7 more loads and
+// stores 3 values (stores are not waited for); in a cluster, CTA r's thread 0 first waits for
+// 3 (r + 1) loads before the cluster barrier.
+__global__ void profile_kernel(int32_t* out) {
+  const unsigned t = threadIdx.x;
+  if (gridDim.x > 1) {
+    if (t == 0)
+      for (unsigned i = 0; i < 3 * (blockIdx.x + 1); ++i) __ldcg(out + i);
+    cooperative_groups::this_cluster().sync();
+  }
+  for (unsigned i = 0; i < t % 5; ++i) __ldcg(out + i);
+  __syncthreads();
+  if (t == 0) {
+    for (int i = 0; i < 7; ++i) __ldcg(out + i);
+    for (int i = 0; i < 3; ++i) __stcg(out + i, 0);
+  }
+}
+
 // A data race: an unsynchronised read-modify-write of one counter by every thread.
 __global__ void racy_increment_kernel(int32_t* out) { __stcg(out, __ldcg(out) + 1); }
 
@@ -122,6 +140,31 @@ std::string selftest(const std::string& name) {
     return expect_failure(run(1, 64, 1, 0, early_exit_kernel, nullptr), "exited");
   if (name == "cluster_departure")
     return expect_failure(run(2, 64, 2, 0, cluster_departure_kernel, nullptr), "cannot complete");
+  if (name == "profile") {
+    std::vector<int32_t> out(16, 0);
+    std::vector<Profile> one, pair;
+    set_profile_sink(&one);
+    std::string err = run(1, 64, 1, 0, profile_kernel, out.data());
+    set_profile_sink(&pair);
+    if (err.empty()) err = run(2, 64, 2, 5, profile_kernel, out.data());
+    set_profile_sink(nullptr);
+    if (!err.empty()) return err;
+    uint64_t loads = 0;
+    for (int t = 0; t < 64; ++t) loads += t % 5;
+    const Profile& a = one.at(0);
+    if (one.size() != 1 || a.critical_ops != 4 + 7 || a.block_barriers != 1 || a.cluster_barriers != 0 ||
+        a.total_ops != loads + 10)
+      return "one CTA: critical " + std::to_string(a.critical_ops) + ", barriers " +
+             std::to_string(a.block_barriers) + "/" + std::to_string(a.cluster_barriers) + ", total " +
+             std::to_string(a.total_ops);
+    const Profile& b = pair.at(0);
+    if (pair.size() != 1 || b.critical_ops != 6 + 4 + 7 || b.cluster_barriers != 1 || b.block_barriers != 1 ||
+        b.total_ops != 3 + 6 + 2 * (loads + 10))
+      return "cluster of 2: critical " + std::to_string(b.critical_ops) + ", barriers " +
+             std::to_string(b.block_barriers) + "/" + std::to_string(b.cluster_barriers) + ", total " +
+             std::to_string(b.total_ops);
+    return "";
+  }
   if (name == "racy_increment") {  // in order: no lost update; seeded: some updates lost
     int32_t in_order = 0, seeded = 0;
     std::string err = run(1, 1024, 1, 0, racy_increment_kernel, &in_order);
