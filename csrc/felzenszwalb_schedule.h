@@ -238,6 +238,8 @@ LRC_HD void main_commit(const Slice& s, int32_t e, uint32_t ra, uint32_t rb, Ops
 
 constexpr int32_t kFrontierCap = 2048;  // hub edges sorted per round; more skips the extension
 constexpr int32_t kHeapCap = 256;       // edges of absorbed pixels waiting in the extension
+constexpr int32_t kAbsorbedLog = 10;    // slots of the set of pixels absorbed by one extension
+constexpr int32_t kAbsorbedCap = 1 << kAbsorbedLog;
 
 LRC_HD bool key_less(uint64_t cost_a, int32_t edge_a, uint64_t cost_b, int32_t edge_b) {
   return cost_a < cost_b || (cost_a == cost_b && edge_a < edge_b);
@@ -286,6 +288,43 @@ struct EdgeHeap {
   }
 };
 
+// Pixels absorbed by one hub extension: open addressing with linear probing on caller-provided
+// slots, all -1 on entry. Inserts stop at half load; a pixel left out is found by its root.
+struct PixelSet {
+  int32_t* slot;
+  int32_t size;
+
+  LRC_HD static int32_t home(int32_t p) {
+    return static_cast<int32_t>((static_cast<uint32_t>(p) * 2654435761u) >> (32 - kAbsorbedLog));
+  }
+  LRC_HD bool contains(int32_t p) const {
+    for (int32_t i = home(p);; i = (i + 1) & (kAbsorbedCap - 1)) {
+      if (slot[i] == p) return true;
+      if (slot[i] < 0) return false;
+    }
+  }
+  LRC_HD void insert(int32_t p) {
+    if (2 * size >= kAbsorbedCap) return;
+    int32_t i = home(p);
+    while (slot[i] >= 0) i = (i + 1) & (kAbsorbedCap - 1);
+    slot[i] = p;
+    ++size;
+  }
+};
+
+// Whether (c, e) is in the sorted keys f_cost / f_edge [0, n) (binary search).
+LRC_HD bool sorted_contains(const uint64_t* f_cost, const int32_t* f_edge, int32_t n, uint64_t c, int32_t e) {
+  int32_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int32_t mid = lo + (hi - lo) / 2;
+    if (key_less(f_cost[mid], f_edge[mid], c, e))
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < n && f_cost[lo] == c && f_edge[lo] == e;
+}
+
 // Whether a loaded pending edge belongs to the hub's frontier (exactly one endpoint in the hub,
 // roots as after the round's commits): its endpoint outside the hub, or -1.
 template <class Ops>
@@ -300,8 +339,8 @@ LRC_HD int32_t hub_frontier_outside(const Slice& s, int32_t hub, int32_t e, Ops&
 // The hub extension, run by one thread after the round's commits. f_cost / f_edge / f_outside:
 // the hub's frontier (its loaded pending edges and their endpoints outside the hub) sorted by
 // key; end_bound: the cost bits where the edges not loaded yet begin (kNoCost once all are
-// loaded); heap: empty, kHeapCap entries. Each edge taken, smallest key first, from the
-// frontier and the heap is (hub, y) with y the root of its outside endpoint:
+// loaded); heap: empty, kHeapCap entries; absorbed: empty. Each edge taken, smallest key
+// first, from the frontier and the heap is (hub, y) with y the root of its outside endpoint:
 // - both ends already in the hub: internal now, skipped; y frozen: the edge is dead, skipped;
 // - y reserved another edge this round (resv): y has a smaller pending edge, which the
 //   sequential visit decides first -- stop;
@@ -317,11 +356,15 @@ LRC_HD int32_t hub_frontier_outside(const Slice& s, int32_t hub, int32_t e, Ops&
 // Latency: the thread works alone while the team waits, so each global load it waits for
 // counts. The hub's own size and internal difference live in registers (no one else writes
 // them meanwhile); only the outside endpoint's root is looked up (the other endpoint is in the
-// hub); an absorbed pixel's value is loaded once for its up to 8 edges.
+// hub); an absorbed pixel's value is loaded once for its up to 8 edges. Most edges taken turn
+// out internal (real CT: 4 of 5), and those are recognised without a global load: an edge
+// whose outside endpoint this extension absorbed (`absorbed`), and an absorbed pixel's edge to
+// an older hub pixel, which is never pushed because the frontier holds it (with the absorbed
+// pixel as its outside endpoint).
 template <class Ops>
 LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const uint64_t* f_cost, const int32_t* f_edge,
                           const int32_t* f_outside, int32_t n_frontier, uint64_t end_bound, EdgeHeap heap,
-                          Ops& ops) {
+                          PixelSet absorbed, Ops& ops) {
   int32_t m = hub, steps = 0, next = 0;
   int32_t m_size = ops.ld(s.csize + m);
   double m_cint = ops.ld(s.cint + m);
@@ -342,8 +385,9 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const uint64_t* f_cost, c
       break;
     }
     if (c >= end_bound) break;
+    if (absorbed.contains(w)) continue;  // both ends in the hub now
     const int32_t y = find_root(s.parent, w, ops);
-    if (y == m) continue;  // both ends in the hub now
+    if (y == m) continue;
     const int32_t y_size = ops.ld(s.csize + y);
     if (y_size < 0) continue;
     if (ops.ld(s.resv + y) != e) break;
@@ -360,6 +404,7 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const uint64_t* f_cost, c
       ops.st(s.cint + lo, m_cint);
       m = lo;
       if (y_size != 1) break;
+      absorbed.insert(y);
       int32_t pe[8];
       const int32_t np = pixel_edges(s.g, y, pe);  // a root of size 1 is its only pixel
       const double img_y = ops.ld(s.img + y);
@@ -367,12 +412,14 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const uint64_t* f_cost, c
         if (pe[t] == e) continue;
         int32_t a, b;
         edge_endpoints(s.g, pe[t], a, b);
+        const int32_t other = a == y ? b : a;
+        if (absorbed.contains(other)) continue;
         const double img_a = a == y ? img_y : ops.ld(s.img + a);
         const double img_b = b == y ? img_y : ops.ld(s.img + b);
         const uint64_t ct = cost_bits(edge_cost(img_a, img_b));
-        if (ct >= end_bound) continue;
+        if (ct >= end_bound || sorted_contains(f_cost, f_edge, n_frontier, ct, pe[t])) continue;
         if (heap.size == kHeapCap) return steps;
-        heap.push(ct, pe[t], a == y ? b : a);
+        heap.push(ct, pe[t], other);
       }
     } else {
       if (!(cost < static_cast<double>(ty))) ops.st(s.csize + y, -y_size);

@@ -177,6 +177,7 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
   std::vector<std::tuple<uint64_t, int32_t, int32_t>> frontier;  // (cost bits, edge, outside endpoint)
   std::vector<uint64_t> f_cost, heap_cost(fh::kHeapCap);
   std::vector<int32_t> f_edge, f_outside, heap_edge(fh::kHeapCap), heap_outside(fh::kHeapCap);
+  std::vector<int32_t> absorbed(fh::kAbsorbedCap);
   const int32_t refill = fh::refill_below(width);
   int32_t rounds = 0, loaded = 0, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
   while (true) {
@@ -224,8 +225,10 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
         f_outside.resize(frontier.size());
         for (size_t i = 0; i < frontier.size(); ++i) std::tie(f_cost[i], f_edge[i], f_outside[i]) = frontier[i];
         fh::EdgeHeap heap{heap_cost.data(), heap_edge.data(), heap_outside.data(), 0};
+        std::fill(absorbed.begin(), absorbed.end(), -1);
         stats[1] += fh::hub_extend(s, hub, f_cost.data(), f_edge.data(), f_outside.data(),
-                                   static_cast<int32_t>(frontier.size()), end_bound, heap, ops);
+                                   static_cast<int32_t>(frontier.size()), end_bound, heap,
+                                   fh::PixelSet{absorbed.data(), 0}, ops);
       }
     }
     list_in.swap(list_out);

@@ -171,9 +171,11 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   __shared__ uint64_t heap_cost[fh::kHeapCap];
   __shared__ int32_t heap_edge[fh::kHeapCap];
   __shared__ int32_t heap_outside[fh::kHeapCap];
+  __shared__ int32_t absorbed[fh::kAbsorbedCap];
   DeviceOps ops;
   int32_t n = 1;
   while (n < nf) n <<= 1;
+  for (int32_t i = threadIdx.x; i < fh::kAbsorbedCap; i += blockDim.x) absorbed[i] = -1;
   for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
     uint64_t c = fh::kNoCost;
     int32_t e = fh::kNoEdge, o = 0;
@@ -210,7 +212,7 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   }
   if (threadIdx.x != 0) return 0;
   return fh::hub_extend(s, hub, f_cost, f_edge, f_outside, nf, end_bound,
-                        fh::EdgeHeap{heap_cost, heap_edge, heap_outside, 0}, ops);
+                        fh::EdgeHeap{heap_cost, heap_edge, heap_outside, 0}, fh::PixelSet{absorbed, 0}, ops);
 }
 
 // One pass of rounds (main when kMain, else min_size): each offers the edges the previous one
