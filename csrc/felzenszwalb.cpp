@@ -16,6 +16,21 @@
 #endif
 
 namespace lrc {
+namespace {
+
+// The launch shape and cost window of the CUDA kernel (also on the simulator).
+void check_launch(const char* op, int64_t cluster, int64_t threads, int64_t window) {
+  TORCH_CHECK(cluster >= 1 && cluster <= 8 && (threads == 256 || threads == 512 || threads == 1024), op,
+              ": need 1 <= cluster <= 8 and threads in {256, 512, 1024}, got cluster=", cluster, ", threads=", threads);
+  TORCH_CHECK(window >= 1 && window < (int64_t{1} << 31), op, ": window must be in [1, 2^31), got ", window);
+}
+
+// min_size as the kernel takes it: int32, and nothing changes beyond one more than the pixels.
+int32_t kernel_min_size(int64_t min_size, int64_t H, int64_t W) {
+  return static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), H * W + 1));
+}
+
+}  // namespace
 
 // Same contract as felzenszwalb_cpu, on CUDA tensors: image (B, H, W) float64 and weights on
 // the image's device. cluster: CTAs per slice (thread-block cluster on sm_90); threads: per CTA;
@@ -29,11 +44,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
   TORCH_CHECK(weights.device() == image.device() && weights.dim() == 1 && weights.scalar_type() == torch::kFloat64 &&
                   (weights.numel() == 0 || weights.numel() % 2 == 1),
               "felzenszwalb_cuda: weights must be an odd-length float64 tensor on the image's device, or empty");
-  TORCH_CHECK(cluster >= 1 && cluster <= 8 && (threads == 256 || threads == 512 || threads == 1024),
-              "felzenszwalb_cuda: need 1 <= cluster <= 8 and threads in {256, 512, 1024}, got cluster=", cluster,
-              ", threads=", threads);
-  TORCH_CHECK(window >= 1 && window < (int64_t{1} << 31), "felzenszwalb_cuda: window must be in [1, 2^31), got ",
-              window);
+  check_launch("felzenszwalb_cuda", cluster, threads, window);
   // Launch inside a scope and raise after it: the guard and the tensors are released normally
   // before the exception is thrown (an exception unwinding through them crashed on an H200).
   std::string error;
@@ -55,7 +66,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
     a.weights = weights.numel() ? weights.data_ptr<double>() : nullptr;
     a.radius = weights.numel() ? static_cast<int32_t>(weights.numel() / 2) : -1;
     a.k = k;
-    a.min_size = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), H * W + 1));
+    a.min_size = kernel_min_size(min_size, H, W);
     a.cluster = static_cast<int32_t>(cluster);
     a.threads = static_cast<int32_t>(threads);
     a.window = static_cast<int32_t>(window);
@@ -88,11 +99,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszw
   TORCH_CHECK(weights.device().is_cpu() && weights.dim() == 1 && weights.scalar_type() == torch::kFloat64 &&
                   weights.is_contiguous() && (weights.numel() == 0 || weights.numel() % 2 == 1),
               "felzenszwalb_simt: weights must be an odd-length contiguous float64 CPU tensor, or empty");
-  TORCH_CHECK(cluster >= 1 && cluster <= 8 && (threads == 256 || threads == 512 || threads == 1024),
-              "felzenszwalb_simt: need 1 <= cluster <= 8 and threads in {256, 512, 1024}, got cluster=", cluster,
-              ", threads=", threads);
-  TORCH_CHECK(window >= 1 && window < (int64_t{1} << 31), "felzenszwalb_simt: window must be in [1, 2^31), got ",
-              window);
+  check_launch("felzenszwalb_simt", cluster, threads, window);
   const int64_t B = image.size(0), H = image.size(1), W = image.size(2);
   auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
   auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
@@ -105,7 +112,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszw
       image.data_ptr<double>(), static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W),
       weights.numel() ? weights.data_ptr<double>() : nullptr,
       weights.numel() ? static_cast<int32_t>(weights.numel() / 2) : -1, k,
-      static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), H * W + 1)), static_cast<int32_t>(cluster),
+      kernel_min_size(min_size, H, W), static_cast<int32_t>(cluster),
       static_cast<int32_t>(threads), static_cast<int32_t>(window), extend, labels.data_ptr<int64_t>(),
       counts.data_ptr<int64_t>(), stats.data_ptr<int64_t>(), workspace.data_ptr(), static_cast<uint64_t>(seed),
       profile.data_ptr<int64_t>());

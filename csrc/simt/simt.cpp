@@ -345,6 +345,16 @@ void warp_arrive(Op op, uint32_t mask, uint64_t value, int64_t arg) {
   }
 }
 
+// Every other thread of the CTA resumes after a barrier; with a seed this one takes its turn too.
+void release_all(Cta& c) {
+  for (int t = 0; t < c.n; ++t)
+    if (t != c.current) make_runnable(c, t);
+  if (c.randomised) {
+    make_runnable(c, c.current);
+    suspend(Wait::kNone);
+  }
+}
+
 uint64_t warp_collective(Op op, uint32_t mask, uint64_t value, int64_t arg) {
   ++cta().fibers[cta().current].ops;
   warp_arrive(op, mask, value, arg);
@@ -370,47 +380,43 @@ Dim3 block_idx() { return cta().block_idx; }
 Dim3 block_dim() { return cta().block_dim; }
 Dim3 grid_dim() { return cta().grid_dim; }
 
+namespace {
+
+// Counts this thread in at a CTA-wide barrier (`arrived` its counter, `other` the other kind's).
+// Returns true for the last thread to arrive, after closing the interval; the others are
+// suspended until released. Threads at the other kind of barrier, or exited ones, mean the
+// barrier can never complete.
+bool arrive(Cta& c, int& arrived, int other, Wait kind, const char* name) {
+  if (other > 0 || c.done > 0)
+    fail(where(c) + " reached " + name + " while other threads of its CTA wait at another barrier or exited");
+  if (++arrived < c.n) {
+    suspend(kind);
+    return false;
+  }
+  arrived = 0;
+  close_interval(c);
+  return true;
+}
+
+}  // namespace
+
 void sync_block() {
   Cta& c = cta();
-  if (c.at_cluster > 0 || c.done > 0)
-    fail(where(c) + " reached __syncthreads while other threads of its CTA wait at a cluster barrier or exited");
-  if (++c.at_block < c.n) {
-    suspend(Wait::kBlock);
-    return;
-  }
-  c.at_block = 0;
-  close_interval(c);
+  if (!arrive(c, c.at_block, c.at_cluster, Wait::kBlock, "__syncthreads")) return;
   ++c.block_barriers;
-  for (int t = 0; t < c.n; ++t)
-    if (t != c.current) make_runnable(c, t);
-  if (c.randomised) {
-    make_runnable(c, c.current);
-    suspend(Wait::kNone);
-  }
+  release_all(c);
 }
 
 void sync_cluster() {
   Cta& c = cta();
-  if (c.at_block > 0 || c.done > 0)
-    fail(where(c) + " reached a cluster barrier while other threads of its CTA wait at __syncthreads or exited");
-  if (++c.at_cluster < c.n) {
-    suspend(Wait::kCluster);
-    return;
-  }
-  c.at_cluster = 0;
-  close_interval(c);
+  if (!arrive(c, c.at_cluster, c.at_block, Wait::kCluster, "a cluster barrier")) return;
   const uint64_t path = c.path;
   c.path = 0;
   if (!c.cluster->arrive_and_wait(path)) {
     const std::string why = c.cluster->why;
     fail("cluster barrier of CTA " + std::to_string(c.block_idx.x) + " cannot complete: " + why);
   }
-  for (int t = 0; t < c.n; ++t)
-    if (t != c.current) make_runnable(c, t);
-  if (c.randomised) {
-    make_runnable(c, c.current);
-    suspend(Wait::kNone);
-  }
+  release_all(c);
 }
 
 uint32_t ballot(uint32_t mask, bool predicate) {
