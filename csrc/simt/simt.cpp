@@ -58,7 +58,6 @@ namespace {
 constexpr int kWarp = 32;
 constexpr size_t kStackBytes = size_t{128} << 10;  // per thread, plus a guard page below it
 
-enum class Wait { kNone, kBlock, kCluster, kWarp, kDone };
 enum class Op { kBallot, kMatch, kShfl, kShflUp };
 
 const char* op_name(Op op) {
@@ -72,7 +71,6 @@ const char* op_name(Op op) {
 
 struct Fiber {
   void* sp = nullptr;
-  Wait wait = Wait::kNone;
   uint64_t ops = 0;    // operations waited for since the CTA's last barrier (Profile)
   uint64_t memory = 0;  // global memory operations since then
 };
@@ -80,7 +78,6 @@ struct Fiber {
 struct WarpSlots {
   int arrived = 0;
   Op op[kWarp];
-  uint32_t mask[kWarp];
   uint64_t value[kWarp];
   int64_t arg[kWarp];
   uint64_t result[kWarp];
@@ -178,10 +175,7 @@ void close_interval(Cta& c) {
   c.path += busiest;
 }
 
-void make_runnable(Cta& c, int t) {
-  c.fibers[t].wait = Wait::kNone;
-  c.runnable.push_back(t);
-}
+void make_runnable(Cta& c, int t) { c.runnable.push_back(t); }
 
 int pick(Cta& c) {
   if (!c.randomised) {
@@ -201,18 +195,16 @@ int pick(Cta& c) {
 }
 
 // Back to the scheduler; returns when this fiber is resumed.
-void suspend(Wait why) {
+void suspend() {
   Cta& c = cta();
-  Fiber& f = c.fibers[c.current];
-  f.wait = why;
-  lrc_simt_switch(&f.sp, c.scheduler_sp);
+  lrc_simt_switch(&c.fibers[c.current].sp, c.scheduler_sp);
 }
 
 // Stops the launch: records the error and never resumes this fiber.
 [[noreturn]] void fail(const std::string& what) {
   Cta& c = cta();
   if (c.error.empty()) c.error = what;
-  suspend(Wait::kDone);
+  suspend();
   std::abort();  // unreachable: a failed fiber is never resumed
 }
 
@@ -229,7 +221,7 @@ void fiber_main() {
   if (c2.at_block > 0 || c2.at_cluster > 0)
     fail(where(c2) + " exited while other threads of its CTA wait at a barrier");
   ++c2.done;
-  suspend(Wait::kDone);
+  suspend();
   std::abort();  // unreachable
 }
 
@@ -306,11 +298,10 @@ void warp_arrive(Op op, uint32_t mask, uint64_t value, int64_t arg) {
   WarpSlots& w = c.warps[t / kWarp];
   if (mask != 0xffffffffu) fail(where(c) + ": " + op_name(op) + " with a partial mask is not simulated");
   w.op[lane] = op;
-  w.mask[lane] = mask;
   w.value[lane] = value;
   w.arg[lane] = arg;
   if (++w.arrived < kWarp) {
-    suspend(Wait::kWarp);
+    suspend();
     return;
   }
   w.arrived = 0;
@@ -341,7 +332,7 @@ void warp_arrive(Op op, uint32_t mask, uint64_t value, int64_t arg) {
     if (first + l != t) make_runnable(c, first + l);
   if (c.randomised) {  // let the others run first sometimes
     make_runnable(c, t);
-    suspend(Wait::kNone);
+    suspend();
   }
 }
 
@@ -351,7 +342,7 @@ void release_all(Cta& c) {
     if (t != c.current) make_runnable(c, t);
   if (c.randomised) {
     make_runnable(c, c.current);
-    suspend(Wait::kNone);
+    suspend();
   }
 }
 
@@ -386,11 +377,11 @@ namespace {
 // Returns true for the last thread to arrive, after closing the interval; the others are
 // suspended until released. Threads at the other kind of barrier, or exited ones, mean the
 // barrier can never complete.
-bool arrive(Cta& c, int& arrived, int other, Wait kind, const char* name) {
+bool arrive(Cta& c, int& arrived, int other, const char* name) {
   if (other > 0 || c.done > 0)
     fail(where(c) + " reached " + name + " while other threads of its CTA wait at another barrier or exited");
   if (++arrived < c.n) {
-    suspend(kind);
+    suspend();
     return false;
   }
   arrived = 0;
@@ -402,14 +393,14 @@ bool arrive(Cta& c, int& arrived, int other, Wait kind, const char* name) {
 
 void sync_block() {
   Cta& c = cta();
-  if (!arrive(c, c.at_block, c.at_cluster, Wait::kBlock, "__syncthreads")) return;
+  if (!arrive(c, c.at_block, c.at_cluster, "__syncthreads")) return;
   ++c.block_barriers;
   release_all(c);
 }
 
 void sync_cluster() {
   Cta& c = cta();
-  if (!arrive(c, c.at_cluster, c.at_block, Wait::kCluster, "a cluster barrier")) return;
+  if (!arrive(c, c.at_cluster, c.at_block, "a cluster barrier")) return;
   const uint64_t path = c.path;
   c.path = 0;
   if (!c.cluster->arrive_and_wait(path)) {
@@ -438,7 +429,7 @@ void memory_op(bool waits) {
   ++f.memory;
   if (!c->randomised || (c->rng.next() & 7) != 0) return;
   make_runnable(*c, c->current);
-  suspend(Wait::kNone);
+  suspend();
 }
 
 std::string launch(const LaunchConfig& config, const std::function<void()>& body) {
