@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lrc_fast
 from lrc_fast.data import phantom_slice, window_hu
@@ -73,6 +75,20 @@ def test_kernel_launch_shapes_and_interleavings(ext, launch, seed):
     """Clusters run their CTAs on concurrent OS threads; seeds shuffle the threads of each CTA."""
     stats = _check_kernel(_phantoms(96, 128, [0, 1]), launch=launch, seed=seed)
     assert (stats[:, 0] > 1).all() and (stats[:, 4] > 0).any()  # many rounds; the hub extension ran
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 40), w=st.integers(1, 40), levels=st.sampled_from([0, 4, 50]), scale=st.floats(0, 500),
+       sigma=st.sampled_from([0.0, 0.5, 0.8, 2.0]), min_size=st.integers(0, 60), window=st.sampled_from([1, 3, 2048]),
+       extend=st.booleans(), launch=st.sampled_from([(1, 256), (2, 256), (3, 256), (1, 512)]),
+       seed=st.integers(0, 3), data_seed=st.integers(0, 2**31))
+def test_kernel_property(ext, h, w, levels, scale, sigma, min_size, window, extend, launch, seed, data_seed):
+    """Any small slice (ties when quantised to a few levels), parameters, window, launch, interleaving."""
+    image = np.random.default_rng(data_seed).random((1, h, w))
+    if levels:
+        image = np.round(image * levels) / levels
+    _check_kernel(image, launch=launch, seed=seed, sigma=sigma, scale=scale, min_size=min_size, window=window,
+                  extend=extend)
 
 
 @pytest.mark.parametrize("window", [1, 37, 100_000])
