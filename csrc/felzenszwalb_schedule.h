@@ -76,6 +76,19 @@ LRC_HD int32_t find_root(int32_t* parent, int32_t x, Ops& ops) {
   return x;
 }
 
+// The root of x without writing anything. For the pass that stores every pixel's root into
+// parent[]: there, another thread's path halving could read parent[x] before that store and
+// write an older ancestor back after it.
+template <class Ops>
+LRC_HD int32_t root_of(const int32_t* parent, int32_t x, Ops& ops) {
+  int32_t p = ops.ld(parent + x);
+  while (p != x) {
+    x = p;
+    p = ops.ld(parent + x);
+  }
+  return x;
+}
+
 // ---- zero-cost pre-pass ----------------------------------------------------------------
 // When zero_cost_edges_merge(k, N) every threshold is positive, so the
 // sequential visit merges every zero-cost edge, and zero is the smallest cost: those edges come

@@ -459,7 +459,7 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   // Labelling: full roots; the smallest pixel of each component; a scan of "first pixel of
   // its component" flags in raster order gives the label ids (stored at the first pixel,
   // reusing csize); every pixel then gathers its component's id.
-  for (int32_t p = team.rank; p < n; p += team.size) ops.st(s.parent + p, fh::find_root(s.parent, p, ops));
+  for (int32_t p = team.rank; p < n; p += team.size) ops.st(s.parent + p, fh::root_of(s.parent, p, ops));
   team.sync();
   for (int32_t p = team.rank; p < n; p += team.size) atomicMin(s.minidx + ops.ld(s.parent + p), p);
   team.sync();
