@@ -14,6 +14,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)  // AddressSanitizer builds: see run_cta
+#include <sanitizer/asan_interface.h>
+#endif
 
 namespace simt {
 
@@ -268,6 +271,10 @@ void run_cta(Cta& c) {
     return;
   }
   c.stacks = static_cast<char*>(mem);
+#if defined(__SANITIZE_ADDRESS__)
+  // A mapping at an address an earlier CTA's fiber stacks used keeps their stale redzones.
+  ASAN_UNPOISON_MEMORY_REGION(mem, c.stacks_bytes);
+#endif
   c.fibers.assign(c.n, Fiber{});
   c.warps.assign((c.n + kWarp - 1) / kWarp, WarpSlots{});
   for (int t = 0; t < c.n; ++t) {
