@@ -109,6 +109,17 @@ def test_kernel_cost_windows_and_hub_extension(ext, window, extend):
     assert (stats[:, 4] > 0).all() == extend
 
 
+def test_kernel_profile_hub_extension_shortens_critical_path(ext):
+    """The cost profile (one CTA: deterministic): on windowed CT the hub extension must shorten the
+    kernel's critical path, not only its round count (its one thread's loads are on the path)."""
+    x = torch.from_numpy(_phantoms(96, 128, [3]))
+    taps = lrc_fast.superpixels._taps_on(0.8, x.device)
+    on = ext.felzenszwalb_simt(x, taps, 1 / 255, 20, 1, 256, _WINDOW, True, 0)[3][0]
+    off = ext.felzenszwalb_simt(x, taps, 1 / 255, 20, 1, 256, _WINDOW, False, 0)[3][0]
+    assert off[1] == on[1] == 0 and on[2] > off[2] > 0  # no cluster barriers; the sort's CTA barriers
+    assert on[0] < 0.75 * off[0]  # 24,828 against 39,338 operations at 00a00d0
+
+
 def test_kernel_integer_hu_ties(ext):
     """Tie-heavy input: the zero-cost pre-pass and (cost, index) tie breaks."""
     rng = np.random.default_rng(4)
