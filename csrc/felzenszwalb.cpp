@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cpu/felzenszwalb_cpu.h"
+#include "felzenszwalb_common.h"
 #include "cpu/felzenszwalb_simt.h"
 #include "simt/simt.h"
 
@@ -22,12 +23,7 @@ namespace {
 void check_launch(const char* op, int64_t cluster, int64_t threads, int64_t window) {
   TORCH_CHECK(cluster >= 1 && cluster <= 8 && (threads == 256 || threads == 512 || threads == 1024), op,
               ": need 1 <= cluster <= 8 and threads in {256, 512, 1024}, got cluster=", cluster, ", threads=", threads);
-  TORCH_CHECK(window >= 1 && window < (int64_t{1} << 31), op, ": window must be in [1, 2^31), got ", window);
-}
-
-// min_size as the kernel takes it: int32, and nothing changes beyond one more than the pixels.
-int32_t kernel_min_size(int64_t min_size, int64_t H, int64_t W) {
-  return static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), H * W + 1));
+  check_window(op, window);
 }
 
 }  // namespace
@@ -66,7 +62,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
     a.weights = weights.numel() ? weights.data_ptr<double>() : nullptr;
     a.radius = weights.numel() ? static_cast<int32_t>(weights.numel() / 2) : -1;
     a.k = k;
-    a.min_size = kernel_min_size(min_size, H, W);
+    a.min_size = fh::clamp_min_size(min_size, H * W);
     a.cluster = static_cast<int32_t>(cluster);
     a.threads = static_cast<int32_t>(threads);
     a.window = static_cast<int32_t>(window);
@@ -112,7 +108,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszw
       image.data_ptr<double>(), static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W),
       weights.numel() ? weights.data_ptr<double>() : nullptr,
       weights.numel() ? static_cast<int32_t>(weights.numel() / 2) : -1, k,
-      kernel_min_size(min_size, H, W), static_cast<int32_t>(cluster),
+      fh::clamp_min_size(min_size, H * W), static_cast<int32_t>(cluster),
       static_cast<int32_t>(threads), static_cast<int32_t>(window), extend, labels.data_ptr<int64_t>(),
       counts.data_ptr<int64_t>(), stats.data_ptr<int64_t>(), workspace.data_ptr(), static_cast<uint64_t>(seed),
       profile.data_ptr<int64_t>());

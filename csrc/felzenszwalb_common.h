@@ -92,6 +92,12 @@ LRC_HD int32_t pixel_edges(const Geometry& g, int32_t p, int32_t* out) {
   return n;
 }
 
+// min_size as every backend takes it: at least 0, and at most one more than the pixels (beyond
+// that nothing changes), so that it fits int32.
+inline int32_t clamp_min_size(int64_t min_size, int64_t pixels) {
+  return static_cast<int32_t>(min_size < 0 ? 0 : (min_size > pixels + 1 ? pixels + 1 : min_size));
+}
+
 // sqrt(d * d) with d = img[v] - img[u], as numpy computes it for one channel (equal to |d|
 // except where d * d underflows, which is why it is not written as fabs).
 LRC_HD double edge_cost(double img_u, double img_v) {

@@ -258,46 +258,61 @@ LRC_HD bool key_less(uint64_t cost_a, int32_t edge_a, uint64_t cost_b, int32_t e
   return cost_a < cost_b || (cost_a == cost_b && edge_a < edge_b);
 }
 
-// A binary min-heap of (cost bits, edge) keys, each with the edge's endpoint outside the hub,
-// on caller-provided arrays of kHeapCap entries.
-struct EdgeHeap {
+// Hub edges in three caller-provided arrays: the key (cost bits, edge) and the edge's endpoint
+// outside the hub. The frontier (sorted) and the heap of the hub extension both hold them.
+struct HubEdges {
   uint64_t* cost;
   int32_t* edge;
   int32_t* outside;
+
+  LRC_HD bool less(int32_t i, int32_t j) const { return less_than(i, *this, j); }
+  LRC_HD bool less_than(int32_t i, const HubEdges& other, int32_t j) const {
+    return key_less(cost[i], edge[i], other.cost[j], other.edge[j]);
+  }
+  LRC_HD void set(int32_t i, uint64_t c, int32_t e, int32_t o) const {
+    cost[i] = c;
+    edge[i] = e;
+    outside[i] = o;
+  }
+  LRC_HD void copy(int32_t to, int32_t from) const { set(to, cost[from], edge[from], outside[from]); }
+  LRC_HD void swap(int32_t i, int32_t j) const {
+    const uint64_t c = cost[i];
+    const int32_t e = edge[i], o = outside[i];
+    copy(i, j);
+    set(j, c, e, o);
+  }
+};
+
+// A binary min-heap of hub edges by key, on kHeapCap entries.
+struct EdgeHeap {
+  HubEdges at;
   int32_t size;
 
   LRC_HD void push(uint64_t c, int32_t e, int32_t o) {
     int32_t i = size++;
     while (i > 0) {
       const int32_t up = (i - 1) / 2;
-      if (!key_less(c, e, cost[up], edge[up])) break;
-      cost[i] = cost[up];
-      edge[i] = edge[up];
-      outside[i] = outside[up];
+      if (!key_less(c, e, at.cost[up], at.edge[up])) break;
+      at.copy(i, up);
       i = up;
     }
-    cost[i] = c;
-    edge[i] = e;
-    outside[i] = o;
+    at.set(i, c, e, o);
   }
 
   LRC_HD void pop() {
-    const uint64_t c = cost[--size];
-    const int32_t e = edge[size], o = outside[size];
+    const int32_t last = --size;
+    const uint64_t c = at.cost[last];
+    const int32_t e = at.edge[last], o = at.outside[last];
     int32_t i = 0;
     while (true) {
       int32_t child = 2 * i + 1;
       if (child >= size) break;
-      if (child + 1 < size && key_less(cost[child + 1], edge[child + 1], cost[child], edge[child])) ++child;
-      if (!key_less(cost[child], edge[child], c, e)) break;
-      cost[i] = cost[child];
-      edge[i] = edge[child];
-      outside[i] = outside[child];
+      if (child + 1 < size && at.less(child + 1, child)) ++child;
+      if (!key_less(at.cost[child], at.edge[child], c, e)) break;
+      at.copy(i, child);
       i = child;
     }
-    cost[i] = c;
-    edge[i] = e;
-    outside[i] = o;
+    at.set(i, c, e, o);
   }
 };
 
@@ -325,17 +340,17 @@ struct PixelSet {
   }
 };
 
-// Whether (c, e) is in the sorted keys f_cost / f_edge [0, n) (binary search).
-LRC_HD bool sorted_contains(const uint64_t* f_cost, const int32_t* f_edge, int32_t n, uint64_t c, int32_t e) {
+// Whether the key (c, e) is among sorted[0, n) (binary search).
+LRC_HD bool sorted_contains(const HubEdges& sorted, int32_t n, uint64_t c, int32_t e) {
   int32_t lo = 0, hi = n;
   while (lo < hi) {
     const int32_t mid = lo + (hi - lo) / 2;
-    if (key_less(f_cost[mid], f_edge[mid], c, e))
+    if (key_less(sorted.cost[mid], sorted.edge[mid], c, e))
       lo = mid + 1;
     else
       hi = mid;
   }
-  return lo < n && f_cost[lo] == c && f_edge[lo] == e;
+  return lo < n && sorted.cost[lo] == c && sorted.edge[lo] == e;
 }
 
 // Whether a loaded pending edge belongs to the hub's frontier (exactly one endpoint in the hub,
@@ -349,9 +364,8 @@ LRC_HD int32_t hub_frontier_outside(const Slice& s, int32_t hub, int32_t e, Ops&
   return in_u ? v : u;
 }
 
-// The hub extension, run by one thread after the round's commits. f_cost / f_edge / f_outside:
-// the hub's frontier (its loaded pending edges and their endpoints outside the hub) sorted by
-// key; end_bound: the cost bits where the edges not loaded yet begin (kNoCost once all are
+// The hub extension, run by one thread after the round's commits. frontier[0, n_frontier): the
+// hub's loaded pending edges (with their endpoints outside the hub) sorted by key; end_bound: the cost bits where the edges not loaded yet begin (kNoCost once all are
 // loaded); heap: empty, kHeapCap entries; absorbed: empty. Each edge taken, smallest key
 // first, from the frontier and the heap is (hub, y) with y the root of its outside endpoint:
 // - both ends already in the hub: internal now, skipped; y frozen: the edge is dead, skipped;
@@ -375,24 +389,24 @@ LRC_HD int32_t hub_frontier_outside(const Slice& s, int32_t hub, int32_t e, Ops&
 // an older hub pixel, which is never pushed because the frontier holds it (with the absorbed
 // pixel as its outside endpoint).
 template <class Ops>
-LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const uint64_t* f_cost, const int32_t* f_edge,
-                          const int32_t* f_outside, int32_t n_frontier, uint64_t end_bound, EdgeHeap heap,
-                          PixelSet absorbed, Ops& ops) {
+LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier, int32_t n_frontier,
+                          uint64_t end_bound, EdgeHeap heap, PixelSet absorbed, Ops& ops) {
   int32_t m = hub, steps = 0, next = 0;
   int32_t m_size = ops.ld(s.csize + m);
   double m_cint = ops.ld(s.cint + m);
   while (true) {
     uint64_t c;
     int32_t e, w;
-    if (heap.size > 0 && (next == n_frontier || key_less(heap.cost[0], heap.edge[0], f_cost[next], f_edge[next]))) {
-      c = heap.cost[0];
-      e = heap.edge[0];
-      w = heap.outside[0];
+    const bool from_heap = heap.size > 0 && (next == n_frontier || heap.at.less_than(0, frontier, next));
+    if (from_heap) {
+      c = heap.at.cost[0];
+      e = heap.at.edge[0];
+      w = heap.at.outside[0];
       heap.pop();
     } else if (next < n_frontier) {
-      c = f_cost[next];
-      e = f_edge[next];
-      w = f_outside[next];
+      c = frontier.cost[next];
+      e = frontier.edge[next];
+      w = frontier.outside[next];
       ++next;
     } else {
       break;
@@ -430,7 +444,7 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const uint64_t* f_cost, c
         const double img_a = a == y ? img_y : ops.ld(s.img + a);
         const double img_b = b == y ? img_y : ops.ld(s.img + b);
         const uint64_t ct = cost_bits(edge_cost(img_a, img_b));
-        if (ct >= end_bound || sorted_contains(f_cost, f_edge, n_frontier, ct, pe[t])) continue;
+        if (ct >= end_bound || sorted_contains(frontier, n_frontier, ct, pe[t])) continue;
         if (heap.size == kHeapCap) return steps;
         heap.push(ct, pe[t], other);
       }

@@ -224,9 +224,9 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
         f_edge.resize(frontier.size());
         f_outside.resize(frontier.size());
         for (size_t i = 0; i < frontier.size(); ++i) std::tie(f_cost[i], f_edge[i], f_outside[i]) = frontier[i];
-        fh::EdgeHeap heap{heap_cost.data(), heap_edge.data(), heap_outside.data(), 0};
+        const fh::EdgeHeap heap{{heap_cost.data(), heap_edge.data(), heap_outside.data()}, 0};
         std::fill(absorbed.begin(), absorbed.end(), -1);
-        stats[1] += fh::hub_extend(s, hub, f_cost.data(), f_edge.data(), f_outside.data(),
+        stats[1] += fh::hub_extend(s, hub, fh::HubEdges{f_cost.data(), f_edge.data(), f_outside.data()},
                                    static_cast<int32_t>(frontier.size()), end_bound, heap,
                                    fh::PixelSet{absorbed.data(), 0}, ops);
       }
@@ -295,6 +295,10 @@ int64_t segment_schedule(const double* img, const Geometry& g, double k, bool ze
 
 }  // namespace
 
+void check_window(const char* op, int64_t window) {
+  TORCH_CHECK(window >= 1 && window < (int64_t{1} << 31), op, ": window must be in [1, 2^31), got ", window);
+}
+
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, bool schedule,
     int64_t window, bool extend) {
@@ -304,8 +308,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
   TORCH_CHECK(weights.device().is_cpu() && weights.dim() == 1 && weights.scalar_type() == torch::kFloat64 &&
                   (weights.numel() == 0 || weights.numel() % 2 == 1),
               "felzenszwalb_cpu: weights must be an odd-length float64 CPU tensor or empty");
-  TORCH_CHECK(window >= 1 && window < (int64_t{1} << 31), "felzenszwalb_cpu: window must be in [1, 2^31), got ",
-              window);
+  check_window("felzenszwalb_cpu", window);
   const int64_t B = image.size(0);
   const int32_t H = static_cast<int32_t>(image.size(1)), W = static_cast<int32_t>(image.size(2));
   auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
@@ -320,7 +323,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
   int64_t* st = stats.data_ptr<int64_t>();
   const int64_t n = static_cast<int64_t>(H) * W;
   const bool zero_merge = fh::zero_cost_edges_merge(k, static_cast<int32_t>(n));
-  const int32_t ms = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(min_size, 0), n + 1));
+  const int32_t ms = fh::clamp_min_size(min_size, n);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<double> tmp(n), smooth(n);
     std::unique_ptr<ExactScratch> scratch;

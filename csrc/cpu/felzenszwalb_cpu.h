@@ -20,6 +20,9 @@ namespace lrc {
 // stats (B, 5) int64: rounds of the main and min_size passes, the edges offered in phase A of
 // each pass, and the edges the hub extension decided (the schedule's work; zeros for the exact
 // backend).
+// The schedule's minimum window width, as every entry that takes one checks it.
+void check_window(const char* op, int64_t window);
+
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, bool schedule,
     int64_t window, bool extend);

@@ -172,21 +172,18 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   __shared__ int32_t heap_edge[fh::kHeapCap];
   __shared__ int32_t heap_outside[fh::kHeapCap];
   __shared__ int32_t absorbed[fh::kAbsorbedCap];
+  const fh::HubEdges frontier{f_cost, f_edge, f_outside};
   DeviceOps ops;
   int32_t n = 1;
   while (n < nf) n <<= 1;
   for (int32_t i = threadIdx.x; i < fh::kAbsorbedCap; i += blockDim.x) absorbed[i] = -1;
   for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
-    uint64_t c = fh::kNoCost;
-    int32_t e = fh::kNoEdge, o = 0;
     if (i < nf) {
-      e = __ldcg(fbuf + i);
-      o = static_cast<int32_t>(__ldcg(obuf + i));
-      c = fh::edge_cost_bits(s, e, ops);
+      const int32_t e = __ldcg(fbuf + i);
+      frontier.set(i, fh::edge_cost_bits(s, e, ops), e, static_cast<int32_t>(__ldcg(obuf + i)));
+    } else {
+      frontier.set(i, fh::kNoCost, fh::kNoEdge, 0);
     }
-    f_cost[i] = c;
-    f_edge[i] = e;
-    f_outside[i] = o;
   }
   __syncthreads();
   for (int32_t k = 2; k <= n; k <<= 1) {
@@ -195,24 +192,14 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
         const int32_t partner = i ^ j;
         if (partner <= i) continue;
         const bool ascending = (i & k) == 0;
-        const bool partner_less = fh::key_less(f_cost[partner], f_edge[partner], f_cost[i], f_edge[i]);
-        if (partner_less == ascending) {
-          const uint64_t c = f_cost[i];
-          const int32_t e = f_edge[i], o = f_outside[i];
-          f_cost[i] = f_cost[partner];
-          f_edge[i] = f_edge[partner];
-          f_outside[i] = f_outside[partner];
-          f_cost[partner] = c;
-          f_edge[partner] = e;
-          f_outside[partner] = o;
-        }
+        if (frontier.less(partner, i) == ascending) frontier.swap(i, partner);
       }
       __syncthreads();
     }
   }
   if (threadIdx.x != 0) return 0;
-  return fh::hub_extend(s, hub, f_cost, f_edge, f_outside, nf, end_bound,
-                        fh::EdgeHeap{heap_cost, heap_edge, heap_outside, 0}, fh::PixelSet{absorbed, 0}, ops);
+  return fh::hub_extend(s, hub, frontier, nf, end_bound, fh::EdgeHeap{{heap_cost, heap_edge, heap_outside}, 0},
+                        fh::PixelSet{absorbed, 0}, ops);
 }
 
 // One pass of rounds (main when kMain, else min_size): each offers the edges the previous one
