@@ -10,8 +10,10 @@ Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--sched
   extension, from its CPU emulation (rounds, edge offers and hub steps per slice; no GPU needed).
   --simt: the CUDA kernel's own code on the CPU SIMT simulator, for the launch shapes of B=16 with
   the hub extension on and off: its critical path (global loads, atomics and warp collectives
-  waited for, summed over barrier intervals) and barriers per slice. Not a timing: how the
-  critical path tracked measured GPU times is in benchmarks/RESULTS.md ("SIMT cost profile").
+  waited for, summed over barrier intervals; loads issued together one wait, reductions none),
+  the strict path (every load and atomic one wait), barriers, and the path by kernel phase, per
+  slice. Not a timing: how the critical path tracked measured GPU times is in
+  benchmarks/RESULTS.md ("SIMT cost profile").
 pytest-benchmark:  pytest benchmarks/bench_felzenszwalb.py
 """
 from __future__ import annotations
@@ -218,14 +220,21 @@ def main() -> int:
         return 0
     if args.simt:
         rows = simt_rows(args.quick)
+        names = lrc_fast._ext.require_extension().felzenszwalb_simt_phases()
         print(f"\n### CUDA kernel on the SIMT simulator, {SIZE}x{SIZE} slices, window {_WINDOW} "
               "(labels checked; per slice)")
-        print("| data | launch | hub extension | critical path, max | mean | cluster barriers, max "
-              "| CTA barriers, max |")
-        print("|---|---|---|---|---|---|---|")
+        print("| data | launch | hub extension | critical path, max | mean | strict path, max "
+              "| cluster barriers, max | CTA barriers, max |")
+        print("|---|---|---|---|---|---|---|---|")
         for data_name, launch, extend, p in rows:
             print(f"| {data_name} | {launch} | {'on' if extend else 'off'} | {p[:, 0].max()} | {p[:, 0].mean():.0f} "
-                  f"| {p[:, 1].max()} | {p[:, 2].max()} |")
+                  f"| {p[:, 4].max()} | {p[:, 1].max()} | {p[:, 2].max()} |")
+        print("\n### The critical path by phase (mean per slice, hub extension on)")
+        print("| data | launch | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for data_name, launch, extend, p in rows:
+            if extend:
+                print(f"| {data_name} | {launch} | " + " | ".join(f"{v:.0f}" for v in p[:, 5:].mean(0)) + " |")
         return 0
     cpu = [] if args.skip_cpu else cpu_rows(args.quick)
     gpu, ok = cuda_rows(args.quick) if torch.cuda.is_available() else ([], True)

@@ -84,8 +84,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
 
 // The CUDA kernel's own code run on the CPU by the SIMT simulator (csrc/simt): same contract
 // as felzenszwalb_cuda on CPU tensors, plus the simulator's seed (0: threads in order). Also
-// returns profile (B, 4) int64: the kernel's critical-path operations, cluster barriers, CTA
-// barriers and all operations on each slice (simt::Profile).
+// returns profile (B, 5 + P) int64: the kernel's critical-path operations, cluster barriers, CTA
+// barriers, all operations and the strict critical path on each slice (simt::Profile), then the
+// critical path split by the kernel's P phases (named by felzenszwalb_simt_phases()).
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_simt(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
     int64_t threads, int64_t window, bool extend, int64_t seed) {
@@ -100,7 +101,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszw
   auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
   auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
   auto stats = torch::empty({B, 5}, image.options().dtype(torch::kInt64));
-  auto profile = torch::zeros({B, 4}, image.options().dtype(torch::kInt64));
+  const int64_t columns = kFhSimtProfileColumns + static_cast<int64_t>(fh_simt_phases().size());
+  auto profile = torch::zeros({B, columns}, image.options().dtype(torch::kInt64));
   if (B == 0 || H * W == 0) return {labels, counts, stats, profile};
   const auto bytes = fh_simt_workspace_bytes(static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W));
   auto workspace = torch::empty({static_cast<int64_t>(bytes)}, image.options().dtype(torch::kUInt8));
@@ -137,6 +139,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("felzenszwalb_simt", &lrc::felzenszwalb_simt, "The CUDA Felzenszwalb kernel run by the CPU SIMT simulator",
         py::arg("image"), py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("cluster"),
         py::arg("threads"), py::arg("window"), py::arg("extend"), py::arg("seed"));
+  m.def("felzenszwalb_simt_phases", &lrc::fh_simt_phases,
+        "Names of the Felzenszwalb kernel's phases, in the order of felzenszwalb_simt's profile columns 5..");
   m.def("simt_available", &lrc::simt_available, "Whether the SIMT simulator runs on this platform");
   m.def("simt_selftest", &simt::selftest, "Run one of the SIMT simulator's self-test kernels; '' when it passed",
         py::arg("name"));

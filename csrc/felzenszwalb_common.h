@@ -24,6 +24,21 @@
 #define LRC_HD inline
 #endif
 
+#if defined(__CUDACC__)
+#define LRC_UNROLL _Pragma("unroll")
+#else
+#define LRC_UNROLL
+#endif
+
+// Annotations for the SIMT simulator's cost model (csrc/simt/cuda_shim.h defines them; simt.h,
+// Profile): a phase label, a block of loads a thread issues together before using any, a block
+// of atomics whose result it never uses. Nothing anywhere else.
+#ifndef LRC_SIMT
+#define LRC_SIMT_PHASE(phase) ((void)(phase))
+#define LRC_INDEPENDENT_LOADS ((void)0)
+#define LRC_UNUSED_RESULTS ((void)0)
+#endif
+
 namespace lrc {
 namespace fh {
 
@@ -74,22 +89,23 @@ LRC_HD void edge_endpoints(const Geometry& g, int32_t e, int32_t& u, int32_t& v)
   v = (i + 1) * W + j;
 }
 
-// The edges of pixel p (2 to 8 of them; 0 for a 1x1 slice) in skimage's numbering; returns
-// how many were written to out[0..7].
-LRC_HD int32_t pixel_edges(const Geometry& g, int32_t p, int32_t* out) {
+// Edge d (0..7) of pixel p in skimage's numbering, and the pixel at its other end; false where
+// the border leaves it out (a pixel has 2 to 8 edges). With d a constant (an unrolled loop) this
+// compiles to a few comparisons.
+LRC_HD bool pixel_edge(const Geometry& g, int32_t p, int d, int32_t& edge, int32_t& other) {
   const int32_t W = g.W, i = p / W, j = p - i * W;
   const int32_t down0 = g.n_right, diag0 = g.n_right + g.n_down, anti0 = diag0 + g.n_diag;
   const bool up = i > 0, dn = i < g.H - 1, lf = j > 0, rt = j < W - 1;
-  int32_t n = 0;
-  if (rt) out[n++] = i * (W - 1) + j;                        // (i, j) -- (i, j+1)
-  if (lf) out[n++] = i * (W - 1) + j - 1;                    // (i, j-1) -- (i, j)
-  if (dn) out[n++] = down0 + i * W + j;                      // (i, j) -- (i+1, j)
-  if (up) out[n++] = down0 + (i - 1) * W + j;                // (i-1, j) -- (i, j)
-  if (dn && rt) out[n++] = diag0 + i * (W - 1) + j;          // (i, j) -- (i+1, j+1)
-  if (up && lf) out[n++] = diag0 + (i - 1) * (W - 1) + j - 1;  // (i-1, j-1) -- (i, j)
-  if (dn && lf) out[n++] = anti0 + i * (W - 1) + j - 1;      // (i, j) -- (i+1, j-1)
-  if (up && rt) out[n++] = anti0 + (i - 1) * (W - 1) + j;    // (i-1, j+1) -- (i, j)
-  return n;
+  switch (d) {
+    case 0: edge = i * (W - 1) + j;             other = p + 1;     return rt;        // (i, j) -- (i, j+1)
+    case 1: edge = i * (W - 1) + j - 1;         other = p - 1;     return lf;        // (i, j-1) -- (i, j)
+    case 2: edge = down0 + i * W + j;           other = p + W;     return dn;        // (i, j) -- (i+1, j)
+    case 3: edge = down0 + (i - 1) * W + j;     other = p - W;     return up;        // (i-1, j) -- (i, j)
+    case 4: edge = diag0 + i * (W - 1) + j;     other = p + W + 1; return dn && rt;  // (i, j) -- (i+1, j+1)
+    case 5: edge = diag0 + (i - 1) * (W - 1) + j - 1; other = p - W - 1; return up && lf;  // (i-1, j-1) -- (i, j)
+    case 6: edge = anti0 + i * (W - 1) + j - 1; other = p + W - 1; return dn && lf;  // (i, j) -- (i+1, j-1)
+    default: edge = anti0 + (i - 1) * (W - 1) + j; other = p - W + 1; return up && rt;  // (i-1, j+1) -- (i, j)
+  }
 }
 
 // min_size as every backend takes it: at least 0, and at most one more than the pixels (beyond

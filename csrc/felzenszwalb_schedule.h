@@ -76,6 +76,60 @@ LRC_HD int32_t find_root(int32_t* parent, int32_t x, Ops& ops) {
   return x;
 }
 
+// find_root of x and of y side by side, from their parents px and py already loaded: each
+// step's loads are issued together.
+template <class Ops>
+LRC_HD void climb_pair(int32_t* parent, int32_t& x, int32_t px, int32_t& y, int32_t py, Ops& ops) {
+  while (px != x || py != y) {
+    const bool walk_x = px != x, walk_y = py != y;
+    int32_t gx = px, gy = py;
+    {
+      LRC_INDEPENDENT_LOADS;
+      if (walk_x) gx = ops.ld(parent + px);
+      if (walk_y) gy = ops.ld(parent + py);
+    }
+    if (walk_x) {
+      if (gx != px) ops.st(parent + x, gx);  // path halving, as find_root
+      x = gx;
+    }
+    if (walk_y) {
+      if (gy != py) ops.st(parent + y, gy);
+      y = gy;
+    }
+    {
+      LRC_INDEPENDENT_LOADS;
+      if (walk_x) px = ops.ld(parent + x);
+      if (walk_y) py = ops.ld(parent + y);
+    }
+  }
+}
+
+// The roots of x and y (which become them).
+template <class Ops>
+LRC_HD void find_root_pair(int32_t* parent, int32_t& x, int32_t& y, Ops& ops) {
+  int32_t px, py;
+  {
+    LRC_INDEPENDENT_LOADS;
+    px = ops.ld(parent + x);
+    py = ops.ld(parent + y);
+  }
+  climb_pair(parent, x, px, y, py, ops);
+}
+
+// The endpoints' values (img_u, img_v) and roots (u and v become them) of an edge (u, v).
+template <class Ops>
+LRC_HD void load_edge(const Slice& s, int32_t& u, int32_t& v, double& img_u, double& img_v, Ops& ops) {
+  int32_t pu, pv;
+  {
+    LRC_INDEPENDENT_LOADS;
+    img_u = ops.ld(s.img + u);
+    img_v = ops.ld(s.img + v);
+    pu = ops.ld(s.parent + u);
+    pv = ops.ld(s.parent + v);
+  }
+  climb_pair(s.parent, u, pu, v, pv, ops);
+}
+
 // The root of x without writing anything. For the pass that stores every pixel's root into
 // parent[]: there, another thread's path halving could read parent[x] before that store and
 // write an older ancestor back after it.
@@ -123,7 +177,13 @@ template <class Ops>
 LRC_HD uint64_t edge_cost_bits(const Slice& s, int32_t e, Ops& ops) {
   int32_t u, v;
   edge_endpoints(s.g, e, u, v);
-  return cost_bits(edge_cost(ops.ld(s.img + u), ops.ld(s.img + v)));
+  double img_u, img_v;
+  {
+    LRC_INDEPENDENT_LOADS;
+    img_u = ops.ld(s.img + u);
+    img_v = ops.ld(s.img + v);
+  }
+  return cost_bits(edge_cost(img_u, img_v));
 }
 
 // ---- cost windows ----------------------------------------------------------------------
@@ -142,9 +202,11 @@ LRC_HD int32_t cost_bin(uint64_t bits) {
 template <class Ops>
 LRC_HD int32_t live_bin(const Slice& s, int32_t e, Ops& ops) {
   int32_t u, v;
+  double img_u, img_v;
   edge_endpoints(s.g, e, u, v);
-  if (find_root(s.parent, u, ops) == find_root(s.parent, v, ops)) return -1;
-  return cost_bin(cost_bits(edge_cost(ops.ld(s.img + u), ops.ld(s.img + v))));
+  load_edge(s, u, v, img_u, img_v, ops);
+  if (u == v) return -1;
+  return cost_bin(cost_bits(edge_cost(img_u, img_v)));
 }
 
 // The window width of the min_size pass.
@@ -187,14 +249,30 @@ LRC_HD uint64_t window_bound(const Slice& s, const int32_t* sorted, int32_t end,
 // Phase A: drop the edge (return false) or offer its cost to both roots.
 template <class Ops>
 LRC_HD bool main_offer(const Slice& s, int32_t e, uint32_t& ra, uint32_t& rb, Ops& ops) {
-  int32_t u, v;
-  edge_endpoints(s.g, e, u, v);
-  const int32_t a = find_root(s.parent, u, ops), b = find_root(s.parent, v, ops);
+  int32_t a, b;
+  double img_u, img_v;
+  edge_endpoints(s.g, e, a, b);
+  load_edge(s, a, b, img_u, img_v, ops);
   if (a == b) return false;
-  if (ops.ld(s.csize + a) < 0 || ops.ld(s.csize + b) < 0) return false;  // frozen
-  const uint64_t c = cost_bits(edge_cost(ops.ld(s.img + u), ops.ld(s.img + v)));
-  ops.min_u64(s.mincost + a, c);
-  ops.min_u64(s.mincost + b, c);
+  int32_t size_a, size_b;
+  {
+    LRC_INDEPENDENT_LOADS;
+    size_a = ops.ld(s.csize + a);
+    size_b = ops.ld(s.csize + b);
+  }
+  if (size_a < 0 || size_b < 0) return false;  // frozen
+  // Only an offer below the minimum seen takes an atomic: most offers lose, and a load is much
+  // cheaper than an atomic. (Loading the minimums with the sizes would not save a wait: the
+  // compiler moves them below the branch above.)
+  uint64_t min_a, min_b;
+  {
+    LRC_INDEPENDENT_LOADS;
+    min_a = ops.ld(s.mincost + a);
+    min_b = ops.ld(s.mincost + b);
+  }
+  const uint64_t c = cost_bits(edge_cost(img_u, img_v));
+  if (c < min_a) ops.red_min_u64(s.mincost + a, c);
+  if (c < min_b) ops.red_min_u64(s.mincost + b, c);
   ra = static_cast<uint32_t>(a);
   rb = static_cast<uint32_t>(b);
   return true;
@@ -204,47 +282,76 @@ LRC_HD bool main_offer(const Slice& s, int32_t e, uint32_t& ra, uint32_t& rb, Op
 template <class Ops>
 LRC_HD void reserve(const Slice& s, int32_t e, uint32_t ra_tagged, uint32_t rb_tagged, bool small_only,
                     Ops& ops) {
-  const uint64_t c = edge_cost_bits(s, e, ops);
+  int32_t u, v;
+  edge_endpoints(s.g, e, u, v);
   const int32_t a = static_cast<int32_t>(ra_tagged & ~kSmallBit);
   const int32_t b = static_cast<int32_t>(rb_tagged & ~kSmallBit);
-  if ((!small_only || (ra_tagged & kSmallBit)) && ops.ld(s.mincost + a) == c) ops.min_i32(s.minidx + a, e);
-  if ((!small_only || (rb_tagged & kSmallBit)) && ops.ld(s.mincost + b) == c) ops.min_i32(s.minidx + b, e);
+  double img_u, img_v;
+  uint64_t min_a, min_b;
+  int32_t idx_a, idx_b;
+  {
+    LRC_INDEPENDENT_LOADS;
+    img_u = ops.ld(s.img + u);
+    img_v = ops.ld(s.img + v);
+    min_a = ops.ld(s.mincost + a);
+    min_b = ops.ld(s.mincost + b);
+    idx_a = ops.ld(s.minidx + a);
+    idx_b = ops.ld(s.minidx + b);
+  }
+  const uint64_t c = cost_bits(edge_cost(img_u, img_v));
+  if ((!small_only || (ra_tagged & kSmallBit)) && min_a == c && e < idx_a) ops.red_min_i32(s.minidx + a, e);
+  if ((!small_only || (rb_tagged & kSmallBit)) && min_b == c && e < idx_b) ops.red_min_i32(s.minidx + b, e);
 }
 
+// After a root's reserved edge e was decided: remember it in resv, reset the minimum.
 template <class Ops>
-LRC_HD void release(const Slice& s, int32_t r, Ops& ops) {
-  ops.st(s.resv + r, ops.ld(s.minidx + r));
+LRC_HD void release(const Slice& s, int32_t r, int32_t e, Ops& ops) {
+  ops.st(s.resv + r, e);
   ops.st(s.mincost + r, kNoCost);
   ops.st(s.minidx + r, kNoEdge);
 }
 
 // Phase C: decide the edges that both endpoint roots reserved; freeze roots whose own
 // minimum edge fails their own threshold. Each root is reserved by exactly one edge, so the
-// writes below never conflict.
+// writes below never conflict. Everything is loaded in one group before the edge knows whether
+// it owns a root (a root it does not own may be written meanwhile; those values go unused).
 template <class Ops>
 LRC_HD void main_commit(const Slice& s, int32_t e, uint32_t ra, uint32_t rb, Ops& ops) {
   const int32_t a = static_cast<int32_t>(ra), b = static_cast<int32_t>(rb);
-  const bool own_a = ops.ld(s.minidx + a) == e;
-  const bool own_b = ops.ld(s.minidx + b) == e;
-  if (!own_a && !own_b) return;
   int32_t u, v;
   edge_endpoints(s.g, e, u, v);
-  const double c = edge_cost(ops.ld(s.img + u), ops.ld(s.img + v));
-  const float ta = own_a ? threshold(ops.ld(s.cint + a), ops.ld(s.csize + a), s.k) : 0.0f;
-  const float tb = own_b ? threshold(ops.ld(s.cint + b), ops.ld(s.csize + b), s.k) : 0.0f;
+  int32_t idx_a, idx_b, size_a, size_b;
+  double img_u, img_v, cint_a, cint_b;
+  {
+    LRC_INDEPENDENT_LOADS;
+    idx_a = ops.ld(s.minidx + a);
+    idx_b = ops.ld(s.minidx + b);
+    img_u = ops.ld(s.img + u);
+    img_v = ops.ld(s.img + v);
+    size_a = ops.ld(s.csize + a);
+    size_b = ops.ld(s.csize + b);
+    cint_a = ops.ld(s.cint + a);
+    cint_b = ops.ld(s.cint + b);
+  }
+  const bool own_a = idx_a == e, own_b = idx_b == e;
+  if (!own_a && !own_b) return;
+  const double c = edge_cost(img_u, img_v);
+  const float ta = own_a ? threshold(cint_a, size_a, s.k) : 0.0f;
+  const float tb = own_b ? threshold(cint_b, size_b, s.k) : 0.0f;
   if (own_a && own_b && c < static_cast<double>(ta < tb ? ta : tb)) {
     const int32_t lo = a < b ? a : b, hi = a < b ? b : a;
-    const int32_t size = ops.ld(s.csize + a) + ops.ld(s.csize + b);
+    const int32_t size = size_a + size_b;
     ops.st(s.parent + hi, lo);
     ops.st(s.csize + lo, size);
     ops.st(s.cint + lo, c);
-    ops.max_u64(s.hub, (static_cast<uint64_t>(size) << 32) | static_cast<uint32_t>(lo));
+    const uint64_t hub = (static_cast<uint64_t>(size) << 32) | static_cast<uint32_t>(lo);
+    if (hub > ops.ld(s.hub)) ops.red_max_u64(s.hub, hub);
   } else {
-    if (own_a && !(c < static_cast<double>(ta))) ops.st(s.csize + a, -ops.ld(s.csize + a));
-    if (own_b && !(c < static_cast<double>(tb))) ops.st(s.csize + b, -ops.ld(s.csize + b));
+    if (own_a && !(c < static_cast<double>(ta))) ops.st(s.csize + a, -size_a);
+    if (own_b && !(c < static_cast<double>(tb))) ops.st(s.csize + b, -size_b);
   }
-  if (own_a) release(s, a, ops);
-  if (own_b) release(s, b, ops);
+  if (own_a) release(s, a, e, ops);
+  if (own_b) release(s, b, e, ops);
 }
 
 // ---- hub extension ---------------------------------------------------------------------
@@ -359,7 +466,9 @@ template <class Ops>
 LRC_HD int32_t hub_frontier_outside(const Slice& s, int32_t hub, int32_t e, Ops& ops) {
   int32_t u, v;
   edge_endpoints(s.g, e, u, v);
-  const bool in_u = find_root(s.parent, u, ops) == hub, in_v = find_root(s.parent, v, ops) == hub;
+  int32_t root_u = u, root_v = v;
+  find_root_pair(s.parent, root_u, root_v, ops);
+  const bool in_u = root_u == hub, in_v = root_v == hub;
   if (in_u == in_v) return -1;
   return in_u ? v : u;
 }
@@ -388,6 +497,38 @@ LRC_HD int32_t hub_frontier_outside(const Slice& s, int32_t hub, int32_t e, Ops&
 // whose outside endpoint this extension absorbed (`absorbed`), and an absorbed pixel's edge to
 // an older hub pixel, which is never pushed because the frontier holds it (with the absorbed
 // pixel as its outside endpoint).
+// What the hub extension needs of the root y of an edge's outside endpoint w.
+struct OutsideRoot {
+  int32_t root, size, resv;
+  double cint;
+};
+
+// The loads of one step are issued together (LRC_INDEPENDENT_LOADS) on the guess that w is its
+// own root, as the unmerged pixels that make up most decisions are; a wrong guess costs a root
+// walk and a second group of loads.
+template <class Ops>
+LRC_HD OutsideRoot load_outside_root(const Slice& s, int32_t w, Ops& ops) {
+  OutsideRoot y;
+  int32_t p;
+  {
+    LRC_INDEPENDENT_LOADS;
+    p = ops.ld(s.parent + w);
+    y.size = ops.ld(s.csize + w);
+    y.resv = ops.ld(s.resv + w);
+    y.cint = ops.ld(s.cint + w);
+  }
+  y.root = w;
+  if (p == w) return y;
+  y.root = find_root(s.parent, p, ops);
+  {
+    LRC_INDEPENDENT_LOADS;
+    y.size = ops.ld(s.csize + y.root);
+    y.resv = ops.ld(s.resv + y.root);
+    y.cint = ops.ld(s.cint + y.root);
+  }
+  return y;
+}
+
 template <class Ops>
 LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier, int32_t n_frontier,
                           uint64_t end_bound, EdgeHeap heap, PixelSet absorbed, Ops& ops) {
@@ -413,43 +554,58 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
     }
     if (c >= end_bound) break;
     if (absorbed.contains(w)) continue;  // both ends in the hub now
-    const int32_t y = find_root(s.parent, w, ops);
-    if (y == m) continue;
-    const int32_t y_size = ops.ld(s.csize + y);
-    if (y_size < 0) continue;
-    if (ops.ld(s.resv + y) != e) break;
+    const OutsideRoot y = load_outside_root(s, w, ops);
+    if (y.root == m || y.size < 0) continue;  // internal now, or dead (y frozen)
+    if (y.resv != e) break;
     ++steps;
     const double cost = bits_cost(c);
     const float tm = threshold(m_cint, m_size, s.k);
-    const float ty = threshold(ops.ld(s.cint + y), y_size, s.k);
+    const float ty = threshold(y.cint, y.size, s.k);
     if (cost < static_cast<double>(tm < ty ? tm : ty)) {
-      const int32_t lo = m < y ? m : y, hi = m < y ? y : m;
-      m_size += y_size;
+      const int32_t lo = m < y.root ? m : y.root, hi = m < y.root ? y.root : m;
+      m_size += y.size;
       m_cint = cost;
       ops.st(s.parent + hi, lo);
       ops.st(s.csize + lo, m_size);
       ops.st(s.cint + lo, m_cint);
       m = lo;
-      if (y_size != 1) break;
-      absorbed.insert(y);
-      int32_t pe[8];
-      const int32_t np = pixel_edges(s.g, y, pe);  // a root of size 1 is its only pixel
-      const double img_y = ops.ld(s.img + y);
-      for (int32_t t = 0; t < np; ++t) {
-        if (pe[t] == e) continue;
-        int32_t a, b;
-        edge_endpoints(s.g, pe[t], a, b);
-        const int32_t other = a == y ? b : a;
-        if (absorbed.contains(other)) continue;
-        const double img_a = a == y ? img_y : ops.ld(s.img + a);
-        const double img_b = b == y ? img_y : ops.ld(s.img + b);
-        const uint64_t ct = cost_bits(edge_cost(img_a, img_b));
-        if (ct >= end_bound || sorted_contains(frontier, n_frontier, ct, pe[t])) continue;
-        if (heap.size == kHeapCap) return steps;
-        heap.push(ct, pe[t], other);
+      if (y.size != 1) break;
+      // y is a single pixel: its other edges join the heap, four directions at a time, the
+      // values at their far ends loaded together first (an unrolled loop keeps them in
+      // registers; eight at once would spill at 1024 threads).
+      absorbed.insert(y.root);
+      double img_y = 0.0;
+      LRC_UNROLL
+      for (int half = 0; half < 8; half += 4) {
+        double img_other[4];
+        unsigned pending = 0;  // bit d: edge half + d goes on (not the edge just taken, far end not absorbed)
+        {
+          LRC_INDEPENDENT_LOADS;
+          if (half == 0) img_y = ops.ld(s.img + y.root);
+          LRC_UNROLL
+          for (int d = 0; d < 4; ++d) {
+            int32_t edge, other;
+            if (pixel_edge(s.g, y.root, half + d, edge, other) && edge != e && !absorbed.contains(other)) {
+              img_other[d] = ops.ld(s.img + other);
+              pending |= 1u << d;
+            }
+          }
+        }
+        LRC_UNROLL
+        for (int d = 0; d < 4; ++d) {
+          if (!(pending >> d & 1u)) continue;
+          int32_t edge, other;
+          pixel_edge(s.g, y.root, half + d, edge, other);
+          // edge_endpoints orders the ends by pixel index
+          const uint64_t ct =
+              cost_bits(other > y.root ? edge_cost(img_y, img_other[d]) : edge_cost(img_other[d], img_y));
+          if (ct >= end_bound || sorted_contains(frontier, n_frontier, ct, edge)) continue;
+          if (heap.size == kHeapCap) return steps;
+          heap.push(ct, edge, other);
+        }
       }
     } else {
-      if (!(cost < static_cast<double>(ty))) ops.st(s.csize + y, -y_size);
+      if (!(cost < static_cast<double>(ty))) ops.st(s.csize + y.root, -y.size);
       if (!(cost < static_cast<double>(tm))) {
         ops.st(s.csize + m, -m_size);
         break;
@@ -463,15 +619,28 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
 
 template <class Ops>
 LRC_HD bool small_offer(const Slice& s, int32_t e, uint32_t& ra, uint32_t& rb, Ops& ops) {
-  int32_t u, v;
-  edge_endpoints(s.g, e, u, v);
-  const int32_t a = find_root(s.parent, u, ops), b = find_root(s.parent, v, ops);
+  int32_t a, b;
+  double img_u, img_v;
+  edge_endpoints(s.g, e, a, b);
+  load_edge(s, a, b, img_u, img_v, ops);
   if (a == b) return false;
-  const bool sa = ops.ld(s.csize + a) < s.min_size, sb = ops.ld(s.csize + b) < s.min_size;
+  int32_t size_a, size_b;
+  {
+    LRC_INDEPENDENT_LOADS;
+    size_a = ops.ld(s.csize + a);
+    size_b = ops.ld(s.csize + b);
+  }
+  const bool sa = size_a < s.min_size, sb = size_b < s.min_size;
   if (!sa && !sb) return false;  // two large components never merge again
-  const uint64_t c = cost_bits(edge_cost(ops.ld(s.img + u), ops.ld(s.img + v)));
-  if (sa) ops.min_u64(s.mincost + a, c);
-  if (sb) ops.min_u64(s.mincost + b, c);
+  uint64_t min_a, min_b;
+  {
+    LRC_INDEPENDENT_LOADS;
+    min_a = ops.ld(s.mincost + a);
+    min_b = ops.ld(s.mincost + b);
+  }
+  const uint64_t c = cost_bits(edge_cost(img_u, img_v));
+  if (sa && c < min_a) ops.red_min_u64(s.mincost + a, c);
+  if (sb && c < min_b) ops.red_min_u64(s.mincost + b, c);
   ra = static_cast<uint32_t>(a) | (sa ? kSmallBit : 0u);
   rb = static_cast<uint32_t>(b) | (sb ? kSmallBit : 0u);
   return true;
@@ -481,24 +650,31 @@ template <class Ops>
 LRC_HD void small_commit(const Slice& s, int32_t e, uint32_t ra, uint32_t rb, Ops& ops) {
   const bool sa = ra & kSmallBit, sb = rb & kSmallBit;
   const int32_t a = static_cast<int32_t>(ra & ~kSmallBit), b = static_cast<int32_t>(rb & ~kSmallBit);
-  const bool own_a = sa && ops.ld(s.minidx + a) == e;
-  const bool own_b = sb && ops.ld(s.minidx + b) == e;
+  int32_t idx_a, idx_b, size_a, size_b;
+  {
+    LRC_INDEPENDENT_LOADS;
+    idx_a = ops.ld(s.minidx + a);
+    idx_b = ops.ld(s.minidx + b);
+    size_a = ops.ld(s.csize + a);
+    size_b = ops.ld(s.csize + b);
+  }
+  const bool own_a = sa && idx_a == e;
+  const bool own_b = sb && idx_b == e;
   if ((!sa || own_a) && (!sb || own_b)) {
     if (sa && sb) {
       const int32_t lo = a < b ? a : b, hi = a < b ? b : a;
-      const int32_t size = ops.ld(s.csize + a) + ops.ld(s.csize + b);
       ops.st(s.parent + hi, lo);
-      ops.st(s.csize + lo, size);
+      ops.st(s.csize + lo, size_a + size_b);
     } else if (sa) {  // several small roots may join one large root in the same round
       ops.st(s.parent + a, b);
-      ops.add_i32(s.csize + b, ops.ld(s.csize + a));
+      ops.red_add_i32(s.csize + b, size_a);
     } else {
       ops.st(s.parent + b, a);
-      ops.add_i32(s.csize + a, ops.ld(s.csize + b));
+      ops.red_add_i32(s.csize + a, size_b);
     }
   }
-  if (own_a) release(s, a, ops);
-  if (own_b) release(s, b, ops);
+  if (own_a) release(s, a, e, ops);
+  if (own_b) release(s, b, e, ops);
 }
 
 }  // namespace fh

@@ -151,10 +151,10 @@ struct SerialOps {
   T ld(const T* p) const { return *p; }
   template <class T>
   void st(T* p, T v) const { *p = v; }
-  void min_u64(uint64_t* p, uint64_t v) const { *p = std::min(*p, v); }
-  void max_u64(uint64_t* p, uint64_t v) const { *p = std::max(*p, v); }
-  void min_i32(int32_t* p, int32_t v) const { *p = std::min(*p, v); }
-  void add_i32(int32_t* p, int32_t v) const { *p += v; }
+  void red_min_u64(uint64_t* p, uint64_t v) const { *p = std::min(*p, v); }
+  void red_max_u64(uint64_t* p, uint64_t v) const { *p = std::max(*p, v); }
+  void red_min_i32(int32_t* p, int32_t v) const { *p = std::min(*p, v); }
+  void red_add_i32(int32_t* p, int32_t v) const { *p += v; }
   int32_t cas_i32(int32_t* p, int32_t expected, int32_t v) const {
     const int32_t old = *p;
     if (old == expected) *p = v;

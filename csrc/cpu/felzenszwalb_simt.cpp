@@ -11,9 +11,20 @@
 
 #include "felzenszwalb_simt.h"
 
+#include <iterator>
 #include <vector>
 
 namespace lrc {
+
+namespace {
+const char* const kPhaseNames[] = {"pixels",        "sort",         "main offer",   "main reserve",
+                                   "main commit",   "hub gather",   "hub sort",     "hub extend",
+                                   "small offer",   "small reserve", "small commit", "labels"};
+static_assert(sizeof(kPhaseNames) / sizeof(kPhaseNames[0]) == kPhases, "one name per phase");
+static_assert(kPhases <= simt::kMaxPhases, "the simulator profiles at most kMaxPhases phases");
+}  // namespace
+
+std::vector<std::string> fh_simt_phases() { return {std::begin(kPhaseNames), std::end(kPhaseNames)}; }
 
 std::string fh_simt(const double* image, int32_t B, int32_t H, int32_t W, const double* weights, int32_t radius,
                     double k, int32_t min_size, int32_t cluster, int32_t threads, int32_t window, bool extend,
@@ -46,10 +57,13 @@ std::string fh_simt(const double* image, int32_t B, int32_t H, int32_t W, const 
   simt::set_profile_sink(nullptr);
   if (err == cudaSuccess) {
     for (size_t b = 0; profile != nullptr && b < slices.size(); ++b) {
-      profile[4 * b + 0] = static_cast<int64_t>(slices[b].critical_ops);
-      profile[4 * b + 1] = static_cast<int64_t>(slices[b].cluster_barriers);
-      profile[4 * b + 2] = static_cast<int64_t>(slices[b].block_barriers);
-      profile[4 * b + 3] = static_cast<int64_t>(slices[b].total_ops);
+      int64_t* row = profile + (kFhSimtProfileColumns + kPhases) * b;
+      row[0] = static_cast<int64_t>(slices[b].critical_ops);
+      row[1] = static_cast<int64_t>(slices[b].cluster_barriers);
+      row[2] = static_cast<int64_t>(slices[b].block_barriers);
+      row[3] = static_cast<int64_t>(slices[b].total_ops);
+      row[4] = static_cast<int64_t>(slices[b].strict_ops);
+      for (int i = 0; i < kPhases; ++i) row[kFhSimtProfileColumns + i] = static_cast<int64_t>(slices[b].phase_ops[i]);
     }
     return "";
   }

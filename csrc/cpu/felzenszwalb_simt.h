@@ -5,13 +5,20 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace lrc {
 
 // Same arguments and outputs as fh_cuda (felzenszwalb_cuda.h), on host pointers; `seed` as
-// simt::LaunchConfig::seed. `profile` (B, 4), when not null, gets simt::Profile of each slice:
-// critical-path operations, cluster barriers, CTA barriers, all operations. Returns "" or the
-// launch's error (bad arguments, a deadlock, ...).
+// simt::LaunchConfig::seed. `profile` (B, 5 + fh_simt_phases().size()), when not null, gets
+// simt::Profile of each slice: critical-path operations, cluster barriers, CTA barriers, all
+// operations, the strict critical path, then the critical path split by the kernel's phases. Returns "" or the launch's
+// error (bad arguments, a deadlock, ...).
+constexpr int kFhSimtProfileColumns = 5;  // before the phases
+
+// Names of the kernel's phases, in the order of their profile columns.
+std::vector<std::string> fh_simt_phases();
+
 std::string fh_simt(const double* image, int32_t B, int32_t H, int32_t W, const double* weights, int32_t radius,
                     double k, int32_t min_size, int32_t cluster, int32_t threads, int32_t window, bool extend,
                     int64_t* labels, int64_t* counts, int64_t* stats, void* workspace, uint64_t seed,

@@ -34,17 +34,23 @@ struct DeviceOps {
     __stcg(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
   }
   __device__ void st(double* p, double v) const { __stcg(p, v); }
-  // Read first: most offers lose, and a plain load is much cheaper than an atomic.
-  __device__ void min_u64(uint64_t* p, uint64_t v) const {
-    if (v < ld(p)) atomicMin(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
+  // Atomics whose result is not used: the GPU issues them as reductions and does not wait.
+  __device__ void red_min_u64(uint64_t* p, uint64_t v) const {
+    LRC_UNUSED_RESULTS;
+    atomicMin(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
   }
-  __device__ void max_u64(uint64_t* p, uint64_t v) const {
-    if (v > ld(p)) atomicMax(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
+  __device__ void red_max_u64(uint64_t* p, uint64_t v) const {
+    LRC_UNUSED_RESULTS;
+    atomicMax(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
   }
-  __device__ void min_i32(int32_t* p, int32_t v) const {
-    if (v < ld(p)) atomicMin(p, v);
+  __device__ void red_min_i32(int32_t* p, int32_t v) const {
+    LRC_UNUSED_RESULTS;
+    atomicMin(p, v);
   }
-  __device__ void add_i32(int32_t* p, int32_t v) const { atomicAdd(p, v); }
+  __device__ void red_add_i32(int32_t* p, int32_t v) const {
+    LRC_UNUSED_RESULTS;
+    atomicAdd(p, v);
+  }
   __device__ int32_t cas_i32(int32_t* p, int32_t expected, int32_t v) const { return atomicCAS(p, expected, v); }
 };
 
@@ -123,6 +129,24 @@ struct Work {
   int32_t* ctrl;
 };
 
+// The kernel's phases, named for the simulator's cost profile (LRC_SIMT_PHASE, nothing on a GPU).
+// The main and min_size passes have the same three parts: offer, reserve, commit.
+enum Phase : int {
+  kPhasePixels,  // per-pixel passes: smoothing, state, zero-cost pre-pass, unfreezing
+  kPhaseSort,   // counting sort of the live edges into cost bins
+  kPhaseMainOffer,
+  kPhaseMainReserve,
+  kPhaseMainCommit,
+  kPhaseHubGather,
+  kPhaseHubSort,
+  kPhaseHubExtend,
+  kPhaseSmallOffer,
+  kPhaseSmallReserve,
+  kPhaseSmallCommit,
+  kPhaseLabels,
+  kPhases
+};
+
 // ctrl (16 int32 per slice): [0..2] append counters of the rounds, [3] hub frontier count,
 // [4..11] per-CTA totals of a team-wide scan, [12..13] the hub key (uint64).
 constexpr int kFrontierCount = 3;
@@ -160,6 +184,35 @@ __device__ inline void warp_append(bool keep, int32_t e, uint32_t a, uint32_t b,
   }
 }
 
+// fh::window_end for a whole warp (every lane must call it, with the same arguments): the bin
+// search takes three 32-way steps instead of 15 binary ones. In each step every lane loads the
+// last bin_end of one of 32 spans and a ballot picks the first span that reaches the target.
+static_assert(fh::kCostBins == 32 * 32 * 32, "three 32-way steps cover the cost bins");
+__device__ int32_t warp_window_end(const int32_t* bin_end, int32_t start, int32_t width, int32_t live) {
+  if (live - start <= width) return live;
+  const int32_t target = start + width, lane = threadIdx.x & 31;
+  int32_t base = 0, end = 0;  // the answer lies in bins [base, base + 32 * stride)
+  for (int32_t stride = fh::kCostBins / 32; stride >= 1; stride /= 32) {
+    const int32_t probe = __ldcg(bin_end + base + (lane + 1) * stride - 1);
+    // the last span's probe is the end of the whole range, which reaches the target
+    const int first = __ffs(__ballot_sync(0xffffffffu, probe >= target)) - 1;
+    base += first * stride;
+    end = __shfl_sync(0xffffffffu, probe, first);
+  }
+  return end;  // bin_end of the first bin that reaches the target
+}
+
+// An edge phase A kept: its id and its endpoints' roots (tagged in the min_size pass).
+struct DecidedEdge {
+  int32_t e;
+  uint32_t a, b;
+};
+
+__device__ inline DecidedEdge load_decided(const int32_t* out, const Work& w, int32_t i) {
+  LRC_INDEPENDENT_LOADS;
+  return {__ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i)};
+}
+
 // Phase D's sort and sequential part, on the first CTA of the team: the hub's frontier (edge ids
 // in fbuf, their outside endpoints in obuf) sorted by key in shared memory (bitonic sort), then
 // fh::hub_extend on thread 0, which gets the number of edges it decided (0 elsewhere).
@@ -174,6 +227,7 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   __shared__ int32_t absorbed[fh::kAbsorbedCap];
   const fh::HubEdges frontier{f_cost, f_edge, f_outside};
   DeviceOps ops;
+  LRC_SIMT_PHASE(kPhaseHubSort);
   int32_t n = 1;
   while (n < nf) n <<= 1;
   for (int32_t i = threadIdx.x; i < fh::kAbsorbedCap; i += blockDim.x) absorbed[i] = -1;
@@ -198,6 +252,7 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
     }
   }
   if (threadIdx.x != 0) return 0;
+  LRC_SIMT_PHASE(kPhaseHubExtend);
   return fh::hub_extend(s, hub, frontier, nf, end_bound, fh::EdgeHeap{{heap_cost, heap_edge, heap_outside}, 0},
                         fh::PixelSet{absorbed, 0}, ops);
 }
@@ -213,16 +268,22 @@ template <bool kMain>
 __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& team, int32_t width, bool extend,
                               int32_t& step, int64_t& offers, int64_t& hub_steps) {
   DeviceOps ops;
+  const int32_t offer = kMain ? kPhaseMainOffer : kPhaseSmallOffer;  // then reserve, commit
   const int32_t lane = threadIdx.x & 31;
+  LRC_SIMT_PHASE(offer);
   const int32_t live = __ldcg(w.bin_end + fh::kCostBins - 1);
   const int32_t refill = fh::refill_below(width);
   int32_t rounds = 0, loaded = 0, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
+  uint64_t end_bound = fh::kNoCost;  // where the edges not loaded yet begin
   for (;; ++step) {
+    LRC_SIMT_PHASE(offer);
     const int32_t chunk = loaded;
-    if (n_active <= refill && loaded < live) loaded = fh::window_end(w.bin_end, loaded, width, ops);
+    if (n_active <= refill && loaded < live) {
+      loaded = warp_window_end(w.bin_end, loaded, width, live);
+      end_bound = fh::window_bound(s, w.sorted, loaded, live, ops);
+    }
     const int32_t n_in = n_active + (loaded - chunk);
     if (n_in == 0) break;
-    const uint64_t end_bound = fh::window_bound(s, w.sorted, loaded, live, ops);
     int32_t* active = w.list[(step + 1) & 1];  // the previous step's output; phase D's buffer
     int32_t* out = w.list[step & 1];
     int32_t* counter = w.ctrl + step % 3;
@@ -245,20 +306,26 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
     n_active = n_out;
     if (n_out == 0) continue;
     ++rounds;
+    LRC_SIMT_PHASE(offer + 1);
     if (team.rank == 0) {  // nobody reads these between the last round's phase D and phase D
       ops.st(s.hub, uint64_t{0});
       __stcg(w.ctrl + kFrontierCount, 0);
     }
-    for (int32_t i = team.rank; i < n_out; i += team.size)  // phase B
-      fh::reserve(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), !kMain, ops);
-    team.sync();
-    for (int32_t i = team.rank; i < n_out; i += team.size) {  // phase C
-      if (kMain)
-        fh::main_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
-      else
-        fh::small_commit(s, __ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i), ops);
+    for (int32_t i = team.rank; i < n_out; i += team.size) {  // phase B
+      const DecidedEdge d = load_decided(out, w, i);
+      fh::reserve(s, d.e, d.a, d.b, !kMain, ops);
     }
     team.sync();
+    LRC_SIMT_PHASE(offer + 2);
+    for (int32_t i = team.rank; i < n_out; i += team.size) {  // phase C
+      const DecidedEdge d = load_decided(out, w, i);
+      if (kMain)
+        fh::main_commit(s, d.e, d.a, d.b, ops);
+      else
+        fh::small_commit(s, d.e, d.a, d.b, ops);
+    }
+    team.sync();
+    LRC_SIMT_PHASE(kPhaseHubGather);
     const uint64_t hub_key = kMain && extend ? ops.ld(s.hub) : 0;
     if (hub_key != 0) {  // phase D: gather the hub's frontier, then sort and extend on one CTA
       const int32_t hub = static_cast<int32_t>(hub_key & 0xffffffffu);
@@ -427,13 +494,15 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   if (P.zero_merge) {  // zero-cost edges: unite in any order, then count sizes at the roots
     for (int32_t e = team.rank; e < g.num_edges(); e += team.size) fh::zero_union(s, e, ops);
     team.sync();
-    for (int32_t p = team.rank; p < n; p += team.size) atomicAdd(s.csize + fh::find_root(s.parent, p, ops), 1);
+    for (int32_t p = team.rank; p < n; p += team.size) ops.red_add_i32(s.csize + fh::find_root(s.parent, p, ops), 1);
   }
+  LRC_SIMT_PHASE(kPhaseSort);
   sort_live_edges(s, w, team);
 
   int32_t step = 0;
   int64_t offers_main = 0, offers_small = 0, hub_steps = 0;
   const int32_t rounds_main = run_rounds<true>(s, w, team, P.window, P.extend, step, offers_main, hub_steps);
+  LRC_SIMT_PHASE(kPhasePixels);
   for (int32_t p = team.rank; p < n; p += team.size) {  // unfreeze
     const int32_t c = ops.ld(s.csize + p);
     if (c < 0) ops.st(s.csize + p, -c);
@@ -443,12 +512,13 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
       P.min_size > 1 ? run_rounds<false>(s, w, team, fh::kSmallPassWindow, false, step, offers_small, hub_steps)
                      : 0;
 
+  LRC_SIMT_PHASE(kPhaseLabels);
   // Labelling: full roots; the smallest pixel of each component; a scan of "first pixel of
   // its component" flags in raster order gives the label ids (stored at the first pixel,
   // reusing csize); every pixel then gathers its component's id.
   for (int32_t p = team.rank; p < n; p += team.size) ops.st(s.parent + p, fh::root_of(s.parent, p, ops));
   team.sync();
-  for (int32_t p = team.rank; p < n; p += team.size) atomicMin(s.minidx + ops.ld(s.parent + p), p);
+  for (int32_t p = team.rank; p < n; p += team.size) ops.red_min_i32(s.minidx + ops.ld(s.parent + p), p);
   team.sync();
   int32_t p0, p1, num_labels;
   team_chunk(n, team, p0, p1);

@@ -29,6 +29,10 @@
 #define __shared__ static thread_local
 // The simulator has thread-block clusters: take the sm_90 paths.
 #define __CUDA_ARCH__ 900
+// Cost-model annotations (simt::Profile); felzenszwalb_common.h defines them as nothing elsewhere.
+#define LRC_SIMT_PHASE(phase) ::simt::set_phase(phase)
+#define LRC_INDEPENDENT_LOADS const ::simt::IndependentLoads lrc_simt_independent_loads
+#define LRC_UNUSED_RESULTS const ::simt::UnusedResults lrc_simt_unused_results
 
 // threadIdx.x and friends: objects whose x, y, z read the current fiber's value.
 namespace simt {
@@ -71,12 +75,12 @@ inline void __stcg(T* p, T v) {
 
 template <class T>
 inline T simt_atomic_add(T* p, T v) {
-  ::simt::memory_op();
+  ::simt::memory_op(true, true);
   return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 template <class T, class Better>
 inline T simt_atomic_update(T* p, T v, Better better) {
-  ::simt::memory_op();
+  ::simt::memory_op(true, true);
   T old = __atomic_load_n(p, __ATOMIC_RELAXED);
   while (better(v, old) && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
   }
@@ -97,7 +101,7 @@ inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v)
   return simt_atomic_update(p, v, [](unsigned long long a, unsigned long long b) { return a > b; });
 }
 inline int atomicCAS(int* p, int expected, int v) {
-  ::simt::memory_op();
+  ::simt::memory_op(true, true);
   __atomic_compare_exchange_n(p, &expected, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
   return expected;
 }

@@ -72,10 +72,34 @@ const char* op_name(Op op) {
   }
 }
 
+// Operations waited for, split by phase (Profile::phase_ops).
+struct PhaseOps {
+  uint64_t n[kMaxPhases] = {};
+  void add(const PhaseOps& o) {
+    for (int i = 0; i < kMaxPhases; ++i) n[i] += o.n[i];
+  }
+};
+
 struct Fiber {
   void* sp = nullptr;
-  uint64_t ops = 0;    // operations waited for since the CTA's last barrier (Profile)
+  uint64_t ops = 0;     // operations waited for since the CTA's last barrier (Profile)
+  uint64_t strict = 0;  // the same without the scopes
   uint64_t memory = 0;  // global memory operations since then
+  int phase = 0;
+  PhaseOps by_phase;    // `ops` split by phase
+  int independent = 0, unused = 0;  // depth of the scopes
+  bool group_waited = false;        // the current independent-loads scope has counted its wait
+  void count(bool waits, bool atomic) {
+    if (!waits) return;
+    ++strict;
+    if (atomic && unused > 0) return;
+    if (!atomic && independent > 0) {
+      if (group_waited) return;
+      group_waited = true;
+    }
+    ++ops;
+    ++by_phase.n[phase];
+  }
 };
 
 struct WarpSlots {
@@ -97,29 +121,41 @@ struct ClusterBarrier {
   uint64_t generation = 0;
   bool broken = false;
   std::string why;
-  uint64_t interval_max = 0, final_max = 0;
+  uint64_t interval_max = 0, final_max = 0, strict_max = 0, final_strict = 0;
+  PhaseOps interval_phases, final_phases;  // the split of the slowest CTA's cost
   Profile profile;
 
-  bool arrive_and_wait(uint64_t cost) {
+  bool arrive_and_wait(uint64_t cost, uint64_t strict, const PhaseOps& phases) {
     std::unique_lock<std::mutex> lock(m);
     if (broken) return false;
     const uint64_t g = generation;
-    interval_max = std::max(interval_max, cost);
+    if (arrived == 0 || cost > interval_max) {
+      interval_max = cost;
+      interval_phases = phases;
+    }
+    strict_max = std::max(strict_max, strict);
     if (++arrived == size) {
       arrived = 0;
       ++generation;
       profile.critical_ops += interval_max;
+      profile.strict_ops += strict_max;
+      for (int i = 0; i < kMaxPhases; ++i) profile.phase_ops[i] += interval_phases.n[i];
       ++profile.cluster_barriers;
-      interval_max = 0;
+      interval_max = strict_max = 0;
       cv.notify_all();
       return true;
     }
     cv.wait(lock, [&] { return generation != g || broken; });
     return generation != g;
   }
-  void depart(const std::string& reason, uint64_t cost, uint64_t block_barriers, uint64_t total_ops) {
+  void depart(const std::string& reason, uint64_t cost, uint64_t strict, const PhaseOps& phases,
+              uint64_t block_barriers, uint64_t total_ops) {
     std::lock_guard<std::mutex> lock(m);
-    final_max = std::max(final_max, cost);
+    if (cost >= final_max) {
+      final_max = cost;
+      final_phases = phases;
+    }
+    final_strict = std::max(final_strict, strict);
     profile.block_barriers = std::max(profile.block_barriers, block_barriers);
     profile.total_ops += total_ops;
     if (!broken) {
@@ -151,6 +187,8 @@ struct Cta {
   void* scheduler_sp = nullptr;
   int at_block = 0, at_cluster = 0, done = 0;
   uint64_t path = 0;  // critical path since the last cluster barrier
+  uint64_t strict_path = 0;
+  PhaseOps path_phases;  // `path` split by phase
   uint64_t block_barriers = 0, total_ops = 0;
   bool randomised = false;
   Rng rng{0};
@@ -169,13 +207,21 @@ Cta& cta() { return *tl_cta; }
 
 // Ends an interval between barriers: the CTA waited for its busiest thread.
 void close_interval(Cta& c) {
-  uint64_t busiest = 0;
+  Fiber* busiest = nullptr;
+  uint64_t strict = 0;
   for (Fiber& f : c.fibers) {
-    busiest = std::max(busiest, f.ops);
+    if (busiest == nullptr || f.ops > busiest->ops) busiest = &f;
+    strict = std::max(strict, f.strict);
     c.total_ops += f.memory;
-    f.ops = f.memory = 0;
   }
-  c.path += busiest;
+  if (busiest == nullptr) return;
+  c.path += busiest->ops;
+  c.strict_path += strict;
+  c.path_phases.add(busiest->by_phase);
+  for (Fiber& f : c.fibers) {
+    f.ops = f.strict = f.memory = 0;
+    f.by_phase = PhaseOps{};
+  }
 }
 
 void make_runnable(Cta& c, int t) { c.runnable.push_back(t); }
@@ -267,7 +313,7 @@ void run_cta(Cta& c) {
   void* mem = mmap(nullptr, c.stacks_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) {
     c.error = "could not map the fiber stacks";
-    c.cluster->depart(c.error, 0, 0, 0);
+    c.cluster->depart(c.error, 0, 0, PhaseOps{}, 0, 0);
     return;
   }
   c.stacks = static_cast<char*>(mem);
@@ -296,7 +342,7 @@ void run_cta(Cta& c) {
   tl_cta = nullptr;
   munmap(c.stacks, c.stacks_bytes);
   c.cluster->depart(c.error.empty() ? "CTA " + std::to_string(c.block_idx.x) + " finished" : c.error, c.path,
-                    c.block_barriers, c.total_ops);
+                    c.strict_path, c.path_phases, c.block_barriers, c.total_ops);
 }
 
 void warp_arrive(Op op, uint32_t mask, uint64_t value, int64_t arg) {
@@ -354,7 +400,7 @@ void release_all(Cta& c) {
 }
 
 uint64_t warp_collective(Op op, uint32_t mask, uint64_t value, int64_t arg) {
-  ++cta().fibers[cta().current].ops;
+  cta().fibers[cta().current].count(true, false);
   warp_arrive(op, mask, value, arg);
   Cta& c = cta();
   return c.warps[c.current / kWarp].result[c.current % kWarp];
@@ -408,9 +454,11 @@ void sync_block() {
 void sync_cluster() {
   Cta& c = cta();
   if (!arrive(c, c.at_cluster, c.at_block, "a cluster barrier")) return;
-  const uint64_t path = c.path;
-  c.path = 0;
-  if (!c.cluster->arrive_and_wait(path)) {
+  const uint64_t path = c.path, strict = c.strict_path;
+  const PhaseOps phases = c.path_phases;
+  c.path = c.strict_path = 0;
+  c.path_phases = PhaseOps{};
+  if (!c.cluster->arrive_and_wait(path, strict, phases)) {
     const std::string why = c.cluster->why;
     fail("cluster barrier of CTA " + std::to_string(c.block_idx.x) + " cannot complete: " + why);
   }
@@ -428,15 +476,39 @@ uint64_t shfl_up(uint32_t mask, uint64_t value, unsigned delta) {
   return warp_collective(Op::kShflUp, mask, value, delta);
 }
 
-void memory_op(bool waits) {
+void memory_op(bool waits, bool atomic) {
   Cta* c = tl_cta;
   if (c == nullptr) return;
   Fiber& f = c->fibers[c->current];
-  f.ops += waits;
+  f.count(waits, atomic);
   ++f.memory;
   if (!c->randomised || (c->rng.next() & 7) != 0) return;
   make_runnable(*c, c->current);
   suspend();
+}
+
+namespace {
+Fiber* current_fiber() { return tl_cta == nullptr ? nullptr : &tl_cta->fibers[tl_cta->current]; }
+}  // namespace
+
+void begin_independent_loads() {
+  if (Fiber* f = current_fiber(); f != nullptr && f->independent++ == 0) f->group_waited = false;
+}
+void end_independent_loads() {
+  if (Fiber* f = current_fiber()) --f->independent;
+}
+void begin_unused_results() {
+  if (Fiber* f = current_fiber()) ++f->unused;
+}
+void end_unused_results() {
+  if (Fiber* f = current_fiber()) --f->unused;
+}
+
+void set_phase(int phase) {
+  Cta* c = tl_cta;
+  if (c == nullptr) return;
+  if (phase < 0 || phase >= kMaxPhases) fail(where(*c) + ": phase " + std::to_string(phase) + " out of range");
+  c->fibers[c->current].phase = phase;
 }
 
 std::string launch(const LaunchConfig& config, const std::function<void()>& body) {
@@ -476,6 +548,8 @@ std::string launch(const LaunchConfig& config, const std::function<void()>& body
       Profile& p = (*config.profile)[first / cluster];
       p = barrier.profile;
       p.critical_ops += barrier.final_max;
+      p.strict_ops += barrier.final_strict;
+      for (int i = 0; i < kMaxPhases; ++i) p.phase_ops[i] += barrier.final_phases.n[i];
     }
   }
   return "";
@@ -501,7 +575,12 @@ uint32_t ballot(uint32_t, bool) { return 0; }
 uint32_t match_any(uint32_t, uint64_t) { return 0; }
 uint64_t shfl(uint32_t, uint64_t, int) { return 0; }
 uint64_t shfl_up(uint32_t, uint64_t, unsigned) { return 0; }
-void memory_op(bool) {}
+void memory_op(bool, bool) {}
+void begin_independent_loads() {}
+void end_independent_loads() {}
+void begin_unused_results() {}
+void end_unused_results() {}
+void set_phase(int) {}
 
 #endif
 

@@ -38,13 +38,21 @@ struct Dim3 {
 // barriers a CTA is as slow as its busiest thread, and a cluster as its slowest CTA, so
 // `critical_ops` sums, over the intervals between barriers, the largest number of operations
 // any one thread had to wait for in it (global loads, atomics, warp collectives; not stores):
-// a latency-bound cost that takes every such operation as one full latency, so it
-// overestimates threads that issue independent loads back to back.
+// a latency-bound cost. What the GPU overlaps within one thread the kernel says with two
+// scopes (cuda_shim.h): loads it issues together before using any of them
+// (LRC_INDEPENDENT_LOADS) count as one wait, and atomics whose result it never uses
+// (LRC_UNUSED_RESULTS; the GPU issues them as reductions) as none. `strict_ops` ignores both
+// scopes: every load and atomic one full latency.
+constexpr int kMaxPhases = 16;
+
 struct Profile {
   uint64_t critical_ops = 0;
+  // critical_ops split by the phase (set_phase) the waiting thread was in at each operation
+  uint64_t phase_ops[kMaxPhases] = {};
   uint64_t cluster_barriers = 0;
   uint64_t block_barriers = 0;  // __syncthreads, most of any CTA of the cluster
   uint64_t total_ops = 0;       // global memory operations of all threads, stores included
+  uint64_t strict_ops = 0;      // critical_ops without the scopes
 };
 
 struct LaunchConfig {
@@ -77,9 +85,30 @@ uint32_t ballot(uint32_t mask, bool predicate);
 uint32_t match_any(uint32_t mask, uint64_t value);
 uint64_t shfl(uint32_t mask, uint64_t value, int src_lane);
 uint64_t shfl_up(uint32_t mask, uint64_t value, unsigned delta);
-// Counts one global memory operation; `waits`: the thread needs its result (a load or an
-// atomic) before going on, unlike a store. With a seed, may switch threads.
-void memory_op(bool waits = true);
+// Counts one global memory operation: a load (waits), a store (does not wait) or an atomic
+// (`atomic`; waits). With a seed, may switch threads.
+void memory_op(bool waits = true, bool atomic = false);
+// The scopes of Profile: between begin and end, a thread's loads count as one wait
+// (independent loads) or its atomics as none (unused results). They nest.
+void begin_independent_loads();
+void end_independent_loads();
+void begin_unused_results();
+void end_unused_results();
+struct IndependentLoads {
+  IndependentLoads() { begin_independent_loads(); }
+  ~IndependentLoads() { end_independent_loads(); }
+  IndependentLoads(const IndependentLoads&) = delete;
+  IndependentLoads& operator=(const IndependentLoads&) = delete;
+};
+struct UnusedResults {
+  UnusedResults() { begin_unused_results(); }
+  ~UnusedResults() { end_unused_results(); }
+  UnusedResults(const UnusedResults&) = delete;
+  UnusedResults& operator=(const UnusedResults&) = delete;
+};
+// Labels this thread's next operations with a phase 0..kMaxPhases-1 for Profile::phase_ops
+// (each thread starts in phase 0).
+void set_phase(int phase);
 
 // Runs one of the simulator's self-test kernels (see simt_selftest.cpp); "" when it passed.
 std::string selftest(const std::string& name);

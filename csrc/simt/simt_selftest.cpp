@@ -102,6 +102,15 @@ __global__ void profile_kernel(int32_t* out) {
   if (t == 0) {
     for (int i = 0; i < 7; ++i) __ldcg(out + i);
     for (int i = 0; i < 3; ++i) __stcg(out + i, 0);
+    {
+      LRC_INDEPENDENT_LOADS;  // one wait, three in the strict count
+      for (int i = 0; i < 3; ++i) __ldcg(out + i);
+    }
+    {
+      LRC_UNUSED_RESULTS;  // no wait, two in the strict count
+      atomicAdd(out + 8, 1);
+      atomicAdd(out + 9, 1);
+    }
   }
 }
 
@@ -152,15 +161,17 @@ std::string selftest(const std::string& name) {
     uint64_t loads = 0;
     for (int t = 0; t < 64; ++t) loads += t % 5;
     const Profile& a = one.at(0);
-    if (one.size() != 1 || a.critical_ops != 4 + 7 || a.block_barriers != 1 || a.cluster_barriers != 0 ||
-        a.total_ops != loads + 10)
-      return "one CTA: critical " + std::to_string(a.critical_ops) + ", barriers " +
+    if (one.size() != 1 || a.critical_ops != 4 + 7 + 1 || a.strict_ops != 4 + 7 + 3 + 2 || a.block_barriers != 1 ||
+        a.cluster_barriers != 0 || a.total_ops != loads + 15)
+      return "one CTA: critical " + std::to_string(a.critical_ops) + ", strict " + std::to_string(a.strict_ops) +
+             ", barriers " +
              std::to_string(a.block_barriers) + "/" + std::to_string(a.cluster_barriers) + ", total " +
              std::to_string(a.total_ops);
     const Profile& b = pair.at(0);
-    if (pair.size() != 1 || b.critical_ops != 6 + 4 + 7 || b.cluster_barriers != 1 || b.block_barriers != 1 ||
-        b.total_ops != 3 + 6 + 2 * (loads + 10))
-      return "cluster of 2: critical " + std::to_string(b.critical_ops) + ", barriers " +
+    if (pair.size() != 1 || b.critical_ops != 6 + 4 + 7 + 1 || b.strict_ops != 6 + 4 + 7 + 3 + 2 ||
+        b.cluster_barriers != 1 || b.block_barriers != 1 || b.total_ops != 3 + 6 + 2 * (loads + 15))
+      return "cluster of 2: critical " + std::to_string(b.critical_ops) + ", strict " + std::to_string(b.strict_ops) +
+             ", barriers " +
              std::to_string(b.block_barriers) + "/" + std::to_string(b.cluster_barriers) + ", total " +
              std::to_string(b.total_ops);
     return "";
