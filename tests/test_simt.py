@@ -101,6 +101,17 @@ def test_kernel_labelling_race(ext, launch, seeds):
         _check_kernel(image, launch=launch, seed=seed, sigma=0.5, scale=314.0, min_size=0, window=3)
 
 
+@pytest.mark.parametrize("launch", [(1, 256), (2, 256)])
+def test_kernel_window_lookahead_race(ext, launch):
+    """Regression: the scout warp that computes the next cost window wrote it into one slot, and
+    after a step without commits (one barrier) it could overwrite it for the next step before
+    the other threads had read it; threads then disagreed on the window and deadlocked (found by
+    the property test on a 1x5 slice with window 1; seed 0 hits it)."""
+    image = np.random.default_rng(0).random((1, 1, 5))
+    for seed in (0, 1, 2):
+        _check_kernel(image, launch=launch, seed=seed, sigma=0.0, scale=0.0, min_size=0, window=1, extend=False)
+
+
 @pytest.mark.parametrize("window", [1, 37, 100_000])
 @pytest.mark.parametrize("extend", [True, False])
 def test_kernel_cost_windows_and_hub_extension(ext, window, extend):

@@ -80,7 +80,7 @@ __host__ __device__ inline Layout make_layout(int32_t H, int32_t W) {
   l.rb = o;      o = align256(o + 4 * e);
   l.sorted = o;  o = align256(o + 4 * e);
   l.bins = o;    o = align256(o + 4 * static_cast<size_t>(fh::kCostBins));
-  l.ctrl = o;    o = align256(o + 4 * 16);  // see kCtaTotals and friends
+  l.ctrl = o;    o = align256(o + 4 * 32);  // see kCtaTotals and friends
   l.total = o;
   return l;
 }
@@ -147,11 +147,14 @@ enum Phase : int {
   kPhases
 };
 
-// ctrl (16 int32 per slice): [0..2] append counters of the rounds, [3] hub frontier count,
-// [4..11] per-CTA totals of a team-wide scan, [12..13] the hub key (uint64).
+// ctrl (32 int32 per slice): [0..2] append counters of the rounds, [3] hub frontier count,
+// [4..11] per-CTA totals of a team-wide scan, [12..13] the hub key (uint64), [14..15] the end
+// of the next cost window and [16..19] its bound (uint64), each in two slots by step parity.
 constexpr int kFrontierCount = 3;
 constexpr int kCtaTotals = 4;
 constexpr int kHubKey = 12;
+constexpr int kNextEnd = 14;
+constexpr int kNextBound = 16;
 
 // Adds one to table[key] for every lane with key >= 0, one atomic per distinct key in the
 // warp, and returns each lane's old value plus its rank among the lanes with the same key.
@@ -275,13 +278,25 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
   const int32_t refill = fh::refill_below(width);
   int32_t rounds = 0, loaded = 0, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
   uint64_t end_bound = fh::kNoCost;  // where the edges not loaded yet begin
+  // The window after `loaded` and its bound: computed here by every warp for the first refill;
+  // for each later one by the team's last warp (the scout) during the phase A after the refill
+  // before it, where it usually has no offers to make, and read back with the append counter.
+  // Two slots by step parity: a step without commits has only one barrier, so the scout may
+  // already write the next step's window while others still read this step's.
+  int32_t next_end = warp_window_end(w.bin_end, 0, width, live);
+  uint64_t next_bound = fh::window_bound(s, w.sorted, next_end, live, ops);
+  const bool scout = team.rank >= team.size - 32;
   for (;; ++step) {
+    int32_t* ctrl_end = w.ctrl + kNextEnd + (step & 1);
+    uint64_t* ctrl_bound = reinterpret_cast<uint64_t*>(w.ctrl + kNextBound) + (step & 1);
     LRC_SIMT_PHASE(offer);
     const int32_t chunk = loaded;
-    if (n_active <= refill && loaded < live) {
-      loaded = warp_window_end(w.bin_end, loaded, width, live);
-      end_bound = fh::window_bound(s, w.sorted, loaded, live, ops);
+    const bool refilled = n_active <= refill && loaded < live;
+    if (refilled) {
+      loaded = next_end;
+      end_bound = next_bound;
     }
+    const bool look_ahead = refilled && loaded < live;  // the next window is needed later
     const int32_t n_in = n_active + (loaded - chunk);
     if (n_in == 0) break;
     int32_t* active = w.list[(step + 1) & 1];  // the previous step's output; phase D's buffer
@@ -301,8 +316,24 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
       }
       warp_append(keep, e, a, b, counter, w, out);
     }
+    if (look_ahead && scout) {
+      const int32_t end = warp_window_end(w.bin_end, loaded, width, live);
+      const uint64_t bound = fh::window_bound(s, w.sorted, end, live, ops);
+      if (lane == 0) {
+        __stcg(ctrl_end, end);
+        ops.st(ctrl_bound, bound);
+      }
+    }
     team.sync();
-    const int32_t n_out = __ldcg(counter);
+    int32_t n_out;
+    {
+      LRC_INDEPENDENT_LOADS;
+      n_out = __ldcg(counter);
+      if (look_ahead) {
+        next_end = __ldcg(ctrl_end);
+        next_bound = ops.ld(ctrl_bound);
+      }
+    }
     n_active = n_out;
     if (n_out == 0) continue;
     ++rounds;
