@@ -153,8 +153,7 @@ LRC_HD int32_t root_of(const int32_t* parent, int32_t x, Ops& ops) {
 template <class Ops>
 LRC_HD void unite(int32_t* parent, int32_t a, int32_t b, Ops& ops) {
   while (true) {
-    a = find_root(parent, a, ops);
-    b = find_root(parent, b, ops);
+    find_root_pair(parent, a, b, ops);
     if (a == b) return;
     if (a > b) {
       const int32_t t = a;
@@ -169,7 +168,13 @@ template <class Ops>
 LRC_HD void zero_union(const Slice& s, int32_t e, Ops& ops) {
   int32_t u, v;
   edge_endpoints(s.g, e, u, v);
-  if (edge_cost(ops.ld(s.img + u), ops.ld(s.img + v)) == 0.0) unite(s.parent, u, v, ops);
+  double img_u, img_v;
+  {
+    LRC_INDEPENDENT_LOADS;
+    img_u = ops.ld(s.img + u);
+    img_v = ops.ld(s.img + v);
+  }
+  if (edge_cost(img_u, img_v) == 0.0) unite(s.parent, u, v, ops);
 }
 
 // The cost of edge e as its ordered bits (the key's first part), from the smoothed image.

@@ -169,6 +169,15 @@ __device__ inline int32_t warp_increment(int32_t key, int32_t* table) {
   return base + __popc(peers & ((1u << lane) - 1u));
 }
 
+// Adds one to table[key] for every lane with key >= 0, one reduction per distinct key in the
+// warp (warp_increment without the old values). Every lane of the warp must call it.
+__device__ inline void warp_count(int32_t key, int32_t* table) {
+  const unsigned peers = __match_any_sync(0xffffffffu, key);
+  if (key < 0 || static_cast<int>(threadIdx.x & 31) != __ffs(peers) - 1) return;
+  LRC_UNUSED_RESULTS;
+  atomicAdd(table + key, __popc(peers));
+}
+
 // Appends the kept items of a warp with one atomic; every lane of the warp must call it.
 __device__ inline void warp_append(bool keep, int32_t e, uint32_t a, uint32_t b, int32_t* counter, const Work& w,
                                    int32_t* out) {
@@ -443,7 +452,7 @@ __device__ void sort_live_edges(const fh::Slice& s, const Work& w, const Team& t
     const int32_t e = base + lane;
     const int32_t bin = e < E ? fh::live_bin(s, e, ops) : -1;
     if (e < E) __stcg(bin_of + e, bin);
-    warp_increment(bin, w.bin_end);
+    warp_count(bin, w.bin_end);
   }
   team.sync();
   // Exclusive scan over the bins: each thread sums a contiguous chunk, the team scans the sums.
@@ -465,6 +474,54 @@ __device__ void sort_live_edges(const fh::Slice& s, const Work& w, const Team& t
     if (bin >= 0) __stcg(w.sorted + pos, e);
   }
   team.sync();
+}
+
+// One pass of the Gaussian smoothing over the slice (axis 0 or 1), as fh::gauss_axis0/1 compute
+// it, with `radius` (up to kGroupedRadius) known at compile time: the 2 * R + 1 inputs of one
+// output are loaded together and the taps sit in registers. Larger radii take the generic
+// loop; radius -1 (no smoothing) copies. `emit(p, value)` stores output p.
+constexpr int kGroupedRadius = 4;  // sigma up to 1.0 (scipy's radius: int(4 * sigma + 0.5))
+
+template <int R, int kAxis, class Load, class Emit>
+__device__ void gauss_pass_fixed(Load load, Emit emit, const Geometry& g, const double* w_centre, const Team& team) {
+  double w[R + 1];  // w[R + k]: tap k, k = -R .. 0
+  LRC_UNROLL
+  for (int k = 0; k <= R; ++k) w[k] = __ldg(w_centre + k - R);
+  for (int32_t p = team.rank; p < g.num_pixels(); p += team.size) {
+    const int32_t i = p / g.W, j = p - i * g.W;
+    double v[2 * R + 1];  // v[R + k]: the input at offset k
+    {
+      LRC_INDEPENDENT_LOADS;
+      LRC_UNROLL
+      for (int k = -R; k <= R; ++k)
+        v[R + k] = load(kAxis == 0 ? fh::reflect_index(i + k, g.H) * g.W + j : i * g.W + fh::reflect_index(j + k, g.W));
+    }
+    double acc = v[R] * w[R];  // fh::symmetric_tap_sum's order of operations
+    LRC_UNROLL
+    for (int k = -R; k < 0; ++k) acc += (v[R + k] + v[R - k]) * w[R + k];
+    emit(p, acc);
+  }
+}
+
+template <int kAxis, class Load, class Emit>
+__device__ void gauss_pass(Load load, Emit emit, const Geometry& g, const double* w_centre, int32_t radius,
+                           const Team& team) {
+  static_assert(kGroupedRadius == 4, "one case per grouped radius");
+  switch (radius) {
+    case 0: return gauss_pass_fixed<0, kAxis>(load, emit, g, w_centre, team);
+    case 1: return gauss_pass_fixed<1, kAxis>(load, emit, g, w_centre, team);
+    case 2: return gauss_pass_fixed<2, kAxis>(load, emit, g, w_centre, team);
+    case 3: return gauss_pass_fixed<3, kAxis>(load, emit, g, w_centre, team);
+    case 4: return gauss_pass_fixed<4, kAxis>(load, emit, g, w_centre, team);
+    default: break;
+  }
+  for (int32_t p = team.rank; p < g.num_pixels(); p += team.size) {
+    const int32_t i = p / g.W, j = p - i * g.W;
+    if (radius < 0)
+      emit(p, load(p));
+    else
+      emit(p, kAxis == 0 ? fh::gauss_axis0(load, g, w_centre, radius, i, j) : fh::gauss_axis1(load, g, w_centre, radius, i, j));
+  }
 }
 
 template <int kThreads>
@@ -504,16 +561,12 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   // Smoothing, axis 0 then axis 1, and state initialisation.
   auto from_image = [image](int32_t p) { return __ldg(image + p); };
   auto from_tmp = [tmp](int32_t p) { return __ldcg(tmp + p); };
-  for (int32_t p = team.rank; p < n; p += team.size) {
-    const int32_t i = p / g.W, j = p - i * g.W;
-    __stcg(tmp + p, P.radius >= 0 ? fh::gauss_axis0(from_image, g, P.w_centre, P.radius, i, j) : __ldg(image + p));
-  }
+  gauss_pass<0>(from_image, [tmp](int32_t p, double v) { __stcg(tmp + p, v); }, g, P.w_centre, P.radius, team);
   if (team.rank == 0) __stcg(w.ctrl + 0, 0);
   for (int32_t b = team.rank; b < fh::kCostBins; b += team.size) __stcg(w.bin_end + b, 0);
   team.sync();
+  gauss_pass<1>(from_tmp, [smooth](int32_t p, double v) { __stcg(smooth + p, v); }, g, P.w_centre, P.radius, team);
   for (int32_t p = team.rank; p < n; p += team.size) {
-    const int32_t i = p / g.W, j = p - i * g.W;
-    __stcg(smooth + p, P.radius >= 0 ? fh::gauss_axis1(from_tmp, g, P.w_centre, P.radius, i, j) : __ldcg(tmp + p));
     ops.st(s.parent + p, p);
     ops.st(s.csize + p, P.zero_merge ? 0 : 1);
     ops.st(s.cint + p, 0.0);
