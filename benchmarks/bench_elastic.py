@@ -16,6 +16,10 @@
       MONAI ``Rand2DElasticd`` one sample at a time, when ``import monai`` works.
     It prints a markdown table last and exits 1 if a check fails. Without CUDA it runs a tiny CPU
     smoke version (Triton under the interpreter).
+``python benchmarks/bench_elastic.py --sweep``
+    Only the fused field (noise + smoothing, tf32x3) for every tile shape of
+    ``SMOOTH_BLOCK_CHOICES`` (BM, BN, BK, num_warps), each checked against the fp32 CPU oracle
+    first; a table sorted by time (the default shape is the first choice).
 ``pytest benchmarks/bench_elastic.py``
     pytest-benchmark functions for the fused pair and the reference pair.
 """
@@ -33,7 +37,7 @@ if not torch.cuda.is_available():  # the Triton kernels then run in the interpre
 import torch.nn.functional as F  # noqa: E402
 
 from lrc_fast.elastic import DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp  # noqa: E402
-from lrc_fast.kernels.elastic_warp import field_from_uniform_triton  # noqa: E402
+from lrc_fast.kernels.elastic_warp import SMOOTH_BLOCK_CHOICES, field_from_uniform_triton  # noqa: E402
 from lrc_fast.reference import elastic as ref  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -196,7 +200,43 @@ def timed_ms(fn) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def sweep() -> int:
+    """The fused field's time for each tile shape, after checking it; 1 if a check fails."""
+    device_name = torch.cuda.get_device_name() if CUDA else "CPU (Triton interpreter, smoke run)"
+    rows, failed = [], False
+    for batch in BATCHES:
+        gen = generator()
+        uniform = torch.rand((batch, 2, SIZE, SIZE), generator=gen, device=DEVICE)
+        oracle = ref.field_from_uniform(uniform[:2].cpu(), DEFAULT_ALPHA, DEFAULT_SIGMA)  # fp32 on CPU
+        for blocks in SMOOTH_BLOCK_CHOICES:
+            field = field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA, blocks=blocks)
+            err = (field[:2].cpu() - oracle).abs().max().item()
+            if not err <= 1e-5 * DEFAULT_ALPHA:  # the tf32x3 bound of check()
+                print(f"CHECK FAILED B={batch} blocks={blocks}: field max |error| {err:.3g} px")
+                failed = True
+                continue
+            ms = timed_ms(lambda: field_from_uniform_triton(
+                torch.rand((batch, 2, SIZE, SIZE), generator=gen, device=DEVICE), DEFAULT_ALPHA,
+                DEFAULT_SIGMA, blocks=blocks))
+            rows.append((batch, blocks, ms, err))
+            print(f"  B={batch} blocks={blocks}: {ms:.3f} ms (max |error| {err:.3g} px)", flush=True)
+    print(f"\nFused field (noise + smoothing, tf32x3), {SIZE}x{SIZE}, sigma={DEFAULT_SIGMA:g} px, {device_name}; "
+          "median ms, fastest first; (BM, BN, BK, num_warps)\n")
+    print("| B | blocks | ms | vs default |")
+    print("|---|---|---|---|")
+    for batch in BATCHES:
+        mine = [row for row in rows if row[0] == batch]
+        default = next((row[2] for row in mine if row[1] == SMOOTH_BLOCK_CHOICES[0]), None)
+        for _, blocks, ms, _ in sorted(mine, key=lambda row: row[2]):
+            ratio = f"{ms / default:.2f}x" if default else "-"
+            shown = f"{blocks} (default)" if blocks == SMOOTH_BLOCK_CHOICES[0] else str(blocks)
+            print(f"| {batch} | {shown} | {ms:.3f} | {ratio} |")
+    return 1 if failed else 0
+
+
 def main() -> int:
+    if "--sweep" in sys.argv[1:]:
+        return sweep()
     failures = []
     for batch in BATCHES:
         failures += check(batch)

@@ -20,6 +20,12 @@ interpreter), with wall-clock times and no memory column.
 
 Run: ``python benchmarks/bench_loss.py`` (``--quick`` for K=256 float32 only), or
 ``pytest benchmarks/bench_loss.py`` for the pytest-benchmark functions.
+
+``--profile``: instead of the table, where one fused forward+backward step spends its time, per
+K and dtype: ``torch.profiler`` over a few steps (after a warm-up step), every CUDA kernel's
+device time and launches per step, their sum, and the step's wall time from CUDA events; the
+difference is time the GPU waited for the host (launch overhead, host-side work). On CPU the
+smoke shapes, with each operator's self CPU time instead of kernels.
 """
 from __future__ import annotations
 
@@ -212,15 +218,97 @@ def markdown(rows):
     return "\n".join(lines)
 
 
+PROFILE_STEPS = 5
+PROFILE_TOP = 12  # kernels listed per configuration; the rest are summed in one row
+
+
+def profile_step(config, dtype, k):
+    """(rows, kernel_ms, wall_ms): the fused step's time per kernel (CUDA) or per op (CPU).
+
+    rows are (name, calls per step, ms per step) sorted by time; kernel_ms their sum per step;
+    wall_ms the step's median wall time (CUDA events around each profiled step on CUDA).
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    device = "cuda" if CUDA else "cpu"
+    feat_q, feat_p, regions_q, regions_p = make_inputs(config["batch"], config["channels"], config["size"], k,
+                                                       dtype, device)
+    feat_q.requires_grad_(True)
+    feat_p.requires_grad_(True)
+    fn = step_fn("fused", feat_q, feat_p, regions_q, regions_p, k, config["num_samples"])
+    fn()  # compile and warm up outside the profile
+    walls = []
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
+    with profile(activities=activities) as prof:
+        for _ in range(PROFILE_STEPS):
+            if CUDA:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                walls.append(begin.elapsed_time(end))
+            else:
+                start = time.perf_counter()
+                fn()
+                walls.append((time.perf_counter() - start) * 1e3)
+    totals: dict[str, list[float]] = {}
+    if CUDA:
+        for event in prof.events():
+            if event.device_type == DeviceType.CUDA:
+                entry = totals.setdefault(event.name, [0, 0.0])
+                entry[0] += 1
+                entry[1] += event.time_range.elapsed_us() / 1e3
+    else:
+        for event in prof.key_averages():
+            if event.self_cpu_time_total > 0:
+                totals[event.key] = [event.count, event.self_cpu_time_total / 1e3]
+    rows = sorted(((name, n / PROFILE_STEPS, ms / PROFILE_STEPS) for name, (n, ms) in totals.items()),
+                  key=lambda row: -row[2])
+    return rows, sum(row[2] for row in rows), statistics.median(walls)
+
+
+def profile_markdown(rows, kernel_ms, wall_ms):
+    unit = "kernel" if CUDA else "operator (self CPU time)"
+    lines = [f"| {unit} | calls / step | ms / step | share |", "|---|---|---|---|"]
+    for name, calls, ms in rows[:PROFILE_TOP]:
+        short = name if len(name) <= 70 else name[:67] + "..."
+        lines.append(f"| `{short}` | {calls:g} | {ms:.4f} | {ms / kernel_ms:.1%} |")
+    rest = rows[PROFILE_TOP:]
+    if rest:
+        ms = sum(row[2] for row in rest)
+        lines.append(f"| {len(rest)} others | {sum(row[1] for row in rest):g} | {ms:.4f} | {ms / kernel_ms:.1%} |")
+    lines.append(f"| **sum** | {sum(row[1] for row in rows):g} | {kernel_ms:.4f} | |")
+    lines.append(f"| **step, wall** | | {wall_ms:.4f} | sum / wall {kernel_ms / wall_ms:.0%} |")
+    return "\n".join(lines)
+
+
+def run_profile(config, quick=False):
+    for dtype in ((torch.float32,) if quick else config["dtypes"]):
+        for k in ((256,) if quick else config["ks"]):
+            rows, kernel_ms, wall_ms = profile_step(config, dtype, k)
+            print(f"\n#### fused step, {str(dtype).replace('torch.', '')}, K={k} "
+                  f"(median of {PROFILE_STEPS} profiled steps)")
+            print(profile_markdown(rows, kernel_ms, wall_ms), flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only K=256, float32")
+    parser.add_argument("--profile", action="store_true", help="the fused step's time per kernel instead")
     args = parser.parse_args(argv)
     start = time.time()
     config = FULL if CUDA else SMOKE
     device = torch.cuda.get_device_name() if CUDA else "CPU (smoke run: tiny shapes, Triton interpreter)"
     print(f"device: {device}; B={config['batch']} D={config['channels']} "
           f"{config['size']}x{config['size']} N={config['num_samples']}", flush=True)
+    if args.profile:
+        if not (CUDA or triton_usable(torch.empty(0))):
+            print("the fused path needs CUDA or TRITON_INTERPRET=1")
+            return 1
+        run_profile(config, quick=args.quick)
+        return 0
     rows, failures = run(config, quick=args.quick)
     print(f"\n### region_contrast_loss forward+backward on {device}, B={config['batch']} "
           f"D={config['channels']} {config['size']}x{config['size']} N={config['num_samples']} "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one script to run on a lent GPU machine (no network there):
 #   bash benchmarks/gpu_check.sh
-# Builds the extension with that machine's torch, runs `pytest -m gpu`, the benchmarks and
+# Builds the extension with that machine's torch, runs `pytest -m gpu`, the benchmarks (and the
+# loss step's per-kernel profile and the field's tile sweep, whose logs come back in $OUT) and
 # compute-sanitizer (memcheck, racecheck) on the CUDA kernel, and prints a short summary last.
 # Every step has its own time limit inside a global budget (GPU_CHECK_BUDGET seconds, default 560), and the script goes
 # on after a failure, so one call gives the whole picture. Logs go to $OUT (the device tool brings
@@ -54,6 +55,9 @@ fi
 step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_loss.py tests/test_elastic.py
 step bench_loss 100 $PY benchmarks/bench_loss.py
 step bench_elastic 100 $PY benchmarks/bench_elastic.py
+# where the fused loss step spends its time (per kernel), and the field's tile shapes (logs only)
+step bench_loss_profile 45 $PY benchmarks/bench_loss.py --profile
+step bench_elastic_sweep 45 $PY benchmarks/bench_elastic.py --sweep
 step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
 # shared-memory races (the hub extension's sort), last: it is the slowest tool
 step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from lrc_fast.elastic import (DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp,
                               random_elastic_field)
-from lrc_fast.kernels.elastic_warp import field_from_uniform_triton, gaussian_band_matrix
+from lrc_fast.kernels.elastic_warp import SMOOTH_BLOCK_CHOICES, field_from_uniform_triton, gaussian_band_matrix
 from lrc_fast.reference import elastic as ref
 
 PADDINGS = ref.PADDING_MODES
@@ -172,6 +172,27 @@ def test_triton_field_matches_reference(batch, height, width, sigma, truncate):
     # same products in another order than the convolution: ~1 float32 ulp per term (measured
     # <= 1.6e-7 * alpha).
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * alpha)
+
+
+@pytest.mark.parametrize("blocks", SMOOTH_BLOCK_CHOICES[1:])
+def test_triton_field_block_choices(blocks):
+    """Every tile shape the benchmark sweeps gives the reference field (odd sizes, a band that
+    folds at both borders, several tiles per axis for the small blocks)."""
+    alpha = 3.0
+    uniform = _uniform((1, 2, 150, 37), seed=8)
+    expected = ref.field_from_uniform(uniform, alpha, 9.0)
+    got = field_from_uniform_triton(uniform, alpha, 9.0, blocks=blocks)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * alpha)  # as above
+
+
+@pytest.mark.parametrize("blocks,error,match", [
+    ((64, 64, 32), TypeError, "tuple of 4 ints"), ([64, 64, 32, 4], TypeError, "tuple of 4 ints"),
+    ((64, 48, 32, 4), ValueError, "powers of two >= 16"), ((8, 64, 32, 4), ValueError, "powers of two"),
+    ((64, 64, 32, 3), ValueError, "num_warps must be"),
+])
+def test_triton_field_bad_blocks(blocks, error, match):
+    with pytest.raises(error, match=match):
+        field_from_uniform_triton(_uniform((1, 2, 8, 8), seed=1), 1.0, 2.0, blocks=blocks)
 
 
 def test_band_matrix_applies_the_reference_smoothing():

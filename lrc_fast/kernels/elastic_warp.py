@@ -36,6 +36,11 @@ PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
 _SMOOTH_BM = 64  # output rows per program
 _SMOOTH_BN = 64  # output columns per program
 _SMOOTH_BK = 32  # band chunk per tl.dot
+_SMOOTH_WARPS = 4
+# (BM, BN, BK, num_warps) of the smoothing passes tried by `bench_elastic.py --sweep`; the
+# default above is the first. tl.dot needs every block side >= 16.
+SMOOTH_BLOCK_CHOICES = ((64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8),
+                        (64, 64, 64, 4), (128, 64, 64, 8), (64, 64, 16, 4), (128, 128, 64, 8))
 _WARP_BLOCK = 1024  # output pixels per program
 
 # tl.dot precision of the smoothing passes. "tf32x3" (three TF32 products, ~float32 accuracy:
@@ -119,8 +124,22 @@ def _smooth_cols_kernel(t_ptr, kh_ptr, f_ptr, alpha, H, W, radius, tiles_h, tile
     tl.store(f_ptr + base + rows[:, None] * W + cols[None, :], acc * alpha, mask=out_mask)
 
 
+def _check_blocks(blocks) -> tuple[int, int, int, int]:
+    if blocks is None:
+        return _SMOOTH_BM, _SMOOTH_BN, _SMOOTH_BK, _SMOOTH_WARPS
+    if not (isinstance(blocks, tuple) and len(blocks) == 4 and all(isinstance(b, int) for b in blocks)):
+        raise TypeError(f"blocks must be a tuple of 4 ints (BM, BN, BK, num_warps), got {blocks!r}.")
+    *sides, warps = blocks
+    if any(b < 16 or b & (b - 1) for b in sides):
+        raise ValueError(f"blocks: BM, BN and BK must be powers of two >= 16, got {tuple(sides)}.")
+    if warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"blocks: num_warps must be 1, 2, 4, 8 or 16, got {warps}.")
+    return blocks
+
+
 def field_from_uniform_triton(uniform: torch.Tensor, alpha: float, sigma: float,
-                              truncate: float = 4.0, precision: str | None = None) -> torch.Tensor:
+                              truncate: float = 4.0, precision: str | None = None,
+                              blocks: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """Triton twin of :func:`lrc_fast.reference.elastic.field_from_uniform`.
 
     Parameters
@@ -132,12 +151,22 @@ def field_from_uniform_triton(uniform: torch.Tensor, alpha: float, sigma: float,
     precision : {'tf32x3', 'tf32', 'ieee'}, optional
         ``tl.dot`` input precision; default :data:`FIELD_DOT_PRECISION`. The interpreter
         always multiplies in float32.
+    blocks : tuple of 4 ints, optional
+        ``(BM, BN, BK, num_warps)`` of both smoothing kernels, for tuning (see
+        :data:`SMOOTH_BLOCK_CHOICES`); default ``(64, 64, 32, 4)``. Only the order in which
+        float32 products are summed depends on it.
 
     Returns
     -------
     torch.Tensor
         ``(B, 2, H, W)`` float32 displacement.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``blocks`` not four ints, block sides not powers of two >= 16, or a bad warp count.
     """
+    bm, bn, bk, warps = _check_blocks(blocks)
     uniform = uniform.contiguous()
     batch, two, height, width = uniform.shape
     if sigma <= 1e-15:  # no smoothing, as scipy
@@ -150,16 +179,15 @@ def field_from_uniform_triton(uniform: torch.Tensor, alpha: float, sigma: float,
     kw = gaussian_band_matrix(width, float(sigma), float(truncate), uniform.device)  # (W, W)
     kwt = kw.t().contiguous()
     rows_smoothed = torch.empty_like(uniform)  # (B, 2, H, W)
-    tiles_h = triton.cdiv(height, _SMOOTH_BM)
-    tiles_w = triton.cdiv(width, _SMOOTH_BN)
+    tiles_h = triton.cdiv(height, bm)
+    tiles_w = triton.cdiv(width, bn)
     grid = (batch * two * tiles_h * tiles_w,)
     precision = precision or FIELD_DOT_PRECISION
     _smooth_rows_kernel[grid](uniform, kwt, rows_smoothed, height, width, radius, tiles_h, tiles_w,
-                              BM=_SMOOTH_BM, BN=_SMOOTH_BN, BK=_SMOOTH_BK, PRECISION=precision,
-                              num_warps=4)
+                              BM=bm, BN=bn, BK=bk, PRECISION=precision, num_warps=warps)
     _smooth_cols_kernel[grid](rows_smoothed, kh, field, float(alpha), height, width, radius,
-                              tiles_h, tiles_w, BM=_SMOOTH_BM, BN=_SMOOTH_BN, BK=_SMOOTH_BK,
-                              PRECISION=precision, num_warps=4)
+                              tiles_h, tiles_w, BM=bm, BN=bn, BK=bk, PRECISION=precision,
+                              num_warps=warps)
     return field
 
 
