@@ -164,19 +164,6 @@ LRC_HD void unite(int32_t* parent, int32_t a, int32_t b, Ops& ops) {
   }
 }
 
-template <class Ops>
-LRC_HD void zero_union(const Slice& s, int32_t e, Ops& ops) {
-  int32_t u, v;
-  edge_endpoints(s.g, e, u, v);
-  double img_u, img_v;
-  {
-    LRC_INDEPENDENT_LOADS;
-    img_u = ops.ld(s.img + u);
-    img_v = ops.ld(s.img + v);
-  }
-  if (edge_cost(img_u, img_v) == 0.0) unite(s.parent, u, v, ops);
-}
-
 // The cost of edge e as its ordered bits (the key's first part), from the smoothed image.
 template <class Ops>
 LRC_HD uint64_t edge_cost_bits(const Slice& s, int32_t e, Ops& ops) {
@@ -189,6 +176,14 @@ LRC_HD uint64_t edge_cost_bits(const Slice& s, int32_t e, Ops& ops) {
     img_v = ops.ld(s.img + v);
   }
   return cost_bits(edge_cost(img_u, img_v));
+}
+
+template <class Ops>
+LRC_HD void zero_union(const Slice& s, int32_t e, Ops& ops) {
+  if (edge_cost_bits(s, e, ops) != cost_bits(0.0)) return;  // edge_cost is never -0.0
+  int32_t u, v;
+  edge_endpoints(s.g, e, u, v);
+  unite(s.parent, u, v, ops);
 }
 
 // ---- cost windows ----------------------------------------------------------------------
