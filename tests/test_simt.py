@@ -167,6 +167,15 @@ def test_kernel_parameters(ext, scale, sigma, min_size):
     _check_kernel(batch, scale=scale, sigma=sigma, min_size=min_size)
 
 
+@pytest.mark.parametrize("sigma", [0.1, 0.2, 0.4, 1.0, 1.12, 1.13])
+def test_kernel_smoothing_radii(ext, sigma):
+    """The kernel's smoothing has a compiled path per radius 0..4 (sigma below 1.125) and a
+    generic loop above; every one must round like the CPU backend (odd sizes: reflections at
+    both ends of both axes)."""
+    batch = np.random.default_rng(11).random((1, 9, 13)) * 100
+    _check_kernel(batch, sigma=sigma, scale=30.0, min_size=0)
+
+
 def test_kernel_non_finite_input(ext):
     image = np.random.default_rng(0).random((2, 40, 50))
     image[:, 5:9, 5:9] = np.nan

@@ -480,7 +480,7 @@ __device__ void sort_live_edges(const fh::Slice& s, const Work& w, const Team& t
 // it, with `radius` (up to kGroupedRadius) known at compile time: the 2 * R + 1 inputs of one
 // output are loaded together and the taps sit in registers. Larger radii take the generic
 // loop; radius -1 (no smoothing) copies. `emit(p, value)` stores output p.
-constexpr int kGroupedRadius = 4;  // sigma up to 1.0 (scipy's radius: int(4 * sigma + 0.5))
+constexpr int kGroupedRadius = 4;  // sigma below 1.125 (scipy's radius: int(4 * sigma + 0.5))
 
 template <int R, int kAxis, class Load, class Emit>
 __device__ void gauss_pass_fixed(Load load, Emit emit, const Geometry& g, const double* w_centre, const Team& team) {
