@@ -1,6 +1,6 @@
 """Felzenszwalb throughput: lrc_fast (CPU, CUDA) against scikit-image, in one run.
 
-Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--schedule | --simt]
+Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--schedule | --simt | --phases]
   CPU: scikit-image vs lrc_fast "cpu" on 512x512 CT-like slices, one thread and all cores.
   CUDA (when present): batches of 16 and 256 slices already on the GPU, every launch
   configuration and cost window checked for identical labels against the CPU backend, then
@@ -14,6 +14,9 @@ Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--sched
   the strict path (every load and atomic one wait), barriers, and the path by kernel phase, per
   slice. Not a timing: how the critical path tracked measured GPU times is in
   benchmarks/RESULTS.md ("SIMT cost profile").
+  --phases (CUDA): the kernel's GPU time split by the same phases, at B=16 for the default
+  launch and one CTA per slice (the team's first thread reads the global timer at each phase
+  change), beside the batch time with that clock off.
 pytest-benchmark:  pytest benchmarks/bench_felzenszwalb.py
 """
 from __future__ import annotations
@@ -197,12 +200,40 @@ def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
     return rows, ok
 
 
+def phase_rows() -> list[tuple[str, tuple[int, int], float, np.ndarray, np.ndarray]]:
+    """GPU time per kernel phase at B=16 (felzenszwalb_cuda_timed), labels checked first.
+
+    Per data set and launch (the default one, and one CTA per slice): the batch's time with CUDA
+    events with the phase clock off, and the microseconds of each phase for the slowest slice
+    and averaged over the batch (with the clock on).
+    """
+    ext = lrc_fast._ext.require_extension()
+    rows = []
+    for data_name, make in _datasets():
+        host = make(16)
+        expected = lrc_fast.felzenszwalb(host, backend="cpu")
+        x = torch.from_numpy(host).cuda().double()
+        taps = lrc_fast.superpixels._taps_on(0.8, x.device)
+        default = lrc_fast.superpixels._default_launch(16, x.device)
+        for launch in dict.fromkeys([default, (1, 1024)]):
+            labels, _, _, ns = ext.felzenszwalb_cuda_timed(x, taps, 1 / 255, 20, *launch, _WINDOW, True)
+            if not np.array_equal(labels.cpu().numpy(), expected):
+                raise SystemExit(f"MISMATCH: timed cuda kernel {launch} differs from cpu")
+            ms = _cuda_time(lambda: ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, *launch, _WINDOW, True), 5)
+            us = ext.felzenszwalb_cuda_timed(x, taps, 1 / 255, 20, *launch, _WINDOW, True)[3].cpu().numpy() / 1e3
+            rows.append((data_name, launch, ms, us[us.sum(1).argmax()], us.mean(0)))
+            print(f"  {data_name} {launch}: {ms:.2f} ms per batch, slowest slice {us.sum(1).max() / 1e3:.2f} ms "
+                  "by the phase clock", flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--skip-cpu", action="store_true", help="CUDA rows only")
     parser.add_argument("--schedule", action="store_true", help="only the schedule's work per cost window")
     parser.add_argument("--simt", action="store_true", help="only the kernel's cost profile on the SIMT simulator")
+    parser.add_argument("--phases", action="store_true", help="only the CUDA kernel's time per phase (B=16)")
     args = parser.parse_args()
     if not lrc_fast.backends()["cpu_extension"]:
         print("lrc_fast._C is not built; run `pip install --no-build-isolation -e .` first")
@@ -217,6 +248,20 @@ def main() -> int:
             shown = "all" if window == ONE_WINDOW else window
             print(f"| {data_name} | {shown} | {'on' if extend else 'off'} | {st[0]:.0f} | {st[1]:.0f} "
                   f"| {st[2] / edges:.2f} | {st[3] / edges:.2f} | {st[4]:.0f} |")
+        return 0
+    if args.phases:
+        if not torch.cuda.is_available():
+            print("--phases needs a CUDA device")
+            return 1
+        names = lrc_fast._ext.require_extension().felzenszwalb_simt_phases()
+        rows = phase_rows()
+        print(f"\n### CUDA kernel time by phase, B=16 x {SIZE}^2, window {_WINDOW}, hub extension on, "
+              f"{torch.cuda.get_device_name()} (µs; batch ms with the phase clock off)")
+        print("| data | launch | batch ms | slice | " + " | ".join(names) + " |")
+        print("|---|---|---|---|" + "---|" * len(names))
+        for data_name, launch, ms, slowest, mean in rows:
+            for label, us in (("slowest", slowest), ("mean", mean)):
+                print(f"| {data_name} | {launch} | {ms:.2f} | {label} | " + " | ".join(f"{v:.0f}" for v in us) + " |")
         return 0
     if args.simt:
         rows = simt_rows(args.quick)

@@ -51,6 +51,7 @@ step build 240 $PY -m pip install --no-build-isolation --no-deps --no-index -e .
 if step fh_smoke 60 $PY benchmarks/sanitize_felzenszwalb.py; then
   step pytest_gpu_felzenszwalb 150 $PY -m pytest -m gpu -q -x -p no:cacheprovider tests/test_felzenszwalb.py
   step bench_felzenszwalb 180 $PY benchmarks/bench_felzenszwalb.py
+  step bench_felzenszwalb_phases 45 $PY benchmarks/bench_felzenszwalb.py --phases
 fi
 step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_loss.py tests/test_elastic.py
 step bench_loss 100 $PY benchmarks/bench_loss.py
@@ -65,7 +66,7 @@ step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benc
 for log in pytest_gpu_felzenszwalb pytest_gpu_loss_elastic; do
   [ -f "$LOG_DIR/$log.log" ] && { echo; echo "### $log"; grep -E "passed|failed|error" "$LOG_DIR/$log.log" | tail -n 2; }
 done
-for b in bench_felzenszwalb:40 bench_loss:22 bench_elastic:22; do  # log:lines of its table
+for b in bench_felzenszwalb:40 bench_felzenszwalb_phases:10 bench_loss:22 bench_elastic:22; do  # log:lines of its table
   [ -f "$LOG_DIR/${b%:*}.log" ] && { echo; echo "### ${b%:*}"; tail -n "${b#*:}" "$LOG_DIR/${b%:*}.log"; }
 done
 echo

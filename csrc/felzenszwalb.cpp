@@ -26,21 +26,17 @@ void check_launch(const char* op, int64_t cluster, int64_t threads, int64_t wind
   check_window(op, window);
 }
 
-}  // namespace
-
-// Same contract as felzenszwalb_cpu, on CUDA tensors: image (B, H, W) float64 and weights on
-// the image's device. cluster: CTAs per slice (thread-block cluster on sm_90); threads: per CTA;
-// window: minimum edges per cost window of the schedule; extend: run the hub extension.
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
+// felzenszwalb_cuda, and with time_phases also the GPU time of each kernel phase per slice.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> run_cuda(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
-    int64_t threads, int64_t window, bool extend) {
+    int64_t threads, int64_t window, bool extend, bool time_phases, const char* op) {
 #ifdef WITH_CUDA
   TORCH_CHECK(image.is_cuda() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 && image.is_contiguous(),
-              "felzenszwalb_cuda: image must be a contiguous (B, H, W) float64 CUDA tensor");
+              op, ": image must be a contiguous (B, H, W) float64 CUDA tensor");
   TORCH_CHECK(weights.device() == image.device() && weights.dim() == 1 && weights.scalar_type() == torch::kFloat64 &&
                   (weights.numel() == 0 || weights.numel() % 2 == 1),
-              "felzenszwalb_cuda: weights must be an odd-length float64 tensor on the image's device, or empty");
-  check_launch("felzenszwalb_cuda", cluster, threads, window);
+              op, ": weights must be an odd-length float64 tensor on the image's device, or empty");
+  check_launch(op, cluster, threads, window);
   // Launch inside a scope and raise after it: the guard and the tensors are released normally
   // before the exception is thrown (an exception unwinding through them crashed on an H200).
   std::string error;
@@ -50,7 +46,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
     auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
     auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
     auto stats = torch::empty({B, 5}, image.options().dtype(torch::kInt64));
-    if (B == 0) return {labels, counts, stats};
+    auto phase_ns = torch::zeros({time_phases ? B : 0, fh_cuda_phase_count()}, image.options().dtype(torch::kInt64));
+    if (B == 0) return {labels, counts, stats, phase_ns};
     const auto bytes =
         fh_cuda_workspace_bytes(static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W));
     auto workspace = torch::empty({static_cast<int64_t>(bytes)}, image.options().dtype(torch::kUInt8));
@@ -71,15 +68,37 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
     a.counts = counts.data_ptr<int64_t>();
     a.stats = stats.data_ptr<int64_t>();
     a.workspace = workspace.data_ptr();
+    a.phase_ns = time_phases ? phase_ns.data_ptr<int64_t>() : nullptr;
     const cudaError_t err = fh_cuda(a, c10::cuda::getCurrentCUDAStream());
-    if (err == cudaSuccess) return {labels, counts, stats};
-    error = std::string("felzenszwalb_cuda: kernel launch failed: ") + cudaGetErrorString(err) +
+    if (err == cudaSuccess) return {labels, counts, stats, phase_ns};
+    error = std::string(op) + ": kernel launch failed: " + cudaGetErrorString(err) +
             " (cluster=" + std::to_string(cluster) + ", threads=" + std::to_string(threads) + ")";
   }
   TORCH_CHECK(false, error);
 #else
   TORCH_CHECK(false, "lrc_fast._C was built without CUDA; rebuild with a CUDA torch and toolkit (or FORCE_CUDA=1)");
 #endif
+}
+
+}  // namespace
+
+// Same contract as felzenszwalb_cpu, on CUDA tensors: image (B, H, W) float64 and weights on
+// the image's device. cluster: CTAs per slice (thread-block cluster on sm_90); threads: per CTA;
+// window: minimum edges per cost window of the schedule; extend: run the hub extension.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
+    const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
+    int64_t threads, int64_t window, bool extend) {
+  auto out = run_cuda(image, weights, k, min_size, cluster, threads, window, extend, false, "felzenszwalb_cuda");
+  return {std::get<0>(out), std::get<1>(out), std::get<2>(out)};
+}
+
+// felzenszwalb_cuda plus phase_ns (B, P) int64: the GPU nanoseconds each slice spent in each of
+// the kernel's phases (those of felzenszwalb_simt_phases(), barrier waits included), measured
+// by the team's first thread with the global timer. For benchmarks.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda_timed(
+    const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
+    int64_t threads, int64_t window, bool extend) {
+  return run_cuda(image, weights, k, min_size, cluster, threads, window, extend, true, "felzenszwalb_cuda_timed");
 }
 
 // The CUDA kernel's own code run on the CPU by the SIMT simulator (csrc/simt): same contract
@@ -136,6 +155,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("felzenszwalb_cuda", &lrc::felzenszwalb_cuda, "Felzenszwalb on CUDA", py::arg("image"), py::arg("weights"),
         py::arg("k"), py::arg("min_size"), py::arg("cluster"), py::arg("threads"), py::arg("window"),
         py::arg("extend"));
+  m.def("felzenszwalb_cuda_timed", &lrc::felzenszwalb_cuda_timed,
+        "felzenszwalb_cuda plus the GPU nanoseconds of each kernel phase per slice", py::arg("image"),
+        py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("cluster"), py::arg("threads"),
+        py::arg("window"), py::arg("extend"));
   m.def("felzenszwalb_simt", &lrc::felzenszwalb_simt, "The CUDA Felzenszwalb kernel run by the CPU SIMT simulator",
         py::arg("image"), py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("cluster"),
         py::arg("threads"), py::arg("window"), py::arg("extend"), py::arg("seed"));

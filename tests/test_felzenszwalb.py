@@ -399,6 +399,26 @@ def test_cuda_real_ct():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("extend", [True, False])
+def test_cuda_phase_clock(extend):
+    """The timed kernel gives the same labels; its phase times are non-negative, the hub phases
+    are zero without the hub extension, and the phases cover the run."""
+    ext = lrc_fast._ext.require_extension()
+    batch = np.stack([window_hu(phantom_slice(128, 160, seed=s)) for s in range(3)]).astype(np.float64)
+    x = torch.from_numpy(batch).cuda()
+    taps = lrc_fast.superpixels._taps_on(0.8, x.device)
+    labels, counts, stats, ns = ext.felzenszwalb_cuda_timed(x, taps, 1 / 255, 20, 2, 256, 2048, extend)
+    np.testing.assert_array_equal(labels.cpu().numpy(), lrc_fast.felzenszwalb(batch, backend="cpu"))
+    names = ext.felzenszwalb_simt_phases()
+    ns = ns.cpu().numpy()
+    assert ns.shape == (3, len(names)) and (ns >= 0).all() and (ns.sum(1) > 0).all()
+    hub = [names.index(n) for n in ("hub sort", "hub extend")]
+    assert (ns[:, hub].sum() > 0) == extend
+    untimed = ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 2, 256, 2048, extend)
+    assert torch.equal(untimed[2], stats) and torch.equal(untimed[1], counts)
+
+
+@pytest.mark.gpu
 def test_cuda_non_finite_input_without_check():
     image = np.random.default_rng(0).random((2, 40, 50))
     image[:, 5:9, 5:9] = np.nan

@@ -5,9 +5,11 @@
 
 #define fh_cuda fh_cuda_on_simt
 #define fh_cuda_workspace_bytes fh_cuda_workspace_bytes_on_simt
+#define fh_cuda_phase_count fh_cuda_phase_count_on_simt
 #include "../cuda/felzenszwalb_cuda.cu"
 #undef fh_cuda
 #undef fh_cuda_workspace_bytes
+#undef fh_cuda_phase_count
 
 #include "felzenszwalb_simt.h"
 

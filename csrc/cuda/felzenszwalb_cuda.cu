@@ -99,6 +99,7 @@ struct Params {
   int64_t* labels;
   int64_t* counts;
   int64_t* stats;
+  int64_t* phase_ns;  // (B, kPhases) or null
   char* workspace;
   Layout layout;
 };
@@ -129,7 +130,7 @@ struct Work {
   int32_t* ctrl;
 };
 
-// The kernel's phases, named for the simulator's cost profile (LRC_SIMT_PHASE, nothing on a GPU).
+// The kernel's phases: the simulator's cost profile and the GPU's phase clock split by them.
 // The main and min_size passes have the same three parts: offer, reserve, commit.
 enum Phase : int {
   kPhasePixels,  // per-pixel passes: smoothing, state, zero-cost pre-pass, unfreezing
@@ -146,6 +147,64 @@ enum Phase : int {
   kPhaseLabels,
   kPhases
 };
+
+// GPU time per phase (FhCudaArgs::phase_ns): the team's first thread reads the global timer at
+// every phase change and adds the time since the last one to the phase it leaves, so the
+// phases of a slice add up to its whole run, barrier waits included. Off on every other thread
+// and when not asked for; under the simulator enter_phase only labels the phases.
+__device__ inline uint64_t global_ns() {
+#ifdef LRC_SIMT
+  return 0;
+#else
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+#endif
+}
+
+// The clock's state lives in shared memory (no registers held through the kernel); only the
+// team's first thread (thread 0 of CTA 0) turns it on.
+struct PhaseClock {
+  uint64_t spent[kPhases];
+  uint64_t since;
+  int phase;
+  bool on;
+};
+
+__device__ inline PhaseClock& phase_clock() {
+  __shared__ PhaseClock clock;
+  return clock;
+}
+
+__device__ inline void start_clock(bool on) {
+  LRC_SIMT_PHASE(kPhasePixels);
+  if (threadIdx.x != 0) return;
+  PhaseClock& c = phase_clock();
+  c.on = on;
+  if (!on) return;
+  for (int p = 0; p < kPhases; ++p) c.spent[p] = 0;
+  c.phase = kPhasePixels;
+  c.since = global_ns();
+}
+
+__device__ inline void enter_phase(int next) {
+  LRC_SIMT_PHASE(next);
+  if (threadIdx.x != 0) return;
+  PhaseClock& c = phase_clock();
+  if (!c.on) return;
+  const uint64_t now = global_ns();
+  c.spent[c.phase] += now - c.since;
+  c.since = now;
+  c.phase = next;
+}
+
+__device__ inline void finish_clock(int64_t* out) {
+  if (threadIdx.x != 0) return;
+  PhaseClock& c = phase_clock();
+  if (!c.on) return;
+  enter_phase(c.phase);
+  for (int p = 0; p < kPhases; ++p) out[p] = static_cast<int64_t>(c.spent[p]);
+}
 
 // ctrl (32 int32 per slice): [0..2] append counters of the rounds, [3] hub frontier count,
 // [4..11] per-CTA totals of a team-wide scan, [12..13] the hub key (uint64), [14..15] the end
@@ -239,7 +298,7 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   __shared__ int32_t absorbed[fh::kAbsorbedCap];
   const fh::HubEdges frontier{f_cost, f_edge, f_outside};
   DeviceOps ops;
-  LRC_SIMT_PHASE(kPhaseHubSort);
+  enter_phase(kPhaseHubSort);
   int32_t n = 1;
   while (n < nf) n <<= 1;
   for (int32_t i = threadIdx.x; i < fh::kAbsorbedCap; i += blockDim.x) absorbed[i] = -1;
@@ -264,7 +323,7 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
     }
   }
   if (threadIdx.x != 0) return 0;
-  LRC_SIMT_PHASE(kPhaseHubExtend);
+  enter_phase(kPhaseHubExtend);
   return fh::hub_extend(s, hub, frontier, nf, end_bound, fh::EdgeHeap{{heap_cost, heap_edge, heap_outside}, 0},
                         fh::PixelSet{absorbed, 0}, ops);
 }
@@ -282,7 +341,7 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
   DeviceOps ops;
   const int32_t offer = kMain ? kPhaseMainOffer : kPhaseSmallOffer;  // then reserve, commit
   const int32_t lane = threadIdx.x & 31;
-  LRC_SIMT_PHASE(offer);
+  enter_phase(offer);
   const int32_t live = __ldcg(w.bin_end + fh::kCostBins - 1);
   const int32_t refill = fh::refill_below(width);
   int32_t rounds = 0, loaded = 0, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
@@ -298,7 +357,7 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
   for (;; ++step) {
     int32_t* ctrl_end = w.ctrl + kNextEnd + (step & 1);
     uint64_t* ctrl_bound = reinterpret_cast<uint64_t*>(w.ctrl + kNextBound) + (step & 1);
-    LRC_SIMT_PHASE(offer);
+    enter_phase(offer);
     const int32_t chunk = loaded;
     const bool refilled = n_active <= refill && loaded < live;
     if (refilled) {
@@ -346,7 +405,7 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
     n_active = n_out;
     if (n_out == 0) continue;
     ++rounds;
-    LRC_SIMT_PHASE(offer + 1);
+    enter_phase(offer + 1);
     if (team.rank == 0) {  // nobody reads these between the last round's phase D and phase D
       ops.st(s.hub, uint64_t{0});
       __stcg(w.ctrl + kFrontierCount, 0);
@@ -356,7 +415,7 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
       fh::reserve(s, d.e, d.a, d.b, !kMain, ops);
     }
     team.sync();
-    LRC_SIMT_PHASE(offer + 2);
+    enter_phase(offer + 2);
     for (int32_t i = team.rank; i < n_out; i += team.size) {  // phase C
       const DecidedEdge d = load_decided(out, w, i);
       if (kMain)
@@ -365,7 +424,7 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
         fh::small_commit(s, d.e, d.a, d.b, ops);
     }
     team.sync();
-    LRC_SIMT_PHASE(kPhaseHubGather);
+    enter_phase(kPhaseHubGather);
     const uint64_t hub_key = kMain && extend ? ops.ld(s.hub) : 0;
     if (hub_key != 0) {  // phase D: gather the hub's frontier, then sort and extend on one CTA
       const int32_t hub = static_cast<int32_t>(hub_key & 0xffffffffu);
@@ -532,6 +591,7 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   team.rank = team.cta * blockDim.x + threadIdx.x;
   team.size = P.cluster * blockDim.x;
   team.clustered = P.cluster > 1;
+  start_clock(team.rank == 0 && P.phase_ns != nullptr);
 
   const Geometry g = P.g;
   const int32_t n = g.num_pixels();
@@ -580,13 +640,13 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
     team.sync();
     for (int32_t p = team.rank; p < n; p += team.size) ops.red_add_i32(s.csize + fh::find_root(s.parent, p, ops), 1);
   }
-  LRC_SIMT_PHASE(kPhaseSort);
+  enter_phase(kPhaseSort);
   sort_live_edges(s, w, team);
 
   int32_t step = 0;
   int64_t offers_main = 0, offers_small = 0, hub_steps = 0;
   const int32_t rounds_main = run_rounds<true>(s, w, team, P.window, P.extend, step, offers_main, hub_steps);
-  LRC_SIMT_PHASE(kPhasePixels);
+  enter_phase(kPhasePixels);
   for (int32_t p = team.rank; p < n; p += team.size) {  // unfreeze
     const int32_t c = ops.ld(s.csize + p);
     if (c < 0) ops.st(s.csize + p, -c);
@@ -596,7 +656,7 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
       P.min_size > 1 ? run_rounds<false>(s, w, team, fh::kSmallPassWindow, false, step, offers_small, hub_steps)
                      : 0;
 
-  LRC_SIMT_PHASE(kPhaseLabels);
+  enter_phase(kPhaseLabels);
   // Labelling: full roots; the smallest pixel of each component; a scan of "first pixel of
   // its component" flags in raster order gives the label ids (stored at the first pixel,
   // reusing csize); every pixel then gathers its component's id.
@@ -615,6 +675,7 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   int64_t* labels = P.labels + static_cast<size_t>(slice) * n;
   for (int32_t p = team.rank; p < n; p += team.size)
     labels[p] = ops.ld(s.csize + ops.ld(s.minidx + ops.ld(s.parent + p)));
+  if (team.rank == 0 && P.phase_ns != nullptr) finish_clock(P.phase_ns + static_cast<size_t>(slice) * kPhases);
   if (team.rank == 0) {
     P.counts[slice] = num_labels;
     int64_t* stats = P.stats + 5 * static_cast<size_t>(slice);
@@ -647,6 +708,8 @@ cudaError_t launch(const Params& p, int32_t B, cudaStream_t stream) {
 
 }  // namespace
 
+int fh_cuda_phase_count() { return kPhases; }
+
 size_t fh_cuda_workspace_bytes(int32_t B, int32_t H, int32_t W) {
   return static_cast<size_t>(B) * make_layout(H, W).total;
 }
@@ -677,6 +740,7 @@ cudaError_t fh_cuda(const FhCudaArgs& a, cudaStream_t stream) {
   p.labels = a.labels;
   p.counts = a.counts;
   p.stats = a.stats;
+  p.phase_ns = a.phase_ns;
   p.workspace = static_cast<char*>(a.workspace);
   p.layout = make_layout(a.H, a.W);
   switch (a.threads) {

@@ -27,7 +27,12 @@ struct FhCudaArgs {
   int64_t* stats;         // out (B, 5): rounds and edge offers of the main and min_size passes,
                           // edges decided by the hub extension
   void* workspace;        // fh_cuda_workspace_bytes(B, H, W) bytes, 256-byte aligned
+  int64_t* phase_ns = nullptr;  // out (B, fh_cuda_phase_count()) or null: GPU nanoseconds spent
+                                // in each phase of the kernel (the SIMT profile's phases)
 };
+
+// The number of phases phase_ns splits a slice's run into.
+int fh_cuda_phase_count();
 
 // Bytes of scratch memory fh_cuda needs (no zeroing required).
 size_t fh_cuda_workspace_bytes(int32_t B, int32_t H, int32_t W);
