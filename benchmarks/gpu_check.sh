@@ -56,10 +56,10 @@ fi
 step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_loss.py tests/test_elastic.py
 step bench_loss 100 $PY benchmarks/bench_loss.py
 step bench_elastic 100 $PY benchmarks/bench_elastic.py
+step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
 # where the fused loss step spends its time (per kernel), and the field's tile shapes (logs only)
 step bench_loss_profile 45 $PY benchmarks/bench_loss.py --profile
 step bench_elastic_sweep 45 $PY benchmarks/bench_elastic.py --sweep
-step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
 # shared-memory races (the hub extension's sort), last: it is the slowest tool
 step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
 
