@@ -304,8 +304,13 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   for (int32_t i = threadIdx.x; i < fh::kAbsorbedCap; i += blockDim.x) absorbed[i] = -1;
   for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
     if (i < nf) {
-      const int32_t e = __ldcg(fbuf + i);
-      frontier.set(i, fh::edge_cost_bits(s, e, ops), e, static_cast<int32_t>(__ldcg(obuf + i)));
+      int32_t e, outside;
+      {
+        LRC_INDEPENDENT_LOADS;
+        e = __ldcg(fbuf + i);
+        outside = static_cast<int32_t>(__ldcg(obuf + i));
+      }
+      frontier.set(i, fh::edge_cost_bits(s, e, ops), e, outside);
     } else {
       frontier.set(i, fh::kNoCost, fh::kNoEdge, 0);
     }
@@ -425,13 +430,19 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
     }
     team.sync();
     enter_phase(kPhaseHubGather);
-    const uint64_t hub_key = kMain && extend ? ops.ld(s.hub) : 0;
+    uint64_t hub_key = 0;
+    int32_t first = 0;  // this thread's first edge of the gather, loaded with the hub key
+    if (kMain && extend) {
+      LRC_INDEPENDENT_LOADS;
+      hub_key = ops.ld(s.hub);
+      if (team.rank < n_out) first = __ldcg(out + team.rank);
+    }
     if (hub_key != 0) {  // phase D: gather the hub's frontier, then sort and extend on one CTA
       const int32_t hub = static_cast<int32_t>(hub_key & 0xffffffffu);
       // The frontier goes to `active` (no longer read) and the outside endpoints to w.ra (the
       // roots of this round's edges, which phases B and C have used; the next phase A rewrites it).
       for (int32_t i = team.rank; i < n_out; i += team.size) {
-        const int32_t e = __ldcg(out + i);
+        const int32_t e = i == team.rank ? first : __ldcg(out + i);
         const int32_t outside = fh::hub_frontier_outside(s, hub, e, ops);
         if (outside < 0) continue;
         const int32_t pos = atomicAdd(w.ctrl + kFrontierCount, 1);
