@@ -89,6 +89,15 @@ LRC_HD void edge_endpoints(const Geometry& g, int32_t e, int32_t& u, int32_t& v)
   v = (i + 1) * W + j;
 }
 
+// Index of the lowest set bit of x (x != 0).
+LRC_HD int lowest_set_bit(unsigned x) {
+#if defined(__CUDA_ARCH__)
+  return __ffs(static_cast<int>(x)) - 1;
+#else
+  return __builtin_ctz(x);
+#endif
+}
+
 // Edge d (0..7) of pixel p in skimage's numbering, and the pixel at its other end; false where
 // the border leaves it out (a pixel has 2 to 8 edges). With d a constant (an unrolled loop) this
 // compiles to a few comparisons.

@@ -447,6 +447,68 @@ struct PixelSet {
   }
 };
 
+// For the pixels outside the hub at the far end of frontier edges: the directions (bits 0..7,
+// pixel_edge's numbering) of those edges, looked up from the pixel. An absorbed pixel's edges into
+// the hub are frontier edges, which the extension would only load values for to find them in
+// the frontier and skip; with this table it skips them without a load. Open addressing on
+// caller-provided slots (kNearHubCap, all -1 on entry), each (pixel << 8) | directions, for
+// pixels below 2^23; a pixel that finds no slot within kNearHubProbes (or a larger one) is not
+// recorded, and its edges are loaded as before.
+constexpr int32_t kNearHubLog = 10;
+constexpr int32_t kNearHubCap = 1 << kNearHubLog;
+constexpr int32_t kNearHubProbes = 8;
+
+struct NearHub {
+  int32_t* slot;
+
+  LRC_HD static int32_t home(int32_t p) {
+    return static_cast<int32_t>((static_cast<uint32_t>(p) * 2654435761u) >> (32 - kNearHubLog));
+  }
+  // The recorded directions of p (0 when p is not recorded).
+  LRC_HD unsigned directions(int32_t p) const {
+    for (int32_t n = 0, i = home(p); n < kNearHubProbes; ++n, i = (i + 1) & (kNearHubCap - 1)) {
+      const int32_t v = slot[i];
+      if (v < 0) return 0;
+      if ((v >> 8) == p) return static_cast<unsigned>(v) & 0xffu;
+    }
+    return 0;
+  }
+  // Records direction d of p; lock-free (claims a slot with a compare-and-swap).
+  template <class Ops>
+  LRC_HD void add(int32_t p, int d, Ops& ops) const {
+    if (p >= (1 << 23)) return;
+    const int32_t bit = 1 << d;
+    for (int32_t n = 0, i = home(p); n < kNearHubProbes; ++n, i = (i + 1) & (kNearHubCap - 1)) {
+      int32_t v = slot[i];
+      if (v < 0) {
+        v = ops.cas_i32(slot + i, -1, (p << 8) | bit);
+        if (v < 0) return;
+      }
+      if ((v >> 8) == p) {
+        ops.red_or_i32(slot + i, bit);
+        return;
+      }
+    }
+  }
+};
+
+// The direction d (pixel_edge's numbering) of the edge from pixel y to its neighbour h.
+LRC_HD int direction_to(const Geometry& g, int32_t y, int32_t h) {
+  const int32_t dy = h / g.W - y / g.W, dx = h % g.W - y % g.W;
+  if (dy == 0) return dx > 0 ? 0 : 1;
+  if (dx == 0) return dy > 0 ? 2 : 3;
+  if (dy == dx) return dy > 0 ? 4 : 5;
+  return dy > 0 ? 6 : 7;
+}
+
+// Records the frontier edge e, whose endpoint outside the hub is y, in `near`.
+template <class Ops>
+LRC_HD void near_hub_add(const Slice& s, const NearHub& near, int32_t e, int32_t y, Ops& ops) {
+  int32_t u, v;
+  edge_endpoints(s.g, e, u, v);
+  near.add(y, direction_to(s.g, y, u == y ? v : u), ops);
+}
+
 // Whether the key (c, e) is among sorted[0, n) (binary search).
 LRC_HD bool sorted_contains(const HubEdges& sorted, int32_t n, uint64_t c, int32_t e) {
   int32_t lo = 0, hi = n;
@@ -473,30 +535,6 @@ LRC_HD int32_t hub_frontier_outside(const Slice& s, int32_t hub, int32_t e, Ops&
   return in_u ? v : u;
 }
 
-// The hub extension, run by one thread after the round's commits. frontier[0, n_frontier): the
-// hub's loaded pending edges (with their endpoints outside the hub) sorted by key; end_bound: the cost bits where the edges not loaded yet begin (kNoCost once all are
-// loaded); heap: empty, kHeapCap entries; absorbed: empty. Each edge taken, smallest key
-// first, from the frontier and the heap is (hub, y) with y the root of its outside endpoint:
-// - both ends already in the hub: internal now, skipped; y frozen: the edge is dead, skipped;
-// - y reserved another edge this round (resv): y has a smaller pending edge, which the
-//   sequential visit decides first -- stop;
-// - otherwise it is the minimum pending edge of both: decide it as main_commit does. A merged
-//   single pixel adds its other edges to the heap; a merged larger component stops the
-//   extension (its own pending edges are not in the frontier); a hub frozen by its threshold
-//   stops it; a full heap stops it.
-// Every pending edge of the hub below end_bound is in the frontier or the heap, edges from
-// end_bound on are never taken, and y's minimum pending edge
-// cannot change before the hub reaches it (its edges only die or turn into hub edges), so each
-// decision is the sequential one. Returns the number of edges decided.
-//
-// Latency: the thread works alone while the team waits, so each global load it waits for
-// counts. The hub's own size and internal difference live in registers (no one else writes
-// them meanwhile); only the outside endpoint's root is looked up (the other endpoint is in the
-// hub); an absorbed pixel's value is loaded once for its up to 8 edges. Most edges taken turn
-// out internal (real CT: 4 of 5), and those are recognised without a global load: an edge
-// whose outside endpoint this extension absorbed (`absorbed`), and an absorbed pixel's edge to
-// an older hub pixel, which is never pushed because the frontier holds it (with the absorbed
-// pixel as its outside endpoint).
 // What the hub extension needs of the root y of an edge's outside endpoint w.
 struct OutsideRoot {
   int32_t root, size, resv;
@@ -529,9 +567,35 @@ LRC_HD OutsideRoot load_outside_root(const Slice& s, int32_t w, Ops& ops) {
   return y;
 }
 
+// The hub extension, run by one thread after the round's commits. frontier[0, n_frontier): the
+// hub's loaded pending edges (with their endpoints outside the hub) sorted by key; end_bound: the cost bits where the edges not loaded yet begin (kNoCost once all are
+// loaded); heap: empty, kHeapCap entries; absorbed: empty; near: the frontier edges'
+// directions at their outside pixels (near_hub_add). Each edge taken, smallest key
+// first, from the frontier and the heap is (hub, y) with y the root of its outside endpoint:
+// - both ends already in the hub: internal now, skipped; y frozen: the edge is dead, skipped;
+// - y reserved another edge this round (resv): y has a smaller pending edge, which the
+//   sequential visit decides first -- stop;
+// - otherwise it is the minimum pending edge of both: decide it as main_commit does. A merged
+//   single pixel adds its other edges to the heap; a merged larger component stops the
+//   extension (its own pending edges are not in the frontier); a hub frozen by its threshold
+//   stops it; a full heap stops it.
+// Every pending edge of the hub below end_bound is in the frontier or the heap, edges from
+// end_bound on are never taken, and y's minimum pending edge
+// cannot change before the hub reaches it (its edges only die or turn into hub edges), so each
+// decision is the sequential one. Returns the number of edges decided.
+//
+// Latency: the thread works alone while the team waits, so each global load it waits for
+// counts. The hub's own size and internal difference live in registers (no one else writes
+// them meanwhile); only the outside endpoint's root is looked up (the other endpoint is in the
+// hub), its state loaded in one group (load_outside_root). Most edges taken turn out internal
+// (real CT: 4 of 5), and those are recognised without a global load: an edge whose outside
+// endpoint this extension absorbed (`absorbed`). An absorbed pixel's edges into the hub are its
+// frontier edges, recorded by direction in `near` while the frontier was loaded, and skipped
+// without a load; the values at the far ends of its other edges load with its own, four at a
+// time (on real CT usually one group).
 template <class Ops>
 LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier, int32_t n_frontier,
-                          uint64_t end_bound, EdgeHeap heap, PixelSet absorbed, Ops& ops) {
+                          uint64_t end_bound, EdgeHeap heap, PixelSet absorbed, NearHub near, Ops& ops) {
   int32_t m = hub, steps = 0, next = 0;
   int32_t m_size = ops.ld(s.csize + m);
   double m_cint = ops.ld(s.cint + m);
@@ -570,35 +634,47 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
       ops.st(s.cint + lo, m_cint);
       m = lo;
       if (y.size != 1) break;
-      // y is a single pixel: its other edges join the heap, four directions at a time, the
-      // values at their far ends loaded together first (an unrolled loop keeps them in
-      // registers; eight at once would spill at 1024 threads).
+      // y is a single pixel: its other edges join the heap, except the edge just taken, those
+      // whose far end it absorbed, and its frontier edges (into the hub; `near`). The values at
+      // the far ends are loaded four at a time, together, the first four with y's own (an
+      // unrolled loop keeps them in registers; eight at once would spill at 1024 threads).
       absorbed.insert(y.root);
-      double img_y = 0.0;
+      const unsigned into_hub = near.directions(y.root);
+      unsigned todo = 0;  // bit d: edge d of y goes on
       LRC_UNROLL
-      for (int half = 0; half < 8; half += 4) {
+      for (int d = 0; d < 8; ++d) {
+        int32_t edge, other;
+        if (!(into_hub >> d & 1u) && pixel_edge(s.g, y.root, d, edge, other) && edge != e &&
+            !absorbed.contains(other))
+          todo |= 1u << d;
+      }
+      double img_y = 0.0;
+      for (bool first = true; first || todo != 0; first = false) {
+        int dir[4];
         double img_other[4];
-        unsigned pending = 0;  // bit d: edge half + d goes on (not the edge just taken, far end not absorbed)
+        int n = 0;
         {
           LRC_INDEPENDENT_LOADS;
-          if (half == 0) img_y = ops.ld(s.img + y.root);
+          if (first) img_y = ops.ld(s.img + y.root);
           LRC_UNROLL
-          for (int d = 0; d < 4; ++d) {
+          for (int slot = 0; slot < 4; ++slot) {
+            if (todo == 0) break;
             int32_t edge, other;
-            if (pixel_edge(s.g, y.root, half + d, edge, other) && edge != e && !absorbed.contains(other)) {
-              img_other[d] = ops.ld(s.img + other);
-              pending |= 1u << d;
-            }
+            dir[slot] = lowest_set_bit(todo);
+            todo &= todo - 1;
+            pixel_edge(s.g, y.root, dir[slot], edge, other);
+            img_other[slot] = ops.ld(s.img + other);
+            n = slot + 1;
           }
         }
         LRC_UNROLL
-        for (int d = 0; d < 4; ++d) {
-          if (!(pending >> d & 1u)) continue;
+        for (int slot = 0; slot < 4; ++slot) {
+          if (slot >= n) break;
           int32_t edge, other;
-          pixel_edge(s.g, y.root, half + d, edge, other);
+          pixel_edge(s.g, y.root, dir[slot], edge, other);
           // edge_endpoints orders the ends by pixel index
           const uint64_t ct =
-              cost_bits(other > y.root ? edge_cost(img_y, img_other[d]) : edge_cost(img_other[d], img_y));
+              cost_bits(other > y.root ? edge_cost(img_y, img_other[slot]) : edge_cost(img_other[slot], img_y));
           if (ct >= end_bound || sorted_contains(frontier, n_frontier, ct, edge)) continue;
           if (heap.size == kHeapCap) return steps;
           heap.push(ct, edge, other);

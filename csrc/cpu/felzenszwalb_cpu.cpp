@@ -155,6 +155,7 @@ struct SerialOps {
   void red_max_u64(uint64_t* p, uint64_t v) const { *p = std::max(*p, v); }
   void red_min_i32(int32_t* p, int32_t v) const { *p = std::min(*p, v); }
   void red_add_i32(int32_t* p, int32_t v) const { *p += v; }
+  void red_or_i32(int32_t* p, int32_t v) const { *p |= v; }
   int32_t cas_i32(int32_t* p, int32_t expected, int32_t v) const {
     const int32_t old = *p;
     if (old == expected) *p = v;
@@ -177,7 +178,7 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
   std::vector<std::tuple<uint64_t, int32_t, int32_t>> frontier;  // (cost bits, edge, outside endpoint)
   std::vector<uint64_t> f_cost, heap_cost(fh::kHeapCap);
   std::vector<int32_t> f_edge, f_outside, heap_edge(fh::kHeapCap), heap_outside(fh::kHeapCap);
-  std::vector<int32_t> absorbed(fh::kAbsorbedCap);
+  std::vector<int32_t> absorbed(fh::kAbsorbedCap), near_slots(fh::kNearHubCap);
   const int32_t refill = fh::refill_below(width);
   int32_t rounds = 0, loaded = 0, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
   while (true) {
@@ -226,9 +227,12 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
         for (size_t i = 0; i < frontier.size(); ++i) std::tie(f_cost[i], f_edge[i], f_outside[i]) = frontier[i];
         const fh::EdgeHeap heap{{heap_cost.data(), heap_edge.data(), heap_outside.data()}, 0};
         std::fill(absorbed.begin(), absorbed.end(), -1);
+        std::fill(near_slots.begin(), near_slots.end(), -1);
+        const fh::NearHub near{near_slots.data()};
+        for (size_t i = 0; i < frontier.size(); ++i) fh::near_hub_add(s, near, f_edge[i], f_outside[i], ops);
         stats[1] += fh::hub_extend(s, hub, fh::HubEdges{f_cost.data(), f_edge.data(), f_outside.data()},
                                    static_cast<int32_t>(frontier.size()), end_bound, heap,
-                                   fh::PixelSet{absorbed.data(), 0}, ops);
+                                   fh::PixelSet{absorbed.data(), 0}, near, ops);
       }
     }
     list_in.swap(list_out);

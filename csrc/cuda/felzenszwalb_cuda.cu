@@ -51,6 +51,10 @@ struct DeviceOps {
     LRC_UNUSED_RESULTS;
     atomicAdd(p, v);
   }
+  __device__ void red_or_i32(int32_t* p, int32_t v) const {
+    LRC_UNUSED_RESULTS;
+    atomicOr(p, v);
+  }
   __device__ int32_t cas_i32(int32_t* p, int32_t expected, int32_t v) const { return atomicCAS(p, expected, v); }
 };
 
@@ -296,12 +300,16 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   __shared__ int32_t heap_edge[fh::kHeapCap];
   __shared__ int32_t heap_outside[fh::kHeapCap];
   __shared__ int32_t absorbed[fh::kAbsorbedCap];
+  __shared__ int32_t near_slots[fh::kNearHubCap];
   const fh::HubEdges frontier{f_cost, f_edge, f_outside};
+  const fh::NearHub near{near_slots};
   DeviceOps ops;
   enter_phase(kPhaseHubSort);
   int32_t n = 1;
   while (n < nf) n <<= 1;
   for (int32_t i = threadIdx.x; i < fh::kAbsorbedCap; i += blockDim.x) absorbed[i] = -1;
+  for (int32_t i = threadIdx.x; i < fh::kNearHubCap; i += blockDim.x) near_slots[i] = -1;
+  __syncthreads();  // the table is empty before anyone records in it
   for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
     if (i < nf) {
       int32_t e, outside;
@@ -311,6 +319,7 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
         outside = static_cast<int32_t>(__ldcg(obuf + i));
       }
       frontier.set(i, fh::edge_cost_bits(s, e, ops), e, outside);
+      fh::near_hub_add(s, near, e, outside, ops);
     } else {
       frontier.set(i, fh::kNoCost, fh::kNoEdge, 0);
     }
@@ -330,7 +339,7 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   if (threadIdx.x != 0) return 0;
   enter_phase(kPhaseHubExtend);
   return fh::hub_extend(s, hub, frontier, nf, end_bound, fh::EdgeHeap{{heap_cost, heap_edge, heap_outside}, 0},
-                        fh::PixelSet{absorbed, 0}, ops);
+                        fh::PixelSet{absorbed, 0}, near, ops);
 }
 
 // One pass of rounds (main when kMain, else min_size): each offers the edges the previous one

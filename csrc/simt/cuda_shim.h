@@ -100,6 +100,10 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
 inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
   return simt_atomic_update(p, v, [](unsigned long long a, unsigned long long b) { return a > b; });
 }
+inline int atomicOr(int* p, int v) {
+  ::simt::memory_op(true, true);
+  return __atomic_fetch_or(p, v, __ATOMIC_RELAXED);
+}
 inline int atomicCAS(int* p, int expected, int v) {
   ::simt::memory_op(true, true);
   __atomic_compare_exchange_n(p, &expected, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
