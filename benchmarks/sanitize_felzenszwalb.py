@@ -1,6 +1,6 @@
 """A small CUDA Felzenszwalb run for compute-sanitizer: every launch shape, small and default cost
-windows, the hub extension on and off; labels against the CPU backend and the schedule's stats
-against its CPU emulation.
+windows, the hub extension on and off, and the kernel with its phase clock; labels against the
+CPU backend and the schedule's stats against its CPU emulation.
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize_felzenszwalb.py
     compute-sanitizer --tool racecheck python benchmarks/sanitize_felzenszwalb.py   (shared memory)
@@ -33,6 +33,15 @@ def main() -> int:
                 ok &= same
                 print(f"{name}, launch={launch}, window={window}, hub={'on' if extend else 'off'}: "
                       f"{'equal' if same else 'DIFFERENT'} (hub steps {stats[:, 4].tolist()})")
+        # the phase clock's path too (bench_felzenszwalb.py --phases)
+        ext = lrc_fast._ext.require_extension()
+        xc = x.cuda()
+        labels = ext.felzenszwalb_cuda_timed(xc, lrc_fast.superpixels._taps_on(0.8, xc.device), 1 / 255, 20, 2, 512,
+                                             _WINDOW, True)[0]
+        torch.cuda.synchronize()
+        same = np.array_equal(labels.cpu().numpy(), expected)
+        ok &= same
+        print(f"{name}, timed kernel: {'equal' if same else 'DIFFERENT'}")
     return 0 if ok else 1
 
 
