@@ -172,18 +172,19 @@ LRC_HD double symmetric_tap_sum(const double* w, int32_t radius, At at) {
   return acc;
 }
 
-// Vertical (axis 0) pass at pixel (i, j); load(idx) reads the source image.
-template <class Load>
-LRC_HD double gauss_axis0(Load load, const Geometry& g, const double* w_centre, int32_t radius, int32_t i,
-                          int32_t j) {
-  return symmetric_tap_sum(w_centre, radius, [&](int32_t k) { return load(reflect_index(i + k, g.H) * g.W + j); });
+// The input pixel of tap k of the axis-0 (vertical) or axis-1 (horizontal) pass at (i, j),
+// reflected at the border.
+template <int kAxis>
+LRC_HD int32_t tap_index(const Geometry& g, int32_t i, int32_t j, int32_t k) {
+  return kAxis == 0 ? reflect_index(i + k, g.H) * g.W + j : i * g.W + reflect_index(j + k, g.W);
 }
 
-// Horizontal (axis 1) pass at pixel (i, j).
-template <class Load>
-LRC_HD double gauss_axis1(Load load, const Geometry& g, const double* w_centre, int32_t radius, int32_t i,
-                          int32_t j) {
-  return symmetric_tap_sum(w_centre, radius, [&](int32_t k) { return load(i * g.W + reflect_index(j + k, g.W)); });
+// One pass (axis 0, then axis 1) of the separable Gaussian at pixel (i, j); load(idx) reads
+// the pass's source.
+template <int kAxis, class Load>
+LRC_HD double gauss_axis(Load load, const Geometry& g, const double* w_centre, int32_t radius, int32_t i,
+                         int32_t j) {
+  return symmetric_tap_sum(w_centre, radius, [&](int32_t k) { return load(tap_index<kAxis>(g, i, j, k)); });
 }
 
 constexpr uint64_t kNoCost = ~0ull;       // "no pending edge" in the per-root minimum cost

@@ -76,6 +76,15 @@ LRC_HD int32_t find_root(int32_t* parent, int32_t x, Ops& ops) {
   return x;
 }
 
+// base[a] and base[b], loaded together (inside an enclosing LRC_INDEPENDENT_LOADS block, with
+// the rest of that group).
+template <class T, class Ops>
+LRC_HD void load_pair(const T* base, int32_t a, int32_t b, T& va, T& vb, Ops& ops) {
+  LRC_INDEPENDENT_LOADS;
+  va = ops.ld(base + a);
+  vb = ops.ld(base + b);
+}
+
 // find_root of x and of y side by side, from their parents px and py already loaded: each
 // step's loads are issued together.
 template <class Ops>
@@ -108,11 +117,7 @@ LRC_HD void climb_pair(int32_t* parent, int32_t& x, int32_t px, int32_t& y, int3
 template <class Ops>
 LRC_HD void find_root_pair(int32_t* parent, int32_t& x, int32_t& y, Ops& ops) {
   int32_t px, py;
-  {
-    LRC_INDEPENDENT_LOADS;
-    px = ops.ld(parent + x);
-    py = ops.ld(parent + y);
-  }
+  load_pair<int32_t>(parent, x, y, px, py, ops);
   climb_pair(parent, x, px, y, py, ops);
 }
 
@@ -121,11 +126,9 @@ template <class Ops>
 LRC_HD void load_edge(const Slice& s, int32_t& u, int32_t& v, double& img_u, double& img_v, Ops& ops) {
   int32_t pu, pv;
   {
-    LRC_INDEPENDENT_LOADS;
-    img_u = ops.ld(s.img + u);
-    img_v = ops.ld(s.img + v);
-    pu = ops.ld(s.parent + u);
-    pv = ops.ld(s.parent + v);
+    LRC_INDEPENDENT_LOADS;  // one group for both pairs
+    load_pair(s.img, u, v, img_u, img_v, ops);
+    load_pair<int32_t>(s.parent, u, v, pu, pv, ops);
   }
   climb_pair(s.parent, u, pu, v, pv, ops);
 }
@@ -170,11 +173,7 @@ LRC_HD uint64_t edge_cost_bits(const Slice& s, int32_t e, Ops& ops) {
   int32_t u, v;
   edge_endpoints(s.g, e, u, v);
   double img_u, img_v;
-  {
-    LRC_INDEPENDENT_LOADS;
-    img_u = ops.ld(s.img + u);
-    img_v = ops.ld(s.img + v);
-  }
+  load_pair(s.img, u, v, img_u, img_v, ops);
   return cost_bits(edge_cost(img_u, img_v));
 }
 
@@ -246,6 +245,18 @@ LRC_HD uint64_t window_bound(const Slice& s, const int32_t* sorted, int32_t end,
 
 // ---- main pass -------------------------------------------------------------------------
 
+// Offers cost c to root a (when to_a) and to root b (when to_b). Only an offer below the minimum
+// seen takes an atomic: most offers lose, and a load is much cheaper than an atomic. (The
+// callers load the roots' sizes first; loading the minimums with them would not save a wait:
+// the compiler moves these loads below the callers' early returns.)
+template <class Ops>
+LRC_HD void offer_cost(const Slice& s, int32_t a, bool to_a, int32_t b, bool to_b, uint64_t c, Ops& ops) {
+  uint64_t min_a, min_b;
+  load_pair<uint64_t>(s.mincost, a, b, min_a, min_b, ops);
+  if (to_a && c < min_a) ops.red_min_u64(s.mincost + a, c);
+  if (to_b && c < min_b) ops.red_min_u64(s.mincost + b, c);
+}
+
 // Phase A: drop the edge (return false) or offer its cost to both roots.
 template <class Ops>
 LRC_HD bool main_offer(const Slice& s, int32_t e, uint32_t& ra, uint32_t& rb, Ops& ops) {
@@ -255,24 +266,9 @@ LRC_HD bool main_offer(const Slice& s, int32_t e, uint32_t& ra, uint32_t& rb, Op
   load_edge(s, a, b, img_u, img_v, ops);
   if (a == b) return false;
   int32_t size_a, size_b;
-  {
-    LRC_INDEPENDENT_LOADS;
-    size_a = ops.ld(s.csize + a);
-    size_b = ops.ld(s.csize + b);
-  }
+  load_pair<int32_t>(s.csize, a, b, size_a, size_b, ops);
   if (size_a < 0 || size_b < 0) return false;  // frozen
-  // Only an offer below the minimum seen takes an atomic: most offers lose, and a load is much
-  // cheaper than an atomic. (Loading the minimums with the sizes would not save a wait: the
-  // compiler moves them below the branch above.)
-  uint64_t min_a, min_b;
-  {
-    LRC_INDEPENDENT_LOADS;
-    min_a = ops.ld(s.mincost + a);
-    min_b = ops.ld(s.mincost + b);
-  }
-  const uint64_t c = cost_bits(edge_cost(img_u, img_v));
-  if (c < min_a) ops.red_min_u64(s.mincost + a, c);
-  if (c < min_b) ops.red_min_u64(s.mincost + b, c);
+  offer_cost(s, a, true, b, true, cost_bits(edge_cost(img_u, img_v)), ops);
   ra = static_cast<uint32_t>(a);
   rb = static_cast<uint32_t>(b);
   return true;
@@ -290,13 +286,10 @@ LRC_HD void reserve(const Slice& s, int32_t e, uint32_t ra_tagged, uint32_t rb_t
   uint64_t min_a, min_b;
   int32_t idx_a, idx_b;
   {
-    LRC_INDEPENDENT_LOADS;
-    img_u = ops.ld(s.img + u);
-    img_v = ops.ld(s.img + v);
-    min_a = ops.ld(s.mincost + a);
-    min_b = ops.ld(s.mincost + b);
-    idx_a = ops.ld(s.minidx + a);
-    idx_b = ops.ld(s.minidx + b);
+    LRC_INDEPENDENT_LOADS;  // one group for the three pairs
+    load_pair(s.img, u, v, img_u, img_v, ops);
+    load_pair<uint64_t>(s.mincost, a, b, min_a, min_b, ops);
+    load_pair<int32_t>(s.minidx, a, b, idx_a, idx_b, ops);
   }
   const uint64_t c = cost_bits(edge_cost(img_u, img_v));
   if ((!small_only || (ra_tagged & kSmallBit)) && min_a == c && e < idx_a) ops.red_min_i32(s.minidx + a, e);
@@ -323,15 +316,11 @@ LRC_HD void main_commit(const Slice& s, int32_t e, uint32_t ra, uint32_t rb, Ops
   int32_t idx_a, idx_b, size_a, size_b;
   double img_u, img_v, cint_a, cint_b;
   {
-    LRC_INDEPENDENT_LOADS;
-    idx_a = ops.ld(s.minidx + a);
-    idx_b = ops.ld(s.minidx + b);
-    img_u = ops.ld(s.img + u);
-    img_v = ops.ld(s.img + v);
-    size_a = ops.ld(s.csize + a);
-    size_b = ops.ld(s.csize + b);
-    cint_a = ops.ld(s.cint + a);
-    cint_b = ops.ld(s.cint + b);
+    LRC_INDEPENDENT_LOADS;  // one group for the four pairs
+    load_pair<int32_t>(s.minidx, a, b, idx_a, idx_b, ops);
+    load_pair(s.img, u, v, img_u, img_v, ops);
+    load_pair<int32_t>(s.csize, a, b, size_a, size_b, ops);
+    load_pair<double>(s.cint, a, b, cint_a, cint_b, ops);
   }
   const bool own_a = idx_a == e, own_b = idx_b == e;
   if (!own_a && !own_b) return;
@@ -423,15 +412,18 @@ struct EdgeHeap {
   }
 };
 
+// Home slot of pixel p in an open-addressing table of 2^log slots (Fibonacci hashing).
+LRC_HD int32_t hash_slot(int32_t p, int log) {
+  return static_cast<int32_t>((static_cast<uint32_t>(p) * 2654435761u) >> (32 - log));
+}
+
 // Pixels absorbed by one hub extension: open addressing with linear probing on caller-provided
 // slots, all -1 on entry. Inserts stop at half load; a pixel left out is found by its root.
 struct PixelSet {
   int32_t* slot;
   int32_t size;
 
-  LRC_HD static int32_t home(int32_t p) {
-    return static_cast<int32_t>((static_cast<uint32_t>(p) * 2654435761u) >> (32 - kAbsorbedLog));
-  }
+  LRC_HD static int32_t home(int32_t p) { return hash_slot(p, kAbsorbedLog); }
   LRC_HD bool contains(int32_t p) const {
     for (int32_t i = home(p);; i = (i + 1) & (kAbsorbedCap - 1)) {
       if (slot[i] == p) return true;
@@ -461,9 +453,7 @@ constexpr int32_t kNearHubProbes = 8;
 struct NearHub {
   int32_t* slot;
 
-  LRC_HD static int32_t home(int32_t p) {
-    return static_cast<int32_t>((static_cast<uint32_t>(p) * 2654435761u) >> (32 - kNearHubLog));
-  }
+  LRC_HD static int32_t home(int32_t p) { return hash_slot(p, kNearHubLog); }
   // The recorded directions of p (0 when p is not recorded).
   LRC_HD unsigned directions(int32_t p) const {
     for (int32_t n = 0, i = home(p); n < kNearHubProbes; ++n, i = (i + 1) & (kNearHubCap - 1)) {
@@ -700,22 +690,10 @@ LRC_HD bool small_offer(const Slice& s, int32_t e, uint32_t& ra, uint32_t& rb, O
   load_edge(s, a, b, img_u, img_v, ops);
   if (a == b) return false;
   int32_t size_a, size_b;
-  {
-    LRC_INDEPENDENT_LOADS;
-    size_a = ops.ld(s.csize + a);
-    size_b = ops.ld(s.csize + b);
-  }
+  load_pair<int32_t>(s.csize, a, b, size_a, size_b, ops);
   const bool sa = size_a < s.min_size, sb = size_b < s.min_size;
   if (!sa && !sb) return false;  // two large components never merge again
-  uint64_t min_a, min_b;
-  {
-    LRC_INDEPENDENT_LOADS;
-    min_a = ops.ld(s.mincost + a);
-    min_b = ops.ld(s.mincost + b);
-  }
-  const uint64_t c = cost_bits(edge_cost(img_u, img_v));
-  if (sa && c < min_a) ops.red_min_u64(s.mincost + a, c);
-  if (sb && c < min_b) ops.red_min_u64(s.mincost + b, c);
+  offer_cost(s, a, sa, b, sb, cost_bits(edge_cost(img_u, img_v)), ops);
   ra = static_cast<uint32_t>(a) | (sa ? kSmallBit : 0u);
   rb = static_cast<uint32_t>(b) | (sb ? kSmallBit : 0u);
   return true;
@@ -727,11 +705,9 @@ LRC_HD void small_commit(const Slice& s, int32_t e, uint32_t ra, uint32_t rb, Op
   const int32_t a = static_cast<int32_t>(ra & ~kSmallBit), b = static_cast<int32_t>(rb & ~kSmallBit);
   int32_t idx_a, idx_b, size_a, size_b;
   {
-    LRC_INDEPENDENT_LOADS;
-    idx_a = ops.ld(s.minidx + a);
-    idx_b = ops.ld(s.minidx + b);
-    size_a = ops.ld(s.csize + a);
-    size_b = ops.ld(s.csize + b);
+    LRC_INDEPENDENT_LOADS;  // one group for both pairs
+    load_pair<int32_t>(s.minidx, a, b, idx_a, idx_b, ops);
+    load_pair<int32_t>(s.csize, a, b, size_a, size_b, ops);
   }
   const bool own_a = sa && idx_a == e;
   const bool own_b = sb && idx_b == e;

@@ -31,9 +31,9 @@ void smooth_slice(const double* img, double* tmp, double* out, const Geometry& g
   auto from_img = [img](int32_t p) { return img[p]; };
   auto from_tmp = [tmp](int32_t p) { return tmp[p]; };
   for (int32_t i = 0; i < g.H; ++i)
-    for (int32_t j = 0; j < g.W; ++j) tmp[i * g.W + j] = fh::gauss_axis0(from_img, g, w_centre, radius, i, j);
+    for (int32_t j = 0; j < g.W; ++j) tmp[i * g.W + j] = fh::gauss_axis<0>(from_img, g, w_centre, radius, i, j);
   for (int32_t i = 0; i < g.H; ++i)
-    for (int32_t j = 0; j < g.W; ++j) out[i * g.W + j] = fh::gauss_axis1(from_tmp, g, w_centre, radius, i, j);
+    for (int32_t j = 0; j < g.W; ++j) out[i * g.W + j] = fh::gauss_axis<1>(from_tmp, g, w_centre, radius, i, j);
 }
 
 // Sequential union-find with path halving; the root is the smaller pixel index, as skimage.

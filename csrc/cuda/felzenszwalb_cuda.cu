@@ -555,7 +555,7 @@ __device__ void sort_live_edges(const fh::Slice& s, const Work& w, const Team& t
   team.sync();
 }
 
-// One pass of the Gaussian smoothing over the slice (axis 0 or 1), as fh::gauss_axis0/1 compute
+// One pass of the Gaussian smoothing over the slice (axis 0 or 1), as fh::gauss_axis computes
 // it, with `radius` (up to kGroupedRadius) known at compile time: the 2 * R + 1 inputs of one
 // output are loaded together and the taps sit in registers. Larger radii take the generic
 // loop; radius -1 (no smoothing) copies. `emit(p, value)` stores output p.
@@ -573,7 +573,7 @@ __device__ void gauss_pass_fixed(Load load, Emit emit, const Geometry& g, const 
       LRC_INDEPENDENT_LOADS;
       LRC_UNROLL
       for (int k = -R; k <= R; ++k)
-        v[R + k] = load(kAxis == 0 ? fh::reflect_index(i + k, g.H) * g.W + j : i * g.W + fh::reflect_index(j + k, g.W));
+        v[R + k] = load(fh::tap_index<kAxis>(g, i, j, k));
     }
     double acc = v[R] * w[R];  // fh::symmetric_tap_sum's order of operations
     LRC_UNROLL
@@ -599,7 +599,7 @@ __device__ void gauss_pass(Load load, Emit emit, const Geometry& g, const double
     if (radius < 0)
       emit(p, load(p));
     else
-      emit(p, kAxis == 0 ? fh::gauss_axis0(load, g, w_centre, radius, i, j) : fh::gauss_axis1(load, g, w_centre, radius, i, j));
+      emit(p, fh::gauss_axis<kAxis>(load, g, w_centre, radius, i, j));
   }
 }
 
