@@ -94,18 +94,15 @@ void begin_independent_loads();
 void end_independent_loads();
 void begin_unused_results();
 void end_unused_results();
-struct IndependentLoads {
-  IndependentLoads() { begin_independent_loads(); }
-  ~IndependentLoads() { end_independent_loads(); }
-  IndependentLoads(const IndependentLoads&) = delete;
-  IndependentLoads& operator=(const IndependentLoads&) = delete;
+template <void (*kBegin)(), void (*kEnd)()>
+struct Scope {
+  Scope() { kBegin(); }
+  ~Scope() { kEnd(); }
+  Scope(const Scope&) = delete;
+  Scope& operator=(const Scope&) = delete;
 };
-struct UnusedResults {
-  UnusedResults() { begin_unused_results(); }
-  ~UnusedResults() { end_unused_results(); }
-  UnusedResults(const UnusedResults&) = delete;
-  UnusedResults& operator=(const UnusedResults&) = delete;
-};
+using IndependentLoads = Scope<begin_independent_loads, end_independent_loads>;
+using UnusedResults = Scope<begin_unused_results, end_unused_results>;
 // Labels this thread's next operations with a phase 0..kMaxPhases-1 for Profile::phase_ops
 // (each thread starts in phase 0).
 void set_phase(int phase);
