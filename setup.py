@@ -31,13 +31,32 @@ def _with_cuda():
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
+def _shared_libstdcxx():
+    """The shared C++ runtime this process (and so torch) runs with, named on the link line.
+
+    On the lent H100/H200 image the linker otherwise took the static libstdc++ archive, so the
+    module carried a private copy of the C++ library; formatting an integer into an error
+    message then crashed (that copy's locale facets were never registered with the process's
+    locale). Named first, the loaded libstdc++.so.6 resolves every C++ runtime symbol, so no
+    archive member is pulled in, whatever the toolchain's defaults.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            if os.path.basename(path).startswith("libstdc++.so"):
+                return [path]
+    return []
+
+
 def extensions():
     rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)  # noqa: E731
     sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
                   + glob.glob(os.path.join(ROOT, "csrc", "simt", "*.cpp")))
     # No FMA contraction anywhere: the smoothing must round exactly like scipy's.
     cxx = ["-O3", "-ffp-contract=off"]
-    link = []
+    link = _shared_libstdcxx()
     # at::parallel_for is a header template: without -fopenmp it runs serially in this module.
     if "OpenMP" in torch.__config__.parallel_info() and sys.platform.startswith("linux"):
         cxx.append("-fopenmp")

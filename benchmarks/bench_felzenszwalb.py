@@ -38,7 +38,7 @@ from lrc_fast.data import phantom_slice, read_dicom_series, shared_data_dir, win
 from lrc_fast.superpixels import _WINDOW, _segment
 
 SIZE = 512
-LAUNCHES = {16: [(1, 1024), (2, 1024), (4, 1024), (8, 1024), (8, 512)], 256: [(1, 512), (1, 1024), (2, 1024)]}
+LAUNCHES = {16: [(1, 1024), (2, 1024), (4, 1024), (4, 512), (8, 1024), (8, 512)], 256: [(1, 512), (1, 1024), (2, 1024)]}
 ONE_WINDOW = 2**31 - 1  # the whole sorted list at once: every pending edge offered each round
 WINDOWS = (512, _WINDOW, 8192, ONE_WINDOW)
 

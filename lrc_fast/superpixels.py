@@ -136,16 +136,18 @@ def _torch_as_float64(images: torch.Tensor) -> torch.Tensor:
 def _default_launch(batch: int, device: torch.device) -> tuple[int, int]:
     """(CTAs per slice, threads per CTA) for the CUDA backend.
 
-    From the launch sweep in benchmarks/RESULTS.md (H200, 512x512 CT, measured before the cost
-    windows, which shrink the work per round and may favour smaller teams; bench_felzenszwalb
-    sweeps both): small batches ran fastest with a cluster of 8 CTAs per slice (B=16: 3-5x faster
-    than one CTA), large ones with 2 (B=256: 1.2-1.3x faster than one); 1024 threads per CTA
-    always won. Clusters need sm_90.
+    From the launch sweep of bench_felzenszwalb.py on an H100 (benchmarks/RESULTS.md, 512x512
+    phantom and real CT): at B=16 a cluster of 4 CTAs per slice was fastest (16.0 ms; 8 CTAs
+    19.5-26.2 ms, one CTA 26.6-27.5 ms); at B=256 two CTAs per slice (2,007-2,436 slices/s; one
+    CTA within 1% on real CT, 8% slower on the phantom). 1024 threads per CTA won at 1, 2 and 4
+    CTAs (at 8, 512 threads were faster, still slower than 4 x 1024). At 1024 threads one CTA
+    fills an SM's registers, so the cluster of 4 is used while the batch's CTAs fit on the SMs
+    in one wave. Clusters need sm_90.
     """
     props = torch.cuda.get_device_properties(device)
     if props.major < 9:
         return 1, 1024
-    return (8 if batch * 8 <= 2 * props.multi_processor_count else 2), 1024
+    return (4 if batch * 4 <= props.multi_processor_count else 2), 1024
 
 
 def _segment(images64: torch.Tensor, scale: float, sigma: float, min_size: int, backend: str,

@@ -33,13 +33,14 @@ from ..reference.elastic import gaussian_kernel1d, gaussian_radius, reflect_indi
 
 PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
 
-_SMOOTH_BM = 64  # output rows per program
+_SMOOTH_BM = 128  # output rows per program
 _SMOOTH_BN = 64  # output columns per program
 _SMOOTH_BK = 32  # band chunk per tl.dot
 _SMOOTH_WARPS = 4
 # (BM, BN, BK, num_warps) of the smoothing passes tried by `bench_elastic.py --sweep`; the
-# default above is the first. tl.dot needs every block side >= 16.
-SMOOTH_BLOCK_CHOICES = ((64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8),
+# default above is the first: fastest of these on an H100 (benchmarks/RESULTS.md, 0.86x the
+# old (64, 64, 32, 4) at B=16, 0.82x at B=256). tl.dot needs every block side >= 16.
+SMOOTH_BLOCK_CHOICES = ((128, 64, 32, 4), (64, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8),
                         (64, 64, 64, 4), (128, 64, 64, 8), (64, 64, 16, 4), (128, 128, 64, 8))
 _WARP_BLOCK = 1024  # output pixels per program
 
@@ -153,7 +154,7 @@ def field_from_uniform_triton(uniform: torch.Tensor, alpha: float, sigma: float,
         always multiplies in float32.
     blocks : tuple of 4 ints, optional
         ``(BM, BN, BK, num_warps)`` of both smoothing kernels, for tuning (see
-        :data:`SMOOTH_BLOCK_CHOICES`); default ``(64, 64, 32, 4)``. Only the order in which
+        :data:`SMOOTH_BLOCK_CHOICES`); default ``(128, 64, 32, 4)``. Only the order in which
         float32 products are summed depends on it.
 
     Returns
