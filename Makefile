@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lrc_fast_installed
 SOURCES := setup.py pyproject.toml requirements/dev.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/* csrc/simt/*)
 
-.PHONY: setup demo test bench cuda-check clean
+.PHONY: setup demo test bench cuda-check gpu-baseline clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ cuda-check:
 	@for f in csrc/cuda/*.cu; do \
 	  echo "nvcc $$f"; nvcc -std=c++17 -O3 -arch=sm_90 -fmad=false --expt-relaxed-constexpr -c $$f -o /dev/null || exit 1; \
 	done
+
+# A baseline for benchmarks/gpu_check.sh: commit REV unpacked into .baseline/ (ignored; carry it).
+gpu-baseline:
+	@test -n "$(REV)" || { echo "usage: make gpu-baseline REV=<commit>"; exit 1; }
+	rm -rf .baseline && mkdir .baseline && git archive "$(REV)" | tar -x -C .baseline
+	git rev-parse --short "$(REV)" > .baseline/REV
 
 clean:
 	rm -rf build *.egg-info lrc_fast/_C*.so out

@@ -1,6 +1,6 @@
 """Felzenszwalb throughput: lrc_fast (CPU, CUDA) against scikit-image, in one run.
 
-Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--schedule | --simt | --phases]
+Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--schedule | --simt | --phases | --once]
   CPU: scikit-image vs lrc_fast "cpu" on 512x512 CT-like slices, one thread and all cores.
   CUDA (when present): batches of 16 and 256 slices already on the GPU, every launch
   configuration and cost window checked for identical labels against the CPU backend, then
@@ -17,6 +17,8 @@ Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--sched
   --phases (CUDA): the kernel's GPU time split by the same phases, at B=16 for the default
   launch and one CTA per slice (the team's first thread reads the global timer at each phase
   change), beside the batch time with that clock off.
+  --once (CUDA): two launches of the default B=16 launch on real CT (the phantom without the
+  data), for a profiler: `ncu -k fh_kernel --launch-skip 1 --launch-count 1 ...` takes the second.
 pytest-benchmark:  pytest benchmarks/bench_felzenszwalb.py
 """
 from __future__ import annotations
@@ -234,6 +236,7 @@ def main() -> int:
     parser.add_argument("--schedule", action="store_true", help="only the schedule's work per cost window")
     parser.add_argument("--simt", action="store_true", help="only the kernel's cost profile on the SIMT simulator")
     parser.add_argument("--phases", action="store_true", help="only the CUDA kernel's time per phase (B=16)")
+    parser.add_argument("--once", action="store_true", help="two launches of the default B=16 launch, for ncu")
     args = parser.parse_args()
     if not lrc_fast.backends()["cpu_extension"]:
         print("lrc_fast._C is not built; run `pip install --no-build-isolation -e .` first")
@@ -248,6 +251,18 @@ def main() -> int:
             shown = "all" if window == ONE_WINDOW else window
             print(f"| {data_name} | {shown} | {'on' if extend else 'off'} | {st[0]:.0f} | {st[1]:.0f} "
                   f"| {st[2] / edges:.2f} | {st[3] / edges:.2f} | {st[4]:.0f} |")
+        return 0
+    if args.once:
+        if not torch.cuda.is_available():
+            print("--once needs a CUDA device")
+            return 1
+        data_name, make = _datasets()[-1]
+        x = torch.from_numpy(make(16)).cuda().double()
+        launch = lrc_fast.superpixels._default_launch(16, x.device)
+        for _ in range(2):  # a warm-up, then the launch to profile
+            _segment(x, 1.0, 0.8, 20, "cuda", launch, _WINDOW, True)
+        torch.cuda.synchronize()
+        print(f"{data_name}: two launches of {launch} at B=16 x {SIZE}^2")
         return 0
     if args.phases:
         if not torch.cuda.is_available():

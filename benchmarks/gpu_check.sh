@@ -2,15 +2,22 @@
 # The one script to run on a lent GPU machine (no network there):
 #   bash benchmarks/gpu_check.sh
 # Builds the extension with that machine's torch, runs `pytest -m gpu`, the benchmarks (and the
-# loss step's per-kernel profile and the field's tile sweep, whose logs come back in $OUT) and
-# compute-sanitizer (memcheck, racecheck) on the CUDA kernel, and prints a short summary last.
+# loss step's per-kernel profile and the field's tile sweep, logs only), Nsight Compute on one
+# Felzenszwalb launch and compute-sanitizer (memcheck, racecheck) on the CUDA kernel, and prints a
+# short summary last.
 # Every step has its own time limit inside a global budget (GPU_CHECK_BUDGET seconds, default 560), and the script goes
-# on after a failure, so one call gives the whole picture. Logs go to $OUT (the device tool brings
-# them back) or out/gpu_check.
+# on after a failure, so one call gives the whole picture. Logs go to out/gpu_check; when $OUT is
+# set (the device tool, which brings back at most 8 files) they are also packed into one file,
+# $OUT/gpu_check_logs.tar.gz.
+# A baseline in the same run: `make gpu-baseline REV=<commit>` unpacks that commit into the ignored
+# folder .baseline/ (carry it with the tree); the script then builds it beside the main build and
+# runs its `bench_felzenszwalb.py --phases` after the main one, so a kernel change is timed
+# against its baseline on the same machine.
 set -u
 cd "$(dirname "$0")/.."
-LOG_DIR=${OUT:-out/gpu_check}
+LOG_DIR=out/gpu_check
 BUDGET=${GPU_CHECK_BUDGET:-560}
+rm -rf "$LOG_DIR"
 mkdir -p "$LOG_DIR"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 # Real CT copied beside the tree for this run, when the caller carried it (README, GPU checks).
@@ -46,6 +53,11 @@ step() {  # step NAME SECONDS COMMAND...: run with min(SECONDS, what is left of 
   echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 } | tee "$LOG_DIR/machine.log"
 
+if [ -f .baseline/setup.py ]; then  # built in place, beside (not instead of) the main install
+  echo "baseline: $(cat .baseline/REV 2>/dev/null || echo unknown)" | tee -a "$LOG_DIR/machine.log"
+  (cd .baseline && timeout 300 $PY setup.py -q build_ext --inplace) > "$LOG_DIR/baseline_build.log" 2>&1 &
+  BASELINE_BUILD=$!
+fi
 step build 240 $PY -m pip install --no-build-isolation --no-deps --no-index -e .
 # how the module was linked (a private static libstdc++ crashed every error message with a number)
 step pytest_build 60 $PY -m pytest -q -p no:cacheprovider tests/test_build.py
@@ -55,6 +67,14 @@ if step fh_smoke 60 $PY benchmarks/sanitize_felzenszwalb.py; then
   step bench_felzenszwalb 180 $PY benchmarks/bench_felzenszwalb.py
   step bench_felzenszwalb_phases 45 $PY benchmarks/bench_felzenszwalb.py --phases
 fi
+if [ -n "${BASELINE_BUILD:-}" ]; then
+  if wait "$BASELINE_BUILD"; then
+    step baseline_felzenszwalb_phases 45 env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" \
+      $PY .baseline/benchmarks/bench_felzenszwalb.py --phases
+  else
+    SUMMARY+=("| baseline build | FAILED (baseline_build.log) | |")
+  fi
+fi
 step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_loss.py tests/test_elastic.py
 step bench_loss 100 $PY benchmarks/bench_loss.py
 step bench_elastic 100 $PY benchmarks/bench_elastic.py
@@ -62,16 +82,26 @@ step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY bench
 # where the fused loss step spends its time (per kernel), and the field's tile shapes (logs only)
 step bench_loss_profile 45 $PY benchmarks/bench_loss.py --profile
 step bench_elastic_sweep 45 $PY benchmarks/bench_elastic.py --sweep
+# where the Felzenszwalb kernel's warps wait, per SASS line (Nsight Compute, one B=16 launch); the
+# report goes to $OUT on its own (it could make the log archive too big to come back)
+REPORT_DIR=${OUT:-$LOG_DIR}
+if step ncu_felzenszwalb 120 ncu --set full --import-source yes -k fh_kernel --launch-skip 1 --launch-count 1 \
+    -f -o "$REPORT_DIR/fh_kernel" $PY benchmarks/bench_felzenszwalb.py --once; then
+  step ncu_felzenszwalb_details 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page details
+  step ncu_felzenszwalb_source 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page source --csv --print-source sass
+fi
 # shared-memory races (the hub extension's sort), last: it is the slowest tool
 step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py --quick
 
 for log in pytest_build pytest_gpu_felzenszwalb pytest_gpu_loss_elastic; do
   [ -f "$LOG_DIR/$log.log" ] && { echo; echo "### $log"; grep -E "passed|failed|error" "$LOG_DIR/$log.log" | tail -n 2; }
 done
-for b in bench_felzenszwalb:40 bench_felzenszwalb_phases:10 bench_loss:22 bench_elastic:22; do  # log:lines of its table
+for b in bench_felzenszwalb:40 bench_felzenszwalb_phases:10 baseline_felzenszwalb_phases:10 bench_loss:22 \
+         bench_elastic:22; do  # log:lines of its table
   [ -f "$LOG_DIR/${b%:*}.log" ] && { echo; echo "### ${b%:*}"; tail -n "${b#*:}" "$LOG_DIR/${b%:*}.log"; }
 done
 echo
 echo "| step | result | time |"
 echo "|---|---|---|"
 printf '%s\n' "${SUMMARY[@]}"
+if [ -n "${OUT:-}" ]; then tar -czf "$OUT/gpu_check_logs.tar.gz" -C "$LOG_DIR" .; fi

@@ -112,6 +112,8 @@ inline int atomicCAS(int* p, int expected, int v) {
 
 // ---- barriers and warp collectives ---------------------------------------------------------------
 inline void __syncthreads() { ::simt::sync_block(); }
+// A warp barrier: the simulator's warp collectives already wait for all 32 lanes.
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::simt::ballot(mask, true); }
 inline unsigned __ballot_sync(unsigned mask, int predicate) { return ::simt::ballot(mask, predicate != 0); }
 inline unsigned __match_any_sync(unsigned mask, int value) {
   return ::simt::match_any(mask, static_cast<uint32_t>(value));
