@@ -37,8 +37,9 @@ def _shared_libstdcxx():
     On the lent H100/H200 image the linker otherwise took the static libstdc++ archive, so the
     module carried a private copy of the C++ library; formatting an integer into an error
     message then crashed (that copy's locale facets were never registered with the process's
-    locale). Named first, the loaded libstdc++.so.6 resolves every C++ runtime symbol, so no
-    archive member is pulled in, whatever the toolchain's defaults.
+    locale). Named before the compiler's own -lstdc++, the loaded libstdc++.so.6 resolves every
+    C++ runtime symbol the module needs, so no archive member is pulled in, whatever the
+    toolchain's defaults.
     """
     if not sys.platform.startswith("linux"):
         return []
