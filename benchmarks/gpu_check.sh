@@ -85,8 +85,8 @@ step bench_elastic_sweep 45 $PY benchmarks/bench_elastic.py --sweep
 # where the Felzenszwalb kernel's warps wait, per SASS line (Nsight Compute, one B=16 launch); the
 # report goes to $OUT on its own (it could make the log archive too big to come back)
 REPORT_DIR=${OUT:-$LOG_DIR}
-if step ncu_felzenszwalb 120 ncu --set full --import-source yes -k fh_kernel --launch-skip 1 --launch-count 1 \
-    -f -o "$REPORT_DIR/fh_kernel" $PY benchmarks/bench_felzenszwalb.py --once; then
+if step ncu_felzenszwalb 120 ncu --set full --clock-control none --import-source yes -k fh_kernel --launch-skip 1 \
+    --launch-count 1 -f -o "$REPORT_DIR/fh_kernel" $PY benchmarks/bench_felzenszwalb.py --once; then
   step ncu_felzenszwalb_details 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page details
   step ncu_felzenszwalb_source 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page source --csv --print-source sass
 fi
