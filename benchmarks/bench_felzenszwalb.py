@@ -12,8 +12,9 @@ Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--sched
   the hub extension on and off: its critical path (global loads, atomics and warp collectives
   waited for, summed over barrier intervals; loads issued together one wait, reductions none),
   the strict path (every load and atomic one wait), barriers, and the path by kernel phase, per
-  slice. Not a timing: how the critical path tracked measured GPU times is in
-  benchmarks/RESULTS.md ("SIMT cost profile").
+  slice, and an estimate: the strict path and the cluster barriers weighted as fitted to the H100
+  run of commit 3f723fc (within 5% at 1-4 CTAs per slice there; the critical path did not track
+  it). Not a timing; benchmarks/RESULTS.md has the fit.
   --phases (CUDA): the kernel's GPU time split by the same phases, at B=16 for the default
   launch and one CTA per slice (the team's first thread reads the global timer at each phase
   change), beside the batch time with that clock off.
@@ -40,6 +41,10 @@ from lrc_fast.data import phantom_slice, read_dicom_series, shared_data_dir, win
 from lrc_fast.superpixels import _WINDOW, _segment
 
 SIZE = 512
+# The simulator's strict path and cluster barriers against the H100 (benchmarks/RESULTS.md, "the
+# simulator against the H100"): fitted at commit 3f723fc, within 5% at 1, 2 and 4 CTAs per slice.
+US_PER_STRICT_OP = 0.359
+US_PER_CLUSTER_BARRIER = 2.34
 LAUNCHES = {16: [(1, 1024), (2, 1024), (4, 1024), (4, 512), (8, 1024), (8, 512)], 256: [(1, 512), (1, 1024), (2, 1024)]}
 ONE_WINDOW = 2**31 - 1  # the whole sorted list at once: every pending edge offered each round
 WINDOWS = (512, _WINDOW, 8192, ONE_WINDOW)
@@ -284,11 +289,15 @@ def main() -> int:
         print(f"\n### CUDA kernel on the SIMT simulator, {SIZE}x{SIZE} slices, window {_WINDOW} "
               "(labels checked; per slice)")
         print("| data | launch | hub extension | critical path, max | mean | strict path, max "
-              "| cluster barriers, max | CTA barriers, max |")
-        print("|---|---|---|---|---|---|---|---|")
+              "| cluster barriers, max | CTA barriers, max | H100 fit, ms |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for data_name, launch, extend, p in rows:
+            fit = US_PER_STRICT_OP * p[:, 4].max() / 1e3 + US_PER_CLUSTER_BARRIER * p[:, 1].max() / 1e3
             print(f"| {data_name} | {launch} | {'on' if extend else 'off'} | {p[:, 0].max()} | {p[:, 0].mean():.0f} "
-                  f"| {p[:, 4].max()} | {p[:, 1].max()} | {p[:, 2].max()} |")
+                  f"| {p[:, 4].max()} | {p[:, 1].max()} | {p[:, 2].max()} | {fit:.1f} |")
+        print(f"\nH100 fit: {US_PER_STRICT_OP} µs per strict-path operation + {US_PER_CLUSTER_BARRIER} µs per "
+              "cluster barrier (fitted to the slowest slice of B=16 batches at 1-4 CTAs, commit 3f723fc; "
+              "blind to shared memory and CTA barriers; benchmarks/RESULTS.md)")
         print("\n### The critical path by phase (mean per slice, hub extension on)")
         print("| data | launch | " + " | ".join(names) + " |")
         print("|---|---|" + "---|" * len(names))

@@ -31,8 +31,8 @@ def ext():
 
 # ---- the simulator itself -------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["collectives", "cluster_exchange", "mixed_collectives", "missing_lane",
-                                  "early_exit", "cluster_departure", "racy_increment", "profile"])
+@pytest.mark.parametrize("name", ["collectives", "sync_warp", "cluster_exchange", "mixed_collectives",
+                                  "missing_lane", "early_exit", "cluster_departure", "racy_increment", "profile"])
 def test_selftest(ext, name):
     """Collectives give CUDA's results; misuse is reported, not hung on; seeds expose races;
     the cost profile counts what a kernel with known costs does."""

@@ -3,8 +3,8 @@
 // makes the project's CUDA sources skip <cuda_runtime.h> and <cooperative_groups.h>.
 //
 // Covered: what csrc/cuda/*.cu uses -- 1-D launches through cudaLaunchKernelEx (with the
-// cluster attribute), __shared__ variables (one copy per CTA), __syncthreads, cluster sync,
-// full-mask warp collectives, __ldg/__ldcg/__stcg, 32- and 64-bit atomics, __ffs, __popc.
+// cluster attribute), __shared__ variables (one copy per CTA), __syncthreads, __syncwarp, cluster
+// sync, full-mask warp collectives, __ldg/__ldcg/__stcg, 32- and 64-bit atomics, __ffs, __popc.
 // Memory operations are relaxed atomics on the host (the CTAs of a cluster run on different
 // OS threads); barriers order them, as on the GPU.
 #pragma once
@@ -112,8 +112,7 @@ inline int atomicCAS(int* p, int expected, int v) {
 
 // ---- barriers and warp collectives ---------------------------------------------------------------
 inline void __syncthreads() { ::simt::sync_block(); }
-// A warp barrier: the simulator's warp collectives already wait for all 32 lanes.
-inline void __syncwarp(unsigned mask = 0xffffffffu) { ::simt::ballot(mask, true); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::simt::sync_warp(mask); }
 inline unsigned __ballot_sync(unsigned mask, int predicate) { return ::simt::ballot(mask, predicate != 0); }
 inline unsigned __match_any_sync(unsigned mask, int value) {
   return ::simt::match_any(mask, static_cast<uint32_t>(value));

@@ -61,14 +61,15 @@ namespace {
 constexpr int kWarp = 32;
 constexpr size_t kStackBytes = size_t{128} << 10;  // per thread, plus a guard page below it
 
-enum class Op { kBallot, kMatch, kShfl, kShflUp };
+enum class Op { kBallot, kMatch, kShfl, kShflUp, kSyncWarp };
 
 const char* op_name(Op op) {
   switch (op) {
     case Op::kBallot: return "__ballot_sync";
     case Op::kMatch: return "__match_any_sync";
     case Op::kShfl: return "__shfl_sync";
-    default: return "__shfl_up_sync";
+    case Op::kShflUp: return "__shfl_up_sync";
+    default: return "__syncwarp";
   }
 }
 
@@ -377,6 +378,8 @@ void warp_arrive(Op op, uint32_t mask, uint64_t value, int64_t arg) {
       case Op::kShflUp:
         r = l >= w.arg[l] ? w.value[l - w.arg[l]] : w.value[l];
         break;
+      case Op::kSyncWarp:
+        break;
     }
     w.result[l] = r;
   }
@@ -471,6 +474,8 @@ uint32_t ballot(uint32_t mask, bool predicate) {
 uint32_t match_any(uint32_t mask, uint64_t value) {
   return static_cast<uint32_t>(warp_collective(Op::kMatch, mask, value, 0));
 }
+// A warp barrier waits for the warp's lanes, a few cycles, not for memory: not counted.
+void sync_warp(uint32_t mask) { warp_arrive(Op::kSyncWarp, mask, 0, 0); }
 uint64_t shfl(uint32_t mask, uint64_t value, int src_lane) { return warp_collective(Op::kShfl, mask, value, src_lane); }
 uint64_t shfl_up(uint32_t mask, uint64_t value, unsigned delta) {
   return warp_collective(Op::kShflUp, mask, value, delta);
@@ -572,6 +577,7 @@ Dim3 grid_dim() { return {}; }
 void sync_block() {}
 void sync_cluster() {}
 uint32_t ballot(uint32_t, bool) { return 0; }
+void sync_warp(uint32_t) {}
 uint32_t match_any(uint32_t, uint64_t) { return 0; }
 uint64_t shfl(uint32_t, uint64_t, int) { return 0; }
 uint64_t shfl_up(uint32_t, uint64_t, unsigned) { return 0; }

@@ -8,8 +8,8 @@
 //   "preemption points" (every global load, store and atomic of the shim in cuda_shim.h);
 // - the CTAs of a thread-block cluster run on OS threads of their own, concurrently, and meet
 //   at cluster barriers; clusters run one after another;
-// - warp collectives (ballot, match_any, shfl, shfl_up) wait for all 32 lanes of the warp and
-//   check that every lane called the same collective with a full mask;
+// - warp collectives (ballot, match_any, shfl, shfl_up) and warp barriers (sync_warp) wait for
+//   all 32 lanes of the warp and check that every lane called the same one with a full mask;
 // - a barrier that can never complete (threads of one CTA waiting at different barriers, a
 //   warp collective that not all lanes reach, a thread that exited while others wait, a CTA
 //   that left the cluster while its peers wait) stops the launch with an error message
@@ -82,6 +82,7 @@ Dim3 grid_dim();
 void sync_block();    // __syncthreads
 void sync_cluster();  // cooperative_groups::this_cluster().sync()
 uint32_t ballot(uint32_t mask, bool predicate);
+void sync_warp(uint32_t mask);  // __syncwarp: a warp barrier, not counted in Profile
 uint32_t match_any(uint32_t mask, uint64_t value);
 uint64_t shfl(uint32_t mask, uint64_t value, int src_lane);
 uint64_t shfl_up(uint32_t mask, uint64_t value, unsigned delta);

@@ -54,6 +54,17 @@ __global__ void collectives_kernel(int32_t* out) {
   out[blockIdx.x * blockDim.x + t] = bad;
 }
 
+// Each lane writes its slot of shared memory, the warp meets at __syncwarp, each lane reads its
+// neighbour's slot (the simulator runs a lane until it blocks: without the barrier lane 0 would
+// read before lane 1 wrote). out[t] = the value read.
+__global__ void sync_warp_kernel(int32_t* out) {
+  __shared__ int32_t slot[256];
+  const int t = static_cast<int>(threadIdx.x), lane = t & 31;
+  slot[t] = 1000 + t;
+  __syncwarp();
+  out[t] = slot[t - lane + ((lane + 1) & 31)];
+}
+
 // Half of each warp calls one collective, the other half another.
 __global__ void mixed_collectives_kernel(int32_t*) {
   if ((threadIdx.x & 31) < 16)
@@ -99,6 +110,7 @@ __global__ void profile_kernel(int32_t* out) {
   }
   for (unsigned i = 0; i < t % 5; ++i) __ldcg(out + i);
   __syncthreads();
+  __syncwarp();  // not counted: a warp barrier waits for no memory
   if (t == 0) {
     for (int i = 0; i < 7; ++i) __ldcg(out + i);
     for (int i = 0; i < 3; ++i) __stcg(out + i, 0);
@@ -139,6 +151,18 @@ std::string selftest(const std::string& name) {
     if (!err.empty()) return err;
     for (int r = 0; r < 4; ++r)
       if (out[4 + r] != (r + 1) % 4 + 1) return "CTA " + std::to_string(r) + " read " + std::to_string(out[4 + r]);
+    return "";
+  }
+  if (name == "sync_warp") {
+    for (uint64_t seed : {0, 7}) {
+      std::vector<int32_t> out(256, -1);
+      const std::string err = run(1, 256, 1, seed, sync_warp_kernel, out.data());
+      if (!err.empty()) return err;
+      for (int t = 0; t < 256; ++t)
+        if (out[t] != 1000 + t - (t & 31) + (((t & 31) + 1) & 31))
+          return "thread " + std::to_string(t) + " read " + std::to_string(out[t]) + " (seed " + std::to_string(seed) +
+                 ")";
+    }
     return "";
   }
   if (name == "mixed_collectives")
