@@ -303,7 +303,15 @@ def main() -> int:
         print("|---|---|" + "---|" * len(names))
         for data_name, launch, extend, p in rows:
             if extend:
-                print(f"| {data_name} | {launch} | " + " | ".join(f"{v:.0f}" for v in p[:, 5:].mean(0)) + " |")
+                print(f"| {data_name} | {launch} | "
+                      + " | ".join(f"{v:.0f}" for v in p[:, 5:5 + len(names)].mean(0)) + " |")
+        print("\n### The strict path by phase (mean per slice, hub extension on; what the H100 fit weights)")
+        print("| data | launch | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for data_name, launch, extend, p in rows:
+            if extend:
+                print(f"| {data_name} | {launch} | "
+                      + " | ".join(f"{v:.0f}" for v in p[:, 5 + len(names):].mean(0)) + " |")
         return 0
     cpu = [] if args.skip_cpu else cpu_rows(args.quick)
     gpu, ok = cuda_rows(args.quick) if torch.cuda.is_available() else ([], True)

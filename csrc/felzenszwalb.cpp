@@ -103,9 +103,10 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszw
 
 // The CUDA kernel's own code run on the CPU by the SIMT simulator (csrc/simt): same contract
 // as felzenszwalb_cuda on CPU tensors, plus the simulator's seed (0: threads in order). Also
-// returns profile (B, 5 + P) int64: the kernel's critical-path operations, cluster barriers, CTA
+// returns profile (B, 5 + 2 P) int64: the kernel's critical-path operations, cluster barriers, CTA
 // barriers, all operations and the strict critical path on each slice (simt::Profile), then the
-// critical path split by the kernel's P phases (named by felzenszwalb_simt_phases()).
+// critical path and then the strict path split by the kernel's P phases (named by
+// felzenszwalb_simt_phases()).
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_simt(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
     int64_t threads, int64_t window, bool extend, int64_t seed) {
@@ -120,7 +121,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszw
   auto labels = torch::empty({B, H, W}, image.options().dtype(torch::kInt64));
   auto counts = torch::empty({B}, image.options().dtype(torch::kInt64));
   auto stats = torch::empty({B, 5}, image.options().dtype(torch::kInt64));
-  const int64_t columns = kFhSimtProfileColumns + static_cast<int64_t>(fh_simt_phases().size());
+  const int64_t columns = kFhSimtProfileColumns + 2 * static_cast<int64_t>(fh_simt_phases().size());
   auto profile = torch::zeros({B, columns}, image.options().dtype(torch::kInt64));
   if (B == 0 || H * W == 0) return {labels, counts, stats, profile};
   const auto bytes = fh_simt_workspace_bytes(static_cast<int32_t>(B), static_cast<int32_t>(H), static_cast<int32_t>(W));

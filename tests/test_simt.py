@@ -134,19 +134,22 @@ def test_kernel_profile_hub_extension_shortens_critical_path(ext):
 
 @pytest.mark.parametrize("launch", [(1, 256), (2, 256)])
 def test_kernel_profile_phases(ext, launch):
-    """The critical path splits exactly into the kernel's phases; the strict path (every load one
-    wait) is at least as long; without the hub extension its phases cost nothing."""
+    """The critical path and the strict path (every load one wait; at least as long) each split
+    exactly into the kernel's phases; without the hub extension its phases cost nothing."""
     names = ext.felzenszwalb_simt_phases()
     assert names[:2] == ["pixels", "sort"] and names[-1] == "labels" and len(set(names)) == len(names)
     x = torch.from_numpy(_phantoms(48, 64, [1, 2]))
     taps = lrc_fast.superpixels._taps_on(0.8, x.device)
     for extend in (True, False):
         labels, _, _, profile = ext.felzenszwalb_simt(x, taps, 1 / 255, 20, *launch, _WINDOW, extend, 0)
-        assert profile.shape == (2, 5 + len(names))
-        np.testing.assert_array_equal(profile[:, 5:].sum(1), profile[:, 0])
+        p = len(names)
+        assert profile.shape == (2, 5 + 2 * p)
+        np.testing.assert_array_equal(profile[:, 5:5 + p].sum(1), profile[:, 0])
+        np.testing.assert_array_equal(profile[:, 5 + p:].sum(1), profile[:, 4])
         assert (profile[:, 4] > profile[:, 0]).all()  # the kernel groups loads and uses reductions
         hub = [names.index(n) + 5 for n in ("hub gather", "hub sort", "hub extend")]
         assert (profile[:, hub] > 0).any() == extend
+        assert (profile[:, [h + p for h in hub]] > 0).any() == extend
         for phase in ("pixels", "sort", "main offer", "main commit", "labels"):
             assert (profile[:, 5 + names.index(phase)] > 0).all(), phase
         assert torch.equal(labels, lrc_fast.felzenszwalb(x, backend="cpu"))

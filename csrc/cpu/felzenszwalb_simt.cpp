@@ -59,13 +59,16 @@ std::string fh_simt(const double* image, int32_t B, int32_t H, int32_t W, const 
   simt::set_profile_sink(nullptr);
   if (err == cudaSuccess) {
     for (size_t b = 0; profile != nullptr && b < slices.size(); ++b) {
-      int64_t* row = profile + (kFhSimtProfileColumns + kPhases) * b;
+      int64_t* row = profile + (kFhSimtProfileColumns + 2 * kPhases) * b;
       row[0] = static_cast<int64_t>(slices[b].critical_ops);
       row[1] = static_cast<int64_t>(slices[b].cluster_barriers);
       row[2] = static_cast<int64_t>(slices[b].block_barriers);
       row[3] = static_cast<int64_t>(slices[b].total_ops);
       row[4] = static_cast<int64_t>(slices[b].strict_ops);
-      for (int i = 0; i < kPhases; ++i) row[kFhSimtProfileColumns + i] = static_cast<int64_t>(slices[b].phase_ops[i]);
+      for (int i = 0; i < kPhases; ++i) {
+        row[kFhSimtProfileColumns + i] = static_cast<int64_t>(slices[b].phase_ops[i]);
+        row[kFhSimtProfileColumns + kPhases + i] = static_cast<int64_t>(slices[b].phase_strict[i]);
+      }
     }
     return "";
   }

@@ -10,10 +10,11 @@
 namespace lrc {
 
 // Same arguments and outputs as fh_cuda (felzenszwalb_cuda.h), on host pointers; `seed` as
-// simt::LaunchConfig::seed. `profile` (B, 5 + fh_simt_phases().size()), when not null, gets
-// simt::Profile of each slice: critical-path operations, cluster barriers, CTA barriers, all
-// operations, the strict critical path, then the critical path split by the kernel's phases. Returns "" or the launch's
-// error (bad arguments, a deadlock, ...).
+// simt::LaunchConfig::seed. `profile` (B, 5 + 2 P) with P = fh_simt_phases().size(), when not
+// null, gets simt::Profile of each slice: critical-path operations, cluster barriers, CTA
+// barriers, all operations, the strict critical path, then the critical path split by the
+// kernel's P phases, then the strict path split by them. Returns "" or the launch's error (bad
+// arguments, a deadlock, ...).
 constexpr int kFhSimtProfileColumns = 5;  // before the phases
 
 // Names of the kernel's phases, in the order of their profile columns.

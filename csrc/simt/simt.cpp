@@ -87,12 +87,14 @@ struct Fiber {
   uint64_t strict = 0;  // the same without the scopes
   uint64_t memory = 0;  // global memory operations since then
   int phase = 0;
-  PhaseOps by_phase;    // `ops` split by phase
+  PhaseOps by_phase;         // `ops` split by phase
+  PhaseOps strict_by_phase;  // `strict` split by phase
   int independent = 0, unused = 0;  // depth of the scopes
   bool group_waited = false;        // the current independent-loads scope has counted its wait
   void count(bool waits, bool atomic) {
     if (!waits) return;
     ++strict;
+    ++strict_by_phase.n[phase];
     if (atomic && unused > 0) return;
     if (!atomic && independent > 0) {
       if (group_waited) return;
@@ -124,9 +126,10 @@ struct ClusterBarrier {
   std::string why;
   uint64_t interval_max = 0, final_max = 0, strict_max = 0, final_strict = 0;
   PhaseOps interval_phases, final_phases;  // the split of the slowest CTA's cost
+  PhaseOps strict_phases, final_strict_phases;  // the split of the largest strict cost
   Profile profile;
 
-  bool arrive_and_wait(uint64_t cost, uint64_t strict, const PhaseOps& phases) {
+  bool arrive_and_wait(uint64_t cost, uint64_t strict, const PhaseOps& phases, const PhaseOps& strict_split) {
     std::unique_lock<std::mutex> lock(m);
     if (broken) return false;
     const uint64_t g = generation;
@@ -134,13 +137,19 @@ struct ClusterBarrier {
       interval_max = cost;
       interval_phases = phases;
     }
-    strict_max = std::max(strict_max, strict);
+    if (arrived == 0 || strict > strict_max) {
+      strict_max = strict;
+      strict_phases = strict_split;
+    }
     if (++arrived == size) {
       arrived = 0;
       ++generation;
       profile.critical_ops += interval_max;
       profile.strict_ops += strict_max;
-      for (int i = 0; i < kMaxPhases; ++i) profile.phase_ops[i] += interval_phases.n[i];
+      for (int i = 0; i < kMaxPhases; ++i) {
+        profile.phase_ops[i] += interval_phases.n[i];
+        profile.phase_strict[i] += strict_phases.n[i];
+      }
       ++profile.cluster_barriers;
       interval_max = strict_max = 0;
       cv.notify_all();
@@ -150,13 +159,16 @@ struct ClusterBarrier {
     return generation != g;
   }
   void depart(const std::string& reason, uint64_t cost, uint64_t strict, const PhaseOps& phases,
-              uint64_t block_barriers, uint64_t total_ops) {
+              const PhaseOps& strict_split, uint64_t block_barriers, uint64_t total_ops) {
     std::lock_guard<std::mutex> lock(m);
     if (cost >= final_max) {
       final_max = cost;
       final_phases = phases;
     }
-    final_strict = std::max(final_strict, strict);
+    if (strict >= final_strict) {
+      final_strict = strict;
+      final_strict_phases = strict_split;
+    }
     profile.block_barriers = std::max(profile.block_barriers, block_barriers);
     profile.total_ops += total_ops;
     if (!broken) {
@@ -189,7 +201,8 @@ struct Cta {
   int at_block = 0, at_cluster = 0, done = 0;
   uint64_t path = 0;  // critical path since the last cluster barrier
   uint64_t strict_path = 0;
-  PhaseOps path_phases;  // `path` split by phase
+  PhaseOps path_phases;    // `path` split by phase
+  PhaseOps strict_phases;  // `strict_path` split by phase
   uint64_t block_barriers = 0, total_ops = 0;
   bool randomised = false;
   Rng rng{0};
@@ -209,19 +222,20 @@ Cta& cta() { return *tl_cta; }
 // Ends an interval between barriers: the CTA waited for its busiest thread.
 void close_interval(Cta& c) {
   Fiber* busiest = nullptr;
-  uint64_t strict = 0;
+  Fiber* strictest = nullptr;
   for (Fiber& f : c.fibers) {
     if (busiest == nullptr || f.ops > busiest->ops) busiest = &f;
-    strict = std::max(strict, f.strict);
+    if (strictest == nullptr || f.strict > strictest->strict) strictest = &f;
     c.total_ops += f.memory;
   }
   if (busiest == nullptr) return;
   c.path += busiest->ops;
-  c.strict_path += strict;
+  c.strict_path += strictest->strict;
   c.path_phases.add(busiest->by_phase);
+  c.strict_phases.add(strictest->strict_by_phase);
   for (Fiber& f : c.fibers) {
     f.ops = f.strict = f.memory = 0;
-    f.by_phase = PhaseOps{};
+    f.by_phase = f.strict_by_phase = PhaseOps{};
   }
 }
 
@@ -314,7 +328,7 @@ void run_cta(Cta& c) {
   void* mem = mmap(nullptr, c.stacks_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) {
     c.error = "could not map the fiber stacks";
-    c.cluster->depart(c.error, 0, 0, PhaseOps{}, 0, 0);
+    c.cluster->depart(c.error, 0, 0, PhaseOps{}, PhaseOps{}, 0, 0);
     return;
   }
   c.stacks = static_cast<char*>(mem);
@@ -343,7 +357,7 @@ void run_cta(Cta& c) {
   tl_cta = nullptr;
   munmap(c.stacks, c.stacks_bytes);
   c.cluster->depart(c.error.empty() ? "CTA " + std::to_string(c.block_idx.x) + " finished" : c.error, c.path,
-                    c.strict_path, c.path_phases, c.block_barriers, c.total_ops);
+                    c.strict_path, c.path_phases, c.strict_phases, c.block_barriers, c.total_ops);
 }
 
 void warp_arrive(Op op, uint32_t mask, uint64_t value, int64_t arg) {
@@ -458,10 +472,10 @@ void sync_cluster() {
   Cta& c = cta();
   if (!arrive(c, c.at_cluster, c.at_block, "a cluster barrier")) return;
   const uint64_t path = c.path, strict = c.strict_path;
-  const PhaseOps phases = c.path_phases;
+  const PhaseOps phases = c.path_phases, strict_split = c.strict_phases;
   c.path = c.strict_path = 0;
-  c.path_phases = PhaseOps{};
-  if (!c.cluster->arrive_and_wait(path, strict, phases)) {
+  c.path_phases = c.strict_phases = PhaseOps{};
+  if (!c.cluster->arrive_and_wait(path, strict, phases, strict_split)) {
     const std::string why = c.cluster->why;
     fail("cluster barrier of CTA " + std::to_string(c.block_idx.x) + " cannot complete: " + why);
   }
@@ -554,7 +568,10 @@ std::string launch(const LaunchConfig& config, const std::function<void()>& body
       p = barrier.profile;
       p.critical_ops += barrier.final_max;
       p.strict_ops += barrier.final_strict;
-      for (int i = 0; i < kMaxPhases; ++i) p.phase_ops[i] += barrier.final_phases.n[i];
+      for (int i = 0; i < kMaxPhases; ++i) {
+        p.phase_ops[i] += barrier.final_phases.n[i];
+        p.phase_strict[i] += barrier.final_strict_phases.n[i];
+      }
     }
   }
   return "";

@@ -53,6 +53,7 @@ struct Profile {
   uint64_t block_barriers = 0;  // __syncthreads, most of any CTA of the cluster
   uint64_t total_ops = 0;       // global memory operations of all threads, stores included
   uint64_t strict_ops = 0;      // critical_ops without the scopes
+  uint64_t phase_strict[kMaxPhases] = {};  // strict_ops split by phase
 };
 
 struct LaunchConfig {

@@ -186,14 +186,16 @@ std::string selftest(const std::string& name) {
     for (int t = 0; t < 64; ++t) loads += t % 5;
     const Profile& a = one.at(0);
     if (one.size() != 1 || a.critical_ops != 4 + 7 + 1 || a.strict_ops != 4 + 7 + 3 + 2 || a.block_barriers != 1 ||
-        a.cluster_barriers != 0 || a.total_ops != loads + 15)
+        a.cluster_barriers != 0 || a.total_ops != loads + 15 || a.phase_ops[0] != a.critical_ops ||
+        a.phase_strict[0] != a.strict_ops)
       return "one CTA: critical " + std::to_string(a.critical_ops) + ", strict " + std::to_string(a.strict_ops) +
              ", barriers " +
              std::to_string(a.block_barriers) + "/" + std::to_string(a.cluster_barriers) + ", total " +
              std::to_string(a.total_ops);
     const Profile& b = pair.at(0);
     if (pair.size() != 1 || b.critical_ops != 6 + 4 + 7 + 1 || b.strict_ops != 6 + 4 + 7 + 3 + 2 ||
-        b.cluster_barriers != 1 || b.block_barriers != 1 || b.total_ops != 3 + 6 + 2 * (loads + 15))
+        b.cluster_barriers != 1 || b.block_barriers != 1 || b.total_ops != 3 + 6 + 2 * (loads + 15) ||
+        b.phase_ops[0] != b.critical_ops || b.phase_strict[0] != b.strict_ops)
       return "cluster of 2: critical " + std::to_string(b.critical_ops) + ", strict " + std::to_string(b.strict_ops) +
              ", barriers " +
              std::to_string(b.block_barriers) + "/" + std::to_string(b.cluster_barriers) + ", total " +
