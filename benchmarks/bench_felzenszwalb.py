@@ -298,20 +298,15 @@ def main() -> int:
         print(f"\nH100 fit: {US_PER_STRICT_OP} µs per strict-path operation + {US_PER_CLUSTER_BARRIER} µs per "
               "cluster barrier (fitted to the slowest slice of B=16 batches at 1-4 CTAs, commit 3f723fc; "
               "blind to shared memory and CTA barriers; benchmarks/RESULTS.md)")
-        print("\n### The critical path by phase (mean per slice, hub extension on)")
-        print("| data | launch | " + " | ".join(names) + " |")
-        print("|---|---|" + "---|" * len(names))
-        for data_name, launch, extend, p in rows:
-            if extend:
-                print(f"| {data_name} | {launch} | "
-                      + " | ".join(f"{v:.0f}" for v in p[:, 5:5 + len(names)].mean(0)) + " |")
-        print("\n### The strict path by phase (mean per slice, hub extension on; what the H100 fit weights)")
-        print("| data | launch | " + " | ".join(names) + " |")
-        print("|---|---|" + "---|" * len(names))
-        for data_name, launch, extend, p in rows:
-            if extend:
-                print(f"| {data_name} | {launch} | "
-                      + " | ".join(f"{v:.0f}" for v in p[:, 5 + len(names):].mean(0)) + " |")
+        n = len(names)
+        for title, first in (("critical path", 5), ("strict path (what the H100 fit weights)", 5 + n)):
+            print(f"\n### The {title} by phase (mean per slice, hub extension on)")
+            print("| data | launch | " + " | ".join(names) + " |")
+            print("|---|---|" + "---|" * n)
+            for data_name, launch, extend, p in rows:
+                if extend:
+                    print(f"| {data_name} | {launch} | " + " | ".join(f"{v:.0f}" for v in p[:, first:first + n].mean(0))
+                          + " |")
         return 0
     cpu = [] if args.skip_cpu else cpu_rows(args.quick)
     gpu, ok = cuda_rows(args.quick) if torch.cuda.is_available() else ([], True)
