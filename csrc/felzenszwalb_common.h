@@ -98,11 +98,20 @@ LRC_HD int lowest_set_bit(unsigned x) {
 #endif
 }
 
-// Edge d (0..7) of pixel p in skimage's numbering, and the pixel at its other end; false where
+// A pixel with its row and column, so that code visiting its edges divides by W once.
+struct Pixel {
+  int32_t p, i, j;
+};
+LRC_HD Pixel pixel_at(const Geometry& g, int32_t p) {
+  const int32_t i = p / g.W;
+  return {p, i, p - i * g.W};
+}
+
+// Edge d (0..7) of pixel px in skimage's numbering, and the pixel at its other end; false where
 // the border leaves it out (a pixel has 2 to 8 edges). With d a constant (an unrolled loop) this
 // compiles to a few comparisons.
-LRC_HD bool pixel_edge(const Geometry& g, int32_t p, int d, int32_t& edge, int32_t& other) {
-  const int32_t W = g.W, i = p / W, j = p - i * W;
+LRC_HD bool pixel_edge(const Geometry& g, const Pixel& px, int d, int32_t& edge, int32_t& other) {
+  const int32_t W = g.W, p = px.p, i = px.i, j = px.j;
   const int32_t down0 = g.n_right, diag0 = g.n_right + g.n_down, anti0 = diag0 + g.n_diag;
   const bool up = i > 0, dn = i < g.H - 1, lf = j > 0, rt = j < W - 1;
   switch (d) {

@@ -629,11 +629,12 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
       // unrolled loop keeps them in registers; eight at once would spill at 1024 threads).
       absorbed.insert(y.root);
       const unsigned into_hub = near.directions(y.root);
+      const Pixel y_px = pixel_at(s.g, y.root);  // one division by W for all its edges
       unsigned todo = 0;  // bit d: edge d of y goes on
       LRC_UNROLL
       for (int d = 0; d < 8; ++d) {
         int32_t edge, other;
-        if (!(into_hub >> d & 1u) && pixel_edge(s.g, y.root, d, edge, other) && edge != e &&
+        if (!(into_hub >> d & 1u) && pixel_edge(s.g, y_px, d, edge, other) && edge != e &&
             !absorbed.contains(other))
           todo |= 1u << d;
       }
@@ -651,7 +652,7 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
             int32_t edge, other;
             dir[slot] = lowest_set_bit(todo);
             todo &= todo - 1;
-            pixel_edge(s.g, y.root, dir[slot], edge, other);
+            pixel_edge(s.g, y_px, dir[slot], edge, other);
             img_other[slot] = ops.ld(s.img + other);
             n = slot + 1;
           }
@@ -660,7 +661,7 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
         for (int slot = 0; slot < 4; ++slot) {
           if (slot >= n) break;
           int32_t edge, other;
-          pixel_edge(s.g, y.root, dir[slot], edge, other);
+          pixel_edge(s.g, y_px, dir[slot], edge, other);
           // edge_endpoints orders the ends by pixel index
           const uint64_t ct =
               cost_bits(other > y.root ? edge_cost(img_y, img_other[slot]) : edge_cost(img_other[slot], img_y));
