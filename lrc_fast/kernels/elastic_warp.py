@@ -33,13 +33,10 @@ from ..reference.elastic import gaussian_kernel1d, gaussian_radius, reflect_indi
 
 PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
 
-_SMOOTH_BM = 128  # output rows per program
-_SMOOTH_BN = 64  # output columns per program
-_SMOOTH_BK = 32  # band chunk per tl.dot
-_SMOOTH_WARPS = 4
-# (BM, BN, BK, num_warps) of the smoothing passes tried by `bench_elastic.py --sweep`; the
-# default above is the first: fastest of these on an H100 (benchmarks/RESULTS.md, 0.86x the
-# old (64, 64, 32, 4) at B=16, 0.82x at B=256). tl.dot needs every block side >= 16.
+# (BM, BN, BK, num_warps) of the smoothing passes: output rows and columns per program, the band
+# chunk per tl.dot, warps. These are the shapes `bench_elastic.py --sweep` tries; the first is the
+# default, the fastest of them on an H100 (benchmarks/RESULTS.md, 0.86x the old (64, 64, 32, 4)
+# at B=16, 0.82x at B=256). tl.dot needs every block side >= 16.
 SMOOTH_BLOCK_CHOICES = ((128, 64, 32, 4), (64, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8),
                         (64, 64, 64, 4), (128, 64, 64, 8), (64, 64, 16, 4), (128, 128, 64, 8))
 _WARP_BLOCK = 1024  # output pixels per program
@@ -127,7 +124,7 @@ def _smooth_cols_kernel(t_ptr, kh_ptr, f_ptr, alpha, H, W, radius, tiles_h, tile
 
 def _check_blocks(blocks) -> tuple[int, int, int, int]:
     if blocks is None:
-        return _SMOOTH_BM, _SMOOTH_BN, _SMOOTH_BK, _SMOOTH_WARPS
+        return SMOOTH_BLOCK_CHOICES[0]
     if not (isinstance(blocks, tuple) and len(blocks) == 4 and all(isinstance(b, int) for b in blocks)):
         raise TypeError(f"blocks must be a tuple of 4 ints (BM, BN, BK, num_warps), got {blocks!r}.")
     *sides, warps = blocks
