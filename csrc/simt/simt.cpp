@@ -73,35 +73,61 @@ const char* op_name(Op op) {
   }
 }
 
-// Operations waited for, split by phase (Profile::phase_ops).
-struct PhaseOps {
-  uint64_t n[kMaxPhases] = {};
-  void add(const PhaseOps& o) {
-    for (int i = 0; i < kMaxPhases; ++i) n[i] += o.n[i];
+// Operations waited for and their split by the phase each was made in.
+struct Path {
+  uint64_t total = 0;
+  uint64_t by_phase[kMaxPhases] = {};
+  void count(int phase) {
+    ++total;
+    ++by_phase[phase];
+  }
+  void add(const Path& o) {
+    total += o.total;
+    for (int i = 0; i < kMaxPhases; ++i) by_phase[i] += o.by_phase[i];
+  }
+  // Keeps the longer of this and p (p on a tie when on_tie).
+  void keep_longer(const Path& p, bool on_tie) {
+    if (p.total > total || (on_tie && p.total == total)) *this = p;
+  }
+};
+
+// The two costs Profile reports: the critical path (with the scopes) and the strict one.
+struct Paths {
+  Path critical, strict;
+  void add(const Paths& o) {
+    critical.add(o.critical);
+    strict.add(o.strict);
+  }
+  void keep_longer(const Paths& p, bool on_tie) {
+    critical.keep_longer(p.critical, on_tie);
+    strict.keep_longer(p.strict, on_tie);
+  }
+  void add_to(Profile& profile) const {
+    profile.critical_ops += critical.total;
+    profile.strict_ops += strict.total;
+    for (int i = 0; i < kMaxPhases; ++i) {
+      profile.phase_ops[i] += critical.by_phase[i];
+      profile.phase_strict[i] += strict.by_phase[i];
+    }
   }
 };
 
 struct Fiber {
   void* sp = nullptr;
-  uint64_t ops = 0;     // operations waited for since the CTA's last barrier (Profile)
-  uint64_t strict = 0;  // the same without the scopes
+  Paths waited;         // operations waited for since the CTA's last barrier (Profile)
   uint64_t memory = 0;  // global memory operations since then
   int phase = 0;
-  PhaseOps by_phase;         // `ops` split by phase
-  PhaseOps strict_by_phase;  // `strict` split by phase
   int independent = 0, unused = 0;  // depth of the scopes
   bool group_waited = false;        // the current independent-loads scope has counted its wait
   void count(bool waits, bool atomic) {
     if (!waits) return;
-    ++strict;
-    ++strict_by_phase.n[phase];
+    waited.strict.count(phase);
     if (atomic && unused > 0) return;
     if (!atomic && independent > 0) {
       if (group_waited) return;
       group_waited = true;
     }
-    ++ops;
-    ++by_phase.n[phase];
+    waited.critical.count(phase);
   }
 };
 
@@ -115,8 +141,8 @@ struct WarpSlots {
 
 // The CTAs of one cluster meet here; a CTA that finishes or fails "departs", after which a
 // barrier that has not completed can never complete.
-// `cost` is the arriving CTA's critical path since the last cluster barrier; the cluster's
-// critical path grows by the largest of them at each barrier (and at the end).
+// `cost` is the arriving CTA's paths since the last cluster barrier; the cluster's paths grow
+// by the longest of them at each barrier (and at the end).
 struct ClusterBarrier {
   std::mutex m;
   std::condition_variable cv;
@@ -124,51 +150,29 @@ struct ClusterBarrier {
   uint64_t generation = 0;
   bool broken = false;
   std::string why;
-  uint64_t interval_max = 0, final_max = 0, strict_max = 0, final_strict = 0;
-  PhaseOps interval_phases, final_phases;  // the split of the slowest CTA's cost
-  PhaseOps strict_phases, final_strict_phases;  // the split of the largest strict cost
+  Paths interval, final;  // the longest paths of the CTAs since the last barrier, and at the end
   Profile profile;
 
-  bool arrive_and_wait(uint64_t cost, uint64_t strict, const PhaseOps& phases, const PhaseOps& strict_split) {
+  bool arrive_and_wait(const Paths& cost) {
     std::unique_lock<std::mutex> lock(m);
     if (broken) return false;
     const uint64_t g = generation;
-    if (arrived == 0 || cost > interval_max) {
-      interval_max = cost;
-      interval_phases = phases;
-    }
-    if (arrived == 0 || strict > strict_max) {
-      strict_max = strict;
-      strict_phases = strict_split;
-    }
+    interval.keep_longer(cost, false);
     if (++arrived == size) {
       arrived = 0;
       ++generation;
-      profile.critical_ops += interval_max;
-      profile.strict_ops += strict_max;
-      for (int i = 0; i < kMaxPhases; ++i) {
-        profile.phase_ops[i] += interval_phases.n[i];
-        profile.phase_strict[i] += strict_phases.n[i];
-      }
+      interval.add_to(profile);
       ++profile.cluster_barriers;
-      interval_max = strict_max = 0;
+      interval = Paths{};
       cv.notify_all();
       return true;
     }
     cv.wait(lock, [&] { return generation != g || broken; });
     return generation != g;
   }
-  void depart(const std::string& reason, uint64_t cost, uint64_t strict, const PhaseOps& phases,
-              const PhaseOps& strict_split, uint64_t block_barriers, uint64_t total_ops) {
+  void depart(const std::string& reason, const Paths& cost, uint64_t block_barriers, uint64_t total_ops) {
     std::lock_guard<std::mutex> lock(m);
-    if (cost >= final_max) {
-      final_max = cost;
-      final_phases = phases;
-    }
-    if (strict >= final_strict) {
-      final_strict = strict;
-      final_strict_phases = strict_split;
-    }
+    final.keep_longer(cost, true);
     profile.block_barriers = std::max(profile.block_barriers, block_barriers);
     profile.total_ops += total_ops;
     if (!broken) {
@@ -199,10 +203,7 @@ struct Cta {
   int current = -1;
   void* scheduler_sp = nullptr;
   int at_block = 0, at_cluster = 0, done = 0;
-  uint64_t path = 0;  // critical path since the last cluster barrier
-  uint64_t strict_path = 0;
-  PhaseOps path_phases;    // `path` split by phase
-  PhaseOps strict_phases;  // `strict_path` split by phase
+  Paths path;  // since the last cluster barrier
   uint64_t block_barriers = 0, total_ops = 0;
   bool randomised = false;
   Rng rng{0};
@@ -221,22 +222,15 @@ Cta& cta() { return *tl_cta; }
 
 // Ends an interval between barriers: the CTA waited for its busiest thread.
 void close_interval(Cta& c) {
-  Fiber* busiest = nullptr;
-  Fiber* strictest = nullptr;
+  if (c.fibers.empty()) return;
+  Paths longest = c.fibers.front().waited;
   for (Fiber& f : c.fibers) {
-    if (busiest == nullptr || f.ops > busiest->ops) busiest = &f;
-    if (strictest == nullptr || f.strict > strictest->strict) strictest = &f;
+    longest.keep_longer(f.waited, false);
     c.total_ops += f.memory;
+    f.waited = Paths{};
+    f.memory = 0;
   }
-  if (busiest == nullptr) return;
-  c.path += busiest->ops;
-  c.strict_path += strictest->strict;
-  c.path_phases.add(busiest->by_phase);
-  c.strict_phases.add(strictest->strict_by_phase);
-  for (Fiber& f : c.fibers) {
-    f.ops = f.strict = f.memory = 0;
-    f.by_phase = f.strict_by_phase = PhaseOps{};
-  }
+  c.path.add(longest);
 }
 
 void make_runnable(Cta& c, int t) { c.runnable.push_back(t); }
@@ -328,7 +322,7 @@ void run_cta(Cta& c) {
   void* mem = mmap(nullptr, c.stacks_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) {
     c.error = "could not map the fiber stacks";
-    c.cluster->depart(c.error, 0, 0, PhaseOps{}, PhaseOps{}, 0, 0);
+    c.cluster->depart(c.error, Paths{}, 0, 0);
     return;
   }
   c.stacks = static_cast<char*>(mem);
@@ -357,7 +351,7 @@ void run_cta(Cta& c) {
   tl_cta = nullptr;
   munmap(c.stacks, c.stacks_bytes);
   c.cluster->depart(c.error.empty() ? "CTA " + std::to_string(c.block_idx.x) + " finished" : c.error, c.path,
-                    c.strict_path, c.path_phases, c.strict_phases, c.block_barriers, c.total_ops);
+                    c.block_barriers, c.total_ops);
 }
 
 void warp_arrive(Op op, uint32_t mask, uint64_t value, int64_t arg) {
@@ -471,11 +465,9 @@ void sync_block() {
 void sync_cluster() {
   Cta& c = cta();
   if (!arrive(c, c.at_cluster, c.at_block, "a cluster barrier")) return;
-  const uint64_t path = c.path, strict = c.strict_path;
-  const PhaseOps phases = c.path_phases, strict_split = c.strict_phases;
-  c.path = c.strict_path = 0;
-  c.path_phases = c.strict_phases = PhaseOps{};
-  if (!c.cluster->arrive_and_wait(path, strict, phases, strict_split)) {
+  const Paths path = c.path;
+  c.path = Paths{};
+  if (!c.cluster->arrive_and_wait(path)) {
     const std::string why = c.cluster->why;
     fail("cluster barrier of CTA " + std::to_string(c.block_idx.x) + " cannot complete: " + why);
   }
@@ -566,12 +558,7 @@ std::string launch(const LaunchConfig& config, const std::function<void()>& body
     if (config.profile != nullptr) {
       Profile& p = (*config.profile)[first / cluster];
       p = barrier.profile;
-      p.critical_ops += barrier.final_max;
-      p.strict_ops += barrier.final_strict;
-      for (int i = 0; i < kMaxPhases; ++i) {
-        p.phase_ops[i] += barrier.final_phases.n[i];
-        p.phase_strict[i] += barrier.final_strict_phases.n[i];
-      }
+      barrier.final.add_to(p);
     }
   }
   return "";
