@@ -483,7 +483,8 @@ struct NearHub {
 
 // The direction d (pixel_edge's numbering) of the edge from pixel y to its neighbour h.
 LRC_HD int direction_to(const Geometry& g, int32_t y, int32_t h) {
-  const int32_t dy = h / g.W - y / g.W, dx = h % g.W - y % g.W;
+  const Pixel from = pixel_at(g, y), to = pixel_at(g, h);
+  const int32_t dy = to.i - from.i, dx = to.j - from.j;
   if (dy == 0) return dx > 0 ? 0 : 1;
   if (dx == 0) return dy > 0 ? 2 : 3;
   if (dy == dx) return dy > 0 ? 4 : 5;
