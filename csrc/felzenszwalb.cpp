@@ -37,8 +37,10 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> run_cuda(
                   (weights.numel() == 0 || weights.numel() % 2 == 1),
               op, ": weights must be an odd-length float64 tensor on the image's device, or empty");
   check_launch(op, cluster, threads, window);
-  // Launch inside a scope and raise after it: the guard and the tensors are released normally
-  // before the exception is thrown (an exception unwinding through them crashed on an H200).
+  // Launch inside a scope and raise after it, with the guard and the tensors released. (This
+  // ordering was added for a crash on an H200, most likely the one later traced on an H100 to
+  // the module's private static libstdc++, fixed in setup.py; it stays until a GPU run checks
+  // the plain form.)
   std::string error;
   {
     const c10::cuda::CUDAGuard guard(image.device());
