@@ -11,8 +11,8 @@
 # $OUT/gpu_check_logs.tar.gz.
 # A baseline in the same run: `make gpu-baseline REV=<commit>` unpacks that commit into the ignored
 # folder .baseline/ (carry it with the tree); the script then builds it beside the main build and
-# runs its `bench_felzenszwalb.py --phases` after the main one, so a kernel change is timed
-# against its baseline on the same machine.
+# runs its `bench_felzenszwalb.py --phases` after the main one and its loss step's profile (K=256,
+# float32), so a kernel change is timed against its baseline on the same machine.
 set -u
 cd "$(dirname "$0")/.."
 LOG_DIR=out/gpu_check
@@ -81,6 +81,9 @@ step bench_elastic 100 $PY benchmarks/bench_elastic.py
 step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
 # where the fused loss step spends its time (per kernel), and the field's tile shapes (logs only)
 step bench_loss_profile 45 $PY benchmarks/bench_loss.py --profile
+# the baseline's loss step (pure Python and Triton: no build needed), K=256 float32, same machine
+[ -f .baseline/benchmarks/bench_loss.py ] && step baseline_bench_loss_profile 30 \
+  env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" $PY .baseline/benchmarks/bench_loss.py --profile --quick
 step bench_elastic_sweep 45 $PY benchmarks/bench_elastic.py --sweep
 # where the Felzenszwalb kernel's warps wait, per SASS line (Nsight Compute, one B=16 launch); the
 # report goes to $OUT on its own (it could make the log archive too big to come back)

@@ -167,17 +167,16 @@ def _loss_triton(feat_q, feat_p, regions_q, regions_p, *, num_regions, num_sampl
     from .kernels.region_pool import region_index, region_pool
 
     batch = feat_q.shape[0]
-    pix_q, off_q, cnt_q = region_index(regions_q, num_regions)  # (B, HW), (B, K), (B, K)
+    index_q = region_index(regions_q, num_regions)
     if regions_p is None:
-        regions_p, (pix_p, off_p, cnt_p) = regions_q, (pix_q, off_q, cnt_q)
+        regions_p, index_p = regions_q, index_q
     else:
-        pix_p, off_p, cnt_p = region_index(regions_p, num_regions)
-    sel, valid, slot_of = _ref.select_regions(cnt_q, cnt_p, max_regions, subset, generator)  # (B, M)
+        index_p = region_index(regions_p, num_regions)
+    sel, valid, slot_of = _ref.select_regions(index_q.counts, index_p.counts, max_regions, subset,
+                                              generator)  # (B, M)
     uniforms = _ref.draw_uniforms(2, batch, valid.shape[1], num_samples, generator, feat_q.device)
-    means_q, _ = region_pool(feat_q, regions_q, pix_q, _ref.take_regions(off_q, sel),
-                             _ref.take_regions(cnt_q, sel), valid, uniforms[0], slot_of)  # (B, M, D)
-    means_p, _ = region_pool(feat_p, regions_p, pix_p, _ref.take_regions(off_p, sel),
-                             _ref.take_regions(cnt_p, sel), valid, uniforms[1], slot_of)  # (B, M, D)
+    means_q, _ = region_pool(feat_q, regions_q, index_q, valid, uniforms[0], sel, slot_of)  # (B, M, D)
+    means_p, _ = region_pool(feat_p, regions_p, index_p, valid, uniforms[1], sel, slot_of)  # (B, M, D)
     precision = "tf32x3" if feat_q.dtype == torch.float32 else "tf32"
     rows = region_infonce(means_q, means_p, valid, temperature, normalize, include_self, precision)
     return _ref.reduce_rows(rows, valid, reduction)
@@ -426,10 +425,10 @@ def region_sample_mean(feat: torch.Tensor, regions: torch.Tensor, num_samples: i
         idx = torch.full((batch, num_regions, num_samples), -1, dtype=torch.int32, device=feat.device)
     elif backend == "triton":
         from .kernels.region_pool import region_index, region_pool
-        pixels, offsets, counts = region_index(regions, num_regions)
-        valid = counts > 0  # (B, K)
+        index = region_index(regions, num_regions)
+        valid = index.counts > 0  # (B, K)
         uniforms = _ref.draw_uniforms(1, batch, num_regions, num_samples, generator, feat.device)[0]
-        means, idx = region_pool(feat, regions, pixels, offsets, counts, valid, uniforms)
+        means, idx = region_pool(feat, regions, index, valid, uniforms)
     else:
         means, valid, idx = _ref.region_sample_mean_reference(feat, regions, num_regions,
                                                              num_samples, generator)

@@ -115,8 +115,28 @@ def direct_loss(vec_q, vec_p, ids, temperature, normalize, include_self):
 
 
 # ----------------------------------------------------------------------------------------------
-# region index: Triton counting sort == stable torch.sort
+# region index: the Triton tile index locates every pixel the stable torch.sort groups
 # ----------------------------------------------------------------------------------------------
+
+def grouped_pixels(index, regions):
+    """Every region's pixels in raster order, read through the Triton index as its docstring says.
+
+    Returns ``(B, H*W)`` int32 laid out like the reference's ``pixels`` for the ids ``< K`` (the
+    ignore bucket at the end is left -1).
+    """
+    batch, num_regions = index.counts.shape
+    out = torch.full(regions.reshape(batch, -1).shape, -1, dtype=torch.int32, device=regions.device)
+    for b in range(batch):
+        counts = index.counts[b].long()  # (K,)
+        ids = torch.repeat_interleave(torch.arange(num_regions, device=counts.device), counts)
+        rank = torch.arange(ids.numel(), device=counts.device) - (counts.cumsum(0) - counts)[ids]
+        cum = index.cum[b].long()[:, ids].t()  # (n, T): the prefix of each sample's region
+        tile = (cum <= rank[:, None]).sum(1)  # tiles wholly before pixel number `rank`
+        before = torch.where(tile > 0, cum.gather(1, (tile - 1).clamp_min(0)[:, None])[:, 0], 0)
+        start = index.local[b].long()[tile, ids]
+        out[b, :ids.numel()] = index.pixels[b].long()[tile * index.tile + start + rank - before].int()
+    return out
+
 
 @interpreter
 @pytest.mark.parametrize("tile", [16, 64, None])
@@ -127,11 +147,17 @@ def test_region_index_matches_reference(tile, dtype, strided):
     if strided:  # not (h * W + w)-addressable: exercises the non-flat path
         regions = regions.transpose(1, 2).contiguous().transpose(1, 2)
     num_regions = 9
-    pixels, offsets, counts = pool_kernels.region_index(regions, num_regions, tile=tile)
+    index = pool_kernels.region_index(regions, num_regions, tile=tile)
     ref_pixels, ref_offsets, ref_counts = ref.region_index(regions, num_regions)
-    assert torch.equal(counts, ref_counts)
-    assert torch.equal(offsets, ref_offsets)
-    assert torch.equal(pixels, ref_pixels)
+    assert index.tile == (tile or 512)
+    assert index.cum.shape == (2, -(-13 * 29 // index.tile), num_regions)
+    assert torch.equal(index.counts, ref_counts)
+    kept = int(ref_counts[0].sum()), int(ref_counts[1].sum())
+    grouped = grouped_pixels(index, regions)
+    for b in range(2):
+        assert torch.equal(grouped[b, :kept[b]], ref_pixels[b, :kept[b]])
+        # each tile's pixels are a permutation of the tile: nothing lost, nothing twice
+        assert torch.equal(index.pixels[b].sort().values, torch.arange(13 * 29, dtype=torch.int32))
     # the reference itself: every pixel once, grouped by id, raster order inside a group
     flat = regions.reshape(2, -1).long()
     for b in range(2):
@@ -139,6 +165,13 @@ def test_region_index_matches_reference(tile, dtype, strided):
         k = 4
         group = ref_pixels[b, ref_offsets[b, k]: ref_offsets[b, k] + ref_counts[b, k]].long()
         assert torch.equal(group, (flat[b] == k).nonzero().flatten())
+
+
+@interpreter
+def test_region_index_of_empty_images():
+    for shape in [(0, 5, 7), (2, 0, 7)]:
+        index = pool_kernels.region_index(torch.zeros(shape, dtype=torch.int64), 3)
+        assert index.counts.shape == (shape[0], 3) and int(index.counts.abs().sum()) == 0
 
 
 @interpreter
@@ -172,7 +205,8 @@ def test_pool_kernel_matches_reference(dtype, channels_last):
     feat32 = float32_copy(feat)
     means_ref = ref.region_pool(feat32, idx, valid)
     assert torch.equal(ref.region_pool(feat, idx, valid), means_ref)  # 16-bit reference: same means
-    means, idx_triton = pool_kernels.region_pool(feat, regions, pixels, offsets, counts, valid, uniforms)
+    index = pool_kernels.region_index(regions, k, tile=64)  # several tiles per image
+    means, idx_triton = pool_kernels.region_pool(feat, regions, index, valid, uniforms)
     assert torch.equal(idx_triton, idx)
     assert_close(means, means_ref, rtol=1e-5)
     upstream = torch.randn(means.shape, generator=torch.Generator().manual_seed(5))
@@ -648,10 +682,13 @@ def test_gpu_matches_reference(dtype, loss_rtol, channels_last, num_regions):
 @pytest.mark.gpu
 def test_gpu_region_index_and_samples_match_reference():
     regions = blocky_regions(3, 300, 333, 700, seed=62, block=5).cuda()
-    pixels, offsets, counts = pool_kernels.region_index(regions, 700)
-    ref_pixels, ref_offsets, ref_counts = ref.region_index(regions, 700)
-    assert torch.equal(pixels, ref_pixels) and torch.equal(offsets, ref_offsets)
-    assert torch.equal(counts, ref_counts)
+    index = pool_kernels.region_index(regions, 700)
+    ref_pixels, _, ref_counts = ref.region_index(regions, 700)
+    assert torch.equal(index.counts, ref_counts)
+    grouped = grouped_pixels(index, regions)
+    for b in range(3):
+        kept = int(ref_counts[b].sum())
+        assert torch.equal(grouped[b, :kept], ref_pixels[b, :kept])
     feat = features((3, 32, 300, 333), torch.bfloat16, True, seed=63).detach().cuda()
     out = region_sample_mean(feat, regions, 50, num_regions=700, generator=1, return_indices=True,
                              backend="triton")

@@ -1,25 +1,28 @@
 """Triton kernels for per-region sampling and mean pooling, and the dense feature gradient.
 
-Region index (:func:`region_index`), on the device, in two kernels and a few scans
-    A stable counting sort of the pixels of each image by region id. The image is cut into
-    tiles of ``TILE`` pixels. Each program sorts its tile's ``(id, lane)`` pairs, packed in
-    int32, with a bitonic network in registers (partners fetched by ``tl.gather``). A pixel's
-    rank within its id is its sorted position minus the start of its id's run, found by a
-    branchless binary search. Pass 1 writes the per-tile histogram ``(B, T, K+1)``. PyTorch
-    cumsums then give every region's offset and each tile's starting slot per id. Pass 2 writes
-    each pixel to ``start[tile, id] + rank``. The result equals the reference's
-    ``torch.sort(ids, stable=True)`` bit for bit. It reads the ids twice and writes one int32
-    per pixel, with no global sort. (``tl.sort``/``tl.flip`` and custom scans would do the
-    same, but the Triton interpreter runs them element by element, which makes them unusable
+Region index (:func:`region_index`, :class:`RegionIndex`), on the device: one kernel and a cumsum
+    The image is cut into tiles of ``TILE`` pixels. Each program sorts its tile's
+    ``(id, lane)`` pairs, packed in int32, with a bitonic network in registers (partners
+    fetched by ``tl.gather``), and writes the tile's pixels in that order: a stable sort by id,
+    so each id's pixels form one run in raster order. A pixel's rank within its run is its
+    sorted position minus the run's start, found by a branchless binary search. At the end of
+    each run the program writes the run's length ``hist[b, t, k]`` and start
+    ``local[b, t, k]``. One in-place PyTorch cumsum over the tiles turns ``hist`` into ``cum``,
+    whose last row is every region's pixel count. Region ``k``'s pixel number ``r`` in raster
+    order is then in the tile ``t`` with ``cum[t-1, k] <= r < cum[t, k]``, at position
+    ``local[t, k] + r - cum[t-1, k]`` of that tile's run. The pooling finds ``t`` by a binary
+    search over the tiles, per sample. There is no global scatter: the ids are read once and one
+    int32 is written per pixel. (``tl.sort``/``tl.flip`` and custom scans would do the same
+    sort, but the Triton interpreter runs them element by element, which makes them unusable
     in CPU tests.)
 
 Pooling forward (:class:`RegionPoolFunction`)
     One program per (image, region). It turns the ``(B, M, N)`` uniforms into sample pixels
-    (``pixels[offset + min(floor(u * count), count - 1)]``, the reference's arithmetic),
-    gathers the ``N x D`` features (any strides, so channels_last too), and writes their float32
-    mean. When the features need a gradient it also counts, with int32 atomics, how often each
-    pixel was drawn: ``hits`` ``(B, H*W)`` int32, the only state the backward needs besides
-    the region ids.
+    (pixel number ``min(floor(u * count), count - 1)`` of the region, the reference's
+    arithmetic, located through the index), gathers the ``N x D`` features (any strides, so
+    channels_last too), and writes their float32 mean. When the features need a gradient it
+    also counts, with int32 atomics, how often each pixel was drawn: ``hits`` ``(B, H*W)``
+    int32, the only state the backward needs besides the region ids.
 
 Pooling backward
     A pixel can only have been drawn for its own region, so
@@ -29,8 +32,8 @@ Pooling backward
     of ``hits`` per pixel and, where a pixel was drawn, its region id.
 
 Index widths: pixel indices within an image are int32 (``H*W < 2**31``); everything that
-multiplies by the batch index, a stride or ``K + 1`` is computed in int64, because ``B*D*H*W``
-or ``B*T*(K+1)`` may exceed ``2**31``.
+multiplies by the batch index, a stride or ``K`` is computed in int64, because ``B*D*H*W``
+or ``B*T*K`` may exceed ``2**31``.
 
 The launchers are registered as ``torch.library`` custom ops (``lrc_fast::region_index``,
 ``lrc_fast::region_pool_forward``, ``lrc_fast::region_pool_backward``) so that
@@ -38,12 +41,14 @@ The launchers are registered as ``torch.library`` custom ops (``lrc_fast::region
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
 _TILE = 1024  # pixels sorted per program in the region index
-_MAX_INDEX_ENTRIES = 1 << 24  # grow the tile (up to _MAX_TILE) to keep (B, T, K+1) below this
+_MAX_INDEX_ENTRIES = 1 << 24  # grow the tile (up to _MAX_TILE) to keep (B, T, K) below this
 _MAX_TILE = 4096
 _POOL_TILE = 4096  # N x D elements gathered per loop step of the pooling forward
 _GRAD_PIXELS = 128  # pixels per program of the dense backward
@@ -51,7 +56,7 @@ _GRAD_CHANNELS = 64  # channels per inner step of the dense backward
 
 
 # ----------------------------------------------------------------------------------------------
-# Region index: stable counting sort of pixels by region id
+# Region index: each tile's pixels sorted by region id, and a prefix table over tiles
 # ----------------------------------------------------------------------------------------------
 
 @triton.jit
@@ -81,13 +86,16 @@ def _count_below(sorted_keys, target, LOG: tl.constexpr):
 
 
 @triton.jit
-def _sorted_tile(reg_ptr, s_rb, s_rh, s_rw, W, HW, K, b, t,
-                 LOG: tl.constexpr, FLAT: tl.constexpr):
-    # the tile's region keys in sorted order, with the lane each came from (a stable sort:
-    # equal keys keep lane order). Key K is the ignore bucket (negative or >= K ids), K + 1 the
-    # padding past the image end. Returns (keys, lanes, rank of each element within its key).
+def _tile_sort_kernel(reg_ptr, s_rb, s_rh, s_rw, W, HW, K, pixels_ptr, hist_ptr, local_ptr,
+                      n_tiles, LOG: tl.constexpr, FLAT: tl.constexpr):
+    # One tile of 2**LOG pixels of image b: its pixels sorted by key (stable), and for every
+    # id k < K present in the tile, hist[b, t, k] = its pixel count and local[b, t, k] = where
+    # its run starts in the sorted tile. Key K is the ignore bucket (negative or >= K ids), K + 1
+    # the padding past the image end; neither gets a table entry.
+    t = tl.program_id(0)
+    b = tl.program_id(1)
     lane = tl.arange(0, 1 << LOG)
-    pix = t * (1 << LOG) + lane  # pixel index in the image
+    pix = t * (1 << LOG) + lane  # (TILE,) pixel index in the image
     inside = pix < HW
     if FLAT:
         offs = pix.to(tl.int64) * s_rw
@@ -98,34 +106,15 @@ def _sorted_tile(reg_ptr, s_rb, s_rh, s_rw, W, HW, K, b, t,
     key = tl.where(inside, key, K + 1).to(tl.int32)
     comp = _bitonic_sort(key * (1 << LOG) + lane, LOG)  # (key, lane) pairs, packed in int32
     key = comp >> LOG
+    # padding sorts last, so position `lane` holds a pixel of the image exactly where pix < HW
+    tl.store(pixels_ptr + b.to(tl.int64) * HW + pix, t * (1 << LOG) + (comp & ((1 << LOG) - 1)),
+             mask=inside)
     rank = lane - _count_below(key, key, LOG)  # position minus the start of the key's run
-    return key, comp & ((1 << LOG) - 1), rank
-
-
-@triton.jit
-def _tile_count_kernel(reg_ptr, s_rb, s_rh, s_rw, W, HW, K, hist_ptr, n_tiles,
-                       LOG: tl.constexpr, FLAT: tl.constexpr):
-    # hist[b, t, k] = number of pixels of tile t of image b with key k (k <= K)
-    t = tl.program_id(0)
-    b = tl.program_id(1)
-    key, _, rank = _sorted_tile(reg_ptr, s_rb, s_rh, s_rw, W, HW, K, b, t, LOG, FLAT)
-    run_start = tl.arange(0, 1 << LOG) - rank
-    count = _count_below(key, key + 1, LOG) - run_start
-    row = hist_ptr + (b.to(tl.int64) * n_tiles + t) * (K + 1)
-    tl.store(row + key, count, mask=(rank == 0) & (key <= K))
-
-
-@triton.jit
-def _tile_scatter_kernel(reg_ptr, s_rb, s_rh, s_rw, W, HW, K, start_ptr, pixels_ptr, n_tiles,
-                         LOG: tl.constexpr, FLAT: tl.constexpr):
-    # pixels[b, start[b, t, k] + rank] = pixel, for every pixel of tile t with key k
-    t = tl.program_id(0)
-    b = tl.program_id(1)
-    key, lane, rank = _sorted_tile(reg_ptr, s_rb, s_rh, s_rw, W, HW, K, b, t, LOG, FLAT)
-    keep = key <= K
-    row = start_ptr + (b.to(tl.int64) * n_tiles + t) * (K + 1)
-    dest = tl.load(row + key, mask=keep, other=0) + rank
-    tl.store(pixels_ptr + b.to(tl.int64) * HW + dest, t * (1 << LOG) + lane, mask=keep)
+    next_key = tl.gather(key, tl.minimum(lane + 1, (1 << LOG) - 1), 0)
+    run_end = ((next_key != key) | (lane == (1 << LOG) - 1)) & (key < K)
+    row = (b.to(tl.int64) * n_tiles + t) * K
+    tl.store(hist_ptr + row + key, rank + 1, mask=run_end)
+    tl.store(local_ptr + row + key, lane - rank, mask=run_end)
 
 
 def _flat_pixels(tensor: torch.Tensor) -> bool:
@@ -134,9 +123,9 @@ def _flat_pixels(tensor: torch.Tensor) -> bool:
 
 
 def _index_tile(batch: int, pixels: int, num_regions: int) -> int:
-    """Pixels per program: 1024 (fewer for small images), more when ``(B, T, K+1)`` gets large."""
+    """Pixels per program: 1024 (fewer for small images), more when ``(B, T, K)`` gets large."""
     tile = max(16, min(_TILE, triton.next_power_of_2(pixels)))
-    while tile < _MAX_TILE and batch * triton.cdiv(pixels, tile) * (num_regions + 1) > _MAX_INDEX_ENTRIES:
+    while tile < _MAX_TILE and batch * triton.cdiv(pixels, tile) * num_regions > _MAX_INDEX_ENTRIES:
         tile *= 2
     return tile
 
@@ -146,66 +135,76 @@ def max_index_regions(tile: int) -> int:
     return (2 ** 31) // tile - 2
 
 
+class RegionIndex(NamedTuple):
+    """Where each region's pixels are, for ``B`` images cut into ``T`` tiles of ``tile`` pixels.
+
+    Region ``k``'s pixel number ``r`` in raster order (``0 <= r < counts[b, k]``) lies in the
+    tile ``t`` with ``cum[b, t-1, k] <= r < cum[b, t, k]``, at
+    ``pixels[b, t * tile + local[b, t, k] + r - cum[b, t-1, k]]`` (``cum[b, -1, k]`` read as 0).
+    """
+
+    pixels: torch.Tensor  # (B, H*W) int32: each tile's pixels, stably sorted by region id
+    cum: torch.Tensor  # (B, T, K) int32: pixels of id k in tiles 0..t
+    local: torch.Tensor  # (B, T, K) int32: start of id k's run in tile t (where t has id k)
+    counts: torch.Tensor  # (B, K) int32: pixels of id k in the image
+    tile: int
+
+
 def _region_index(regions: torch.Tensor, num_regions: int, tile: int) -> tuple[torch.Tensor, ...]:
     batch, height, width = regions.shape
     hw = height * width
     n_tiles = triton.cdiv(hw, tile)
-    flat = _flat_pixels(regions)
     dev = regions.device
-    log = tile.bit_length() - 1
-    hist = torch.zeros((batch, n_tiles, num_regions + 1), dtype=torch.int32, device=dev)  # (B, T, K+1)
-    grid = (n_tiles, batch)
-    _tile_count_kernel[grid](regions, *regions.stride(), width, hw, num_regions, hist, n_tiles,
-                             LOG=log, FLAT=flat, num_warps=4)
-    counts = hist.sum(1, dtype=torch.int32)  # (B, K+1)
-    offsets = counts.cumsum(1, dtype=torch.int32) - counts  # (B, K+1), exclusive
-    start = hist.cumsum(1, dtype=torch.int32)  # (B, T, K+1) -> first slot of each (tile, id)
-    start -= hist
-    start += offsets.unsqueeze(1)
-    del hist
     pixels = torch.empty((batch, hw), dtype=torch.int32, device=dev)  # (B, HW)
-    _tile_scatter_kernel[grid](regions, *regions.stride(), width, hw, num_regions, start, pixels,
-                               n_tiles, LOG=log, FLAT=flat, num_warps=4)
-    return (pixels, offsets[:, :num_regions].contiguous(), counts[:, :num_regions].contiguous())
+    hist = torch.zeros((batch, n_tiles, num_regions), dtype=torch.int32, device=dev)  # (B, T, K)
+    local = torch.empty((batch, n_tiles, num_regions), dtype=torch.int32, device=dev)  # (B, T, K)
+    if batch * hw == 0:
+        return pixels, hist, local, torch.zeros((batch, num_regions), dtype=torch.int32, device=dev)
+    _tile_sort_kernel[(n_tiles, batch)](regions, *regions.stride(), width, hw, num_regions,
+                                        pixels, hist, local, n_tiles, LOG=tile.bit_length() - 1,
+                                        FLAT=_flat_pixels(regions), num_warps=4)
+    cum = hist.cumsum_(1)  # (B, T, K), in place: prefix over the tiles
+    return pixels, cum, local, cum[:, -1].clone(memory_format=torch.contiguous_format)  # no alias
 
 
 @torch.library.custom_op("lrc_fast::region_index", mutates_args=())
 def _region_index_op(regions: torch.Tensor, num_regions: int,
-                     tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _region_index(regions, num_regions, tile)
 
 
 @_region_index_op.register_fake
 def _(regions, num_regions, tile):
     batch, height, width = regions.shape
+    table = (batch, triton.cdiv(height * width, tile), num_regions)
     return (regions.new_empty((batch, height * width), dtype=torch.int32),
-            regions.new_empty((batch, num_regions), dtype=torch.int32),
+            regions.new_empty(table, dtype=torch.int32), regions.new_empty(table, dtype=torch.int32),
             regions.new_empty((batch, num_regions), dtype=torch.int32))
 
 
-def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = None):
-    """Group each image's pixels by region id on the device (Triton stable counting sort).
+def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = None) -> RegionIndex:
+    """Index each image's pixels by region id on the device (one Triton kernel and a cumsum).
 
-    Same result as :func:`lrc_fast.reference.region_loss.region_index`, bit for bit.
+    It holds the same information as :func:`lrc_fast.reference.region_loss.region_index` (every
+    region's pixels in raster order) without the global scatter: see :class:`RegionIndex` for
+    how pixel number ``r`` of a region is found.
 
     Parameters
     ----------
     regions : torch.Tensor
-        ``(B, H, W)`` integer ids, any strides; ids outside ``[0, num_regions)`` are ignored
-        (sorted into a last bucket).
+        ``(B, H, W)`` integer ids, any strides; ids outside ``[0, num_regions)`` are ignored.
     num_regions : int
         ``K``.
     tile : int, optional
         Pixels per program, a power of two >= 16 (default 1024, or the image size rounded up to
-        a power of two when smaller; larger, up to 4096, when the ``(B, T, K+1)`` int32 table of
-        per-tile counts would exceed 2**24 entries).
+        a power of two when smaller; larger, up to 4096, when the ``(B, T, K)`` int32 tables
+        would exceed 2**24 entries).
 
     Returns
     -------
-    pixels : torch.Tensor
-        ``(B, H*W)`` int32 pixels grouped by region, raster order within a region.
-    offsets, counts : torch.Tensor
-        ``(B, K)`` int32.
+    RegionIndex
+        ``pixels (B, H*W)``, ``cum (B, T, K)``, ``local (B, T, K)``, ``counts (B, K)``, all
+        int32, and ``tile``.
 
     Raises
     ------
@@ -221,9 +220,8 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
         raise ValueError(f"num_regions={num_regions} is too large for the Triton region index "
                          f"(at most {max_index_regions(tile)} with {tile}-pixel tiles); use "
                          "backend='reference'.")
-    if torch.compiler.is_compiling():
-        return _region_index_op(regions, num_regions, tile)
-    return _region_index(regions, num_regions, tile)
+    index = _region_index_op if torch.compiler.is_compiling() else _region_index
+    return RegionIndex(*index(regions, num_regions, tile), tile)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,16 +230,21 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
 
 @triton.jit
 def _pool_fwd_kernel(feat_ptr, s_fb, s_fd, s_fh, s_fw, W, HW, D,
-                     pixels_ptr, offsets_ptr, counts_ptr, valid_ptr, u_ptr,
-                     means_ptr, idx_ptr, hits_ptr, M, N,
-                     FLAT: tl.constexpr, COUNT_HITS: tl.constexpr,
+                     pixels_ptr, cum_ptr, local_ptr, counts_ptr, ids_ptr, valid_ptr, u_ptr,
+                     means_ptr, idx_ptr, hits_ptr, M, N, K, n_tiles, tile, steps,
+                     FLAT: tl.constexpr, COUNT_HITS: tl.constexpr, IDENTITY: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     m = tl.program_id(0)
     b = tl.program_id(1)
     bm = b.to(tl.int64) * M + m
-    count = tl.load(counts_ptr + bm)
-    offset = tl.load(offsets_ptr + bm)
+    if IDENTITY:
+        rid = m.to(tl.int64)
+    else:
+        rid = tl.load(ids_ptr + bm).to(tl.int64)
+    count = tl.load(counts_ptr + b.to(tl.int64) * K + rid)
     n_take = N * (tl.load(valid_ptr + bm) != 0).to(tl.int32)  # 0 for invalid regions
+    cum_col = cum_ptr + b.to(tl.int64) * n_tiles * K + rid  # cum[b, :, rid], stride K
+    local_col = local_ptr + b.to(tl.int64) * n_tiles * K + rid
     d = tl.arange(0, BLOCK_D)
     d_mask = d < D
     feat_b = feat_ptr + b.to(tl.int64) * s_fb
@@ -252,7 +255,17 @@ def _pool_fwd_kernel(feat_ptr, s_fb, s_fd, s_fh, s_fw, W, HW, D,
         take = n < n_take
         u = tl.load(u_ptr + bm * N + n, mask=take, other=0.0)
         rank = tl.minimum((u * count.to(tl.float32)).to(tl.int32), count - 1)
-        pix = tl.load(pixels_ptr + b.to(tl.int64) * HW + offset + rank, mask=take, other=0)
+        # the sample's tile: t = number of tiles t' < T - 1 with cum[t'] <= rank (binary search)
+        t = tl.zeros([BLOCK_N], dtype=tl.int32)
+        for s in range(steps):
+            cand = t + (1 << (steps - 1 - s))
+            probe_ok = take & (cand < n_tiles)
+            probe = tl.load(cum_col + (cand - 1).to(tl.int64) * K, mask=probe_ok, other=0)
+            t = tl.where(probe_ok & (probe <= rank), cand, t)
+        before = tl.load(cum_col + (t - 1).to(tl.int64) * K, mask=take & (t > 0), other=0)
+        start = tl.load(local_col + t.to(tl.int64) * K, mask=take, other=0)
+        pix = tl.load(pixels_ptr + b.to(tl.int64) * HW + t * tile + start + rank - before,
+                      mask=take, other=0)
         tl.store(idx_ptr + bm * N + n, tl.where(take, pix, -1), mask=in_n)
         if COUNT_HITS:
             tl.atomic_add(hits_ptr + b.to(tl.int64) * HW + pix, 1, mask=take)
@@ -266,7 +279,7 @@ def _pool_fwd_kernel(feat_ptr, s_fb, s_fd, s_fh, s_fw, W, HW, D,
     tl.store(means_ptr + bm * D + d, acc / N, mask=d_mask)
 
 
-def _pool_forward(feat, pixels, offsets, counts, valid, uniforms, count_hits):
+def _pool_forward(feat, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile):
     batch, channels, height, width = feat.shape
     regions, num_samples = uniforms.shape[1:]
     dev = feat.device
@@ -275,26 +288,29 @@ def _pool_forward(feat, pixels, offsets, counts, valid, uniforms, count_hits):
     hits = torch.zeros((batch, height * width) if count_hits else (0,), dtype=torch.int32, device=dev)
     if batch * regions == 0:
         return means, idx, hits
+    n_tiles, num_regions = cum.shape[1:]
     block_d = max(16, triton.next_power_of_2(channels))
     block_n = max(16, min(triton.next_power_of_2(num_samples), _POOL_TILE // block_d))
     _pool_fwd_kernel[(regions, batch)](
         feat, *feat.stride(), width, height * width, channels,
-        pixels, offsets, counts, valid.to(torch.int8), uniforms,
-        means, idx, hits, regions, num_samples,
-        FLAT=_flat_pixels(feat), COUNT_HITS=count_hits, BLOCK_N=block_n, BLOCK_D=block_d,
-        num_warps=4)
+        pixels, cum, local, counts, counts if ids is None else ids, valid, uniforms,
+        means, idx, hits, regions, num_samples, num_regions, n_tiles, tile,
+        (n_tiles - 1).bit_length(),
+        FLAT=_flat_pixels(feat), COUNT_HITS=count_hits, IDENTITY=ids is None,
+        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
     return means, idx, hits
 
 
 @torch.library.custom_op("lrc_fast::region_pool_forward", mutates_args=())
-def _pool_forward_op(feat: torch.Tensor, pixels: torch.Tensor, offsets: torch.Tensor,
-                     counts: torch.Tensor, valid: torch.Tensor, uniforms: torch.Tensor,
-                     count_hits: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _pool_forward(feat, pixels, offsets, counts, valid, uniforms, count_hits)
+def _pool_forward_op(feat: torch.Tensor, pixels: torch.Tensor, cum: torch.Tensor,
+                     local: torch.Tensor, counts: torch.Tensor, ids: torch.Tensor | None,
+                     valid: torch.Tensor, uniforms: torch.Tensor, count_hits: bool,
+                     tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _pool_forward(feat, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile)
 
 
 @_pool_forward_op.register_fake
-def _(feat, pixels, offsets, counts, valid, uniforms, count_hits):
+def _(feat, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile):
     batch, channels, height, width = feat.shape
     regions, num_samples = uniforms.shape[1:]
     return (feat.new_empty((batch, regions, channels), dtype=torch.float32),
@@ -385,15 +401,17 @@ class RegionPoolFunction(torch.autograd.Function):
     Forward: ``(means (B, M, D) float32, idx (B, M, N) int32)``; ``idx`` is not differentiable.
     Backward: the dense feature gradient in ``feat``'s dtype, channels_last when ``feat`` is
     (contiguous otherwise). Only ``hits`` and the region map are kept for it, not ``feat``.
+    Gradients are not materialised: no zero tensor is built for ``idx``.
     """
 
     @staticmethod
-    def forward(ctx, feat, regions, pixels, offsets, counts, valid, uniforms, slot_of):
+    def forward(ctx, feat, regions, pixels, cum, local, counts, ids, valid, uniforms, slot_of, tile):
         count_hits = ctx.needs_input_grad[0]
-        args = (feat, pixels, offsets, counts, valid, uniforms, count_hits)
+        args = (feat, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile)
         forward = _pool_forward_op if torch.compiler.is_compiling() else _pool_forward
         means, idx, hits = forward(*args)
         ctx.mark_non_differentiable(idx)
+        ctx.set_materialize_grads(False)
         if count_hits:
             ctx.save_for_backward(hits, regions, slot_of)
             channels_last = (feat.is_contiguous(memory_format=torch.channels_last)
@@ -403,16 +421,22 @@ class RegionPoolFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_means, grad_idx):
+        if grad_means is None:  # the means did not reach the output
+            return (None,) * 11
         hits, regions, slot_of = ctx.saved_tensors
         backward = _pool_backward_op if torch.compiler.is_compiling() else _pool_backward
         grad = backward(grad_means.float().contiguous(), hits, regions, slot_of, *ctx.layout)
-        return grad, None, None, None, None, None, None, None
+        return (grad,) + (None,) * 10
 
 
-def region_pool(feat: torch.Tensor, regions: torch.Tensor, pixels: torch.Tensor,
-                offsets: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor,
-                uniforms: torch.Tensor, slot_of: torch.Tensor | None = None):
+def region_pool(feat: torch.Tensor, regions: torch.Tensor, index: RegionIndex, valid: torch.Tensor,
+                uniforms: torch.Tensor, ids: torch.Tensor | None = None,
+                slot_of: torch.Tensor | None = None):
     """Sampled region means of one view with the fused Triton kernels (differentiable in ``feat``).
+
+    Sample ``n`` of kept region ``m`` (id ``k``) is region ``k``'s pixel number
+    ``min(floor(u * count), count - 1)`` in raster order, as in
+    :func:`lrc_fast.reference.region_loss.sample_pixels`.
 
     Parameters
     ----------
@@ -420,17 +444,17 @@ def region_pool(feat: torch.Tensor, regions: torch.Tensor, pixels: torch.Tensor,
         ``(B, D, H, W)`` float32/bfloat16/float16, any strides (contiguous, channels_last, ...).
     regions : torch.Tensor
         ``(B, H, W)`` integer ids the index was built from (read by the backward).
-    pixels : torch.Tensor
-        ``(B, H*W)`` int32 from :func:`region_index`.
-    offsets, counts : torch.Tensor
-        ``(B, M)`` int32 of the kept regions.
+    index : RegionIndex
+        From :func:`region_index` of ``regions``.
     valid : torch.Tensor
-        ``(B, M)`` bool: regions that get samples.
+        ``(B, M)`` bool: kept regions that get samples (each must have pixels).
     uniforms : torch.Tensor
         ``(B, M, N)`` float32 in ``[0, 1)``.
+    ids : torch.Tensor, optional
+        ``(B, M)`` integer id of each kept region; None when region ``m`` is id ``m``.
     slot_of : torch.Tensor, optional
-        ``(B, K)`` int32 position of each id among the kept regions; None when region ``m`` is
-        id ``m``.
+        ``(B, K)`` int32 position of each id among the kept regions (-1 when dropped); None
+        when region ``m`` is id ``m``. Given together with ``ids``.
 
     Returns
     -------
@@ -439,6 +463,7 @@ def region_pool(feat: torch.Tensor, regions: torch.Tensor, pixels: torch.Tensor,
     idx : torch.Tensor
         ``(B, M, N)`` int32 sampled pixels ``h * W + w`` (-1 for invalid regions).
     """
-    return RegionPoolFunction.apply(feat, regions, pixels.contiguous(), offsets.contiguous(),
-                                    counts.contiguous(), valid, uniforms.contiguous(),
-                                    None if slot_of is None else slot_of.contiguous())
+    return RegionPoolFunction.apply(
+        feat, regions, index.pixels, index.cum, index.local, index.counts,
+        None if ids is None else ids.contiguous(), valid.contiguous(), uniforms.contiguous(),
+        None if slot_of is None else slot_of.contiguous(), index.tile)
