@@ -26,6 +26,11 @@ K and dtype: ``torch.profiler`` over a few steps (after a warm-up step), every C
 device time and launches per step, their sum, and the step's wall time from CUDA events; the
 difference is time the GPU waited for the host (launch overhead, host-side work). On CPU the
 smoke shapes, with each operator's self CPU time instead of kernels.
+
+``--sweep``: instead of the table, the dense feature-gradient kernel alone (one view) at every
+``(pixels, channels, warps)`` tile of ``GRAD_BLOCK_CHOICES`` in
+:mod:`lrc_fast.kernels.region_pool`, beside a zero fill of one gradient; each tile's gradient is
+checked equal to the default tile's first.
 """
 from __future__ import annotations
 
@@ -293,10 +298,49 @@ def run_profile(config, quick=False):
             print(profile_markdown(rows, kernel_ms, wall_ms), flush=True)
 
 
+def sweep_backward(config, quick=False):
+    """The dense backward alone at each shape of GRAD_BLOCK_CHOICES, beside one zero fill.
+
+    Every shape's gradient is first checked equal (bit for bit: the same products, only the
+    tiling differs) to the default shape's; a mismatch is reported and the shape not timed.
+    Returns the failures.
+    """
+    from lrc_fast.kernels import region_pool as pk
+
+    device = "cuda" if CUDA else "cpu"
+    failures = []
+    print("\n| dtype | K | zero fill of one gradient ms | "
+          + " | ".join(f"{shape} ms" for shape in pk.GRAD_BLOCK_CHOICES) + " |")
+    print("|---|---|---|" + "---|" * len(pk.GRAD_BLOCK_CHOICES))
+    for dtype in ((torch.float32,) if quick else config["dtypes"]):
+        for k in ((256,) if quick else config["ks"]):
+            feat, _, regions, _ = make_inputs(config["batch"], config["channels"], config["size"], k,
+                                              dtype, device)
+            index = pk.region_index(regions, k)
+            valid = index.counts > 0
+            uniforms = torch.rand((config["batch"], k, config["num_samples"]), device=device)
+            means, _, hits = pk._pool_forward(feat, index.pixels, index.cum, index.local, index.counts,
+                                              None, valid, uniforms, True, index.tile)
+            grad_means = torch.randn_like(means)
+            args = (grad_means, hits, regions, None, list(feat.shape), dtype, False, config["num_samples"])
+            expected = pk._pool_backward(*args)
+            cells = [f"{time_ms(lambda: torch.zeros_like(feat), 60):.3f}"]
+            for shape in pk.GRAD_BLOCK_CHOICES:
+                if not torch.equal(pk._pool_backward(*args, blocks=shape), expected):
+                    failures.append(f"{dtype} K={k} {shape}: gradient differs from the default shape's")
+                    cells.append("MISMATCH")
+                    continue
+                cells.append(f"{time_ms(lambda: pk._pool_backward(*args, blocks=shape), 60):.3f}")
+            print(f"| {str(dtype).replace('torch.', '')} | {k} | " + " | ".join(cells) + " |", flush=True)
+    return failures
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only K=256, float32")
     parser.add_argument("--profile", action="store_true", help="the fused step's time per kernel instead")
+    parser.add_argument("--sweep", action="store_true",
+                        help="the dense backward alone at each (pixels, channels, warps) tile instead")
     args = parser.parse_args(argv)
     start = time.time()
     config = FULL if CUDA else SMOKE
@@ -309,6 +353,13 @@ def main(argv=None):
             return 1
         run_profile(config, quick=args.quick)
         return 0
+    if args.sweep:
+        if not (CUDA or triton_usable(torch.empty(0))):
+            print("the fused path needs CUDA or TRITON_INTERPRET=1")
+            return 1
+        failures = sweep_backward(config, quick=args.quick)
+        print("\nCORRECTNESS CHECK FAILED:\n" + "\n".join(failures) if failures else "")
+        return 1 if failures else 0
     rows, failures = run(config, quick=args.quick)
     print(f"\n### region_contrast_loss forward+backward on {device}, B={config['batch']} "
           f"D={config['channels']} {config['size']}x{config['size']} N={config['num_samples']} "

@@ -2,9 +2,9 @@
 # The one script to run on a lent GPU machine (no network there):
 #   bash benchmarks/gpu_check.sh
 # Builds the extension with that machine's torch, runs `pytest -m gpu`, the benchmarks (and the
-# loss step's per-kernel profile and the field's tile sweep, logs only), Nsight Compute on one
-# Felzenszwalb launch and compute-sanitizer (memcheck, racecheck) on the CUDA kernel, and prints a
-# short summary last.
+# loss step's per-kernel profile and the field's and the loss backward's tile sweeps, logs only),
+# Nsight Compute on one Felzenszwalb launch and compute-sanitizer (memcheck, racecheck) on the CUDA
+# kernel, and prints a short summary last.
 # Every step has its own time limit inside a global budget (GPU_CHECK_BUDGET seconds, default 560), and the script goes
 # on after a failure, so one call gives the whole picture. Logs go to out/gpu_check; when $OUT is
 # set (the device tool, which brings back at most 8 files) they are also packed into one file,
@@ -79,12 +79,14 @@ step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tes
 step bench_loss 100 $PY benchmarks/bench_loss.py
 step bench_elastic 100 $PY benchmarks/bench_elastic.py
 step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
-# where the fused loss step spends its time (per kernel), and the field's tile shapes (logs only)
+# where the fused loss step spends its time (per kernel), and the tile shapes of the field and
+# of the loss's dense backward (logs only)
 step bench_loss_profile 45 $PY benchmarks/bench_loss.py --profile
 # the baseline's loss step (pure Python and Triton: no build needed), K=256 float32, same machine
 [ -f .baseline/benchmarks/bench_loss.py ] && step baseline_bench_loss_profile 30 \
   env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" $PY .baseline/benchmarks/bench_loss.py --profile --quick
 step bench_elastic_sweep 45 $PY benchmarks/bench_elastic.py --sweep
+step bench_loss_sweep 30 $PY benchmarks/bench_loss.py --sweep
 # where the Felzenszwalb kernel's warps wait, per SASS line (Nsight Compute, one B=16 launch); the
 # report goes to $OUT on its own (it could make the log archive too big to come back)
 REPORT_DIR=${OUT:-$LOG_DIR}

@@ -224,6 +224,27 @@ def test_pool_kernel_matches_reference(dtype, channels_last):
 
 
 @interpreter
+@pytest.mark.parametrize("blocks", pool_kernels.GRAD_BLOCK_CHOICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pool_backward_tiles_agree(blocks, channels_last):
+    # every tile the benchmark sweeps writes the same gradient, bit for bit; 20 channels are not
+    # a multiple of any channel step (masked last step), 37 x 91 pixels not of any pixel block
+    batch, channels, height, width, k, n = 2, 20, 37, 91, 9, 30
+    regions = blob_regions(batch, height, width, k, seed=21)
+    feat = features((batch, channels, height, width), torch.bfloat16, channels_last, seed=22).detach()
+    index = pool_kernels.region_index(regions, k)
+    valid = index.counts > 0
+    uniforms = torch.rand((batch, k, n), generator=torch.Generator().manual_seed(23))
+    means, _, hits = pool_kernels._pool_forward(feat, index.pixels, index.cum, index.local,
+                                                index.counts, None, valid, uniforms, True, index.tile)
+    grad_means = torch.randn(means.shape, generator=torch.Generator().manual_seed(24))
+    args = (grad_means, hits, regions, None, list(feat.shape), feat.dtype, channels_last, n)
+    expected = pool_kernels._pool_backward(*args)
+    assert float(expected.float().abs().sum()) > 0
+    assert torch.equal(pool_kernels._pool_backward(*args, blocks=blocks), expected)
+
+
+@interpreter
 @pytest.mark.parametrize("normalize, include_self", [(True, False), (True, True), (False, False)])
 def test_infonce_kernel_matches_reference(normalize, include_self):
     g = torch.Generator().manual_seed(6)

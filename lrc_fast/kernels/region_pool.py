@@ -51,8 +51,12 @@ _TILE = 1024  # pixels sorted per program in the region index
 _MAX_INDEX_ENTRIES = 1 << 24  # grow the tile (up to _MAX_TILE) to keep (B, T, K) below this
 _MAX_TILE = 4096
 _POOL_TILE = 4096  # N x D elements gathered per loop step of the pooling forward
-_GRAD_PIXELS = 128  # pixels per program of the dense backward
-_GRAD_CHANNELS = 64  # channels per inner step of the dense backward
+# (pixels per program, channels per inner step, warps) of the dense backward: the shapes
+# `bench_loss.py --sweep` times, the first is the default. 16 channels per step keep 16 values per
+# thread: the sm_90 build (compiled on a CPU by Triton 3.9) needs 56 registers per thread at
+# (128, 16, 4) in float32 NCHW, where the old 64 channels per step needed 241, which leaves room
+# for only 2 programs per SM in a kernel that must keep many stores in flight.
+GRAD_BLOCK_CHOICES = ((128, 16, 4), (256, 16, 8), (128, 8, 4), (64, 16, 2), (128, 64, 4))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,22 +368,24 @@ def _gradient_buffer(size, dtype, channels_last, device) -> torch.Tensor:
     return torch.empty(size, dtype=dtype, device=device, memory_format=layout)
 
 
-def _pool_backward(grad_means, hits, regions, slot_of, size, dtype, channels_last, num_samples):
+def _pool_backward(grad_means, hits, regions, slot_of, size, dtype, channels_last, num_samples,
+                   blocks=GRAD_BLOCK_CHOICES[0]):
     batch, channels, height, width = size
+    block_p, block_d, warps = blocks
     grad = _gradient_buffer(size, dtype, channels_last, grad_means.device)  # every element written
     if grad.numel() == 0:
         return grad
     regions_kept = grad_means.shape[1]
     identity = slot_of is None
     slots = regions if identity else slot_of  # placeholder pointer when unused
-    grid = (triton.cdiv(height * width, _GRAD_PIXELS), batch)
+    grid = (triton.cdiv(height * width, block_p), batch)
     _pool_bwd_kernel[grid](
         grad_means, hits, regions, *regions.stride(), slots,
         0 if identity else slot_of.shape[1],
         grad, *grad.stride(), width, height * width, channels, regions_kept, num_samples,
         IDENTITY=identity, FLAT_R=_flat_pixels(regions), FLAT_G=_flat_pixels(grad),
-        BLOCK_P=_GRAD_PIXELS, BLOCK_D=max(16, min(_GRAD_CHANNELS, triton.next_power_of_2(channels))),
-        num_warps=4)
+        BLOCK_P=block_p, BLOCK_D=max(8, min(block_d, triton.next_power_of_2(channels))),
+        num_warps=warps)
     return grad
 
 
