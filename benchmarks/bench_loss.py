@@ -27,10 +27,11 @@ device time and launches per step, their sum, and the step's wall time from CUDA
 difference is time the GPU waited for the host (launch overhead, host-side work). On CPU the
 smoke shapes, with each operator's self CPU time instead of kernels.
 
-``--sweep``: instead of the table, the dense feature-gradient kernel alone (one view) at every
-``(pixels, channels, warps)`` tile of ``GRAD_BLOCK_CHOICES`` in
-:mod:`lrc_fast.kernels.region_pool`, beside a zero fill of one gradient; each tile's gradient is
-checked equal to the default tile's first.
+``--sweep``: instead of the table, two kernels alone at each of their launch shapes, each shape
+checked against the default shape's result first: the dense feature-gradient kernel (one view;
+``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`,
+beside a zero fill of one gradient) and the InfoNCE forward + backward (``(rows, warps, stages)``
+of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`).
 """
 from __future__ import annotations
 
@@ -335,12 +336,55 @@ def sweep_backward(config, quick=False):
     return failures
 
 
+def sweep_infonce(config, quick=False):
+    """The InfoNCE kernels (forward + backward) alone at each shape of BLOCK_CHOICES.
+
+    Region means as the loss makes them (float32, B x K x D), about 10 % of the regions invalid;
+    float32 features mean tf32x3 logits, bfloat16 features tf32. Every shape's rows and gradients
+    are first checked against the default shape's (only the order of float32 sums differs).
+    Returns the failures.
+    """
+    from lrc_fast.kernels import region_infonce as ri
+
+    device = "cuda" if CUDA else "cpu"
+    failures = []
+    print("\n| logits | K | " + " | ".join(f"{shape} ms" for shape in ri.BLOCK_CHOICES) + " |")
+    print("|---|---|" + "---|" * len(ri.BLOCK_CHOICES))
+    for precision in (("tf32x3",) if quick else ("tf32x3", "tf32")):
+        for k in ((256,) if quick else config["ks"]):
+            g = torch.Generator(device=device).manual_seed(k)
+            shape = (config["batch"], k, config["channels"])
+            means_q = torch.randn(shape, generator=g, device=device).requires_grad_(True)
+            means_p = (means_q.detach() + 0.5 * torch.randn(shape, generator=g, device=device))
+            means_p.requires_grad_(True)
+            valid = torch.rand(shape[:2], generator=g, device=device) > 0.1
+            upstream = torch.rand(shape[:2], generator=g, device=device)
+
+            def step(blocks):
+                rows = ri.region_infonce(means_q, means_p, valid, 0.1, precision=precision, blocks=blocks)
+                return (rows.detach(), *torch.autograd.grad(rows, [means_q, means_p], upstream))
+
+            expected = step(ri.BLOCK_CHOICES[0])
+            cells = []
+            for blocks in ri.BLOCK_CHOICES:
+                problem = next((name for name, got, want in zip(("rows", "d_q", "d_p"), step(blocks), expected)
+                                if not torch.allclose(got, want, rtol=1e-4,
+                                                      atol=1e-5 * float(want.abs().max()))), None)
+                if problem:
+                    failures.append(f"InfoNCE {precision} K={k} {blocks}: {problem} differ from the default's")
+                    cells.append("MISMATCH")
+                    continue
+                cells.append(f"{time_ms(lambda: step(blocks), 60):.3f}")
+            print(f"| {precision} | {k} | " + " | ".join(cells) + " |", flush=True)
+    return failures
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only K=256, float32")
     parser.add_argument("--profile", action="store_true", help="the fused step's time per kernel instead")
     parser.add_argument("--sweep", action="store_true",
-                        help="the dense backward alone at each (pixels, channels, warps) tile instead")
+                        help="the dense backward and the InfoNCE alone at each launch shape instead")
     args = parser.parse_args(argv)
     start = time.time()
     config = FULL if CUDA else SMOKE
@@ -357,7 +401,7 @@ def main(argv=None):
         if not (CUDA or triton_usable(torch.empty(0))):
             print("the fused path needs CUDA or TRITON_INTERPRET=1")
             return 1
-        failures = sweep_backward(config, quick=args.quick)
+        failures = sweep_backward(config, quick=args.quick) + sweep_infonce(config, quick=args.quick)
         print("\nCORRECTNESS CHECK FAILED:\n" + "\n".join(failures) if failures else "")
         return 1 if failures else 0
     rows, failures = run(config, quick=args.quick)

@@ -182,8 +182,15 @@ def test_kernel_wrappers_reject_bad_arguments():
     with pytest.raises(ValueError, match="num_regions=.* too large"):
         pool_kernels.region_index(regions, 2 ** 30, tile=16)
     means = torch.zeros(1, 2, 3)
+    valid = torch.ones(1, 2, dtype=torch.bool)
     with pytest.raises(ValueError, match="precision must be one of"):
-        infonce_kernels.region_infonce(means, means, torch.ones(1, 2, dtype=torch.bool), 0.1, precision="fp8")
+        infonce_kernels.region_infonce(means, means, valid, 0.1, precision="fp8")
+    with pytest.raises(TypeError, match="blocks must be a tuple of 3 ints"):
+        infonce_kernels.region_infonce(means, means, valid, 0.1, blocks=(16, 4))
+    with pytest.raises(ValueError, match=r"blocks: rows must be a power of two >= 16.*\(24, 4, 2\)"):
+        infonce_kernels.region_infonce(means, means, valid, 0.1, blocks=(24, 4, 2))
+    with pytest.raises(ValueError, match="blocks: rows must be"):
+        infonce_kernels.region_infonce(means, means, valid, 0.1, blocks=(16, 3, 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,8 +252,10 @@ def test_pool_backward_tiles_agree(blocks, channels_last):
 
 
 @interpreter
-@pytest.mark.parametrize("normalize, include_self", [(True, False), (True, True), (False, False)])
-def test_infonce_kernel_matches_reference(normalize, include_self):
+@pytest.mark.parametrize("normalize, include_self, blocks",
+                         [(True, False, None), (True, True, None), (False, False, None)]
+                         + [(True, False, shape) for shape in infonce_kernels.BLOCK_CHOICES])
+def test_infonce_kernel_matches_reference(normalize, include_self, blocks):
     g = torch.Generator().manual_seed(6)
     batch, regions, channels = 2, 70, 24  # two row blocks of 64, D padded to 32
     # unnormalised means are scaled so that the logits stay O(1/tau), as after normalisation
@@ -256,7 +265,8 @@ def test_infonce_kernel_matches_reference(normalize, include_self):
     means_p.requires_grad_(True)
     valid = torch.rand(batch, regions, generator=g) > 0.2
     rows_ref = ref.region_infonce(means_q, means_p, valid, 0.1, normalize, include_self)
-    rows = infonce_kernels.region_infonce(means_q, means_p, valid, 0.1, normalize, include_self)
+    rows = infonce_kernels.region_infonce(means_q, means_p, valid, 0.1, normalize, include_self,
+                                          blocks=blocks)
     # a row is lse - positive, two numbers of size ~1/tau = 10: its error is absolute, a few ulp of 10
     torch.testing.assert_close(rows, rows_ref.detach(), rtol=1e-5, atol=1e-5)
     assert torch.all(rows[~valid] == 0)

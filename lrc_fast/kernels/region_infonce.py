@@ -160,56 +160,69 @@ def _infonce_bwd_kernel(mq_ptr, mp_ptr, valid_ptr, lse_ptr, grad_ptr, dmq_ptr, d
     tl.store(dmp_ptr + out, d_p, mask=mask)
 
 
-def _blocks(regions: int, channels: int) -> tuple[int, int]:
+# (rows per program, warps, pipeline stages) that `bench_loss.py --sweep` times; the first is what
+# the default rule (:func:`_launch`) picks for D <= 64 and M >= 64. Compiled for sm_90 on a CPU
+# (benchmarks/triton_resources.py, Triton 3.9), the default backward needs 255 registers and
+# spills ~1 KB per thread in tf32x3, with one program per SM; (16, 4, 2) does not spill.
+BLOCK_CHOICES = ((64, 8, 3), (32, 4, 3), (32, 4, 1), (16, 4, 2), (16, 2, 2))
+
+
+def _launch(regions: int, channels: int, blocks) -> tuple[int, int, int, int]:
+    """``(BLOCK, BLOCK_D, num_warps, num_stages)``: ``blocks`` if given, else the default rule."""
     block_d = max(16, triton.next_power_of_2(channels))
+    if blocks is not None:
+        return blocks[0], block_d, blocks[1], blocks[2]
     cap = 64 if block_d <= 64 else (32 if block_d <= 128 else 16)
-    return max(16, min(cap, triton.next_power_of_2(regions))), block_d
+    block = max(16, min(cap, triton.next_power_of_2(regions)))
+    return block, block_d, 8 if block * block_d >= 4096 else 4, 3
 
 
 def _launch_precision(tensor: torch.Tensor, precision: str) -> str:
     return precision if tensor.is_cuda else "ieee"
 
 
-def _infonce_forward(means_q, means_p, valid, temperature, normalize, include_self, precision):
+def _infonce_forward(means_q, means_p, valid, temperature, normalize, include_self, precision,
+                     blocks=None):
     batch, regions, channels = means_q.shape
     rows = torch.empty((batch, regions), dtype=torch.float32, device=means_q.device)  # (B, M)
     lse = torch.empty_like(rows)  # (B, M)
     if batch * regions == 0:
         return rows, lse
-    block, block_d = _blocks(regions, channels)
+    block, block_d, warps, stages = _launch(regions, channels, blocks)
     _infonce_fwd_kernel[(triton.cdiv(regions, block), batch)](
         means_q, means_p, valid, rows, lse, regions, channels, 1.0 / temperature,
         NORMALIZE=normalize, INCLUDE_SELF=include_self,
         PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
-        num_warps=8 if block * block_d >= 4096 else 4)
+        num_warps=warps, num_stages=stages)
     return rows, lse
 
 
 def _infonce_backward(grad_rows, means_q, means_p, valid, lse, temperature, normalize,
-                      include_self, precision):
+                      include_self, precision, blocks=None):
     batch, regions, channels = means_q.shape
     d_q = torch.empty_like(means_q)  # (B, M, D)
     d_p = torch.empty_like(means_p)
     if batch * regions == 0:
         return d_q, d_p
-    block, block_d = _blocks(regions, channels)
+    block, block_d, warps, stages = _launch(regions, channels, blocks)
     _infonce_bwd_kernel[(triton.cdiv(regions, block), batch)](
         means_q, means_p, valid, lse, grad_rows, d_q, d_p, regions, channels, 1.0 / temperature,
         NORMALIZE=normalize, INCLUDE_SELF=include_self,
         PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
-        num_warps=8 if block * block_d >= 4096 else 4)
+        num_warps=warps, num_stages=stages)
     return d_q, d_p
 
 
 @torch.library.custom_op("lrc_fast::region_infonce_forward", mutates_args=())
 def _infonce_forward_op(means_q: torch.Tensor, means_p: torch.Tensor, valid: torch.Tensor,
                         temperature: float, normalize: bool, include_self: bool,
-                        precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _infonce_forward(means_q, means_p, valid, temperature, normalize, include_self, precision)
+                        precision: str, blocks: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _infonce_forward(means_q, means_p, valid, temperature, normalize, include_self, precision,
+                            blocks)
 
 
 @_infonce_forward_op.register_fake
-def _(means_q, means_p, valid, temperature, normalize, include_self, precision):
+def _(means_q, means_p, valid, temperature, normalize, include_self, precision, blocks):
     shape = means_q.shape[:2]
     return (means_q.new_empty(shape, dtype=torch.float32),
             means_q.new_empty(shape, dtype=torch.float32))
@@ -218,13 +231,14 @@ def _(means_q, means_p, valid, temperature, normalize, include_self, precision):
 @torch.library.custom_op("lrc_fast::region_infonce_backward", mutates_args=())
 def _infonce_backward_op(grad_rows: torch.Tensor, means_q: torch.Tensor, means_p: torch.Tensor,
                          valid: torch.Tensor, lse: torch.Tensor, temperature: float, normalize: bool,
-                         include_self: bool, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+                         include_self: bool, precision: str,
+                         blocks: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
     return _infonce_backward(grad_rows, means_q, means_p, valid, lse, temperature, normalize,
-                             include_self, precision)
+                             include_self, precision, blocks)
 
 
 @_infonce_backward_op.register_fake
-def _(grad_rows, means_q, means_p, valid, lse, temperature, normalize, include_self, precision):
+def _(grad_rows, means_q, means_p, valid, lse, temperature, normalize, include_self, precision, blocks):
     return torch.empty_like(means_q), torch.empty_like(means_p)
 
 
@@ -232,12 +246,13 @@ class RegionInfoNCEFunction(torch.autograd.Function):
     """Autograd for the per-region InfoNCE: ``(B, M, D)`` x 2 -> ``(B, M)`` float32."""
 
     @staticmethod
-    def forward(ctx, means_q, means_p, valid, temperature, normalize, include_self, precision):
+    def forward(ctx, means_q, means_p, valid, temperature, normalize, include_self, precision, blocks):
         compiling = torch.compiler.is_compiling()
         forward = _infonce_forward_op if compiling else _infonce_forward
-        rows, lse = forward(means_q, means_p, valid, temperature, normalize, include_self, precision)
+        rows, lse = forward(means_q, means_p, valid, temperature, normalize, include_self, precision,
+                            blocks)
         ctx.save_for_backward(means_q, means_p, valid, lse)
-        ctx.options = (temperature, normalize, include_self, precision)
+        ctx.options = (temperature, normalize, include_self, precision, blocks)
         return rows
 
     @staticmethod
@@ -245,12 +260,12 @@ class RegionInfoNCEFunction(torch.autograd.Function):
         means_q, means_p, valid, lse = ctx.saved_tensors
         backward = _infonce_backward_op if torch.compiler.is_compiling() else _infonce_backward
         d_q, d_p = backward(grad_rows.float().contiguous(), means_q, means_p, valid, lse, *ctx.options)
-        return d_q, d_p, None, None, None, None, None
+        return d_q, d_p, None, None, None, None, None, None
 
 
 def region_infonce(means_q: torch.Tensor, means_p: torch.Tensor, valid: torch.Tensor,
                    temperature: float, normalize: bool = True, include_self: bool = False,
-                   precision: str = "tf32x3") -> torch.Tensor:
+                   precision: str = "tf32x3", blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Per-region InfoNCE with the fused Triton kernels (differentiable in both means).
 
     Same value as :func:`lrc_fast.reference.region_loss.region_infonce`.
@@ -267,6 +282,11 @@ def region_infonce(means_q: torch.Tensor, means_p: torch.Tensor, valid: torch.Te
         As in :func:`lrc_fast.region_contrast_loss`.
     precision : {'tf32x3', 'tf32', 'ieee'}
         ``tl.dot`` input precision on CUDA (the interpreter always computes in float32).
+    blocks : tuple of 3 ints, optional
+        ``(rows per program, warps, pipeline stages)`` of both kernels, for tuning (see
+        :data:`BLOCK_CHOICES`); rows a power of two >= 16. None: 64 rows (fewer for small ``M``,
+        fewer for ``D > 64``), 8 warps at 64 x 64, 3 stages. Only the order of float32 sums
+        depends on it.
 
     Returns
     -------
@@ -275,11 +295,22 @@ def region_infonce(means_q: torch.Tensor, means_p: torch.Tensor, valid: torch.Te
 
     Raises
     ------
+    TypeError
+        ``blocks`` not a tuple of three ints.
     ValueError
-        An unknown ``precision``.
+        An unknown ``precision``; in ``blocks``, rows not a power of two >= 16, warps not a power
+        of two <= 16, or stages < 1.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if blocks is not None:
+        if not (isinstance(blocks, tuple) and len(blocks) == 3 and all(type(v) is int for v in blocks)):
+            raise TypeError(f"blocks must be a tuple of 3 ints (rows, warps, stages), got {blocks!r}.")
+        rows, warps, stages = blocks
+        if rows < 16 or rows & (rows - 1) or warps not in (1, 2, 4, 8, 16) or stages < 1:
+            raise ValueError(f"blocks: rows must be a power of two >= 16, warps 1, 2, 4, 8 or 16 and "
+                             f"stages >= 1, got {blocks!r}.")
+        blocks = list(blocks)
     return RegionInfoNCEFunction.apply(means_q.float().contiguous(), means_p.float().contiguous(),
                                        valid.to(torch.int8).contiguous(), float(temperature),
-                                       bool(normalize), bool(include_self), precision)
+                                       bool(normalize), bool(include_self), precision, blocks)
