@@ -3,8 +3,9 @@
 #   bash benchmarks/gpu_check.sh
 # Builds the extension with that machine's torch, runs `pytest -m gpu`, the benchmarks (and the
 # loss step's per-kernel profile and the field's and the loss backward's tile sweeps, logs only),
-# Nsight Compute on one Felzenszwalb launch and compute-sanitizer (memcheck, racecheck) on the CUDA
-# kernel, and prints a short summary last.
+# Nsight Compute on one Felzenszwalb launch and on the Triton kernels of one loss step and one
+# elastic pair, and compute-sanitizer (memcheck, racecheck) on the CUDA kernel, and prints a short
+# summary last.
 # Every step has its own time limit inside a global budget (GPU_CHECK_BUDGET seconds, default 560), and the script goes
 # on after a failure, so one call gives the whole picture. Logs go to out/gpu_check; when $OUT is
 # set (the device tool, which brings back at most 8 files) they are also packed into one file,
@@ -95,6 +96,12 @@ if step ncu_felzenszwalb 120 ncu --set full --clock-control none --import-source
   step ncu_felzenszwalb_details 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page details
   step ncu_felzenszwalb_source 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page source --csv --print-source sass
 fi
+# where the Triton kernels' time goes (Nsight Compute, the summary sections of each kernel's first
+# launch in one loss step at K=1024 and one elastic pair); text in the logs
+step ncu_triton 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
+  --section WarpStateStats --section MemoryWorkloadAnalysis \
+  -k regex:"_tile_sort_kernel|_pool_fwd_kernel|_pool_bwd_kernel|_infonce_fwd_kernel|_infonce_bwd_kernel|_smooth_rows_kernel|_smooth_cols_kernel|_elastic_warp_fwd_kernel" \
+  $PY benchmarks/ncu_triton_step.py
 # shared-memory races (the hub extension's sort), last: it is the slowest tool
 step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py --quick
 
