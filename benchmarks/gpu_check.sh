@@ -6,8 +6,11 @@
 # Nsight Compute on one Felzenszwalb launch and on the Triton kernels of one loss step and one
 # elastic pair, and compute-sanitizer (memcheck, racecheck) on the CUDA kernel, and prints a short
 # summary last.
-# Every step has its own time limit inside a global budget (GPU_CHECK_BUDGET seconds, default 560), and the script goes
-# on after a failure, so one call gives the whole picture. Logs go to out/gpu_check; when $OUT is
+# Every step has its own time limit inside a global budget (GPU_CHECK_BUDGET seconds, default 560),
+# and the script goes on after a failure, so one call gives the whole picture. All the steps do not
+# fit in one budget: the later ones are skipped when it runs out. GPU_CHECK_ONLY=<bash regex>
+# runs only the steps whose names match (the build always runs), e.g.
+# GPU_CHECK_ONLY='loss|elastic|triton' for the Triton kernels' steps. Logs go to out/gpu_check; when $OUT is
 # set (the device tool, which brings back at most 8 files) they are also packed into one file,
 # $OUT/gpu_check_logs.tar.gz.
 # A baseline in the same run: `make gpu-baseline REV=<commit>` unpacks that commit into the ignored
@@ -33,6 +36,10 @@ SUMMARY=()
 
 step() {  # step NAME SECONDS COMMAND...: run with min(SECONDS, what is left of the budget)
   local name=$1 limit=$2; shift 2
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [ "$name" != build ] && ! [[ $name =~ $GPU_CHECK_ONLY ]]; then
+    SUMMARY+=("| $name | not selected (GPU_CHECK_ONLY) | 0 s |")
+    return 1
+  fi
   local left=$((BUDGET - SECONDS))
   if [ "$left" -lt 20 ]; then
     SUMMARY+=("| $name | skipped: budget spent | 0 s |")
