@@ -318,16 +318,17 @@ def sweep_backward(config, quick=False):
             feat, _, regions, _ = make_inputs(config["batch"], config["channels"], config["size"], k,
                                               dtype, device)
             index = pk.region_index(regions, k)
-            valid = index.counts > 0
-            uniforms = torch.rand((config["batch"], k, config["num_samples"]), device=device)
-            means, _, hits = pk._pool_forward(feat, index.pixels, index.cum, index.local, index.counts,
-                                              None, valid, uniforms, True, index.tile)
+            valid = index.counts[0] > 0
+            uniforms = torch.rand((1, config["batch"], k, config["num_samples"]), device=device)
+            means, _, hits = pk._pool_forward(feat, None, index.pixels, index.cum, index.local,
+                                              index.counts, None, valid, uniforms, True, index.tile)
             grad_means = torch.randn_like(means)
-            args = (grad_means, hits, regions, None, list(feat.shape), dtype, False, config["num_samples"])
-            expected = pk._pool_backward(*args)
+            args = (grad_means, hits, regions, None, None, list(feat.shape), dtype, [False],
+                    config["num_samples"], [0])
+            (expected,) = pk._pool_backward(*args)
             cells = [f"{time_ms(lambda: torch.zeros_like(feat), 60):.3f}"]
             for shape in pk.GRAD_BLOCK_CHOICES:
-                if not torch.equal(pk._pool_backward(*args, blocks=shape), expected):
+                if not torch.equal(pk._pool_backward(*args, blocks=shape)[0], expected):
                     failures.append(f"{dtype} K={k} {shape}: gradient differs from the default shape's")
                     cells.append("MISMATCH")
                     continue

@@ -167,16 +167,13 @@ def _loss_triton(feat_q, feat_p, regions_q, regions_p, *, num_regions, num_sampl
     from .kernels.region_pool import region_index, region_pool
 
     batch = feat_q.shape[0]
-    index_q = region_index(regions_q, num_regions)
-    if regions_p is None:
-        regions_p, index_p = regions_q, index_q
-    else:
-        index_p = region_index(regions_p, num_regions)
-    sel, valid, slot_of = _ref.select_regions(index_q.counts, index_p.counts, max_regions, subset,
+    index = region_index(regions_q, num_regions, regions_p=regions_p)  # one or two maps
+    sel, valid, slot_of = _ref.select_regions(index.counts[0], index.counts[-1], max_regions, subset,
                                               generator)  # (B, M)
     uniforms = _ref.draw_uniforms(2, batch, valid.shape[1], num_samples, generator, feat_q.device)
-    means_q, _ = region_pool(feat_q, regions_q, index_q, valid, uniforms[0], sel, slot_of)  # (B, M, D)
-    means_p, _ = region_pool(feat_p, regions_p, index_p, valid, uniforms[1], sel, slot_of)  # (B, M, D)
+    means, _ = region_pool((feat_q, feat_p), regions_q, index, valid, uniforms, sel, slot_of,
+                           regions_p)  # (2, B, M, D)
+    means_q, means_p = means[0], means[1]
     precision = "tf32x3" if feat_q.dtype == torch.float32 else "tf32"
     rows = region_infonce(means_q, means_p, valid, temperature, normalize, include_self, precision)
     return _ref.reduce_rows(rows, valid, reduction)
@@ -426,9 +423,10 @@ def region_sample_mean(feat: torch.Tensor, regions: torch.Tensor, num_samples: i
     elif backend == "triton":
         from .kernels.region_pool import region_index, region_pool
         index = region_index(regions, num_regions)
-        valid = index.counts > 0  # (B, K)
-        uniforms = _ref.draw_uniforms(1, batch, num_regions, num_samples, generator, feat.device)[0]
-        means, idx = region_pool(feat, regions, index, valid, uniforms)
+        valid = index.counts[0] > 0  # (B, K)
+        uniforms = _ref.draw_uniforms(1, batch, num_regions, num_samples, generator, feat.device)
+        means, idx = region_pool((feat,), regions, index, valid, uniforms)  # (1, B, K, D), (1, B, K, N)
+        means, idx = means[0], idx[0]
     else:
         means, valid, idx = _ref.region_sample_mean_reference(feat, regions, num_regions,
                                                              num_samples, generator)

@@ -118,23 +118,25 @@ def direct_loss(vec_q, vec_p, ids, temperature, normalize, include_self):
 # region index: the Triton tile index locates every pixel the stable torch.sort groups
 # ----------------------------------------------------------------------------------------------
 
-def grouped_pixels(index, regions):
+def grouped_pixels(index, view=0):
     """Every region's pixels in raster order, read through the Triton index as its docstring says.
 
-    Returns ``(B, H*W)`` int32 laid out like the reference's ``pixels`` for the ids ``< K`` (the
-    ignore bucket at the end is left -1).
+    Returns ``(B, H*W)`` int32 laid out like the reference's ``pixels`` for the ids ``< K`` of map
+    ``view`` (the ignore bucket at the end is left -1).
     """
-    batch, num_regions = index.counts.shape
-    out = torch.full(regions.reshape(batch, -1).shape, -1, dtype=torch.int32, device=regions.device)
+    counts_v, cum_v, local_v, pixels_v = (t[view] for t in (index.counts, index.cum, index.local,
+                                                            index.pixels))
+    batch, num_regions = counts_v.shape
+    out = torch.full(pixels_v.shape, -1, dtype=torch.int32, device=pixels_v.device)
     for b in range(batch):
-        counts = index.counts[b].long()  # (K,)
+        counts = counts_v[b].long()  # (K,)
         ids = torch.repeat_interleave(torch.arange(num_regions, device=counts.device), counts)
         rank = torch.arange(ids.numel(), device=counts.device) - (counts.cumsum(0) - counts)[ids]
-        cum = index.cum[b].long()[:, ids].t()  # (n, T): the prefix of each sample's region
+        cum = cum_v[b].long()[:, ids].t()  # (n, T): the prefix of each sample's region
         tile = (cum <= rank[:, None]).sum(1)  # tiles wholly before pixel number `rank`
         before = torch.where(tile > 0, cum.gather(1, (tile - 1).clamp_min(0)[:, None])[:, 0], 0)
-        start = index.local[b].long()[tile, ids]
-        out[b, :ids.numel()] = index.pixels[b].long()[tile * index.tile + start + rank - before].int()
+        start = local_v[b].long()[tile, ids]
+        out[b, :ids.numel()] = pixels_v[b].long()[tile * index.tile + start + rank - before].int()
     return out
 
 
@@ -146,19 +148,25 @@ def test_region_index_matches_reference(tile, dtype, strided):
     regions = torch.randint(-2, 11, (2, 13, 29), generator=g).to(dtype)  # ids 9, 10 are >= K
     if strided:  # not (h * W + w)-addressable: exercises the non-flat path
         regions = regions.transpose(1, 2).contiguous().transpose(1, 2)
+    regions_p = torch.randint(-1, 9, (2, 13, 29), generator=g).to(dtype)  # contiguous
     num_regions = 9
-    index = pool_kernels.region_index(regions, num_regions, tile=tile)
-    ref_pixels, ref_offsets, ref_counts = ref.region_index(regions, num_regions)
-    assert index.tile == (tile or 512)
-    assert index.cum.shape == (2, -(-13 * 29 // index.tile), num_regions)
-    assert torch.equal(index.counts, ref_counts)
-    kept = int(ref_counts[0].sum()), int(ref_counts[1].sum())
-    grouped = grouped_pixels(index, regions)
-    for b in range(2):
-        assert torch.equal(grouped[b, :kept[b]], ref_pixels[b, :kept[b]])
-        # each tile's pixels are a permutation of the tile: nothing lost, nothing twice
-        assert torch.equal(index.pixels[b].sort().values, torch.arange(13 * 29, dtype=torch.int32))
+    for maps in [(regions,), (regions, regions_p)]:
+        index = pool_kernels.region_index(maps[0], num_regions, tile=tile,
+                                          regions_p=maps[1] if len(maps) == 2 else None)
+        assert index.tile == (tile or 512)
+        assert index.cum.shape == (len(maps), 2, -(-13 * 29 // index.tile), num_regions)
+        for view, map_v in enumerate(maps):
+            ref_pixels, ref_offsets, ref_counts = ref.region_index(map_v, num_regions)
+            assert torch.equal(index.counts[view], ref_counts)
+            grouped = grouped_pixels(index, view)
+            for b in range(2):
+                kept = int(ref_counts[b].sum())
+                assert torch.equal(grouped[b, :kept], ref_pixels[b, :kept])
+                # each tile's pixels are a permutation of the tile: nothing lost, nothing twice
+                assert torch.equal(index.pixels[view, b].sort().values,
+                                   torch.arange(13 * 29, dtype=torch.int32))
     # the reference itself: every pixel once, grouped by id, raster order inside a group
+    ref_pixels, ref_offsets, ref_counts = ref.region_index(regions, num_regions)
     flat = regions.reshape(2, -1).long()
     for b in range(2):
         assert torch.equal(ref_pixels[b].sort().values, torch.arange(flat.shape[1], dtype=torch.int32))
@@ -171,7 +179,7 @@ def test_region_index_matches_reference(tile, dtype, strided):
 def test_region_index_of_empty_images():
     for shape in [(0, 5, 7), (2, 0, 7)]:
         index = pool_kernels.region_index(torch.zeros(shape, dtype=torch.int64), 3)
-        assert index.counts.shape == (shape[0], 3) and int(index.counts.abs().sum()) == 0
+        assert index.counts.shape == (1, shape[0], 3) and int(index.counts.abs().sum()) == 0
 
 
 @interpreter
@@ -213,7 +221,8 @@ def test_pool_kernel_matches_reference(dtype, channels_last):
     means_ref = ref.region_pool(feat32, idx, valid)
     assert torch.equal(ref.region_pool(feat, idx, valid), means_ref)  # 16-bit reference: same means
     index = pool_kernels.region_index(regions, k, tile=64)  # several tiles per image
-    means, idx_triton = pool_kernels.region_pool(feat, regions, index, valid, uniforms)
+    means, idx_triton = pool_kernels.region_pool((feat,), regions, index, valid, uniforms[None])
+    means, idx_triton = means[0], idx_triton[0]  # (B, M, D), (B, M, N) of the one view
     assert torch.equal(idx_triton, idx)
     assert_close(means, means_ref, rtol=1e-5)
     upstream = torch.randn(means.shape, generator=torch.Generator().manual_seed(5))
@@ -231,6 +240,42 @@ def test_pool_kernel_matches_reference(dtype, channels_last):
 
 
 @interpreter
+@pytest.mark.parametrize("two_maps", [False, True])
+@pytest.mark.parametrize("needs_grad", [(True, True), (False, True), (True, False)])
+def test_pool_two_views_in_one_launch(two_maps, needs_grad):
+    # both views in the same launches: different layouts (contiguous and channels_last), an own
+    # region map per view (a strided one) or one shared map, and gradients for either view alone
+    batch, channels, height, width, k, n = 2, 12, 37, 91, 11, 40
+    regions_q = blob_regions(batch, height, width, k, seed=31)
+    regions_p = warped(regions_q, seed=32).transpose(1, 2).contiguous().transpose(1, 2) if two_maps else None
+    feat_q = features((batch, channels, height, width), torch.float32, False, seed=33)
+    feat_p = features((batch, channels, height, width), torch.float32, True, seed=34)
+    feat_q.requires_grad_(needs_grad[0])
+    feat_p.requires_grad_(needs_grad[1])
+    maps = (regions_q, regions_q if regions_p is None else regions_p)
+    refs = [ref.region_index(m, k) for m in maps]  # (pixels, offsets, counts) per view
+    valid = (refs[0][2] > 0) & (refs[1][2] > 0)
+    uniforms = torch.rand((2, batch, k, n), generator=torch.Generator().manual_seed(35))
+    index = pool_kernels.region_index(regions_q, k, tile=128, regions_p=regions_p)
+    means, idx = pool_kernels.region_pool((feat_q, feat_p), regions_q, index, valid, uniforms,
+                                          regions_p=regions_p)
+    upstream = torch.randn(means.shape, generator=torch.Generator().manual_seed(36))
+    leaves = [f for f, needs in zip((feat_q, feat_p), needs_grad) if needs]
+    grads = dict(zip([v for v in range(2) if needs_grad[v]], torch.autograd.grad(means, leaves, upstream)))
+    for view, feat in enumerate((feat_q, feat_p)):
+        idx_ref = ref.sample_pixels(*refs[view], valid, uniforms[view])
+        assert torch.equal(idx[view], idx_ref)
+        feat32 = float32_copy(feat)
+        means_ref = ref.region_pool(feat32, idx_ref, valid)
+        assert_close(means[view], means_ref, rtol=1e-5)
+        if view in grads:
+            (grad_ref,) = torch.autograd.grad(means_ref, feat32, upstream[view])
+            assert grads[view].is_contiguous(memory_format=torch.channels_last) == (view == 1)
+            assert_close(grads[view], grad_ref, rtol=1e-5)
+            assert float(grads[view].abs().sum()) > 0
+
+
+@interpreter
 @pytest.mark.parametrize("blocks", pool_kernels.GRAD_BLOCK_CHOICES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_pool_backward_tiles_agree(blocks, channels_last):
@@ -240,15 +285,15 @@ def test_pool_backward_tiles_agree(blocks, channels_last):
     regions = blob_regions(batch, height, width, k, seed=21)
     feat = features((batch, channels, height, width), torch.bfloat16, channels_last, seed=22).detach()
     index = pool_kernels.region_index(regions, k)
-    valid = index.counts > 0
-    uniforms = torch.rand((batch, k, n), generator=torch.Generator().manual_seed(23))
-    means, _, hits = pool_kernels._pool_forward(feat, index.pixels, index.cum, index.local,
+    valid = index.counts[0] > 0
+    uniforms = torch.rand((1, batch, k, n), generator=torch.Generator().manual_seed(23))
+    means, _, hits = pool_kernels._pool_forward(feat, None, index.pixels, index.cum, index.local,
                                                 index.counts, None, valid, uniforms, True, index.tile)
     grad_means = torch.randn(means.shape, generator=torch.Generator().manual_seed(24))
-    args = (grad_means, hits, regions, None, list(feat.shape), feat.dtype, channels_last, n)
-    expected = pool_kernels._pool_backward(*args)
+    args = (grad_means, hits, regions, None, None, list(feat.shape), feat.dtype, [channels_last], n, [0])
+    (expected,) = pool_kernels._pool_backward(*args)
     assert float(expected.float().abs().sum()) > 0
-    assert torch.equal(pool_kernels._pool_backward(*args, blocks=blocks), expected)
+    assert torch.equal(pool_kernels._pool_backward(*args, blocks=blocks)[0], expected)
 
 
 @interpreter
@@ -715,8 +760,8 @@ def test_gpu_region_index_and_samples_match_reference():
     regions = blocky_regions(3, 300, 333, 700, seed=62, block=5).cuda()
     index = pool_kernels.region_index(regions, 700)
     ref_pixels, _, ref_counts = ref.region_index(regions, 700)
-    assert torch.equal(index.counts, ref_counts)
-    grouped = grouped_pixels(index, regions)
+    assert torch.equal(index.counts[0], ref_counts)
+    grouped = grouped_pixels(index)
     for b in range(3):
         kept = int(ref_counts[b].sum())
         assert torch.equal(grouped[b, :kept], ref_pixels[b, :kept])

@@ -6,8 +6,8 @@ Region index (:func:`region_index`, :class:`RegionIndex`), on the device: one ke
     fetched by ``tl.gather``), and writes the tile's pixels in that order: a stable sort by id,
     so each id's pixels form one run in raster order. A pixel's rank within its run is its
     sorted position minus the run's start, found by a branchless binary search. At the end of
-    each run the program writes the run's length ``hist[b, t, k]`` and start
-    ``local[b, t, k]``. One in-place PyTorch cumsum over the tiles turns ``hist`` into ``cum``,
+    each run the program writes the run's length ``hist[v, b, t, k]`` and start
+    ``local[v, b, t, k]`` (``v``: the region map). One in-place PyTorch cumsum over the tiles turns ``hist`` into ``cum``,
     whose last row is every region's pixel count. Region ``k``'s pixel number ``r`` in raster
     order is then in the tile ``t`` with ``cum[t-1, k] <= r < cum[t, k]``, at position
     ``local[t, k] + r - cum[t-1, k]`` of that tile's run. The pooling finds ``t`` by a binary
@@ -16,18 +16,24 @@ Region index (:func:`region_index`, :class:`RegionIndex`), on the device: one ke
     sort, but the Triton interpreter runs them element by element, which makes them unusable
     in CPU tests.)
 
+Views: the loss has two views (the slice and its warped copy), each with its features and
+    usually its own region map. Every kernel takes both views' pointers and strides and runs both
+    in one launch (the grid's last axis is the view), so a loss step launches each kernel once:
+    five Triton launches in all with the InfoNCE's two.
+
 Pooling forward (:class:`RegionPoolFunction`)
-    One program per (image, region). It turns the ``(B, M, N)`` uniforms into sample pixels
+    One program per (region, image, view). It turns the ``(V, B, M, N)`` uniforms into sample pixels
     (pixel number ``min(floor(u * count), count - 1)`` of the region, the reference's
     arithmetic, located through the index), gathers the ``N x D`` features (any strides, so
     channels_last too), and writes their float32 mean. When the features need a gradient it
-    also counts, with int32 atomics, how often each pixel was drawn: ``hits`` ``(B, H*W)``
+    also counts, with int32 atomics, how often each pixel was drawn: ``hits`` ``(V, B, H*W)``
     int32, the only state the backward needs besides the region ids.
 
 Pooling backward
     A pixel can only have been drawn for its own region, so
     ``grad[b, :, pixel] = hits[b, pixel] / N * grad_mean[b, slot(region id), :]``.
-    One dense pass writes every element of the feature gradient exactly once, zeros included:
+    One dense pass per view (one launch for both) writes every element of the feature
+    gradient exactly once, zeros included:
     no separate zero fill, no atomics on the feature gradient, deterministic. It reads 4 bytes
     of ``hits`` per pixel and, where a pixel was drawn, its region id.
 
@@ -90,14 +96,21 @@ def _count_below(sorted_keys, target, LOG: tl.constexpr):
 
 
 @triton.jit
-def _tile_sort_kernel(reg_ptr, s_rb, s_rh, s_rw, W, HW, K, pixels_ptr, hist_ptr, local_ptr,
-                      n_tiles, LOG: tl.constexpr, FLAT: tl.constexpr):
-    # One tile of 2**LOG pixels of image b: its pixels sorted by key (stable), and for every
-    # id k < K present in the tile, hist[b, t, k] = its pixel count and local[b, t, k] = where
-    # its run starts in the sorted tile. Key K is the ignore bucket (negative or >= K ids), K + 1
-    # the padding past the image end; neither gets a table entry.
+def _tile_sort_kernel(reg_a, s_ab, s_ah, s_aw, reg_b, s_bb, s_bh, s_bw, W, HW, K, B,
+                      pixels_ptr, hist_ptr, local_ptr, n_tiles,
+                      LOG: tl.constexpr, FLAT: tl.constexpr):
+    # One tile of 2**LOG pixels of image b of map v (a or b): its pixels sorted by key (stable),
+    # and for every id k < K present in the tile, hist[v, b, t, k] = its pixel count and
+    # local[v, b, t, k] = where its run starts in the sorted tile. Key K is the ignore bucket
+    # (negative or >= K ids), K + 1 the padding past the image end; neither gets a table entry.
     t = tl.program_id(0)
     b = tl.program_id(1)
+    v = tl.program_id(2)
+    if v == 0:
+        reg, s_rh, s_rw = reg_a + b.to(tl.int64) * s_ab, s_ah, s_aw
+    else:
+        reg, s_rh, s_rw = reg_b + b.to(tl.int64) * s_bb, s_bh, s_bw
+    image = v.to(tl.int64) * B + b  # row of the (V, B, ...) outputs
     lane = tl.arange(0, 1 << LOG)
     pix = t * (1 << LOG) + lane  # (TILE,) pixel index in the image
     inside = pix < HW
@@ -105,25 +118,25 @@ def _tile_sort_kernel(reg_ptr, s_rb, s_rh, s_rw, W, HW, K, pixels_ptr, hist_ptr,
         offs = pix.to(tl.int64) * s_rw
     else:
         offs = (pix // W).to(tl.int64) * s_rh + (pix % W).to(tl.int64) * s_rw
-    rid = tl.load(reg_ptr + b.to(tl.int64) * s_rb + offs, mask=inside, other=-1)
+    rid = tl.load(reg + offs, mask=inside, other=-1)
     key = tl.where((rid >= 0) & (rid < K), rid, K)
     key = tl.where(inside, key, K + 1).to(tl.int32)
     comp = _bitonic_sort(key * (1 << LOG) + lane, LOG)  # (key, lane) pairs, packed in int32
     key = comp >> LOG
     # padding sorts last, so position `lane` holds a pixel of the image exactly where pix < HW
-    tl.store(pixels_ptr + b.to(tl.int64) * HW + pix, t * (1 << LOG) + (comp & ((1 << LOG) - 1)),
-             mask=inside)
+    tl.store(pixels_ptr + image * HW + pix, t * (1 << LOG) + (comp & ((1 << LOG) - 1)), mask=inside)
     rank = lane - _count_below(key, key, LOG)  # position minus the start of the key's run
     next_key = tl.gather(key, tl.minimum(lane + 1, (1 << LOG) - 1), 0)
     run_end = ((next_key != key) | (lane == (1 << LOG) - 1)) & (key < K)
-    row = (b.to(tl.int64) * n_tiles + t) * K
+    row = (image * n_tiles + t) * K
     tl.store(hist_ptr + row + key, rank + 1, mask=run_end)
     tl.store(local_ptr + row + key, lane - rank, mask=run_end)
 
 
-def _flat_pixels(tensor: torch.Tensor) -> bool:
-    """Whether pixel ``h * W + w`` sits at ``(h * W + w) * stride(-1)`` (contiguous, channels_last)."""
-    return tensor.shape[-2] == 1 or tensor.stride(-2) == tensor.shape[-1] * tensor.stride(-1)
+def _flat_pixels(*tensors: torch.Tensor) -> bool:
+    """Whether in every tensor pixel ``h * W + w`` sits at ``(h * W + w) * stride(-1)``
+    (contiguous, channels_last)."""
+    return all(t.shape[-2] == 1 or t.stride(-2) == t.shape[-1] * t.stride(-1) for t in tensors)
 
 
 def _index_tile(batch: int, pixels: int, num_regions: int) -> int:
@@ -140,58 +153,68 @@ def max_index_regions(tile: int) -> int:
 
 
 class RegionIndex(NamedTuple):
-    """Where each region's pixels are, for ``B`` images cut into ``T`` tiles of ``tile`` pixels.
+    """Where each region's pixels are, for ``V`` region maps (1 or 2) of ``B`` images, cut into
+    ``T`` tiles of ``tile`` pixels.
 
-    Region ``k``'s pixel number ``r`` in raster order (``0 <= r < counts[b, k]``) lies in the
-    tile ``t`` with ``cum[b, t-1, k] <= r < cum[b, t, k]``, at
-    ``pixels[b, t * tile + local[b, t, k] + r - cum[b, t-1, k]]`` (``cum[b, -1, k]`` read as 0).
+    In map ``v``, region ``k``'s pixel number ``r`` in raster order (``0 <= r < counts[v, b, k]``)
+    lies in the tile ``t`` with ``cum[v, b, t-1, k] <= r < cum[v, b, t, k]``, at
+    ``pixels[v, b, t * tile + local[v, b, t, k] + r - cum[v, b, t-1, k]]`` (``cum[..., -1, k]``
+    read as 0).
     """
 
-    pixels: torch.Tensor  # (B, H*W) int32: each tile's pixels, stably sorted by region id
-    cum: torch.Tensor  # (B, T, K) int32: pixels of id k in tiles 0..t
-    local: torch.Tensor  # (B, T, K) int32: start of id k's run in tile t (where t has id k)
-    counts: torch.Tensor  # (B, K) int32: pixels of id k in the image
+    pixels: torch.Tensor  # (V, B, H*W) int32: each tile's pixels, stably sorted by region id
+    cum: torch.Tensor  # (V, B, T, K) int32: pixels of id k in tiles 0..t
+    local: torch.Tensor  # (V, B, T, K) int32: start of id k's run in tile t (where t has id k)
+    counts: torch.Tensor  # (V, B, K) int32: pixels of id k in the image
     tile: int
 
 
-def _region_index(regions: torch.Tensor, num_regions: int, tile: int) -> tuple[torch.Tensor, ...]:
+def _region_index(regions: torch.Tensor, regions_p: torch.Tensor | None, num_regions: int,
+                  tile: int) -> tuple[torch.Tensor, ...]:
     batch, height, width = regions.shape
+    views = 1 if regions_p is None else 2
+    other = regions if regions_p is None else regions_p
     hw = height * width
     n_tiles = triton.cdiv(hw, tile)
     dev = regions.device
-    pixels = torch.empty((batch, hw), dtype=torch.int32, device=dev)  # (B, HW)
-    hist = torch.zeros((batch, n_tiles, num_regions), dtype=torch.int32, device=dev)  # (B, T, K)
-    local = torch.empty((batch, n_tiles, num_regions), dtype=torch.int32, device=dev)  # (B, T, K)
+    pixels = torch.empty((views, batch, hw), dtype=torch.int32, device=dev)  # (V, B, HW)
+    table = (views, batch, n_tiles, num_regions)
+    hist = torch.zeros(table, dtype=torch.int32, device=dev)  # (V, B, T, K)
+    local = torch.empty(table, dtype=torch.int32, device=dev)  # (V, B, T, K)
     if batch * hw == 0:
-        return pixels, hist, local, torch.zeros((batch, num_regions), dtype=torch.int32, device=dev)
-    _tile_sort_kernel[(n_tiles, batch)](regions, *regions.stride(), width, hw, num_regions,
-                                        pixels, hist, local, n_tiles, LOG=tile.bit_length() - 1,
-                                        FLAT=_flat_pixels(regions), num_warps=4)
-    cum = hist.cumsum_(1)  # (B, T, K), in place: prefix over the tiles
-    return pixels, cum, local, cum[:, -1].clone(memory_format=torch.contiguous_format)  # no alias
+        return pixels, hist, local, torch.zeros((views, batch, num_regions), dtype=torch.int32, device=dev)
+    _tile_sort_kernel[(n_tiles, batch, views)](
+        regions, *regions.stride(), other, *other.stride(), width, hw, num_regions, batch,
+        pixels, hist, local, n_tiles, LOG=tile.bit_length() - 1, FLAT=_flat_pixels(regions, other),
+        num_warps=4)
+    cum = hist.cumsum_(2)  # (V, B, T, K), in place: prefix over the tiles
+    return pixels, cum, local, cum[:, :, -1].clone(memory_format=torch.contiguous_format)  # no alias
 
 
 @torch.library.custom_op("lrc_fast::region_index", mutates_args=())
-def _region_index_op(regions: torch.Tensor, num_regions: int,
+def _region_index_op(regions: torch.Tensor, regions_p: torch.Tensor | None, num_regions: int,
                      tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _region_index(regions, num_regions, tile)
+    return _region_index(regions, regions_p, num_regions, tile)
 
 
 @_region_index_op.register_fake
-def _(regions, num_regions, tile):
+def _(regions, regions_p, num_regions, tile):
     batch, height, width = regions.shape
-    table = (batch, triton.cdiv(height * width, tile), num_regions)
-    return (regions.new_empty((batch, height * width), dtype=torch.int32),
+    views = 1 if regions_p is None else 2
+    table = (views, batch, triton.cdiv(height * width, tile), num_regions)
+    return (regions.new_empty((views, batch, height * width), dtype=torch.int32),
             regions.new_empty(table, dtype=torch.int32), regions.new_empty(table, dtype=torch.int32),
-            regions.new_empty((batch, num_regions), dtype=torch.int32))
+            regions.new_empty((views, batch, num_regions), dtype=torch.int32))
 
 
-def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = None) -> RegionIndex:
+def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = None, *,
+                 regions_p: torch.Tensor | None = None) -> RegionIndex:
     """Index each image's pixels by region id on the device (one Triton kernel and a cumsum).
 
     It holds the same information as :func:`lrc_fast.reference.region_loss.region_index` (every
     region's pixels in raster order) without the global scatter: see :class:`RegionIndex` for
-    how pixel number ``r`` of a region is found.
+    how pixel number ``r`` of a region is found. With ``regions_p`` both maps are indexed by the
+    same launches (``V = 2``).
 
     Parameters
     ----------
@@ -201,14 +224,16 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
         ``K``.
     tile : int, optional
         Pixels per program, a power of two >= 16 (default 1024, or the image size rounded up to
-        a power of two when smaller; larger, up to 4096, when the ``(B, T, K)`` int32 tables
+        a power of two when smaller; larger, up to 4096, when the ``(V, B, T, K)`` int32 tables
         would exceed 2**24 entries).
+    regions_p : torch.Tensor, optional
+        A second map of the same shape, dtype and device (the warped view), any strides.
 
     Returns
     -------
     RegionIndex
-        ``pixels (B, H*W)``, ``cum (B, T, K)``, ``local (B, T, K)``, ``counts (B, K)``, all
-        int32, and ``tile``.
+        ``pixels (V, B, H*W)``, ``cum (V, B, T, K)``, ``local (V, B, T, K)``,
+        ``counts (V, B, K)``, all int32, and ``tile``.
 
     Raises
     ------
@@ -217,7 +242,8 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
         :func:`max_index_regions` (``(id, lane)`` pairs are packed into int32).
     """
     batch, height, width = regions.shape
-    tile = tile or _index_tile(batch, height * width, num_regions)
+    views = 1 if regions_p is None else 2
+    tile = tile or _index_tile(views * batch, height * width, num_regions)
     if tile < 16 or tile & (tile - 1):
         raise ValueError(f"tile must be a power of two >= 16, got {tile}.")
     if num_regions > max_index_regions(tile):
@@ -225,7 +251,7 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
                          f"(at most {max_index_regions(tile)} with {tile}-pixel tiles); use "
                          "backend='reference'.")
     index = _region_index_op if torch.compiler.is_compiling() else _region_index
-    return RegionIndex(*index(regions, num_regions, tile), tile)
+    return RegionIndex(*index(regions, regions_p, num_regions, tile), tile)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,31 +259,37 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
 # ----------------------------------------------------------------------------------------------
 
 @triton.jit
-def _pool_fwd_kernel(feat_ptr, s_fb, s_fd, s_fh, s_fw, W, HW, D,
-                     pixels_ptr, cum_ptr, local_ptr, counts_ptr, ids_ptr, valid_ptr, u_ptr,
-                     means_ptr, idx_ptr, hits_ptr, M, N, K, n_tiles, tile, steps,
+def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s_bw, W, HW, D,
+                     pixels_ptr, cum_ptr, local_ptr, counts_ptr, index_views, ids_ptr, valid_ptr,
+                     u_ptr, means_ptr, idx_ptr, hits_ptr, B, M, N, K, n_tiles, tile, steps,
                      FLAT: tl.constexpr, COUNT_HITS: tl.constexpr, IDENTITY: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     m = tl.program_id(0)
     b = tl.program_id(1)
+    v = tl.program_id(2)  # the view: features a or b
+    if v == 0:
+        feat, s_fd, s_fh, s_fw = feat_a + b.to(tl.int64) * s_ab, s_ad, s_ah, s_aw
+    else:
+        feat, s_fd, s_fh, s_fw = feat_b + b.to(tl.int64) * s_bb, s_bd, s_bh, s_bw
+    image = tl.minimum(v, index_views - 1).to(tl.int64) * B + b  # this view's map in the index
+    vbm = (v.to(tl.int64) * B + b) * M + m  # row of the (V, B, M, ...) outputs
     bm = b.to(tl.int64) * M + m
     if IDENTITY:
         rid = m.to(tl.int64)
     else:
         rid = tl.load(ids_ptr + bm).to(tl.int64)
-    count = tl.load(counts_ptr + b.to(tl.int64) * K + rid)
+    count = tl.load(counts_ptr + image * K + rid)
     n_take = N * (tl.load(valid_ptr + bm) != 0).to(tl.int32)  # 0 for invalid regions
-    cum_col = cum_ptr + b.to(tl.int64) * n_tiles * K + rid  # cum[b, :, rid], stride K
-    local_col = local_ptr + b.to(tl.int64) * n_tiles * K + rid
+    cum_col = cum_ptr + image * n_tiles * K + rid  # cum[iv, b, :, rid], stride K
+    local_col = local_ptr + image * n_tiles * K + rid
     d = tl.arange(0, BLOCK_D)
     d_mask = d < D
-    feat_b = feat_ptr + b.to(tl.int64) * s_fb
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
         in_n = n < N
         take = n < n_take
-        u = tl.load(u_ptr + bm * N + n, mask=take, other=0.0)
+        u = tl.load(u_ptr + vbm * N + n, mask=take, other=0.0)
         rank = tl.minimum((u * count.to(tl.float32)).to(tl.int32), count - 1)
         # the sample's tile: t = number of tiles t' < T - 1 with cum[t'] <= rank (binary search)
         t = tl.zeros([BLOCK_N], dtype=tl.int32)
@@ -268,98 +300,108 @@ def _pool_fwd_kernel(feat_ptr, s_fb, s_fd, s_fh, s_fw, W, HW, D,
             t = tl.where(probe_ok & (probe <= rank), cand, t)
         before = tl.load(cum_col + (t - 1).to(tl.int64) * K, mask=take & (t > 0), other=0)
         start = tl.load(local_col + t.to(tl.int64) * K, mask=take, other=0)
-        pix = tl.load(pixels_ptr + b.to(tl.int64) * HW + t * tile + start + rank - before,
-                      mask=take, other=0)
-        tl.store(idx_ptr + bm * N + n, tl.where(take, pix, -1), mask=in_n)
+        pix = tl.load(pixels_ptr + image * HW + t * tile + start + rank - before, mask=take, other=0)
+        tl.store(idx_ptr + vbm * N + n, tl.where(take, pix, -1), mask=in_n)
         if COUNT_HITS:
-            tl.atomic_add(hits_ptr + b.to(tl.int64) * HW + pix, 1, mask=take)
+            tl.atomic_add(hits_ptr + (v.to(tl.int64) * B + b) * HW + pix, 1, mask=take)
         if FLAT:
             offs = pix.to(tl.int64) * s_fw
         else:
             offs = (pix // W).to(tl.int64) * s_fh + (pix % W).to(tl.int64) * s_fw
-        x = tl.load(feat_b + offs[:, None] + d[None, :].to(tl.int64) * s_fd,
+        x = tl.load(feat + offs[:, None] + d[None, :].to(tl.int64) * s_fd,
                     mask=take[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
         acc += tl.sum(x.to(tl.float32), axis=0)
-    tl.store(means_ptr + bm * D + d, acc / N, mask=d_mask)
+    tl.store(means_ptr + vbm * D + d, acc / N, mask=d_mask)
 
 
-def _pool_forward(feat, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile):
+def _pool_forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile):
     batch, channels, height, width = feat.shape
-    regions, num_samples = uniforms.shape[1:]
+    views, _, regions, num_samples = uniforms.shape
+    other = feat if feat_p is None else feat_p
     dev = feat.device
-    means = torch.empty((batch, regions, channels), dtype=torch.float32, device=dev)  # (B, M, D)
-    idx = torch.empty((batch, regions, num_samples), dtype=torch.int32, device=dev)  # (B, M, N)
-    hits = torch.zeros((batch, height * width) if count_hits else (0,), dtype=torch.int32, device=dev)
+    means = torch.empty((views, batch, regions, channels), dtype=torch.float32, device=dev)  # (V, B, M, D)
+    idx = torch.empty((views, batch, regions, num_samples), dtype=torch.int32, device=dev)  # (V, B, M, N)
+    hits = torch.zeros((views, batch, height * width) if count_hits else (0,), dtype=torch.int32,
+                       device=dev)  # (V, B, HW)
     if batch * regions == 0:
         return means, idx, hits
-    n_tiles, num_regions = cum.shape[1:]
+    index_views, _, n_tiles, num_regions = cum.shape
     block_d = max(16, triton.next_power_of_2(channels))
     block_n = max(16, min(triton.next_power_of_2(num_samples), _POOL_TILE // block_d))
-    _pool_fwd_kernel[(regions, batch)](
-        feat, *feat.stride(), width, height * width, channels,
-        pixels, cum, local, counts, counts if ids is None else ids, valid, uniforms,
-        means, idx, hits, regions, num_samples, num_regions, n_tiles, tile,
+    _pool_fwd_kernel[(regions, batch, views)](
+        feat, *feat.stride(), other, *other.stride(), width, height * width, channels,
+        pixels, cum, local, counts, index_views, counts if ids is None else ids, valid, uniforms,
+        means, idx, hits, batch, regions, num_samples, num_regions, n_tiles, tile,
         (n_tiles - 1).bit_length(),
-        FLAT=_flat_pixels(feat), COUNT_HITS=count_hits, IDENTITY=ids is None,
+        FLAT=_flat_pixels(feat, other), COUNT_HITS=count_hits, IDENTITY=ids is None,
         BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
     return means, idx, hits
 
 
 @torch.library.custom_op("lrc_fast::region_pool_forward", mutates_args=())
-def _pool_forward_op(feat: torch.Tensor, pixels: torch.Tensor, cum: torch.Tensor,
-                     local: torch.Tensor, counts: torch.Tensor, ids: torch.Tensor | None,
-                     valid: torch.Tensor, uniforms: torch.Tensor, count_hits: bool,
-                     tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _pool_forward(feat, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile)
+def _pool_forward_op(feat: torch.Tensor, feat_p: torch.Tensor | None, pixels: torch.Tensor,
+                     cum: torch.Tensor, local: torch.Tensor, counts: torch.Tensor,
+                     ids: torch.Tensor | None, valid: torch.Tensor, uniforms: torch.Tensor,
+                     count_hits: bool, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _pool_forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile)
 
 
 @_pool_forward_op.register_fake
-def _(feat, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile):
+def _(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile):
     batch, channels, height, width = feat.shape
-    regions, num_samples = uniforms.shape[1:]
-    return (feat.new_empty((batch, regions, channels), dtype=torch.float32),
-            feat.new_empty((batch, regions, num_samples), dtype=torch.int32),
-            feat.new_empty((batch, height * width) if count_hits else (0,), dtype=torch.int32))
+    views, _, regions, num_samples = uniforms.shape
+    return (feat.new_empty((views, batch, regions, channels), dtype=torch.float32),
+            feat.new_empty((views, batch, regions, num_samples), dtype=torch.int32),
+            feat.new_empty((views, batch, height * width) if count_hits else (0,), dtype=torch.int32))
 
 
 # ----------------------------------------------------------------------------------------------
-# Pooling backward: one dense pass over the feature gradient
+# Pooling backward: one dense pass over the feature gradients
 # ----------------------------------------------------------------------------------------------
 
 @triton.jit
-def _pool_bwd_kernel(gmeans_ptr, hits_ptr, reg_ptr, s_rb, s_rh, s_rw, slot_ptr, K,
-                     grad_ptr, s_gb, s_gd, s_gh, s_gw, W, HW, D, M, N,
+def _pool_bwd_kernel(gmeans_ptr, hits_ptr, first_view,
+                     reg_a, s_rab, s_rah, s_raw, reg_b, s_rbb, s_rbh, s_rbw, slot_ptr, K,
+                     grad_a, s_gab, s_gad, s_gah, s_gaw, grad_b, s_gbb, s_gbd, s_gbh, s_gbw,
+                     W, HW, D, B, M, N,
                      IDENTITY: tl.constexpr, FLAT_R: tl.constexpr, FLAT_G: tl.constexpr,
                      BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
     pblk = tl.program_id(0)
     b = tl.program_id(1)
+    v = first_view + tl.program_id(2)  # the view: gradient a or b
+    if v == 0:
+        reg, s_rh, s_rw = reg_a + b.to(tl.int64) * s_rab, s_rah, s_raw
+        out, s_gd, s_gh, s_gw = grad_a + b.to(tl.int64) * s_gab, s_gad, s_gah, s_gaw
+    else:
+        reg, s_rh, s_rw = reg_b + b.to(tl.int64) * s_rbb, s_rbh, s_rbw
+        out, s_gd, s_gh, s_gw = grad_b + b.to(tl.int64) * s_gbb, s_gbd, s_gbh, s_gbw
+    vb = v.to(tl.int64) * B + b
     pix = pblk * BLOCK_P + tl.arange(0, BLOCK_P)  # (BLOCK_P,)
     inside = pix < HW
-    hits = tl.load(hits_ptr + b.to(tl.int64) * HW + pix, mask=inside, other=0)
+    hits = tl.load(hits_ptr + vb * HW + pix, mask=inside, other=0)
     drawn = hits > 0  # drawn pixels have an id in [0, K) and a kept slot
     if FLAT_R:
         r_offs = pix.to(tl.int64) * s_rw
     else:
         r_offs = (pix // W).to(tl.int64) * s_rh + (pix % W).to(tl.int64) * s_rw
-    rid = tl.load(reg_ptr + b.to(tl.int64) * s_rb + r_offs, mask=drawn, other=0).to(tl.int64)
+    rid = tl.load(reg + r_offs, mask=drawn, other=0).to(tl.int64)
     if IDENTITY:
         slot = rid
     else:
         slot = tl.load(slot_ptr + b.to(tl.int64) * K + rid, mask=drawn, other=0).to(tl.int64)
     weight = hits.to(tl.float32)  # gradient = weight * grad_mean / N
-    g_rows = gmeans_ptr + (b.to(tl.int64) * M + slot) * D  # (BLOCK_P,) row pointers
+    g_rows = gmeans_ptr + (vb * M + slot) * D  # (BLOCK_P,) row pointers
     if FLAT_G:
         g_offs = pix.to(tl.int64) * s_gw
     else:
         g_offs = (pix // W).to(tl.int64) * s_gh + (pix % W).to(tl.int64) * s_gw
-    out_b = grad_ptr + b.to(tl.int64) * s_gb
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         d_mask = d < D
         g = tl.load(g_rows[:, None] + d[None, :], mask=drawn[:, None] & d_mask[None, :], other=0.0)
         val = g * weight[:, None] / N  # (BLOCK_P, BLOCK_D)
-        tl.store(out_b + g_offs[:, None] + d[None, :].to(tl.int64) * s_gd,
-                 val.to(grad_ptr.dtype.element_ty), mask=inside[:, None] & d_mask[None, :])
+        tl.store(out + g_offs[:, None] + d[None, :].to(tl.int64) * s_gd,
+                 val.to(grad_a.dtype.element_ty), mask=inside[:, None] & d_mask[None, :])
 
 
 def _gradient_buffer(size, dtype, channels_last, device) -> torch.Tensor:
@@ -368,108 +410,132 @@ def _gradient_buffer(size, dtype, channels_last, device) -> torch.Tensor:
     return torch.empty(size, dtype=dtype, device=device, memory_format=layout)
 
 
-def _pool_backward(grad_means, hits, regions, slot_of, size, dtype, channels_last, num_samples,
-                   blocks=GRAD_BLOCK_CHOICES[0]):
+def _pool_backward(grad_means, hits, regions, regions_p, slot_of, size, dtype, channels_last,
+                   num_samples, views, blocks=GRAD_BLOCK_CHOICES[0]):
+    """The feature gradients of the views listed in ``views`` (a sub-list of [0, 1]), in order.
+
+    ``channels_last`` holds one layout flag per view of ``grad_means`` ``(V, B, M, D)``.
+    """
     batch, channels, height, width = size
     block_p, block_d, warps = blocks
-    grad = _gradient_buffer(size, dtype, channels_last, grad_means.device)  # every element written
-    if grad.numel() == 0:
-        return grad
-    regions_kept = grad_means.shape[1]
+    # every element of each buffer is written by the kernel
+    grads = [_gradient_buffer(size, dtype, channels_last[v], grad_means.device) for v in views]
+    if not grads or grads[0].numel() == 0:
+        return grads
+    regions_other = regions if regions_p is None else regions_p
+    grad_a, grad_b = grads[0], grads[-1]  # the kernel writes view first_view + program_id(2)
     identity = slot_of is None
     slots = regions if identity else slot_of  # placeholder pointer when unused
-    grid = (triton.cdiv(height * width, block_p), batch)
+    grid = (triton.cdiv(height * width, block_p), batch, len(views))
     _pool_bwd_kernel[grid](
-        grad_means, hits, regions, *regions.stride(), slots,
-        0 if identity else slot_of.shape[1],
-        grad, *grad.stride(), width, height * width, channels, regions_kept, num_samples,
-        IDENTITY=identity, FLAT_R=_flat_pixels(regions), FLAT_G=_flat_pixels(grad),
+        grad_means, hits, views[0], regions, *regions.stride(), regions_other, *regions_other.stride(),
+        slots, 0 if identity else slot_of.shape[1],
+        grad_a, *grad_a.stride(), grad_b, *grad_b.stride(),
+        width, height * width, channels, batch, grad_means.shape[2], num_samples,
+        IDENTITY=identity, FLAT_R=_flat_pixels(regions, regions_other),
+        FLAT_G=_flat_pixels(grad_a, grad_b),
         BLOCK_P=block_p, BLOCK_D=max(8, min(block_d, triton.next_power_of_2(channels))),
         num_warps=warps)
-    return grad
+    return grads
 
 
 @torch.library.custom_op("lrc_fast::region_pool_backward", mutates_args=())
 def _pool_backward_op(grad_means: torch.Tensor, hits: torch.Tensor, regions: torch.Tensor,
-                      slot_of: torch.Tensor | None, size: list[int], dtype: torch.dtype,
-                      channels_last: bool, num_samples: int) -> torch.Tensor:
-    return _pool_backward(grad_means, hits, regions, slot_of, size, dtype, channels_last, num_samples)
+                      regions_p: torch.Tensor | None, slot_of: torch.Tensor | None, size: list[int],
+                      dtype: torch.dtype, channels_last: list[bool], num_samples: int,
+                      views: list[int]) -> list[torch.Tensor]:
+    return _pool_backward(grad_means, hits, regions, regions_p, slot_of, size, dtype, channels_last,
+                          num_samples, views)
 
 
 @_pool_backward_op.register_fake
-def _(grad_means, hits, regions, slot_of, size, dtype, channels_last, num_samples):
-    return _gradient_buffer(size, dtype, channels_last, grad_means.device)
+def _(grad_means, hits, regions, regions_p, slot_of, size, dtype, channels_last, num_samples, views):
+    return [_gradient_buffer(size, dtype, channels_last[v], grad_means.device) for v in views]
+
+
+def _is_channels_last(feat: torch.Tensor) -> bool:
+    return feat.is_contiguous(memory_format=torch.channels_last) and not feat.is_contiguous()
 
 
 class RegionPoolFunction(torch.autograd.Function):
-    """Autograd for the sampled region means of one view.
+    """Autograd for the sampled region means of one or two views, in one launch each way.
 
-    Forward: ``(means (B, M, D) float32, idx (B, M, N) int32)``; ``idx`` is not differentiable.
-    Backward: the dense feature gradient in ``feat``'s dtype, channels_last when ``feat`` is
-    (contiguous otherwise). Only ``hits`` and the region map are kept for it, not ``feat``.
-    Gradients are not materialised: no zero tensor is built for ``idx``.
+    Forward: ``(means (V, B, M, D) float32, idx (V, B, M, N) int32)``; ``idx`` is not
+    differentiable. Backward: each view's dense feature gradient in its dtype, channels_last when
+    its features are (contiguous otherwise). Only ``hits`` and the region maps are kept for it,
+    not the features. Gradients are not materialised: no zero tensor is built for ``idx``.
     """
 
     @staticmethod
-    def forward(ctx, feat, regions, pixels, cum, local, counts, ids, valid, uniforms, slot_of, tile):
-        count_hits = ctx.needs_input_grad[0]
-        args = (feat, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile)
+    def forward(ctx, feat, feat_p, regions, regions_p, pixels, cum, local, counts, ids, valid,
+                uniforms, slot_of, tile):
+        views = [v for v, needs in enumerate(ctx.needs_input_grad[:2]) if needs]
+        args = (feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms, bool(views), tile)
         forward = _pool_forward_op if torch.compiler.is_compiling() else _pool_forward
         means, idx, hits = forward(*args)
         ctx.mark_non_differentiable(idx)
         ctx.set_materialize_grads(False)
-        if count_hits:
-            ctx.save_for_backward(hits, regions, slot_of)
-            channels_last = (feat.is_contiguous(memory_format=torch.channels_last)
-                             and not feat.is_contiguous())
-            ctx.layout = (list(feat.shape), feat.dtype, channels_last, uniforms.shape[2])
+        if views:
+            ctx.save_for_backward(hits, regions, regions_p, slot_of)
+            layouts = [_is_channels_last(f) for f in ((feat,) if feat_p is None else (feat, feat_p))]
+            ctx.layout = (list(feat.shape), feat.dtype, layouts, uniforms.shape[3], views)
         return means, idx
 
     @staticmethod
     def backward(ctx, grad_means, grad_idx):
+        grads = [None] * 13
         if grad_means is None:  # the means did not reach the output
-            return (None,) * 11
-        hits, regions, slot_of = ctx.saved_tensors
+            return tuple(grads)
+        hits, regions, regions_p, slot_of = ctx.saved_tensors
         backward = _pool_backward_op if torch.compiler.is_compiling() else _pool_backward
-        grad = backward(grad_means.float().contiguous(), hits, regions, slot_of, *ctx.layout)
-        return (grad,) + (None,) * 10
+        size, dtype, layouts, num_samples, views = ctx.layout
+        computed = backward(grad_means.float().contiguous(), hits, regions, regions_p, slot_of, size,
+                            dtype, layouts, num_samples, views)
+        for v, grad in zip(views, computed):
+            grads[v] = grad
+        return tuple(grads)
 
 
-def region_pool(feat: torch.Tensor, regions: torch.Tensor, index: RegionIndex, valid: torch.Tensor,
-                uniforms: torch.Tensor, ids: torch.Tensor | None = None,
-                slot_of: torch.Tensor | None = None):
-    """Sampled region means of one view with the fused Triton kernels (differentiable in ``feat``).
+def region_pool(feats: tuple[torch.Tensor, ...], regions: torch.Tensor, index: RegionIndex,
+                valid: torch.Tensor, uniforms: torch.Tensor, ids: torch.Tensor | None = None,
+                slot_of: torch.Tensor | None = None, regions_p: torch.Tensor | None = None):
+    """Sampled region means of one or two views with the fused Triton kernels (differentiable).
 
-    Sample ``n`` of kept region ``m`` (id ``k``) is region ``k``'s pixel number
-    ``min(floor(u * count), count - 1)`` in raster order, as in
-    :func:`lrc_fast.reference.region_loss.sample_pixels`.
+    Sample ``n`` of kept region ``m`` (id ``k``) in view ``v`` is region ``k``'s pixel number
+    ``min(floor(u[v, b, m, n] * count), count - 1)`` in raster order, as in
+    :func:`lrc_fast.reference.region_loss.sample_pixels`. Both views run in the same launches.
 
     Parameters
     ----------
-    feat : torch.Tensor
-        ``(B, D, H, W)`` float32/bfloat16/float16, any strides (contiguous, channels_last, ...).
+    feats : tuple of torch.Tensor
+        ``(feat,)`` or ``(feat_q, feat_p)``, each ``(B, D, H, W)`` float32/bfloat16/float16 with
+        one shape and dtype, any strides (contiguous, channels_last, ...).
     regions : torch.Tensor
-        ``(B, H, W)`` integer ids the index was built from (read by the backward).
+        ``(B, H, W)`` integer ids of view 0 (read again by the backward).
     index : RegionIndex
-        From :func:`region_index` of ``regions``.
+        From :func:`region_index` of ``regions`` (and ``regions_p``). With one map indexed, both
+        views sample from it.
     valid : torch.Tensor
-        ``(B, M)`` bool: kept regions that get samples (each must have pixels).
+        ``(B, M)`` bool: kept regions that get samples (each must have pixels in every map).
     uniforms : torch.Tensor
-        ``(B, M, N)`` float32 in ``[0, 1)``.
+        ``(V, B, M, N)`` float32 in ``[0, 1)``, one slice per view.
     ids : torch.Tensor, optional
         ``(B, M)`` integer id of each kept region; None when region ``m`` is id ``m``.
     slot_of : torch.Tensor, optional
         ``(B, K)`` int32 position of each id among the kept regions (-1 when dropped); None
         when region ``m`` is id ``m``. Given together with ``ids``.
+    regions_p : torch.Tensor, optional
+        The second view's map, when the index holds two.
 
     Returns
     -------
     means : torch.Tensor
-        ``(B, M, D)`` float32; zero for invalid regions.
+        ``(V, B, M, D)`` float32; zero for invalid regions.
     idx : torch.Tensor
-        ``(B, M, N)`` int32 sampled pixels ``h * W + w`` (-1 for invalid regions).
+        ``(V, B, M, N)`` int32 sampled pixels ``h * W + w`` (-1 for invalid regions).
     """
+    feat_p = feats[1] if len(feats) == 2 else None
     return RegionPoolFunction.apply(
-        feat, regions, index.pixels, index.cum, index.local, index.counts,
+        feats[0], feat_p, regions, regions_p, index.pixels, index.cum, index.local, index.counts,
         None if ids is None else ids.contiguous(), valid.contiguous(), uniforms.contiguous(),
         None if slot_of is None else slot_of.contiguous(), index.tile)
