@@ -361,8 +361,10 @@ def sweep_infonce(config, quick=False):
             valid = torch.rand(shape[:2], generator=g, device=device) > 0.1
             upstream = torch.rand(shape[:2], generator=g, device=device)
 
+            means = torch.stack([means_q, means_p])  # (2, B, M, D), as the loss passes them
+
             def step(blocks):
-                rows = ri.region_infonce(means_q, means_p, valid, 0.1, precision=precision, blocks=blocks)
+                rows = ri.region_infonce(means, valid, 0.1, precision=precision, blocks=blocks)
                 return (rows.detach(), *torch.autograd.grad(rows, [means_q, means_p], upstream))
 
             expected = step(ri.BLOCK_CHOICES[0])

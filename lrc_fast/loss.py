@@ -172,10 +172,9 @@ def _loss_triton(feat_q, feat_p, regions_q, regions_p, *, num_regions, num_sampl
                                               generator)  # (B, M)
     uniforms = _ref.draw_uniforms(2, batch, valid.shape[1], num_samples, generator, feat_q.device)
     means, _ = region_pool((feat_q, feat_p), regions_q, index, valid, uniforms, sel, slot_of,
-                           regions_p)  # (2, B, M, D)
-    means_q, means_p = means[0], means[1]
+                           regions_p)  # (2, B, M, D): q_k, then p_k
     precision = "tf32x3" if feat_q.dtype == torch.float32 else "tf32"
-    rows = region_infonce(means_q, means_p, valid, temperature, normalize, include_self, precision)
+    rows = region_infonce(means, valid, temperature, normalize, include_self, precision)  # (B, M)
     return _ref.reduce_rows(rows, valid, reduction)
 
 

@@ -189,16 +189,18 @@ def test_kernel_wrappers_reject_bad_arguments():
         pool_kernels.region_index(regions, 3, tile=48)
     with pytest.raises(ValueError, match="num_regions=.* too large"):
         pool_kernels.region_index(regions, 2 ** 30, tile=16)
-    means = torch.zeros(1, 2, 3)
+    means = torch.zeros(2, 1, 2, 3)  # (2, B, M, D)
     valid = torch.ones(1, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"means must have shape \(2, B, M, D\), got \(1, 2, 3\)"):
+        infonce_kernels.region_infonce(means[0], valid, 0.1)
     with pytest.raises(ValueError, match="precision must be one of"):
-        infonce_kernels.region_infonce(means, means, valid, 0.1, precision="fp8")
+        infonce_kernels.region_infonce(means, valid, 0.1, precision="fp8")
     with pytest.raises(TypeError, match="blocks must be a tuple of 3 ints"):
-        infonce_kernels.region_infonce(means, means, valid, 0.1, blocks=(16, 4))
+        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(16, 4))
     with pytest.raises(ValueError, match=r"blocks: rows must be a power of two >= 16.*\(24, 4, 2\)"):
-        infonce_kernels.region_infonce(means, means, valid, 0.1, blocks=(24, 4, 2))
+        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(24, 4, 2))
     with pytest.raises(ValueError, match="blocks: rows must be"):
-        infonce_kernels.region_infonce(means, means, valid, 0.1, blocks=(16, 3, 2))
+        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(16, 3, 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,8 +312,8 @@ def test_infonce_kernel_matches_reference(normalize, include_self, blocks):
     means_p.requires_grad_(True)
     valid = torch.rand(batch, regions, generator=g) > 0.2
     rows_ref = ref.region_infonce(means_q, means_p, valid, 0.1, normalize, include_self)
-    rows = infonce_kernels.region_infonce(means_q, means_p, valid, 0.1, normalize, include_self,
-                                          blocks=blocks)
+    rows = infonce_kernels.region_infonce(torch.stack([means_q, means_p]), valid, 0.1, normalize,
+                                          include_self, blocks=blocks)
     # a row is lse - positive, two numbers of size ~1/tau = 10: its error is absolute, a few ulp of 10
     torch.testing.assert_close(rows, rows_ref.detach(), rtol=1e-5, atol=1e-5)
     assert torch.all(rows[~valid] == 0)

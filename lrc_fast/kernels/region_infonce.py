@@ -181,8 +181,8 @@ def _launch_precision(tensor: torch.Tensor, precision: str) -> str:
     return precision if tensor.is_cuda else "ieee"
 
 
-def _infonce_forward(means_q, means_p, valid, temperature, normalize, include_self, precision,
-                     blocks=None):
+def _infonce_forward(means, valid, temperature, normalize, include_self, precision, blocks=None):
+    means_q, means_p = means[0], means[1]  # (B, M, D) each, views of the contiguous stack
     batch, regions, channels = means_q.shape
     rows = torch.empty((batch, regions), dtype=torch.float32, device=means_q.device)  # (B, M)
     lse = torch.empty_like(rows)  # (B, M)
@@ -197,83 +197,83 @@ def _infonce_forward(means_q, means_p, valid, temperature, normalize, include_se
     return rows, lse
 
 
-def _infonce_backward(grad_rows, means_q, means_p, valid, lse, temperature, normalize,
-                      include_self, precision, blocks=None):
+def _infonce_backward(grad_rows, means, valid, lse, temperature, normalize, include_self, precision,
+                      blocks=None):
+    means_q, means_p = means[0], means[1]
     batch, regions, channels = means_q.shape
-    d_q = torch.empty_like(means_q)  # (B, M, D)
-    d_p = torch.empty_like(means_p)
+    d_means = torch.empty_like(means)  # (2, B, M, D)
+    d_q, d_p = d_means[0], d_means[1]
     if batch * regions == 0:
-        return d_q, d_p
+        return d_means
     block, block_d, warps, stages = _launch(regions, channels, blocks)
     _infonce_bwd_kernel[(triton.cdiv(regions, block), batch)](
         means_q, means_p, valid, lse, grad_rows, d_q, d_p, regions, channels, 1.0 / temperature,
         NORMALIZE=normalize, INCLUDE_SELF=include_self,
         PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
         num_warps=warps, num_stages=stages)
-    return d_q, d_p
+    return d_means
 
 
 @torch.library.custom_op("lrc_fast::region_infonce_forward", mutates_args=())
-def _infonce_forward_op(means_q: torch.Tensor, means_p: torch.Tensor, valid: torch.Tensor,
-                        temperature: float, normalize: bool, include_self: bool,
-                        precision: str, blocks: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _infonce_forward(means_q, means_p, valid, temperature, normalize, include_self, precision,
-                            blocks)
+def _infonce_forward_op(means: torch.Tensor, valid: torch.Tensor, temperature: float, normalize: bool,
+                        include_self: bool, precision: str,
+                        blocks: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _infonce_forward(means, valid, temperature, normalize, include_self, precision, blocks)
 
 
 @_infonce_forward_op.register_fake
-def _(means_q, means_p, valid, temperature, normalize, include_self, precision, blocks):
-    shape = means_q.shape[:2]
-    return (means_q.new_empty(shape, dtype=torch.float32),
-            means_q.new_empty(shape, dtype=torch.float32))
+def _(means, valid, temperature, normalize, include_self, precision, blocks):
+    shape = means.shape[1:3]
+    return (means.new_empty(shape, dtype=torch.float32), means.new_empty(shape, dtype=torch.float32))
 
 
 @torch.library.custom_op("lrc_fast::region_infonce_backward", mutates_args=())
-def _infonce_backward_op(grad_rows: torch.Tensor, means_q: torch.Tensor, means_p: torch.Tensor,
-                         valid: torch.Tensor, lse: torch.Tensor, temperature: float, normalize: bool,
-                         include_self: bool, precision: str,
-                         blocks: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _infonce_backward(grad_rows, means_q, means_p, valid, lse, temperature, normalize,
-                             include_self, precision, blocks)
+def _infonce_backward_op(grad_rows: torch.Tensor, means: torch.Tensor, valid: torch.Tensor,
+                         lse: torch.Tensor, temperature: float, normalize: bool, include_self: bool,
+                         precision: str, blocks: list[int] | None) -> torch.Tensor:
+    return _infonce_backward(grad_rows, means, valid, lse, temperature, normalize, include_self,
+                             precision, blocks)
 
 
 @_infonce_backward_op.register_fake
-def _(grad_rows, means_q, means_p, valid, lse, temperature, normalize, include_self, precision, blocks):
-    return torch.empty_like(means_q), torch.empty_like(means_p)
+def _(grad_rows, means, valid, lse, temperature, normalize, include_self, precision, blocks):
+    return torch.empty_like(means)
 
 
 class RegionInfoNCEFunction(torch.autograd.Function):
-    """Autograd for the per-region InfoNCE: ``(B, M, D)`` x 2 -> ``(B, M)`` float32."""
+    """Autograd for the per-region InfoNCE: ``(2, B, M, D)`` -> ``(B, M)`` float32."""
 
     @staticmethod
-    def forward(ctx, means_q, means_p, valid, temperature, normalize, include_self, precision, blocks):
+    def forward(ctx, means, valid, temperature, normalize, include_self, precision, blocks):
         compiling = torch.compiler.is_compiling()
         forward = _infonce_forward_op if compiling else _infonce_forward
-        rows, lse = forward(means_q, means_p, valid, temperature, normalize, include_self, precision,
-                            blocks)
-        ctx.save_for_backward(means_q, means_p, valid, lse)
+        rows, lse = forward(means, valid, temperature, normalize, include_self, precision, blocks)
+        ctx.save_for_backward(means, valid, lse)
         ctx.options = (temperature, normalize, include_self, precision, blocks)
         return rows
 
     @staticmethod
     def backward(ctx, grad_rows):
-        means_q, means_p, valid, lse = ctx.saved_tensors
+        means, valid, lse = ctx.saved_tensors
         backward = _infonce_backward_op if torch.compiler.is_compiling() else _infonce_backward
-        d_q, d_p = backward(grad_rows.float().contiguous(), means_q, means_p, valid, lse, *ctx.options)
-        return d_q, d_p, None, None, None, None, None, None
+        d_means = backward(grad_rows.float().contiguous(), means, valid, lse, *ctx.options)
+        return d_means, None, None, None, None, None, None
 
 
-def region_infonce(means_q: torch.Tensor, means_p: torch.Tensor, valid: torch.Tensor,
-                   temperature: float, normalize: bool = True, include_self: bool = False,
-                   precision: str = "tf32x3", blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """Per-region InfoNCE with the fused Triton kernels (differentiable in both means).
+def region_infonce(means: torch.Tensor, valid: torch.Tensor, temperature: float,
+                   normalize: bool = True, include_self: bool = False, precision: str = "tf32x3",
+                   blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Per-region InfoNCE with the fused Triton kernels (differentiable in the means).
 
-    Same value as :func:`lrc_fast.reference.region_loss.region_infonce`.
+    Same value as :func:`lrc_fast.reference.region_loss.region_infonce` of ``means[0]``,
+    ``means[1]``.
 
     Parameters
     ----------
-    means_q, means_p : torch.Tensor
-        ``(B, M, D)`` region means (made float32 and contiguous).
+    means : torch.Tensor
+        ``(2, B, M, D)``: the region means of the query view, then of the warped view, stacked
+        as :func:`lrc_fast.kernels.region_pool.region_pool` returns them (made float32 and
+        contiguous). The gradient comes back stacked the same way.
     valid : torch.Tensor
         ``(B, M)`` bool.
     temperature : float
@@ -298,7 +298,7 @@ def region_infonce(means_q: torch.Tensor, means_p: torch.Tensor, valid: torch.Te
     TypeError
         ``blocks`` not a tuple of three ints.
     ValueError
-        An unknown ``precision``; in ``blocks``, rows not a power of two >= 16, warps not a power
+        ``means`` not ``(2, B, M, D)``; an unknown ``precision``; in ``blocks``, rows not a power of two >= 16, warps not a power
         of two <= 16, or stages < 1.
     """
     if precision not in PRECISIONS:
@@ -311,6 +311,7 @@ def region_infonce(means_q: torch.Tensor, means_p: torch.Tensor, valid: torch.Te
             raise ValueError(f"blocks: rows must be a power of two >= 16, warps 1, 2, 4, 8 or 16 and "
                              f"stages >= 1, got {blocks!r}.")
         blocks = list(blocks)
-    return RegionInfoNCEFunction.apply(means_q.float().contiguous(), means_p.float().contiguous(),
-                                       valid.to(torch.int8).contiguous(), float(temperature),
+    if means.dim() != 4 or means.shape[0] != 2:
+        raise ValueError(f"means must have shape (2, B, M, D), got {tuple(means.shape)}.")
+    return RegionInfoNCEFunction.apply(means.float().contiguous(), valid.contiguous(), float(temperature),
                                        bool(normalize), bool(include_self), precision, blocks)
