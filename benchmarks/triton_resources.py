@@ -194,8 +194,10 @@ def main(argv=None) -> int:
     parser.add_argument("--record", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.record:  # the child: run the workloads under the interpreter, print the launches
-        from lrc_fast.kernels import region_infonce
-        region_infonce._launch_precision = lambda tensor, precision: precision  # as on CUDA tensors
+        from lrc_fast.kernels import region_infonce, region_pool
+        # the choices the launchers make for CUDA tensors, not for the CPU tensors used here
+        region_infonce._launch_precision = lambda tensor, precision: precision
+        region_pool._sort_network = lambda regions: False
         launches = record_launches(lambda: loss_workload(args.batch, 64, 512, 256, 50))
         launches += record_launches(lambda: elastic_workload(args.batch, 512))
         print(json.dumps(launches))

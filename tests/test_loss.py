@@ -143,7 +143,8 @@ def grouped_pixels(index, view=0):
 @interpreter
 @pytest.mark.parametrize("tile", [16, 64, None])
 @pytest.mark.parametrize("dtype, strided", [(torch.int64, False), (torch.int32, True)])
-def test_region_index_matches_reference(tile, dtype, strided):
+@pytest.mark.parametrize("network", [True, False])  # the interpreter's sort and the GPU's tl.sort
+def test_region_index_matches_reference(tile, dtype, strided, network):
     g = torch.Generator().manual_seed(1)
     regions = torch.randint(-2, 11, (2, 13, 29), generator=g).to(dtype)  # ids 9, 10 are >= K
     if strided:  # not (h * W + w)-addressable: exercises the non-flat path
@@ -152,7 +153,8 @@ def test_region_index_matches_reference(tile, dtype, strided):
     num_regions = 9
     for maps in [(regions,), (regions, regions_p)]:
         index = pool_kernels.region_index(maps[0], num_regions, tile=tile,
-                                          regions_p=maps[1] if len(maps) == 2 else None)
+                                          regions_p=maps[1] if len(maps) == 2 else None,
+                                          network=network)
         assert index.tile == (tile or 512)
         assert index.cum.shape == (len(maps), 2, -(-13 * 29 // index.tile), num_regions)
         for view, map_v in enumerate(maps):
@@ -760,7 +762,10 @@ def test_gpu_matches_reference(dtype, loss_rtol, channels_last, num_regions):
 @pytest.mark.gpu
 def test_gpu_region_index_and_samples_match_reference():
     regions = blocky_regions(3, 300, 333, 700, seed=62, block=5).cuda()
-    index = pool_kernels.region_index(regions, 700)
+    index = pool_kernels.region_index(regions, 700)  # tl.sort on CUDA
+    network = pool_kernels.region_index(regions, 700, network=True)  # the interpreter's sort
+    for name in ("pixels", "cum", "local", "counts"):
+        assert torch.equal(getattr(index, name), getattr(network, name)), name
     ref_pixels, _, ref_counts = ref.region_index(regions, 700)
     assert torch.equal(index.counts[0], ref_counts)
     grouped = grouped_pixels(index)

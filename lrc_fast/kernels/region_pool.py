@@ -2,19 +2,19 @@
 
 Region index (:func:`region_index`, :class:`RegionIndex`), on the device: one kernel and a cumsum
     The image is cut into tiles of ``TILE`` pixels. Each program sorts its tile's
-    ``(id, lane)`` pairs, packed in int32, with a bitonic network in registers (partners
-    fetched by ``tl.gather``), and writes the tile's pixels in that order: a stable sort by id,
-    so each id's pixels form one run in raster order. A pixel's rank within its run is its
-    sorted position minus the run's start, found by a branchless binary search. At the end of
+    ``(id, lane)`` pairs, packed in int32, and writes the tile's pixels in that order: a stable
+    sort by id, so each id's pixels form one run in raster order. A pixel's rank within its run
+    is its sorted position minus the run's start. On a GPU the sort is ``tl.sort`` and the run
+    starts a max-scan; under the Triton interpreter, which runs ``tl.sort`` and custom scans
+    element by element, a bitonic network of ``tl.gather`` stages and a branchless binary search
+    do the same (tests run both and compare them). At the end of
     each run the program writes the run's length ``hist[v, b, t, k]`` and start
     ``local[v, b, t, k]`` (``v``: the region map). One in-place PyTorch cumsum over the tiles turns ``hist`` into ``cum``,
     whose last row is every region's pixel count. Region ``k``'s pixel number ``r`` in raster
     order is then in the tile ``t`` with ``cum[t-1, k] <= r < cum[t, k]``, at position
     ``local[t, k] + r - cum[t-1, k]`` of that tile's run. The pooling finds ``t`` by a binary
     search over the tiles, per sample. There is no global scatter: the ids are read once and one
-    int32 is written per pixel. (``tl.sort``/``tl.flip`` and custom scans would do the same
-    sort, but the Triton interpreter runs them element by element, which makes them unusable
-    in CPU tests.)
+    int32 is written per pixel.
 
 Views: the loss has two views (the slice and its warped copy), each with its features and
     usually its own region map. Every kernel takes both views' pointers and strides and runs both
@@ -96,9 +96,14 @@ def _count_below(sorted_keys, target, LOG: tl.constexpr):
 
 
 @triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
 def _tile_sort_kernel(reg_a, s_ab, s_ah, s_aw, reg_b, s_bb, s_bh, s_bw, W, HW, K, B,
                       pixels_ptr, hist_ptr, local_ptr, n_tiles,
-                      LOG: tl.constexpr, FLAT: tl.constexpr):
+                      LOG: tl.constexpr, FLAT: tl.constexpr, NETWORK: tl.constexpr):
     # One tile of 2**LOG pixels of image b of map v (a or b): its pixels sorted by key (stable),
     # and for every id k < K present in the tile, hist[v, b, t, k] = its pixel count and
     # local[v, b, t, k] = where its run starts in the sorted tile. Key K is the ignore bucket
@@ -121,11 +126,19 @@ def _tile_sort_kernel(reg_a, s_ab, s_ah, s_aw, reg_b, s_bb, s_bh, s_bw, W, HW, K
     rid = tl.load(reg + offs, mask=inside, other=-1)
     key = tl.where((rid >= 0) & (rid < K), rid, K)
     key = tl.where(inside, key, K + 1).to(tl.int32)
-    comp = _bitonic_sort(key * (1 << LOG) + lane, LOG)  # (key, lane) pairs, packed in int32
-    key = comp >> LOG
+    packed = key * (1 << LOG) + lane  # (key, lane) pairs, packed in int32: all distinct
+    if NETWORK:  # a bitonic network of tl.gather stages: fast under the interpreter
+        comp = _bitonic_sort(packed, LOG)
+        key = comp >> LOG
+        rank = lane - _count_below(key, key, LOG)  # position minus the start of the key's run
+    else:  # tl.sort: exchanges in registers and shuffles, ~1/4 of the network's barriers on sm_90
+        comp = tl.sort(packed)
+        key = comp >> LOG
+        previous = tl.gather(key, tl.maximum(lane - 1, 0), 0)
+        starts = tl.where((lane == 0) | (previous != key), lane, 0)
+        rank = lane - tl.associative_scan(starts, 0, _max_combine)  # minus the run's start
     # padding sorts last, so position `lane` holds a pixel of the image exactly where pix < HW
     tl.store(pixels_ptr + image * HW + pix, t * (1 << LOG) + (comp & ((1 << LOG) - 1)), mask=inside)
-    rank = lane - _count_below(key, key, LOG)  # position minus the start of the key's run
     next_key = tl.gather(key, tl.minimum(lane + 1, (1 << LOG) - 1), 0)
     run_end = ((next_key != key) | (lane == (1 << LOG) - 1)) & (key < K)
     row = (image * n_tiles + t) * K
@@ -170,7 +183,7 @@ class RegionIndex(NamedTuple):
 
 
 def _region_index(regions: torch.Tensor, regions_p: torch.Tensor | None, num_regions: int,
-                  tile: int) -> tuple[torch.Tensor, ...]:
+                  tile: int, network: bool) -> tuple[torch.Tensor, ...]:
     batch, height, width = regions.shape
     views = 1 if regions_p is None else 2
     other = regions if regions_p is None else regions_p
@@ -186,19 +199,19 @@ def _region_index(regions: torch.Tensor, regions_p: torch.Tensor | None, num_reg
     _tile_sort_kernel[(n_tiles, batch, views)](
         regions, *regions.stride(), other, *other.stride(), width, hw, num_regions, batch,
         pixels, hist, local, n_tiles, LOG=tile.bit_length() - 1, FLAT=_flat_pixels(regions, other),
-        num_warps=4)
+        NETWORK=network, num_warps=4)
     cum = hist.cumsum_(2)  # (V, B, T, K), in place: prefix over the tiles
     return pixels, cum, local, cum[:, :, -1].clone(memory_format=torch.contiguous_format)  # no alias
 
 
 @torch.library.custom_op("lrc_fast::region_index", mutates_args=())
 def _region_index_op(regions: torch.Tensor, regions_p: torch.Tensor | None, num_regions: int,
-                     tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _region_index(regions, regions_p, num_regions, tile)
+                     tile: int, network: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _region_index(regions, regions_p, num_regions, tile, network)
 
 
 @_region_index_op.register_fake
-def _(regions, regions_p, num_regions, tile):
+def _(regions, regions_p, num_regions, tile, network):
     batch, height, width = regions.shape
     views = 1 if regions_p is None else 2
     table = (views, batch, triton.cdiv(height * width, tile), num_regions)
@@ -207,8 +220,13 @@ def _(regions, regions_p, num_regions, tile):
             regions.new_empty((views, batch, num_regions), dtype=torch.int32))
 
 
+def _sort_network(regions: torch.Tensor) -> bool:
+    """The default sort: the gather network under the interpreter (CPU tensors), tl.sort on CUDA."""
+    return not regions.is_cuda
+
+
 def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = None, *,
-                 regions_p: torch.Tensor | None = None) -> RegionIndex:
+                 regions_p: torch.Tensor | None = None, network: bool | None = None) -> RegionIndex:
     """Index each image's pixels by region id on the device (one Triton kernel and a cumsum).
 
     It holds the same information as :func:`lrc_fast.reference.region_loss.region_index` (every
@@ -228,6 +246,10 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
         would exceed 2**24 entries).
     regions_p : torch.Tensor, optional
         A second map of the same shape, dtype and device (the warped view), any strides.
+    network : bool, optional
+        How each tile is sorted: a bitonic network of ``tl.gather`` stages (True) or Triton's
+        ``tl.sort`` (False). None: the network on CPU tensors (the Triton interpreter runs
+        ``tl.sort`` element by element), ``tl.sort`` on CUDA. Both give the same index.
 
     Returns
     -------
@@ -250,8 +272,9 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
         raise ValueError(f"num_regions={num_regions} is too large for the Triton region index "
                          f"(at most {max_index_regions(tile)} with {tile}-pixel tiles); use "
                          "backend='reference'.")
+    network = _sort_network(regions) if network is None else bool(network)
     index = _region_index_op if torch.compiler.is_compiling() else _region_index
-    return RegionIndex(*index(regions, regions_p, num_regions, tile), tile)
+    return RegionIndex(*index(regions, regions_p, num_regions, tile, network), tile)
 
 
 # ----------------------------------------------------------------------------------------------
