@@ -2,7 +2,8 @@
 
 Paths, all run in one process on the same inputs:
 
-* ``fused``     -- the Triton path (``backend='triton'``);
+* ``fused``     -- the Triton path (``backend='triton'``), on contiguous (NCHW) features and,
+  as ``fused, channels_last``, on the same features in channels_last;
 * ``reference`` -- the PyTorch reference (sampled gather, ``backend='reference'``);
 * ``one-hot``   -- a dense one-hot pooling baseline (DetCon style: a ``(B, K, H*W)`` mask, bmm,
   then the same InfoNCE), skipped where its mask would not fit in free GPU memory;
@@ -182,14 +183,19 @@ def run(config, quick=False):
             feat_q.requires_grad_(True)
             feat_p.requires_grad_(True)
             args = (feat_q, feat_p, regions_q, regions_p, k, config["num_samples"])
+            # the same features in channels_last (a decoder run in that layout): the sampled
+            # gather reads one run of D values per sample instead of D separate sectors
+            cl_feats = [f.detach().to(memory_format=torch.channels_last).requires_grad_(True)
+                        for f in (feat_q, feat_p)]
+            cl_args = (*cl_feats, *args[2:])
             if fused_ok:
-                problem = check_fused(*args)
+                problem = check_fused(*args) or check_fused(*cl_args)
                 if problem:
                     failures.append(f"{dtype} K={k}: {problem}")
                     print(f"CHECK FAILED {dtype} K={k}: {problem}", flush=True)
                     continue
-            paths = ["floor", "fused", "reference", "one-hot"] if fused_ok else ["floor", "reference",
-                                                                               "one-hot"]
+            paths = (["floor", "fused", "fused, channels_last", "reference", "one-hot"] if fused_ok
+                     else ["floor", "reference", "one-hot"])
             results = {}
             for path in paths:
                 skip = onehot_skip_reason(config["batch"], config["size"], k, dtype, config["channels"]) \
@@ -197,7 +203,8 @@ def run(config, quick=False):
                 if skip:
                     results[path] = (None, None, skip)
                     continue
-                fn = step_fn(path, *args)
+                fn = (step_fn("fused", *cl_args) if path == "fused, channels_last"
+                      else step_fn(path, *args))
                 memory = peak_extra_bytes(fn)
                 rep = 200 if path == "one-hot" else 60
                 results[path] = (time_ms(fn, rep), memory, "")
@@ -206,9 +213,9 @@ def run(config, quick=False):
             for path in paths:
                 ms, mem, note = results[path]
                 rows.append((str(dtype).replace("torch.", ""), k, path, ms, floor_ms, mem, floor_mem, note))
-                print(f"{rows[-1][0]:>8} K={k:<5} {path:<10} "
+                print(f"{rows[-1][0]:>8} K={k:<5} {path:<20} "
                       + (f"{ms:9.3f} ms" if ms is not None else f"skipped ({note})"), flush=True)
-            del feat_q, feat_p, regions_q, regions_p, args
+            del feat_q, feat_p, regions_q, regions_p, args, cl_feats, cl_args
     return rows, failures
 
 
