@@ -306,6 +306,20 @@ def run_profile(config, quick=False):
             print(profile_markdown(rows, kernel_ms, wall_ms), flush=True)
 
 
+def sweep_cells(label, shapes, run, problem_of, failures):
+    """One table cell per launch shape: ``run(shape)`` checked by ``problem_of`` (None when
+    right), then its median time; a wrong shape is added to ``failures`` and not timed."""
+    cells = []
+    for shape in shapes:
+        problem = problem_of(run(shape))
+        if problem:
+            failures.append(f"{label} {shape}: {problem}")
+            cells.append("MISMATCH")
+            continue
+        cells.append(f"{time_ms(lambda: run(shape), 60):.3f}")
+    return cells
+
+
 def sweep_backward(config, quick=False):
     """The dense backward alone at each shape of GRAD_BLOCK_CHOICES, beside one zero fill.
 
@@ -333,13 +347,11 @@ def sweep_backward(config, quick=False):
             args = (grad_means, hits, regions, None, None, list(feat.shape), dtype, [False],
                     config["num_samples"], [0])
             (expected,) = pk._pool_backward(*args)
-            cells = [f"{time_ms(lambda: torch.zeros_like(feat), 60):.3f}"]
-            for shape in pk.GRAD_BLOCK_CHOICES:
-                if not torch.equal(pk._pool_backward(*args, blocks=shape)[0], expected):
-                    failures.append(f"{dtype} K={k} {shape}: gradient differs from the default shape's")
-                    cells.append("MISMATCH")
-                    continue
-                cells.append(f"{time_ms(lambda: pk._pool_backward(*args, blocks=shape), 60):.3f}")
+            cells = [f"{time_ms(lambda: torch.zeros_like(feat), 60):.3f}"] + sweep_cells(
+                f"{dtype} K={k}", pk.GRAD_BLOCK_CHOICES,
+                lambda shape: pk._pool_backward(*args, blocks=shape)[0],
+                lambda grad: None if torch.equal(grad, expected) else "gradient differs from the default shape's",
+                failures)
             print(f"| {str(dtype).replace('torch.', '')} | {k} | " + " | ".join(cells) + " |", flush=True)
     return failures
 
@@ -367,24 +379,20 @@ def sweep_infonce(config, quick=False):
             means_p.requires_grad_(True)
             valid = torch.rand(shape[:2], generator=g, device=device) > 0.1
             upstream = torch.rand(shape[:2], generator=g, device=device)
-
             means = torch.stack([means_q, means_p])  # (2, B, M, D), as the loss passes them
 
             def step(blocks):
                 rows = ri.region_infonce(means, valid, 0.1, precision=precision, blocks=blocks)
                 return (rows.detach(), *torch.autograd.grad(rows, [means_q, means_p], upstream))
 
+            def differs(outputs):
+                return next((f"{name} differ from the default shape's" for name, got, want
+                             in zip(("rows", "d_q", "d_p"), outputs, expected)
+                             if not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))),
+                            None)
+
             expected = step(ri.BLOCK_CHOICES[0])
-            cells = []
-            for blocks in ri.BLOCK_CHOICES:
-                problem = next((name for name, got, want in zip(("rows", "d_q", "d_p"), step(blocks), expected)
-                                if not torch.allclose(got, want, rtol=1e-4,
-                                                      atol=1e-5 * float(want.abs().max()))), None)
-                if problem:
-                    failures.append(f"InfoNCE {precision} K={k} {blocks}: {problem} differ from the default's")
-                    cells.append("MISMATCH")
-                    continue
-                cells.append(f"{time_ms(lambda: step(blocks), 60):.3f}")
+            cells = sweep_cells(f"InfoNCE {precision} K={k}", ri.BLOCK_CHOICES, step, differs, failures)
             print(f"| {precision} | {k} | " + " | ".join(cells) + " |", flush=True)
     return failures
 
