@@ -28,10 +28,10 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib
+import inspect
 import json
 import os
 import re
-import inspect
 import subprocess
 import sys
 import tempfile
@@ -48,8 +48,9 @@ from triton.compiler import ASTSource  # noqa: E402
 
 import lrc_fast  # noqa: E402
 
+# per-SM limits of an H100/H200 (sm_90)
 REGISTERS_PER_SM = 65536
-SHARED_PER_SM = 228 * 1024  # sm_90; the per-SM limits below are those of an H100/H200
+SHARED_PER_SM = 228 * 1024
 MAX_WARPS_PER_SM = 64
 MAX_PROGRAMS_PER_SM = 32
 _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
