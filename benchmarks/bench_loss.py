@@ -28,8 +28,9 @@ device time and launches per step, their sum, and the step's wall time from CUDA
 difference is time the GPU waited for the host (launch overhead, host-side work). On CPU the
 smoke shapes, with each operator's self CPU time instead of kernels.
 
-``--sweep``: instead of the table, two kernels alone at each of their launch shapes, each shape
-checked against the default shape's result first: the dense feature-gradient kernel (one view;
+``--sweep``: instead of the table, kernels alone at each of their launch shapes, each shape
+checked against the default shape's result first: the region index with the pooling forward
+that searches it (``INDEX_TILE_CHOICES``), the dense feature-gradient kernel (one view;
 ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`,
 beside a zero fill of one gradient) and the InfoNCE forward + backward (``(rows, warps, stages)``
 of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`).
@@ -320,6 +321,39 @@ def sweep_cells(label, shapes, run, problem_of, failures):
     return cells
 
 
+def sweep_index(config, quick=False):
+    """The region index of both maps plus the pooling forward that searches it, at each tile of
+    INDEX_TILE_CHOICES (float32 features, no hit counts).
+
+    Every tile's region counts and sample pixels are first checked equal to the first tile's (the
+    index does not depend on the tile). Returns the failures.
+    """
+    from lrc_fast.kernels import region_pool as pk
+
+    device = "cuda" if CUDA else "cpu"
+    failures = []
+    print("\n| K | " + " | ".join(f"tile {tile} ms" for tile in pk.INDEX_TILE_CHOICES) + " |")
+    print("|---|" + "---|" * len(pk.INDEX_TILE_CHOICES))
+    for k in ((256,) if quick else config["ks"]):
+        feat_q, feat_p, regions_q, regions_p = make_inputs(config["batch"], config["channels"],
+                                                           config["size"], k, torch.float32, device)
+        uniforms = torch.rand((2, config["batch"], k, config["num_samples"]), device=device)
+
+        def run(tile):
+            index = pk.region_index(regions_q, k, tile, regions_p=regions_p)
+            valid = (index.counts[0] > 0) & (index.counts[1] > 0)
+            _, idx, _ = pk._pool_forward(feat_q, feat_p, index.pixels, index.cum, index.local,
+                                         index.counts, None, valid, uniforms, False, index.tile)
+            return index.counts, idx
+
+        expected = run(pk.INDEX_TILE_CHOICES[0])
+        cells = sweep_cells(f"index K={k}", pk.INDEX_TILE_CHOICES, run,
+                            lambda out: None if all(map(torch.equal, out, expected))
+                            else "counts or sample pixels differ from the first tile's", failures)
+        print(f"| {k} | " + " | ".join(cells) + " |", flush=True)
+    return failures
+
+
 def sweep_backward(config, quick=False):
     """The dense backward alone at each shape of GRAD_BLOCK_CHOICES, beside one zero fill.
 
@@ -402,7 +436,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="only K=256, float32")
     parser.add_argument("--profile", action="store_true", help="the fused step's time per kernel instead")
     parser.add_argument("--sweep", action="store_true",
-                        help="the dense backward and the InfoNCE alone at each launch shape instead")
+                        help="the index, the dense backward and the InfoNCE alone at each launch shape instead")
     args = parser.parse_args(argv)
     start = time.time()
     config = FULL if CUDA else SMOKE
@@ -419,7 +453,8 @@ def main(argv=None):
         if not (CUDA or triton_usable(torch.empty(0))):
             print("the fused path needs CUDA or TRITON_INTERPRET=1")
             return 1
-        failures = sweep_backward(config, quick=args.quick) + sweep_infonce(config, quick=args.quick)
+        failures = (sweep_index(config, quick=args.quick) + sweep_backward(config, quick=args.quick)
+                    + sweep_infonce(config, quick=args.quick))
         print("\nCORRECTNESS CHECK FAILED:\n" + "\n".join(failures) if failures else "")
         return 1 if failures else 0
     rows, failures = run(config, quick=args.quick)

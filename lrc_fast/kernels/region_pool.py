@@ -54,6 +54,12 @@ import triton
 import triton.language as tl
 
 _TILE = 1024  # pixels sorted per program in the region index
+# tiles `bench_loss.py --sweep` times for the region index (with the pooling that searches it);
+# the first is the default at 512 x 512. Each gets tile // 256 warps (1 to 4): 8 keys per thread.
+# In the sm_90 build (CPU compile), tl.sort and the run starts of a 256-pixel tile take one warp,
+# no barrier and 58 % of the instructions per pixel of a 1024-pixel tile, but the (V, B, T, K)
+# tables grow 4 times and the search over them by two steps.
+INDEX_TILE_CHOICES = (1024, 256, 512, 2048)
 _MAX_INDEX_ENTRIES = 1 << 24  # grow the tile (up to _MAX_TILE) to keep (B, T, K) below this
 _MAX_TILE = 4096
 _POOL_TILE = 4096  # N x D elements gathered per loop step of the pooling forward
@@ -199,7 +205,7 @@ def _region_index(regions: torch.Tensor, regions_p: torch.Tensor | None, num_reg
     _tile_sort_kernel[(n_tiles, batch, views)](
         regions, *regions.stride(), other, *other.stride(), width, hw, num_regions, batch,
         pixels, hist, local, n_tiles, LOG=tile.bit_length() - 1, FLAT=_flat_pixels(regions, other),
-        NETWORK=network, num_warps=4)
+        NETWORK=network, num_warps=max(1, min(4, tile // 256)))
     cum = hist.cumsum_(2)  # (V, B, T, K), in place: prefix over the tiles
     return pixels, cum, local, cum[:, :, -1].clone(memory_format=torch.contiguous_format)  # no alias
 
