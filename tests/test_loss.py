@@ -280,6 +280,29 @@ def test_pool_two_views_in_one_launch(two_maps, needs_grad):
 
 
 @interpreter
+def test_maps_of_two_dtypes_and_mismatched_views():
+    # an int64 query map and an int32 warped map: the kernels see one pointer type (the second
+    # map is converted), the loss equals the reference's
+    batch, channels, height, width, k = 2, 8, 37, 91, 9
+    regions_q = blob_regions(batch, height, width, k, seed=41)
+    regions_p = warped(regions_q, seed=42).to(torch.int32)
+    feat_q = features((batch, channels, height, width), seed=43)
+    feat_p = features((batch, channels, height, width), seed=44)
+    kwargs = dict(num_regions=k, generator=5)
+    loss, grads = loss_and_grads(feat_q, feat_p, regions_q, regions_p, backend="triton", **kwargs)
+    loss_ref, grads_ref = loss_and_grads(feat_q, feat_p, regions_q, regions_p, backend="reference", **kwargs)
+    assert_close(loss, loss_ref, rtol=1e-5)
+    for grad, grad_ref in zip(grads, grads_ref):
+        assert_close(grad, grad_ref, rtol=1e-5)
+    index = pool_kernels.region_index(regions_q, k, regions_p=regions_p)
+    valid = index.counts[0] > 0
+    uniforms = torch.rand((2, batch, k, 4))
+    with pytest.raises(ValueError, match="one shape and dtype.*bfloat16"):
+        pool_kernels.region_pool((feat_q, feat_p.detach().bfloat16()), regions_q, index, valid, uniforms,
+                                 regions_p=regions_p)
+
+
+@interpreter
 @pytest.mark.parametrize("blocks", pool_kernels.GRAD_BLOCK_CHOICES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_pool_backward_tiles_agree(blocks, channels_last):

@@ -226,6 +226,11 @@ def _(regions, regions_p, num_regions, tile, network):
             regions.new_empty((views, batch, num_regions), dtype=torch.int32))
 
 
+def _same_dtype(regions_p: torch.Tensor | None, regions: torch.Tensor) -> torch.Tensor | None:
+    """The second map in the first one's dtype: the kernels give both maps one pointer type."""
+    return regions_p if regions_p is None or regions_p.dtype == regions.dtype else regions_p.to(regions.dtype)
+
+
 def _sort_network(regions: torch.Tensor) -> bool:
     """The default sort: the gather network under the interpreter (CPU tensors), tl.sort on CUDA."""
     return not regions.is_cuda
@@ -251,7 +256,8 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
         a power of two when smaller; larger, up to 4096, when the ``(V, B, T, K)`` int32 tables
         would exceed 2**24 entries).
     regions_p : torch.Tensor, optional
-        A second map of the same shape, dtype and device (the warped view), any strides.
+        A second map of the same shape and device (the warped view), any strides; converted to
+        ``regions``' dtype if it differs.
     network : bool, optional
         How each tile is sorted: a bitonic network of ``tl.gather`` stages (True) or Triton's
         ``tl.sort`` (False). None: the network on CPU tensors (the Triton interpreter runs
@@ -270,6 +276,7 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
         :func:`max_index_regions` (``(id, lane)`` pairs are packed into int32).
     """
     batch, height, width = regions.shape
+    regions_p = _same_dtype(regions_p, regions)
     views = 1 if regions_p is None else 2
     tile = tile or _index_tile(views * batch, height * width, num_regions)
     if tile < 16 or tile & (tile - 1):
@@ -554,7 +561,7 @@ def region_pool(feats: tuple[torch.Tensor, ...], regions: torch.Tensor, index: R
         ``(B, K)`` int32 position of each id among the kept regions (-1 when dropped); None
         when region ``m`` is id ``m``. Given together with ``ids``.
     regions_p : torch.Tensor, optional
-        The second view's map, when the index holds two.
+        The second view's map, when the index holds two (converted to ``regions``' dtype).
 
     Returns
     -------
@@ -562,8 +569,17 @@ def region_pool(feats: tuple[torch.Tensor, ...], regions: torch.Tensor, index: R
         ``(V, B, M, D)`` float32; zero for invalid regions.
     idx : torch.Tensor
         ``(V, B, M, N)`` int32 sampled pixels ``h * W + w`` (-1 for invalid regions).
+
+    Raises
+    ------
+    ValueError
+        The two views' features differ in shape or dtype.
     """
     feat_p = feats[1] if len(feats) == 2 else None
+    if feat_p is not None and (feat_p.shape != feats[0].shape or feat_p.dtype != feats[0].dtype):
+        raise ValueError(f"the two views' features must have one shape and dtype, got "
+                         f"{tuple(feats[0].shape)} {feats[0].dtype} and {tuple(feat_p.shape)} {feat_p.dtype}.")
+    regions_p = _same_dtype(regions_p, regions)
     return RegionPoolFunction.apply(
         feats[0], feat_p, regions, regions_p, index.pixels, index.cum, index.local, index.counts,
         None if ids is None else ids.contiguous(), valid.contiguous(), uniforms.contiguous(),
