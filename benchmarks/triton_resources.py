@@ -21,12 +21,16 @@ The numbers come from the compiler on this machine. The Triton here may differ f
 the GPU machine, and nothing is timed. Use it to spot spills, low occupancy and unvectorised
 memory access before a GPU run, not to predict times.
 
-Run: ``python benchmarks/triton_resources.py [--arch 90] [--batch 2]``.
+Run: ``python benchmarks/triton_resources.py [--arch 90] [--batch 2]``. With ``--check`` it instead
+compiles every launch variant of the package and of the benchmark sweeps (``coverage_workload``)
+and exits 1 if one does not compile: a kernel that only a GPU would reject fails here, on the CPU
+(tests/test_triton_compile.py runs it).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import importlib
 import inspect
 import json
@@ -156,6 +160,65 @@ def elastic_workload(batch, size):
     lrc_fast.elastic_pair(images, regions, generator=torch.Generator().manual_seed(0), backend="triton")
 
 
+def coverage_workload():
+    """Every launch variant the package and the benchmark sweeps make, at odd and aligned shapes.
+
+    For ``--check``: float32/bfloat16/float16 features, contiguous and channels_last, two maps
+    of different integer dtypes, one strided shared map, ``max_regions`` (both subsets),
+    ``include_self``/``normalize``, ``region_sample_mean``, every swept launch shape of the index,
+    the dense backward, the InfoNCE and the field, the warp with gradients under each padding.
+    """
+    from lrc_fast.kernels import elastic_warp, region_infonce, region_pool
+
+    for height, width in ((37, 91), (64, 64)):  # odd: nothing divisible by 16; aligned: vectorised
+        odd = height == 37
+        batch, channels, k = 2, 12, 9
+        regions = (torch.arange(height * width).reshape(1, height, width) % k).expand(batch, -1, -1)
+        regions = regions.contiguous()
+        int32_map = regions.flip(-1).to(torch.int32)
+        strided = regions.transpose(1, 2).contiguous().transpose(1, 2)
+        cases = [((regions, int32_map), {}), ((strided, None), dict(max_regions=4))]
+        if odd:
+            cases += [((regions, None), dict(max_regions=4, subset="random")),
+                      ((regions, None), dict(include_self=True, normalize=False))]
+        for dtype in (torch.float32, torch.bfloat16) + ((torch.float16,) if odd else ()):
+            for layout in (torch.contiguous_format, torch.channels_last):
+                feats = [torch.zeros(batch, channels, height, width, dtype=dtype)
+                         .to(memory_format=layout).requires_grad_(True) for _ in range(2)]
+                for (map_q, map_p), options in cases:
+                    lrc_fast.region_contrast_loss(*feats, map_q, map_p, num_regions=k, generator=0,
+                                                  backend="triton", **options).backward()
+                lrc_fast.region_sample_mean(feats[0], regions, 5, num_regions=k, generator=0,
+                                            backend="triton")
+        images = torch.zeros(batch, 2, height, width, requires_grad=True)
+        displacement = torch.zeros(batch, 2, height, width, requires_grad=True)
+        for padding in ("border", "zeros", "reflection"):
+            warped, _ = lrc_fast.elastic_warp(images, regions, displacement, padding=padding, backend="triton")
+            warped.sum().backward()
+        lrc_fast.elastic_pair(images.detach(), regions, generator=torch.Generator().manual_seed(0),
+                              backend="triton")
+        if odd:  # the sweeps run at 512 x 512: their launch shapes at the aligned size only
+            continue
+        feat = torch.zeros(batch, channels, height, width)
+        for tile in region_pool.INDEX_TILE_CHOICES:
+            index = region_pool.region_index(regions, k, tile, regions_p=int32_map)
+            valid = index.counts[0] > 0
+            uniforms = torch.zeros(2, batch, k, 5)
+            means, _, hits = region_pool._pool_forward(feat, feat, index.pixels, index.cum, index.local,
+                                                       index.counts, None, valid, uniforms, True, tile)
+        for blocks in region_pool.GRAD_BLOCK_CHOICES:
+            region_pool._pool_backward(means, hits, regions, int32_map.long(), None, list(feat.shape),
+                                       feat.dtype, [False, True], 5, [0, 1], blocks)
+        means = torch.zeros(2, batch, k, channels, requires_grad=True)
+        for precision in ("tf32x3", "tf32"):
+            for blocks in region_infonce.BLOCK_CHOICES:
+                region_infonce.region_infonce(means, valid, 0.1, precision=precision,
+                                              blocks=blocks).sum().backward()
+            for blocks in elastic_warp.SMOOTH_BLOCK_CHOICES:
+                elastic_warp.field_from_uniform_triton(torch.zeros(batch, 2, height, width), 4.0, 3.0,
+                                                       precision=precision, blocks=blocks)
+
+
 def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
@@ -165,6 +228,15 @@ def compile_launch(launch: Launch, arch: int):
     source = ASTSource(launch.fn, launch.signature, launch.constexprs, attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32),
                           options=dict(num_warps=launch.num_warps, num_stages=launch.num_stages))
+
+
+def _compile_error(record: dict, arch: int) -> str | None:
+    """Compile one recorded launch (in a worker process); the error, or None."""
+    try:
+        compile_launch(Launch.from_record(record), arch)
+    except Exception as error:  # noqa: BLE001 -- every kernel that does not compile is reported
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def cubin_report(kernel, num_warps: int) -> dict:
@@ -192,23 +264,44 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (default 90)")
     parser.add_argument("--batch", type=int, default=2, help="images per launch (default 2; strides "
                         "and alignment do not depend on it)")
-    parser.add_argument("--record", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--check", action="store_true",
+                        help="compile every launch variant (coverage_workload) and fail on any error")
+    parser.add_argument("--record", choices=("benchmark", "coverage"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.record:  # the child: run the workloads under the interpreter, print the launches
         from lrc_fast.kernels import region_infonce, region_pool
         # the choices the launchers make for CUDA tensors, not for the CPU tensors used here
         region_infonce._launch_precision = lambda tensor, precision: precision
         region_pool._sort_network = lambda regions: False
-        launches = record_launches(lambda: loss_workload(args.batch, 64, 512, 256, 50))
-        launches += record_launches(lambda: elastic_workload(args.batch, 512))
+        if args.record == "coverage":
+            launches = record_launches(coverage_workload)
+        else:
+            launches = record_launches(lambda: loss_workload(args.batch, 64, 512, 256, 50))
+            launches += record_launches(lambda: elastic_workload(args.batch, 512))
         print(json.dumps(launches))
         return 0
-    child = subprocess.run([sys.executable, __file__, "--record", "--batch", str(args.batch)],
-                           capture_output=True, text=True, check=True)
-    launches = [Launch.from_record(record) for record in json.loads(child.stdout.splitlines()[-1])]
+    workload = "coverage" if args.check else "benchmark"
+    child = subprocess.run([sys.executable, __file__, "--record", workload, "--batch", str(args.batch)],
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        print(child.stderr[-4000:])
+        return 1
+    records = json.loads(child.stdout.splitlines()[-1])
+    launches = [Launch.from_record(record) for record in records]
     seen = {}
-    for launch in launches:
-        seen.setdefault(launch.key, launch)
+    for launch, record in zip(launches, records):
+        seen.setdefault(launch.key, (launch, record))
+    if args.check:
+        with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+            errors = list(pool.map(_compile_error, [record for _, record in seen.values()],
+                                   [args.arch] * len(seen)))
+        failed = [f"{launch.label} {launch.signature}: {error}"
+                  for (launch, _), error in zip(seen.values(), errors) if error]
+        print(f"Triton {triton.__version__}, sm_{args.arch}: {len(seen) - len(failed)} of {len(seen)} "
+              f"distinct launches ({len(launches)} recorded) compiled")
+        print("\n".join(failed))
+        return 1 if failed else 0
+    seen = {key: launch for key, (launch, _) in seen.items()}
     print(f"Triton {triton.__version__}, sm_{args.arch}, {len(launches)} launches, {len(seen)} distinct "
           f"(loss B={args.batch} D=64 512x512 K=256 N=50 in float32/bfloat16, contiguous/channels_last; "
           "elastic pair 512x512)\n")
