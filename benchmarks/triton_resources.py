@@ -165,7 +165,8 @@ def coverage_workload():
 
     For ``--check``: float32/bfloat16/float16 features, contiguous and channels_last, two maps
     of different integer dtypes, one strided shared map, ``max_regions`` (both subsets),
-    ``include_self``/``normalize``, ``region_sample_mean``, every swept launch shape of the index,
+    ``include_self``/``normalize``, one image with one region and one channel and a gradient for
+    the warped view only, ``region_sample_mean``, every swept launch shape of the index,
     the dense backward, the InfoNCE and the field, the warp with gradients under each padding.
     """
     from lrc_fast.kernels import elastic_warp, region_infonce, region_pool
@@ -190,6 +191,10 @@ def coverage_workload():
                                                   backend="triton", **options).backward()
                 lrc_fast.region_sample_mean(feats[0], regions, 5, num_regions=k, generator=0,
                                             backend="triton")
+        if odd:  # integers equal to 1 become constants: one image, one region, one view's gradient
+            one = [torch.zeros(1, 1, height, width), torch.zeros(1, 1, height, width, requires_grad=True)]
+            lrc_fast.region_contrast_loss(*one, regions[:1], int32_map[:1], num_regions=1, num_samples=1,
+                                          generator=0, backend="triton").backward()
         images = torch.zeros(batch, 2, height, width, requires_grad=True)
         displacement = torch.zeros(batch, 2, height, width, requires_grad=True)
         for padding in ("border", "zeros", "reflection"):
