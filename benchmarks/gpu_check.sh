@@ -2,7 +2,7 @@
 # The one script to run on a lent GPU machine (no network there):
 #   bash benchmarks/gpu_check.sh
 # Builds the extension with that machine's torch, runs `pytest -m gpu`, the benchmarks (and the
-# loss step's per-kernel profile and the field's and the loss backward's tile sweeps, logs only),
+# loss step's per-kernel profile and the launch-shape sweeps of the field and the loss, logs only),
 # Nsight Compute on one Felzenszwalb launch and on the Triton kernels of one loss step and one
 # elastic pair, and compute-sanitizer (memcheck, racecheck) on the CUDA kernel, and prints a short
 # summary last.
@@ -10,9 +10,9 @@
 # and the script goes on after a failure, so one call gives the whole picture. All the steps do not
 # fit in one budget: the later ones are skipped when it runs out. GPU_CHECK_ONLY=<bash regex>
 # runs only the steps whose names match (the build always runs), e.g.
-# GPU_CHECK_ONLY='loss|elastic|triton' for the Triton kernels' steps. Logs go to out/gpu_check; when $OUT is
-# set (the device tool, which brings back at most 8 files) they are also packed into one file,
-# $OUT/gpu_check_logs.tar.gz.
+# GPU_CHECK_ONLY='loss|elastic|triton' for the Triton kernels' steps. Logs go to out/gpu_check;
+# when $OUT is set (the device tool, which brings back at most 8 files) they are also packed into
+# one file, $OUT/gpu_check_logs.tar.gz.
 # A baseline in the same run: `make gpu-baseline REV=<commit>` unpacks that commit into the ignored
 # folder .baseline/ (carry it with the tree); the script then builds it beside the main build and
 # runs its `bench_felzenszwalb.py --phases` after the main one and its loss step's profile (K=256,
@@ -87,8 +87,8 @@ step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tes
 step bench_loss 100 $PY benchmarks/bench_loss.py
 step bench_elastic 100 $PY benchmarks/bench_elastic.py
 step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
-# where the fused loss step spends its time (per kernel), and the tile shapes of the field and
-# of the loss's dense backward (logs only)
+# where the fused loss step spends its time (per kernel), and the launch shapes of the field and
+# of the loss's index, dense backward and InfoNCE (logs only)
 step bench_loss_profile 45 $PY benchmarks/bench_loss.py --profile
 # the baseline's loss step (pure Python and Triton: no build needed), K=256 float32, same machine
 [ -f .baseline/benchmarks/bench_loss.py ] && step baseline_bench_loss_profile 30 \
