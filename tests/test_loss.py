@@ -164,7 +164,7 @@ def test_region_index_matches_reference(tile, dtype, strided, network):
             for b in range(2):
                 kept = int(ref_counts[b].sum())
                 assert torch.equal(grouped[b, :kept], ref_pixels[b, :kept])
-                # each tile's pixels are a permutation of the tile: nothing lost, nothing twice
+                # the sorted tiles hold every pixel of the image once: nothing lost, nothing twice
                 assert torch.equal(index.pixels[view, b].sort().values,
                                    torch.arange(13 * 29, dtype=torch.int32))
     # the reference itself: every pixel once, grouped by id, raster order inside a group
