@@ -53,14 +53,14 @@ import torch
 import triton
 import triton.language as tl
 
-_TILE = 1024  # pixels sorted per program in the region index
-# tiles `bench_loss.py --sweep` times for the region index (with the pooling that searches it);
-# the first is the default at 512 x 512. Each gets tile // 256 warps (1 to 4): 8 keys per thread.
+# pixels per program of the region index: the tiles `bench_loss.py --sweep` times (with the
+# pooling that searches them); the first is the default (fewer for small images, more when the
+# tables get large, see _index_tile). Each gets tile // 256 warps (1 to 4): 8 keys per thread.
 # In the sm_90 build (CPU compile), tl.sort and the run starts of a 256-pixel tile take one warp,
 # no barrier and 58 % of the instructions per pixel of a 1024-pixel tile, but the (V, B, T, K)
 # tables grow 4 times and the search over them by two steps.
 INDEX_TILE_CHOICES = (1024, 256, 512, 2048)
-_MAX_INDEX_ENTRIES = 1 << 24  # grow the tile (up to _MAX_TILE) to keep (B, T, K) below this
+_MAX_INDEX_ENTRIES = 1 << 24  # grow the tile (up to _MAX_TILE) to keep (V, B, T, K) below this
 _MAX_TILE = 4096
 _POOL_TILE = 4096  # N x D elements gathered per loop step of the pooling forward
 # (pixels per program, channels per inner step, warps) of the dense backward: the shapes
@@ -102,6 +102,17 @@ def _count_below(sorted_keys, target, LOG: tl.constexpr):
 
 
 @triton.jit
+def _pixel_offsets(pix, W, s_h, s_w, FLAT: tl.constexpr):
+    # int64 element offsets of flat pixels h * W + w in a tensor with strides (s_h, s_w); FLAT
+    # when the pixels are (h * W + w) * s_w apart (contiguous, channels_last): no division
+    if FLAT:
+        offs = pix.to(tl.int64) * s_w
+    else:
+        offs = (pix // W).to(tl.int64) * s_h + (pix % W).to(tl.int64) * s_w
+    return offs
+
+
+@triton.jit
 def _max_combine(a, b):
     return tl.maximum(a, b)
 
@@ -125,11 +136,7 @@ def _tile_sort_kernel(reg_a, s_ab, s_ah, s_aw, reg_b, s_bb, s_bh, s_bw, W, HW, K
     lane = tl.arange(0, 1 << LOG)
     pix = t * (1 << LOG) + lane  # (TILE,) pixel index in the image
     inside = pix < HW
-    if FLAT:
-        offs = pix.to(tl.int64) * s_rw
-    else:
-        offs = (pix // W).to(tl.int64) * s_rh + (pix % W).to(tl.int64) * s_rw
-    rid = tl.load(reg + offs, mask=inside, other=-1)
+    rid = tl.load(reg + _pixel_offsets(pix, W, s_rh, s_rw, FLAT), mask=inside, other=-1)
     key = tl.where((rid >= 0) & (rid < K), rid, K)
     key = tl.where(inside, key, K + 1).to(tl.int32)
     packed = key * (1 << LOG) + lane  # (key, lane) pairs, packed in int32: all distinct
@@ -159,8 +166,8 @@ def _flat_pixels(*tensors: torch.Tensor) -> bool:
 
 
 def _index_tile(batch: int, pixels: int, num_regions: int) -> int:
-    """Pixels per program: 1024 (fewer for small images), more when ``(B, T, K)`` gets large."""
-    tile = max(16, min(_TILE, triton.next_power_of_2(pixels)))
+    """Pixels per program: 1024 (fewer for small images), more when ``(V, B, T, K)`` gets large."""
+    tile = max(16, min(INDEX_TILE_CHOICES[0], triton.next_power_of_2(pixels)))
     while tile < _MAX_TILE and batch * triton.cdiv(pixels, tile) * num_regions > _MAX_INDEX_ENTRIES:
         tile *= 2
     return tile
@@ -340,10 +347,7 @@ def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s
         tl.store(idx_ptr + vbm * N + n, tl.where(take, pix, -1), mask=in_n)
         if COUNT_HITS:
             tl.atomic_add(hits_ptr + (v.to(tl.int64) * B + b) * HW + pix, 1, mask=take)
-        if FLAT:
-            offs = pix.to(tl.int64) * s_fw
-        else:
-            offs = (pix // W).to(tl.int64) * s_fh + (pix % W).to(tl.int64) * s_fw
+        offs = _pixel_offsets(pix, W, s_fh, s_fw, FLAT)
         x = tl.load(feat + offs[:, None] + d[None, :].to(tl.int64) * s_fd,
                     mask=take[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
         acc += tl.sum(x.to(tl.float32), axis=0)
@@ -416,21 +420,14 @@ def _pool_bwd_kernel(gmeans_ptr, hits_ptr, first_view,
     inside = pix < HW
     hits = tl.load(hits_ptr + vb * HW + pix, mask=inside, other=0)
     drawn = hits > 0  # drawn pixels have an id in [0, K) and a kept slot
-    if FLAT_R:
-        r_offs = pix.to(tl.int64) * s_rw
-    else:
-        r_offs = (pix // W).to(tl.int64) * s_rh + (pix % W).to(tl.int64) * s_rw
-    rid = tl.load(reg + r_offs, mask=drawn, other=0).to(tl.int64)
+    rid = tl.load(reg + _pixel_offsets(pix, W, s_rh, s_rw, FLAT_R), mask=drawn, other=0).to(tl.int64)
     if IDENTITY:
         slot = rid
     else:
         slot = tl.load(slot_ptr + b.to(tl.int64) * K + rid, mask=drawn, other=0).to(tl.int64)
     weight = hits.to(tl.float32)  # gradient = weight * grad_mean / N
     g_rows = gmeans_ptr + (vb * M + slot) * D  # (BLOCK_P,) row pointers
-    if FLAT_G:
-        g_offs = pix.to(tl.int64) * s_gw
-    else:
-        g_offs = (pix // W).to(tl.int64) * s_gh + (pix % W).to(tl.int64) * s_gw
+    g_offs = _pixel_offsets(pix, W, s_gh, s_gw, FLAT_G)
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         d_mask = d < D
