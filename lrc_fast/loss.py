@@ -171,8 +171,7 @@ def _loss_triton(feat_q, feat_p, regions_q, regions_p, *, num_regions, num_sampl
     sel, valid, slot_of = _ref.select_regions(index.counts[0], index.counts[-1], max_regions, subset,
                                               generator)  # (B, M)
     uniforms = _ref.draw_uniforms(2, batch, valid.shape[1], num_samples, generator, feat_q.device)
-    means, _ = region_pool((feat_q, feat_p), regions_q, index, valid, uniforms, sel, slot_of,
-                           regions_p)  # (2, B, M, D): q_k, then p_k
+    means, _ = region_pool((feat_q, feat_p), index, valid, uniforms, sel, slot_of)  # (2, B, M, D): q_k, p_k
     precision = "tf32x3" if feat_q.dtype == torch.float32 else "tf32"
     rows = region_infonce(means, valid, temperature, normalize, include_self, precision)  # (B, M)
     return _ref.reduce_rows(rows, valid, reduction)
@@ -424,7 +423,7 @@ def region_sample_mean(feat: torch.Tensor, regions: torch.Tensor, num_samples: i
         index = region_index(regions, num_regions)
         valid = index.counts[0] > 0  # (B, K)
         uniforms = _ref.draw_uniforms(1, batch, num_regions, num_samples, generator, feat.device)
-        means, idx = region_pool((feat,), regions, index, valid, uniforms)  # (1, B, K, D), (1, B, K, N)
+        means, idx = region_pool((feat,), index, valid, uniforms)  # (1, B, K, D), (1, B, K, N)
         means, idx = means[0], idx[0]
     else:
         means, valid, idx = _ref.region_sample_mean_reference(feat, regions, num_regions,

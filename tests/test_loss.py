@@ -225,7 +225,7 @@ def test_pool_kernel_matches_reference(dtype, channels_last):
     means_ref = ref.region_pool(feat32, idx, valid)
     assert torch.equal(ref.region_pool(feat, idx, valid), means_ref)  # 16-bit reference: same means
     index = pool_kernels.region_index(regions, k, tile=64)  # several tiles per image
-    means, idx_triton = pool_kernels.region_pool((feat,), regions, index, valid, uniforms[None])
+    means, idx_triton = pool_kernels.region_pool((feat,), index, valid, uniforms[None])
     means, idx_triton = means[0], idx_triton[0]  # (B, M, D), (B, M, N) of the one view
     assert torch.equal(idx_triton, idx)
     assert_close(means, means_ref, rtol=1e-5)
@@ -261,8 +261,7 @@ def test_pool_two_views_in_one_launch(two_maps, needs_grad):
     valid = (refs[0][2] > 0) & (refs[1][2] > 0)
     uniforms = torch.rand((2, batch, k, n), generator=torch.Generator().manual_seed(35))
     index = pool_kernels.region_index(regions_q, k, tile=128, regions_p=regions_p)
-    means, idx = pool_kernels.region_pool((feat_q, feat_p), regions_q, index, valid, uniforms,
-                                          regions_p=regions_p)
+    means, idx = pool_kernels.region_pool((feat_q, feat_p), index, valid, uniforms)
     upstream = torch.randn(means.shape, generator=torch.Generator().manual_seed(36))
     leaves = [f for f, needs in zip((feat_q, feat_p), needs_grad) if needs]
     grads = dict(zip([v for v in range(2) if needs_grad[v]], torch.autograd.grad(means, leaves, upstream)))
@@ -298,8 +297,7 @@ def test_maps_of_two_dtypes_and_mismatched_views():
     valid = index.counts[0] > 0
     uniforms = torch.rand((2, batch, k, 4))
     with pytest.raises(ValueError, match="one shape and dtype.*bfloat16"):
-        pool_kernels.region_pool((feat_q, feat_p.detach().bfloat16()), regions_q, index, valid, uniforms,
-                                 regions_p=regions_p)
+        pool_kernels.region_pool((feat_q, feat_p.detach().bfloat16()), index, valid, uniforms)
 
 
 @interpreter

@@ -193,6 +193,7 @@ class RegionIndex(NamedTuple):
     local: torch.Tensor  # (V, B, T, K) int32: start of id k's run in tile t (where t has id k)
     counts: torch.Tensor  # (V, B, K) int32: pixels of id k in the image
     tile: int
+    maps: tuple  # (regions, regions_p or None): the maps indexed, the second in the first's dtype
 
 
 def _region_index(regions: torch.Tensor, regions_p: torch.Tensor | None, num_regions: int,
@@ -274,7 +275,8 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
     -------
     RegionIndex
         ``pixels (V, B, H*W)``, ``cum (V, B, T, K)``, ``local (V, B, T, K)``,
-        ``counts (V, B, K)``, all int32, and ``tile``.
+        ``counts (V, B, K)``, all int32, ``tile``, and the ``maps`` indexed (the pooling's
+        backward reads their ids).
 
     Raises
     ------
@@ -294,7 +296,7 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
                          "backend='reference'.")
     network = _sort_network(regions) if network is None else bool(network)
     index = _region_index_op if torch.compiler.is_compiling() else _region_index
-    return RegionIndex(*index(regions, regions_p, num_regions, tile, network), tile)
+    return RegionIndex(*index(regions, regions_p, num_regions, tile, network), tile, (regions, regions_p))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,9 +531,9 @@ class RegionPoolFunction(torch.autograd.Function):
         return tuple(grads)
 
 
-def region_pool(feats: tuple[torch.Tensor, ...], regions: torch.Tensor, index: RegionIndex,
-                valid: torch.Tensor, uniforms: torch.Tensor, ids: torch.Tensor | None = None,
-                slot_of: torch.Tensor | None = None, regions_p: torch.Tensor | None = None):
+def region_pool(feats: tuple[torch.Tensor, ...], index: RegionIndex, valid: torch.Tensor,
+                uniforms: torch.Tensor, ids: torch.Tensor | None = None,
+                slot_of: torch.Tensor | None = None):
     """Sampled region means of one or two views with the fused Triton kernels (differentiable).
 
     Sample ``n`` of kept region ``m`` (id ``k``) in view ``v`` is region ``k``'s pixel number
@@ -543,11 +545,9 @@ def region_pool(feats: tuple[torch.Tensor, ...], regions: torch.Tensor, index: R
     feats : tuple of torch.Tensor
         ``(feat,)`` or ``(feat_q, feat_p)``, each ``(B, D, H, W)`` float32/bfloat16/float16 with
         one shape and dtype, any strides (contiguous, channels_last, ...).
-    regions : torch.Tensor
-        ``(B, H, W)`` integer ids of view 0 (read again by the backward).
     index : RegionIndex
-        From :func:`region_index` of ``regions`` (and ``regions_p``). With one map indexed, both
-        views sample from it.
+        From :func:`region_index` of the views' region maps; the backward reads the ids of its
+        ``maps``. With one map indexed, both views sample from it.
     valid : torch.Tensor
         ``(B, M)`` bool: kept regions that get samples (each must have pixels in every map).
     uniforms : torch.Tensor
@@ -557,8 +557,6 @@ def region_pool(feats: tuple[torch.Tensor, ...], regions: torch.Tensor, index: R
     slot_of : torch.Tensor, optional
         ``(B, K)`` int32 position of each id among the kept regions (-1 when dropped); None
         when region ``m`` is id ``m``. Given together with ``ids``.
-    regions_p : torch.Tensor, optional
-        The second view's map, when the index holds two (converted to ``regions``' dtype).
 
     Returns
     -------
@@ -576,7 +574,7 @@ def region_pool(feats: tuple[torch.Tensor, ...], regions: torch.Tensor, index: R
     if feat_p is not None and (feat_p.shape != feats[0].shape or feat_p.dtype != feats[0].dtype):
         raise ValueError(f"the two views' features must have one shape and dtype, got "
                          f"{tuple(feats[0].shape)} {feats[0].dtype} and {tuple(feat_p.shape)} {feat_p.dtype}.")
-    regions_p = _same_dtype(regions_p, regions)
+    regions, regions_p = index.maps
     return RegionPoolFunction.apply(
         feats[0], feat_p, regions, regions_p, index.pixels, index.cum, index.local, index.counts,
         None if ids is None else ids.contiguous(), valid.contiguous(), uniforms.contiguous(),
