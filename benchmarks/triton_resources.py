@@ -139,15 +139,14 @@ def record_launches(workload) -> list[dict]:
 
 
 def loss_workload(batch, channels, size, num_regions, num_samples):
-    """Loss forward + backward in float32/bfloat16, contiguous/channels_last, two region maps."""
-    side = int(round(num_regions ** 0.5))
-    cells = torch.arange(size) * side // size
-    regions_q = (cells[:, None] * side + cells[None, :]).expand(batch, -1, -1).contiguous()
-    regions_p = regions_q.roll(shifts=(3, -2), dims=(1, 2))
+    """Loss forward + backward on bench_loss.py's inputs (two region maps), in float32/bfloat16,
+    contiguous and channels_last."""
+    from bench_loss import make_inputs
+
     for dtype in (torch.float32, torch.bfloat16):
+        feat_q, feat_p, regions_q, regions_p = make_inputs(batch, channels, size, num_regions, dtype, "cpu")
         for layout in (torch.contiguous_format, torch.channels_last):
-            feats = [torch.zeros(batch, channels, size, size, dtype=dtype)
-                     .to(memory_format=layout).requires_grad_(True) for _ in range(2)]
+            feats = [f.to(memory_format=layout).requires_grad_(True) for f in (feat_q, feat_p)]
             loss = lrc_fast.region_contrast_loss(*feats, regions_q, regions_p, num_regions=num_regions,
                                                  num_samples=num_samples, generator=0, backend="triton")
             loss.backward()
