@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lrc_fast_installed
 SOURCES := setup.py pyproject.toml requirements/dev.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/* csrc/simt/*)
 
-.PHONY: setup demo test bench cuda-check gpu-baseline clean
+.PHONY: setup demo test bench cuda-check ci-clone gpu-baseline clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ cuda-check:
 	@for f in csrc/cuda/*.cu; do \
 	  echo "nvcc $$f"; nvcc -std=c++17 -O3 -arch=sm_90 -fmad=false --expt-relaxed-constexpr -c $$f -o /dev/null || exit 1; \
 	done
+
+# CI as it runs after a session: .ci/run on a fresh clone of the committed HEAD. The clone (with
+# its ~2.5 GB .venv) is removed afterwards, whatever the outcome: clones left in /tmp once filled
+# the shared disk and CI's own torch install failed for lack of space.
+ci-clone:
+	@d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && git clone -q . "$$d" && cd "$$d" && CI=true bash .ci/run
 
 # A baseline for benchmarks/gpu_check.sh: commit REV unpacked into .baseline/ (ignored; carry it).
 gpu-baseline:
