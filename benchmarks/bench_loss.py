@@ -28,6 +28,14 @@ device time and launches per step, their sum, and the step's wall time from CUDA
 difference is time the GPU waited for the host (launch overhead, host-side work). On CPU the
 smoke shapes, with each operator's self CPU time instead of kernels.
 
+The table's "DRAM bound" column is :func:`traffic_bound`: how close to the floor any step could
+come on the same inputs, counting the bytes it cannot avoid moving (both region maps read, every
+32-byte sector holding a sampled feature read, both gradients written). In NCHW each sample reads
+D separate sectors; in channels_last one run of D values.
+
+``--bound``: only that bound, at the full-size setting, on any device (no timing; it needs no
+GPU): the bytes behind it for both layouts.
+
 ``--sweep``: instead of the table, kernels alone at each of their launch shapes, each shape
 checked against the default shape's result first: the region index with the pooling forward
 that searches it (``INDEX_TILE_CHOICES``), the dense feature-gradient kernel (one view;
@@ -134,6 +142,85 @@ def check_fused(feat_q, feat_p, regions_q, regions_p, num_regions, num_samples) 
     return None
 
 
+SECTOR_BYTES = 32  # the smallest unit the L2 reads from DRAM; HBM bursts are no smaller
+
+
+def feature_sectors(idx: torch.Tensor, plane: int, channels: int, element_size: int,
+                    channels_last: bool) -> int:
+    """Distinct 32-byte sectors of one view's ``(B, D, H, W)`` features holding sampled values.
+
+    ``idx`` is ``(B, M, N)`` flat pixel indices ``h * W + w`` (-1: no sample), as
+    :func:`lrc_fast.reference.region_loss.sample_pixels` returns them; ``plane = H * W``. Every
+    channel of every sampled pixel is read. In NCHW, value ``(b, c, p)`` lies at byte
+    ``((b D + c) plane + p) * element_size``; in channels_last at ``((b plane + p) D + c) *
+    element_size``, so a sample reads one run of ``D * element_size`` bytes.
+    """
+    batch = idx.shape[0]
+    image = torch.arange(batch, device=idx.device).view(-1, 1, 1).expand_as(idx)  # (B, M, N)
+    keep = idx >= 0
+    pixel = torch.unique(image[keep] * plane + idx[keep].long())  # (P,) distinct (b, p)
+    run = channels * element_size  # bytes of one pixel's channels in channels_last
+    if channels_last:
+        start = pixel * run  # (P,)
+        span = torch.arange((run - 1) // SECTOR_BYTES + 2, device=idx.device)  # (S,)
+        sector = start[:, None] // SECTOR_BYTES + span[None, :]  # (P, S)
+        inside = sector <= (start[:, None] + run - 1) // SECTOR_BYTES
+        return int(torch.unique(sector[inside]).numel())
+    b, p = pixel // plane, pixel % plane  # (P,)
+    if plane * element_size % SECTOR_BYTES == 0:  # every channel plane starts on a sector
+        return int(torch.unique(b * plane + p * element_size // SECTOR_BYTES).numel()) * channels
+    c = torch.arange(channels, device=idx.device)[:, None]  # (D, 1)
+    byte = ((b[None, :] * channels + c) * plane + p[None, :]) * element_size  # (D, P)
+    return int(torch.unique(byte // SECTOR_BYTES).numel())
+
+
+def traffic_bound(regions_q, regions_p, num_regions, num_samples, channels, dtype, seed=1234):
+    """The least DRAM traffic of a forward + backward step, as a multiple of the zero-fill floor's.
+
+    A step must read both region maps, every sector holding a sampled feature value (sampled as
+    the reference samples, from ``seed``) and write both dense gradients; the floor only writes
+    the gradients. If the step moved its bytes at the zero fill's bandwidth it would take
+    ``1 + (maps + sampled sectors) / gradients`` times the floor: no kernel design does better.
+    Returns ``{'NCHW': ratio, 'channels_last': ratio, 'sampled MB': {...}}``.
+    """
+    batch, height, width = regions_q.shape
+    plane = height * width
+    element_size = torch.tensor([], dtype=dtype).element_size()
+    generator = torch.Generator(device=regions_q.device).manual_seed(seed)
+    indexes = [ref.region_index(r, num_regions) for r in (regions_q, regions_p)]
+    _, valid, _ = ref.select_regions(indexes[0][2], indexes[1][2], None, "largest", None)
+    uniforms = ref.draw_uniforms(2, batch, num_regions, num_samples, generator, regions_q.device)
+    samples = [ref.sample_pixels(pix, off, cnt, valid, u) for (pix, off, cnt), u in zip(indexes, uniforms)]
+    maps = regions_q.numel() * regions_q.element_size() + regions_p.numel() * regions_p.element_size()
+    gradients = 2 * batch * channels * plane * element_size
+    result, sampled = {}, {}
+    for layout, last in (("NCHW", False), ("channels_last", True)):
+        read = sum(feature_sectors(idx, plane, channels, element_size, last) for idx in samples) * SECTOR_BYTES
+        sampled[layout] = read / 1e6
+        result[layout] = 1.0 + (maps + read) / gradients
+    result["sampled MB"] = sampled
+    return result
+
+
+def print_bounds(config, device):
+    print(f"\n### DRAM traffic bound of a fused step, B={config['batch']} D={config['channels']} "
+          f"{config['size']}x{config['size']} N={config['num_samples']} (block regions of make_inputs)")
+    print("| dtype | K | maps MB | gradients MB | sampled sectors MB, NCHW | x floor, NCHW "
+          "| sampled sectors MB, channels_last | x floor, channels_last |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dtype in config["dtypes"]:
+        for k in config["ks"]:
+            _, _, regions_q, regions_p = make_inputs(config["batch"], 1, config["size"], k, dtype, device)
+            bound = traffic_bound(regions_q, regions_p, k, config["num_samples"], config["channels"], dtype)
+            element_size = torch.tensor([], dtype=dtype).element_size()
+            maps = (regions_q.numel() + regions_p.numel()) * regions_q.element_size() / 1e6
+            gradients = 2 * config["batch"] * config["channels"] * config["size"] ** 2 * element_size / 1e6
+            sampled = bound["sampled MB"]
+            print(f"| {str(dtype).replace('torch.', '')} | {k} | {maps:.0f} | {gradients:.0f} "
+                  f"| {sampled['NCHW']:.0f} | {bound['NCHW']:.2f} "
+                  f"| {sampled['channels_last']:.0f} | {bound['channels_last']:.2f} |", flush=True)
+
+
 def time_ms(fn, rep_ms):
     if CUDA:
         from triton.testing import do_bench
@@ -211,9 +298,12 @@ def run(config, quick=False):
                 results[path] = (time_ms(fn, rep), memory, "")
                 torch.cuda.empty_cache() if CUDA else None
             floor_ms, floor_mem, _ = results["floor"]
+            bound = traffic_bound(regions_q, regions_p, k, config["num_samples"], config["channels"], dtype)
+            bounds = {"fused": bound["NCHW"], "fused, channels_last": bound["channels_last"]}
             for path in paths:
                 ms, mem, note = results[path]
-                rows.append((str(dtype).replace("torch.", ""), k, path, ms, floor_ms, mem, floor_mem, note))
+                rows.append((str(dtype).replace("torch.", ""), k, path, ms, floor_ms, bounds.get(path),
+                             mem, floor_mem, note))
                 print(f"{rows[-1][0]:>8} K={k:<5} {path:<20} "
                       + (f"{ms:9.3f} ms" if ms is not None else f"skipped ({note})"), flush=True)
             del feat_q, feat_p, regions_q, regions_p, args, cl_feats, cl_args
@@ -221,14 +311,15 @@ def run(config, quick=False):
 
 
 def markdown(rows):
-    lines = ["| dtype | K | path | fwd+bwd ms | x floor | peak extra MiB | x floor mem | note |",
-             "|---|---|---|---|---|---|---|---|"]
-    for dtype, k, path, ms, floor_ms, mem, floor_mem, note in rows:
+    lines = ["| dtype | K | path | fwd+bwd ms | x floor | DRAM bound x floor | peak extra MiB | x floor mem | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for dtype, k, path, ms, floor_ms, bound, mem, floor_mem, note in rows:
         t = f"{ms:.3f}" if ms is not None else "-"
         tr = f"{ms / floor_ms:.2f}" if ms is not None and floor_ms else "-"
+        b = f"{bound:.2f}" if bound is not None else "-"
         m = f"{mem / 2**20:.0f}" if mem is not None else "-"
         mr = f"{mem / floor_mem:.2f}" if mem is not None and floor_mem else "-"
-        lines.append(f"| {dtype} | {k} | {path} | {t} | {tr} | {m} | {mr} | {note} |")
+        lines.append(f"| {dtype} | {k} | {path} | {t} | {tr} | {b} | {m} | {mr} | {note} |")
     return "\n".join(lines)
 
 
@@ -435,9 +526,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only K=256, float32")
     parser.add_argument("--profile", action="store_true", help="the fused step's time per kernel instead")
+    parser.add_argument("--bound", action="store_true",
+                        help="only the DRAM traffic bound at the full-size setting (any device, no timing)")
     parser.add_argument("--sweep", action="store_true",
                         help="the index, the dense backward and the InfoNCE alone at each launch shape instead")
     args = parser.parse_args(argv)
+    if args.bound:
+        print_bounds(FULL, "cuda" if CUDA else "cpu")
+        return 0
     start = time.time()
     config = FULL if CUDA else SMOKE
     device = torch.cuda.get_device_name() if CUDA else "CPU (smoke run: tiny shapes, Triton interpreter)"
