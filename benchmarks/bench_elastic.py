@@ -5,7 +5,9 @@
     alpha/sigma. It first checks the fused path against the reference (field against the fp32 CPU
     oracle on the same noise, warp bit-exact ids), then times with ``triton.testing.do_bench``
     (median):
-      fused pair (noise + field + warp), fused field alone, fused warp alone;
+      fused pair (noise, row pass, then one kernel for the column pass and the warp), the same
+      pair as field then warp (the field written and read back: what the pair cost before the
+      column pass and the warp were fused), fused field alone, fused warp alone;
       the package reference (separable conv field + explicit-gather warp);
       the plain-PyTorch baseline of the issue (separable conv field + ``F.grid_sample`` bilinear
       for the image and nearest for the regions);
@@ -19,7 +21,9 @@
 ``python benchmarks/bench_elastic.py --sweep``
     Only the fused field (noise + smoothing, tf32x3) for every tile shape of
     ``SMOOTH_BLOCK_CHOICES`` (BM, BN, BK, num_warps), each checked against the fp32 CPU oracle
-    first; a table sorted by time (the default shape is the first choice).
+    first, then the pair kernel (column pass + warp) for every shape of ``PAIR_BLOCK_CHOICES``,
+    each checked to equal field-then-warp bit for bit first; tables sorted by time (the default
+    shape is the first choice).
 ``pytest benchmarks/bench_elastic.py``
     pytest-benchmark functions for the fused pair and the reference pair.
 """
@@ -37,7 +41,9 @@ if not torch.cuda.is_available():  # the Triton kernels then run in the interpre
 import torch.nn.functional as F  # noqa: E402
 
 from lrc_fast.elastic import DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp  # noqa: E402
-from lrc_fast.kernels.elastic_warp import SMOOTH_BLOCK_CHOICES, field_from_uniform_triton  # noqa: E402
+from lrc_fast.kernels.elastic_warp import (PAIR_BLOCK_CHOICES, SMOOTH_BLOCK_CHOICES,  # noqa: E402
+                                           elastic_pair_triton, elastic_warp_triton,
+                                           field_from_uniform_triton)
 from lrc_fast.reference import elastic as ref  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -63,6 +69,14 @@ def generator(seed: int = 1) -> torch.Generator:
 
 def fused_pair(images, regions, gen):
     return elastic_pair(images, regions, DEFAULT_ALPHA, DEFAULT_SIGMA, gen, backend="triton")
+
+
+def field_then_warp_pair(images, regions, gen):
+    """The Triton pair as two steps: the field (written to memory), then the warp (reads it)."""
+    batch, _, height, width = images.shape
+    field = field_from_uniform_triton(torch.rand((batch, 2, height, width), generator=gen, device=images.device),
+                                      DEFAULT_ALPHA, DEFAULT_SIGMA)
+    return elastic_warp_triton(images, regions, field)
 
 
 def reference_pair(images, regions, gen):
@@ -135,6 +149,13 @@ def check(batch: int) -> list[str]:
         if not field_err <= atol * DEFAULT_ALPHA:
             failures.append(f"B={batch}: {precision} field differs from the reference by "
                             f"{field_err:.3g} px")
+    pair = elastic_pair_triton(images, regions, uniform, DEFAULT_ALPHA, DEFAULT_SIGMA)
+    two_steps = elastic_warp_triton(images, regions,  # the field at the default precision
+                                    field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA))
+    same = torch.equal(pair[0], two_steps[0]) and torch.equal(pair[1], two_steps[1])
+    print(f"check B={batch}: fused pair kernel equals field then warp bit for bit: {same}")
+    if not same:
+        failures.append(f"B={batch}: the fused pair kernel differs from field then warp")
     got = elastic_warp(images, regions, field, backend="triton")
     expected = elastic_warp(images, regions, field, backend="reference")
     image_err = (got[0] - expected[0]).abs().max().item()
@@ -223,18 +244,43 @@ def sweep() -> int:
                 DEFAULT_SIGMA, blocks=blocks))
             rows.append((batch, blocks, ms, err))
             print(f"  B={batch} blocks={blocks}: {ms:.3f} ms (max |error| {err:.3g} px)", flush=True)
+    pair_rows = []
+    for batch in BATCHES:
+        images, regions = make_inputs(batch)
+        gen = generator()
+        uniform = torch.rand((batch, 2, SIZE, SIZE), generator=gen, device=DEVICE)
+        expected = elastic_warp_triton(images, regions,
+                                       field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA))
+        for blocks in PAIR_BLOCK_CHOICES:
+            got = elastic_pair_triton(images, regions, uniform, DEFAULT_ALPHA, DEFAULT_SIGMA, blocks=blocks)
+            if not (torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])):
+                print(f"CHECK FAILED B={batch} pair blocks={blocks}: differs from field then warp")
+                failed = True
+                continue
+            ms = timed_ms(lambda: elastic_pair_triton(
+                images, regions, torch.rand((batch, 2, SIZE, SIZE), generator=gen, device=DEVICE),
+                DEFAULT_ALPHA, DEFAULT_SIGMA, blocks=blocks))
+            pair_rows.append((batch, blocks, ms, 0.0))
+            print(f"  B={batch} pair blocks={blocks}: {ms:.3f} ms", flush=True)
     print(f"\nFused field (noise + smoothing, tf32x3), {SIZE}x{SIZE}, sigma={DEFAULT_SIGMA:g} px, {device_name}; "
           "median ms, fastest first; (BM, BN, BK, num_warps)\n")
+    _sweep_table(rows, SMOOTH_BLOCK_CHOICES[0])
+    print(f"\nFused pair (noise, row pass, column pass + warp in one kernel), float32 image + int64 "
+          f"regions, {device_name}; median ms, fastest first; (BM, BN, BK, num_warps) of the second kernel\n")
+    _sweep_table(pair_rows, PAIR_BLOCK_CHOICES[0])
+    return 1 if failed else 0
+
+
+def _sweep_table(rows, default_blocks):
     print("| B | blocks | ms | vs default |")
     print("|---|---|---|---|")
     for batch in BATCHES:
         mine = [row for row in rows if row[0] == batch]
-        default = next((row[2] for row in mine if row[1] == SMOOTH_BLOCK_CHOICES[0]), None)
+        default = next((row[2] for row in mine if row[1] == default_blocks), None)
         for _, blocks, ms, _ in sorted(mine, key=lambda row: row[2]):
             ratio = f"{ms / default:.2f}x" if default else "-"
-            shown = f"{blocks} (default)" if blocks == SMOOTH_BLOCK_CHOICES[0] else str(blocks)
+            shown = f"{blocks} (default)" if blocks == default_blocks else str(blocks)
             print(f"| {batch} | {shown} | {ms:.3f} | {ratio} |")
-    return 1 if failed else 0
 
 
 def main() -> int:
@@ -261,6 +307,8 @@ def main() -> int:
 
         times = {
             "fused pair (noise + field + warp)": timed_ms(lambda: fused_pair(images, regions, gen)),
+            "same pair as field then warp (field written, read back)": timed_ms(
+                lambda: field_then_warp_pair(images, regions, gen)),
             "fused field (noise + smoothing, tf32x3)": timed_ms(lambda: fused_field("tf32x3")),
             "fused field (noise + smoothing, tf32)": timed_ms(lambda: fused_field("tf32")),
             "fused warp (image + regions)": timed_ms(

@@ -166,7 +166,8 @@ def coverage_workload():
     of different integer dtypes, one strided shared map, ``max_regions`` (both subsets),
     ``include_self``/``normalize``, one image with one region and one channel and a gradient for
     the warped view only, ``region_sample_mean``, every swept launch shape of the index,
-    the dense backward, the InfoNCE and the field, the warp with gradients under each padding.
+    the dense backward, the InfoNCE, the field and the fused pair, the warp with gradients and
+    the fused pair under each padding.
     """
     from lrc_fast.kernels import elastic_warp, region_infonce, region_pool
 
@@ -199,8 +200,12 @@ def coverage_workload():
         for padding in ("border", "zeros", "reflection"):
             warped, _ = lrc_fast.elastic_warp(images, regions, displacement, padding=padding, backend="triton")
             warped.sum().backward()
-        lrc_fast.elastic_pair(images.detach(), regions, generator=torch.Generator().manual_seed(0),
-                              backend="triton")
+        for padding, image_dtype, map_ in (("border", torch.float32, regions),
+                                           ("reflection", torch.bfloat16, int32_map),
+                                           ("zeros", torch.float16, regions)):
+            lrc_fast.elastic_pair(images.detach().to(image_dtype), map_, padding=padding,
+                                  generator=torch.Generator().manual_seed(0), backend="triton")
+        lrc_fast.random_elastic_field(batch, height, width, 4.0, 3.0, backend="triton")
         if odd:  # the sweeps run at 512 x 512: their launch shapes at the aligned size only
             continue
         feat = torch.zeros(batch, channels, height, width)
@@ -221,6 +226,9 @@ def coverage_workload():
             for blocks in elastic_warp.SMOOTH_BLOCK_CHOICES:
                 elastic_warp.field_from_uniform_triton(torch.zeros(batch, 2, height, width), 4.0, 3.0,
                                                        precision=precision, blocks=blocks)
+        for blocks in elastic_warp.PAIR_BLOCK_CHOICES:
+            elastic_warp.elastic_pair_triton(images.detach(), regions, torch.zeros(batch, 2, height, width),
+                                             4.0, 3.0, blocks=blocks)
 
 
 def _tool(name: str) -> str:

@@ -19,6 +19,13 @@ Warp (:func:`elastic_warp_triton`, :class:`ElasticWarpFunction`)
     the image gradient with float32 atomics (order not deterministic) and writes the
     displacement gradient per pixel.
 
+Pair (:func:`elastic_pair_triton`)
+    Without gradients, the column pass and the warp are one kernel: each program smooths both
+    displacement components of its tile and warps those pixels at once, so the field is never
+    written to memory nor read back (``2 * B * H * W`` float32 each way) and one launch goes. Its
+    row and band tiles are the field's (:data:`PAIR_BLOCK_CHOICES`), so the field it applies is
+    bit for bit the one :func:`field_from_uniform_triton` returns.
+
 On CPU tensors the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``).
 """
 from __future__ import annotations
@@ -41,6 +48,17 @@ SMOOTH_BLOCK_CHOICES = ((128, 64, 32, 4), (64, 64, 32, 4), (64, 128, 32, 4), (12
                         (64, 64, 64, 4), (128, 64, 64, 8), (64, 64, 16, 4), (128, 128, 64, 8))
 _WARP_BLOCK = 1024  # output pixels per program
 
+# (BM, BN, BK, num_warps) of the fused column pass + warp. BM and BK are the field's default, so
+# both kernels sum each output's products in the same order (same field bits); BN and the warps
+# are free. A program holds two accumulators (dy and dx) and then the warp's per-pixel state, so
+# narrow tiles: compiled for sm_90 (benchmarks/triton_resources.py), BN=32 at 8 warps and BN=16
+# at 4 need 192 and 188 registers and do not spill; BN=32 at 4 warps spills 80 bytes, BN=64 at
+# 8 warps 152. Timed by `bench_elastic.py --sweep`; the first is the default (not yet timed on a
+# GPU).
+_FIELD_BM, _, _FIELD_BK, _ = SMOOTH_BLOCK_CHOICES[0]
+PAIR_BLOCK_CHOICES = tuple((_FIELD_BM, bn, _FIELD_BK, warps)
+                           for bn, warps in ((32, 8), (16, 4), (32, 4), (64, 8)))
+
 # tl.dot precision of the smoothing passes. "tf32x3" (three TF32 products, ~float32 accuracy:
 # field error ~1e-6 of alpha) is the default; "tf32" is about three times less tensor-core
 # work with a field error ~3e-4 of the field's std (~0.001 px at the defaults).
@@ -52,11 +70,15 @@ FIELD_DOT_PRECISION = "tf32x3"
 # ----------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=16)
-def gaussian_band_matrix(n: int, sigma: float, truncate: float, device: torch.device) -> torch.Tensor:
+def gaussian_band_matrix(n: int, sigma: float, truncate: float, device: torch.device,
+                         transposed: bool = False) -> torch.Tensor:
     """``(n, n)`` float32 matrix ``K`` with ``(K @ v)[i]`` = scipy's reflect-mode Gaussian of ``v``.
 
-    Built in float64 on the CPU (deterministic) and cached per device.
+    Built in float64 on the CPU (deterministic) and cached per device; ``transposed=True``
+    gives ``K^T``, contiguous (the row pass's operand), cached too.
     """
+    if transposed:
+        return gaussian_band_matrix(n, sigma, truncate, device).t().contiguous()
     weights = gaussian_kernel1d(sigma, truncate)  # (2r+1,)
     radius = (weights.numel() - 1) // 2
     padded = reflect_indices(n, radius)  # (n + 2r,)
@@ -172,21 +194,92 @@ def field_from_uniform_triton(uniform: torch.Tensor, alpha: float, sigma: float,
     field = torch.empty_like(uniform)
     if uniform.numel() == 0:
         return field
-    radius = gaussian_radius(sigma, truncate)
-    kh = gaussian_band_matrix(height, float(sigma), float(truncate), uniform.device)  # (H, H)
-    kw = gaussian_band_matrix(width, float(sigma), float(truncate), uniform.device)  # (W, W)
-    kwt = kw.t().contiguous()
-    rows_smoothed = torch.empty_like(uniform)  # (B, 2, H, W)
-    tiles_h = triton.cdiv(height, bm)
-    tiles_w = triton.cdiv(width, bn)
-    grid = (batch * two * tiles_h * tiles_w,)
     precision = precision or FIELD_DOT_PRECISION
-    _smooth_rows_kernel[grid](uniform, kwt, rows_smoothed, height, width, radius, tiles_h, tiles_w,
-                              BM=bm, BN=bn, BK=bk, PRECISION=precision, num_warps=warps)
-    _smooth_cols_kernel[grid](rows_smoothed, kh, field, float(alpha), height, width, radius,
-                              tiles_h, tiles_w, BM=bm, BN=bn, BK=bk, PRECISION=precision,
-                              num_warps=warps)
+    rows_smoothed = _smooth_rows(uniform, sigma, truncate, precision, (bm, bn, bk, warps))
+    kh = gaussian_band_matrix(height, float(sigma), float(truncate), uniform.device)  # (H, H)
+    tiles_h, tiles_w = triton.cdiv(height, bm), triton.cdiv(width, bn)
+    _smooth_cols_kernel[(batch * two * tiles_h * tiles_w,)](
+        rows_smoothed, kh, field, float(alpha), height, width, gaussian_radius(sigma, truncate),
+        tiles_h, tiles_w, BM=bm, BN=bn, BK=bk, PRECISION=precision, num_warps=warps)
     return field
+
+
+def _smooth_rows(uniform: torch.Tensor, sigma: float, truncate: float, precision: str,
+                 blocks: tuple[int, int, int, int]) -> torch.Tensor:
+    """The row pass, ``(2 u - 1) @ K_W^T`` per image and component: ``(B, 2, H, W)`` float32."""
+    bm, bn, bk, warps = blocks
+    batch, two, height, width = uniform.shape
+    kwt = gaussian_band_matrix(width, float(sigma), float(truncate), uniform.device, True)  # (W, W)
+    rows_smoothed = torch.empty_like(uniform)  # (B, 2, H, W)
+    tiles_h, tiles_w = triton.cdiv(height, bm), triton.cdiv(width, bn)
+    _smooth_rows_kernel[(batch * two * tiles_h * tiles_w,)](
+        uniform, kwt, rows_smoothed, height, width, gaussian_radius(sigma, truncate), tiles_h,
+        tiles_w, BM=bm, BN=bn, BK=bk, PRECISION=precision, num_warps=warps)
+    return rows_smoothed
+
+
+def _warp_operands(images: torch.Tensor, regions: torch.Tensor):
+    """Contiguous images and regions, and empty outputs like them."""
+    images, regions = images.contiguous(), regions.contiguous()
+    return images, regions, torch.empty_like(images), torch.empty_like(regions)
+
+
+def elastic_pair_triton(images: torch.Tensor, regions: torch.Tensor, uniform: torch.Tensor,
+                        alpha: float, sigma: float, truncate: float = 4.0,
+                        padding: str = "border", ignore_index: int = -1,
+                        blocks: tuple[int, int, int, int] | None = None):
+    """Field and warp without writing the field: ``elastic_warp_triton(images, regions, field)``
+    with ``field = field_from_uniform_triton(uniform, alpha, sigma, truncate)``, bit for bit.
+
+    The row pass is :func:`field_from_uniform_triton`'s; one kernel then smooths both components
+    of each tile along the columns and warps that tile. No autograd.
+
+    Parameters
+    ----------
+    images, regions : torch.Tensor
+        ``(B, C, H, W)`` float32/float16/bfloat16 and ``(B, H, W)`` int32/int64, checked by the
+        caller (see :func:`lrc_fast.elastic_pair`); ``H * W < 2**31``.
+    uniform : torch.Tensor
+        ``(B, 2, H, W)`` float32 draws in ``[0, 1)`` on the images' device.
+    alpha, sigma, truncate : float
+        As :func:`field_from_uniform_triton`; ``sigma`` > 1e-15 (no smoothing: use the field).
+    padding, ignore_index
+        As :func:`elastic_warp_triton`.
+    blocks : tuple of 4 ints, optional
+        ``(BM, BN, BK, num_warps)`` of the fused kernel, one of :data:`PAIR_BLOCK_CHOICES`
+        (default: the first). Its ``BM`` and ``BK`` are the field's, which keeps the field bits.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``(warped_images, warped_regions)``, shapes and dtypes of the inputs.
+
+    Raises
+    ------
+    ValueError
+        ``blocks`` not one of :data:`PAIR_BLOCK_CHOICES`.
+    """
+    if blocks is None:
+        blocks = PAIR_BLOCK_CHOICES[0]
+    if blocks not in PAIR_BLOCK_CHOICES:
+        raise ValueError(f"blocks must be one of PAIR_BLOCK_CHOICES {PAIR_BLOCK_CHOICES} (their BM and "
+                         f"BK are the field's, which keeps the field bits), got {blocks!r}.")
+    bm, bn, bk, warps = blocks
+    images, regions, out_images, out_regions = _warp_operands(images, regions)
+    uniform = uniform.contiguous()
+    batch, channels, height, width = images.shape
+    if batch == 0:
+        return out_images, out_regions
+    # the row pass at the field's own default tile: the same t as field_from_uniform_triton
+    rows_smoothed = _smooth_rows(uniform, sigma, truncate, FIELD_DOT_PRECISION, SMOOTH_BLOCK_CHOICES[0])
+    kh = gaussian_band_matrix(height, float(sigma), float(truncate), uniform.device)  # (H, H)
+    tiles_h, tiles_w = triton.cdiv(height, bm), triton.cdiv(width, bn)
+    _smooth_cols_warp_kernel[(batch * tiles_h * tiles_w,)](
+        rows_smoothed, kh, images, regions, out_images, out_regions, float(alpha), channels,
+        height, width, gaussian_radius(sigma, truncate), tiles_h, tiles_w, int(ignore_index),
+        PADDING=PADDING_CODES[padding], BM=bm, BN=bn, BK=bk, PRECISION=FIELD_DOT_PRECISION,
+        num_warps=warps)
+    return out_images, out_regions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,18 +311,11 @@ def _source_coordinate(c, size, PADDING: tl.constexpr):
 
 
 @triton.jit
-def _elastic_warp_fwd_kernel(img_ptr, reg_ptr, disp_ptr, out_img_ptr, out_reg_ptr,
-                             C, H, W, tiles, ignore_index,
-                             PADDING: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    b = (pid // tiles).to(tl.int64)
+def _warp_pixels(img_ptr, reg_ptr, out_img_ptr, out_reg_ptr, b, C, H, W, i, j, live, dy, dx,
+                 ignore_index, PADDING: tl.constexpr):
+    # Warps output pixels (i, j) of image b (int64) by (dy, dx): any shape, all of one shape.
     hw = H * W
-    offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat output pixels
-    live = offs < hw
-    i = offs // W
-    j = offs % W
-    dy = tl.load(disp_ptr + b * 2 * hw + offs, mask=live, other=0.0)
-    dx = tl.load(disp_ptr + (b * 2 + 1) * hw + offs, mask=live, other=0.0)
+    offs = i * W + j  # flat output pixels
     y = i.to(tl.float32) + dy  # sampling coordinates, as the reference
     x = j.to(tl.float32) + dx
     hi_y = H * 1.0 - 1.0
@@ -271,6 +357,58 @@ def _elastic_warp_fwd_kernel(img_ptr, reg_ptr, disp_ptr, out_img_ptr, out_reg_pt
         v11 = tl.load(img_ptr + base + off00 + W + 1, mask=live & my1 & mx1, other=0.0).to(tl.float32)
         out = w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
         tl.store(out_img_ptr + base + offs, out.to(out_img_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _elastic_warp_fwd_kernel(img_ptr, reg_ptr, disp_ptr, out_img_ptr, out_reg_ptr,
+                             C, H, W, tiles, ignore_index,
+                             PADDING: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    b = (pid // tiles).to(tl.int64)
+    hw = H * W
+    offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat output pixels
+    live = offs < hw
+    dy = tl.load(disp_ptr + b * 2 * hw + offs, mask=live, other=0.0)
+    dx = tl.load(disp_ptr + (b * 2 + 1) * hw + offs, mask=live, other=0.0)
+    _warp_pixels(img_ptr, reg_ptr, out_img_ptr, out_reg_ptr, b, C, H, W, offs // W, offs % W, live,
+                 dy, dx, ignore_index, PADDING)
+
+
+@triton.jit
+def _smooth_cols_warp_kernel(t_ptr, kh_ptr, img_ptr, reg_ptr, out_img_ptr, out_reg_ptr, alpha,
+                             C, H, W, radius, tiles_h, tiles_w, ignore_index,
+                             PADDING: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                             BK: tl.constexpr, PRECISION: tl.constexpr):
+    # Both components of f[n] = alpha * K_H @ t[n] on one tile (the loop of _smooth_cols_kernel,
+    # same order of products), then the warp of that tile's pixels by them.
+    pid = tl.program_id(0)
+    n = (pid // (tiles_h * tiles_w)).to(tl.int64)
+    tile = pid % (tiles_h * tiles_w)
+    row0 = (tile // tiles_w) * BM
+    col0 = (tile % tiles_w) * BN
+    rows = row0 + tl.arange(0, BM)  # (BM,)
+    cols = col0 + tl.arange(0, BN)  # (BN,)
+    base_y = n * 2 * H * W  # t[n, 0]: rows smoothed of the y component
+    base_x = base_y + H * W  # t[n, 1]
+    k_lo = tl.maximum(row0 - radius, 0)
+    k_hi = tl.minimum(tl.minimum(row0 + BM, H) + radius, H)
+    acc_y = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_x = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range((k_lo // BK) * BK, k_hi, BK):
+        ks = k0 + tl.arange(0, BK)  # (BK,)
+        kh = tl.load(kh_ptr + rows[:, None] * H + ks[None, :],
+                     mask=(rows[:, None] < H) & (ks[None, :] < H), other=0.0)  # (BM, BK)
+        t_mask = (ks[:, None] < H) & (cols[None, :] < W)
+        t_offs = ks[:, None] * W + cols[None, :]
+        t_y = tl.load(t_ptr + base_y + t_offs, mask=t_mask, other=0.0)  # (BK, BN)
+        t_x = tl.load(t_ptr + base_x + t_offs, mask=t_mask, other=0.0)  # (BK, BN)
+        acc_y = tl.dot(kh, t_y, acc_y, input_precision=PRECISION)
+        acc_x = tl.dot(kh, t_x, acc_x, input_precision=PRECISION)
+    live = (rows[:, None] < H) & (cols[None, :] < W)  # (BM, BN)
+    i = tl.broadcast_to(rows[:, None], (BM, BN))
+    j = tl.broadcast_to(cols[None, :], (BM, BN))
+    _warp_pixels(img_ptr, reg_ptr, out_img_ptr, out_reg_ptr, n, C, H, W, i, j, live,
+                 acc_y * alpha, acc_x * alpha, ignore_index, PADDING)
 
 
 @triton.jit
@@ -331,12 +469,9 @@ def elastic_warp_triton(images: torch.Tensor, regions: torch.Tensor, displacemen
     ``displacement`` is ``(B, 2, H, W)`` float32. Inputs are assumed checked (see
     :func:`lrc_fast.elastic_warp`).
     """
-    images = images.contiguous()
-    regions = regions.contiguous()
+    images, regions, out_images, out_regions = _warp_operands(images, regions)
     displacement = displacement.contiguous()
     batch, channels, height, width = images.shape
-    out_images = torch.empty_like(images)
-    out_regions = torch.empty_like(regions)
     if batch == 0:
         return out_images, out_regions
     tiles = triton.cdiv(height * width, _WARP_BLOCK)
