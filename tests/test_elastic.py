@@ -423,6 +423,17 @@ def test_fused_pair_kernel_is_field_then_warp(blocks, dtype, region_dtype, paddi
     assert (expected[1] == -3).any() and (expected[1] != regions).float().mean() > 0.1
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 19), (2, 3, 19, 1), (1, 0, 5, 6)])
+def test_fused_pair_kernel_degenerate_shapes(shape):
+    batch, channels, height, width = shape
+    images, regions, _ = _warp_inputs(batch, channels, height, width, torch.float32, torch.int64, 0.0, seed=30)
+    uniform = _uniform((batch, 2, height, width), seed=31)
+    expected = elastic_warp_triton(images, regions, field_from_uniform_triton(uniform, 20.0, 3.0))
+    got = elastic_pair_triton(images, regions, uniform, 20.0, 3.0)
+    assert got[0].shape == images.shape and torch.equal(got[0], expected[0])
+    assert torch.equal(got[1], expected[1])
+
+
 def test_fused_pair_kernel_rejects_other_blocks():
     images, regions, _ = _warp_inputs(1, 1, 8, 8, torch.float32, torch.int64, 0.0, seed=25)
     with pytest.raises(ValueError, match="PAIR_BLOCK_CHOICES"):

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from ..reference.elastic import gaussian_kernel1d, gaussian_radius, reflect_indices
+from ._host import cdiv
 
 PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
 
@@ -197,7 +198,7 @@ def field_from_uniform_triton(uniform: torch.Tensor, alpha: float, sigma: float,
     precision = precision or FIELD_DOT_PRECISION
     rows_smoothed = _smooth_rows(uniform, sigma, truncate, precision, (bm, bn, bk, warps))
     kh = gaussian_band_matrix(height, float(sigma), float(truncate), uniform.device)  # (H, H)
-    tiles_h, tiles_w = triton.cdiv(height, bm), triton.cdiv(width, bn)
+    tiles_h, tiles_w = cdiv(height, bm), cdiv(width, bn)
     _smooth_cols_kernel[(batch * two * tiles_h * tiles_w,)](
         rows_smoothed, kh, field, float(alpha), height, width, gaussian_radius(sigma, truncate),
         tiles_h, tiles_w, BM=bm, BN=bn, BK=bk, PRECISION=precision, num_warps=warps)
@@ -211,7 +212,7 @@ def _smooth_rows(uniform: torch.Tensor, sigma: float, truncate: float, precision
     batch, two, height, width = uniform.shape
     kwt = gaussian_band_matrix(width, float(sigma), float(truncate), uniform.device, True)  # (W, W)
     rows_smoothed = torch.empty_like(uniform)  # (B, 2, H, W)
-    tiles_h, tiles_w = triton.cdiv(height, bm), triton.cdiv(width, bn)
+    tiles_h, tiles_w = cdiv(height, bm), cdiv(width, bn)
     _smooth_rows_kernel[(batch * two * tiles_h * tiles_w,)](
         uniform, kwt, rows_smoothed, height, width, gaussian_radius(sigma, truncate), tiles_h,
         tiles_w, BM=bm, BN=bn, BK=bk, PRECISION=precision, num_warps=warps)
@@ -273,7 +274,7 @@ def elastic_pair_triton(images: torch.Tensor, regions: torch.Tensor, uniform: to
     # the row pass at the field's own default tile: the same t as field_from_uniform_triton
     rows_smoothed = _smooth_rows(uniform, sigma, truncate, FIELD_DOT_PRECISION, SMOOTH_BLOCK_CHOICES[0])
     kh = gaussian_band_matrix(height, float(sigma), float(truncate), uniform.device)  # (H, H)
-    tiles_h, tiles_w = triton.cdiv(height, bm), triton.cdiv(width, bn)
+    tiles_h, tiles_w = cdiv(height, bm), cdiv(width, bn)
     _smooth_cols_warp_kernel[(batch * tiles_h * tiles_w,)](
         rows_smoothed, kh, images, regions, out_images, out_regions, float(alpha), channels,
         height, width, gaussian_radius(sigma, truncate), tiles_h, tiles_w, int(ignore_index),
@@ -474,7 +475,7 @@ def elastic_warp_triton(images: torch.Tensor, regions: torch.Tensor, displacemen
     batch, channels, height, width = images.shape
     if batch == 0:
         return out_images, out_regions
-    tiles = triton.cdiv(height * width, _WARP_BLOCK)
+    tiles = cdiv(height * width, _WARP_BLOCK)
     _elastic_warp_fwd_kernel[(batch * tiles,)](
         images, regions, displacement, out_images, out_regions,
         channels, height, width, tiles, int(ignore_index),
@@ -492,7 +493,7 @@ def elastic_warp_triton_backward(grad_out: torch.Tensor, images: torch.Tensor,
         if need_images else None
     grad_disp = torch.empty_like(displacement) if need_displacement else None
     if batch > 0:
-        tiles = triton.cdiv(height * width, _WARP_BLOCK)
+        tiles = cdiv(height * width, _WARP_BLOCK)
         _elastic_warp_bwd_kernel[(batch * tiles,)](
             grad_out, images, displacement,
             grad_images if need_images else grad_out, grad_disp if need_displacement else grad_out,

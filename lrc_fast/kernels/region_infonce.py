@@ -41,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._host import cdiv, next_power_of_2
+
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 
@@ -169,11 +171,11 @@ BLOCK_CHOICES = ((64, 8, 3), (32, 4, 3), (32, 4, 1), (16, 4, 2), (16, 2, 2))
 
 def _launch(regions: int, channels: int, blocks) -> tuple[int, int, int, int]:
     """``(BLOCK, BLOCK_D, num_warps, num_stages)``: ``blocks`` if given, else the default rule."""
-    block_d = max(16, triton.next_power_of_2(channels))
+    block_d = max(16, next_power_of_2(channels))
     if blocks is not None:
         return blocks[0], block_d, blocks[1], blocks[2]
     cap = 64 if block_d <= 64 else (32 if block_d <= 128 else 16)
-    block = max(16, min(cap, triton.next_power_of_2(regions)))
+    block = max(16, min(cap, next_power_of_2(regions)))
     return block, block_d, 8 if block * block_d >= 4096 else 4, 3
 
 
@@ -189,7 +191,7 @@ def _infonce_forward(means, valid, temperature, normalize, include_self, precisi
     if batch * regions == 0:
         return rows, lse
     block, block_d, warps, stages = _launch(regions, channels, blocks)
-    _infonce_fwd_kernel[(triton.cdiv(regions, block), batch)](
+    _infonce_fwd_kernel[(cdiv(regions, block), batch)](
         means_q, means_p, valid, rows, lse, regions, channels, 1.0 / temperature,
         NORMALIZE=normalize, INCLUDE_SELF=include_self,
         PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
@@ -206,7 +208,7 @@ def _infonce_backward(grad_rows, means, valid, lse, temperature, normalize, incl
     if batch * regions == 0:
         return d_means
     block, block_d, warps, stages = _launch(regions, channels, blocks)
-    _infonce_bwd_kernel[(triton.cdiv(regions, block), batch)](
+    _infonce_bwd_kernel[(cdiv(regions, block), batch)](
         means_q, means_p, valid, lse, grad_rows, d_q, d_p, regions, channels, 1.0 / temperature,
         NORMALIZE=normalize, INCLUDE_SELF=include_self,
         PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,

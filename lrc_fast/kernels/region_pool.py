@@ -53,6 +53,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._host import cdiv, next_power_of_2
+
 # pixels per program of the region index: the tiles `bench_loss.py --sweep` times (with the
 # pooling that searches them); the first is the default (fewer for small images, more when the
 # tables get large, see _index_tile). Each gets tile // 256 warps (1 to 4): 8 keys per thread.
@@ -167,8 +169,8 @@ def _flat_pixels(*tensors: torch.Tensor) -> bool:
 
 def _index_tile(batch: int, pixels: int, num_regions: int) -> int:
     """Pixels per program: 1024 (fewer for small images), more when ``(V, B, T, K)`` gets large."""
-    tile = max(16, min(INDEX_TILE_CHOICES[0], triton.next_power_of_2(pixels)))
-    while tile < _MAX_TILE and batch * triton.cdiv(pixels, tile) * num_regions > _MAX_INDEX_ENTRIES:
+    tile = max(16, min(INDEX_TILE_CHOICES[0], next_power_of_2(pixels)))
+    while tile < _MAX_TILE and batch * cdiv(pixels, tile) * num_regions > _MAX_INDEX_ENTRIES:
         tile *= 2
     return tile
 
@@ -202,7 +204,7 @@ def _region_index(regions: torch.Tensor, regions_p: torch.Tensor | None, num_reg
     views = 1 if regions_p is None else 2
     other = regions if regions_p is None else regions_p
     hw = height * width
-    n_tiles = triton.cdiv(hw, tile)
+    n_tiles = cdiv(hw, tile)
     dev = regions.device
     pixels = torch.empty((views, batch, hw), dtype=torch.int32, device=dev)  # (V, B, HW)
     table = (views, batch, n_tiles, num_regions)
@@ -228,7 +230,7 @@ def _region_index_op(regions: torch.Tensor, regions_p: torch.Tensor | None, num_
 def _(regions, regions_p, num_regions, tile, network):
     batch, height, width = regions.shape
     views = 1 if regions_p is None else 2
-    table = (views, batch, triton.cdiv(height * width, tile), num_regions)
+    table = (views, batch, cdiv(height * width, tile), num_regions)
     return (regions.new_empty((views, batch, height * width), dtype=torch.int32),
             regions.new_empty(table, dtype=torch.int32), regions.new_empty(table, dtype=torch.int32),
             regions.new_empty((views, batch, num_regions), dtype=torch.int32))
@@ -368,8 +370,8 @@ def _pool_forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms
     if batch * regions == 0:
         return means, idx, hits
     index_views, _, n_tiles, num_regions = cum.shape
-    block_d = max(16, triton.next_power_of_2(channels))
-    block_n = max(16, min(triton.next_power_of_2(num_samples), _POOL_TILE // block_d))
+    block_d = max(16, next_power_of_2(channels))
+    block_n = max(16, min(next_power_of_2(num_samples), _POOL_TILE // block_d))
     _pool_fwd_kernel[(regions, batch, views)](
         feat, *feat.stride(), other, *other.stride(), width, height * width, channels,
         pixels, cum, local, counts, index_views, counts if ids is None else ids, valid, uniforms,
@@ -461,7 +463,7 @@ def _pool_backward(grad_means, hits, regions, regions_p, slot_of, size, dtype, c
     grad_a, grad_b = grads[0], grads[-1]  # the kernel writes view first_view + program_id(2)
     identity = slot_of is None
     slots = regions if identity else slot_of  # placeholder pointer when unused
-    grid = (triton.cdiv(height * width, block_p), batch, len(views))
+    grid = (cdiv(height * width, block_p), batch, len(views))
     _pool_bwd_kernel[grid](
         grad_means, hits, views[0], regions, *regions.stride(), regions_other, *regions_other.stride(),
         slots, 0 if identity else slot_of.shape[1],
@@ -469,7 +471,7 @@ def _pool_backward(grad_means, hits, regions, regions_p, slot_of, size, dtype, c
         width, height * width, channels, batch, grad_means.shape[2], num_samples,
         IDENTITY=identity, FLAT_R=_flat_pixels(regions, regions_other),
         FLAT_G=_flat_pixels(grad_a, grad_b),
-        BLOCK_P=block_p, BLOCK_D=max(8, min(block_d, triton.next_power_of_2(channels))),
+        BLOCK_P=block_p, BLOCK_D=max(8, min(block_d, next_power_of_2(channels))),
         num_warps=warps)
     return grads
 
