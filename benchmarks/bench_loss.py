@@ -25,7 +25,8 @@ Run: ``python benchmarks/bench_loss.py`` (``--quick`` for K=256 float32 only), o
 ``--profile``: instead of the table, where one fused forward+backward step spends its time, per
 K and dtype: ``torch.profiler`` over a few steps (after a warm-up step), every CUDA kernel's
 device time and launches per step, their sum, and the step's wall time from CUDA events; the
-difference is time the GPU waited for the host (launch overhead, host-side work). On CPU the
+difference is time the GPU waited for the host (launch overhead, host-side work). On CUDA it
+also gives the host's time to issue one step (no synchronisation inside the step). On CPU the
 smoke shapes, with each operator's self CPU time instead of kernels.
 
 The table's "DRAM bound" column is :func:`traffic_bound`: how close to the floor any step could
@@ -331,7 +332,10 @@ def profile_step(config, dtype, k):
     """(rows, kernel_ms, wall_ms): the fused step's time per kernel (CUDA) or per op (CPU).
 
     rows are (name, calls per step, ms per step) sorted by time; kernel_ms their sum per step;
-    wall_ms the step's median wall time (CUDA events around each profiled step on CUDA).
+    wall_ms the step's median wall time (CUDA events around each profiled step on CUDA); host_ms
+    (CUDA only, else None) the median host time to issue one step, measured without the
+    profiler and without synchronising inside the step: above the GPU's time per step, the step
+    is bound by the host (a GPU->CPU sync inside the step would make it the GPU time).
     """
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -371,10 +375,19 @@ def profile_step(config, dtype, k):
                 totals[event.key] = [event.count, event.self_cpu_time_total / 1e3]
     rows = sorted(((name, n / PROFILE_STEPS, ms / PROFILE_STEPS) for name, (n, ms) in totals.items()),
                   key=lambda row: -row[2])
-    return rows, sum(row[2] for row in rows), statistics.median(walls)
+    host = None
+    if CUDA:
+        issue = []
+        for _ in range(4 * PROFILE_STEPS):
+            start = time.perf_counter()
+            fn()
+            issue.append((time.perf_counter() - start) * 1e3)
+        torch.cuda.synchronize()
+        host = statistics.median(issue)
+    return rows, sum(row[2] for row in rows), statistics.median(walls), host
 
 
-def profile_markdown(rows, kernel_ms, wall_ms):
+def profile_markdown(rows, kernel_ms, wall_ms, host_ms):
     unit = "kernel" if CUDA else "operator (self CPU time)"
     lines = [f"| {unit} | calls / step | ms / step | share |", "|---|---|---|---|"]
     for name, calls, ms in rows[:PROFILE_TOP]:
@@ -386,16 +399,18 @@ def profile_markdown(rows, kernel_ms, wall_ms):
         lines.append(f"| {len(rest)} others | {sum(row[1] for row in rest):g} | {ms:.4f} | {ms / kernel_ms:.1%} |")
     lines.append(f"| **sum** | {sum(row[1] for row in rows):g} | {kernel_ms:.4f} | |")
     lines.append(f"| **step, wall** | | {wall_ms:.4f} | sum / wall {kernel_ms / wall_ms:.0%} |")
+    if host_ms is not None:
+        lines.append(f"| **step, host time to issue** | | {host_ms:.4f} | host / wall {host_ms / wall_ms:.0%} |")
     return "\n".join(lines)
 
 
 def run_profile(config, quick=False):
     for dtype in ((torch.float32,) if quick else config["dtypes"]):
         for k in ((256,) if quick else config["ks"]):
-            rows, kernel_ms, wall_ms = profile_step(config, dtype, k)
+            rows, kernel_ms, wall_ms, host_ms = profile_step(config, dtype, k)
             print(f"\n#### fused step, {str(dtype).replace('torch.', '')}, K={k} "
                   f"(median of {PROFILE_STEPS} profiled steps)")
-            print(profile_markdown(rows, kernel_ms, wall_ms), flush=True)
+            print(profile_markdown(rows, kernel_ms, wall_ms, host_ms), flush=True)
 
 
 def sweep_cells(label, shapes, run, problem_of, failures):
