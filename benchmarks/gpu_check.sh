@@ -9,8 +9,10 @@
 # Every step has its own time limit inside a global budget (GPU_CHECK_BUDGET seconds, default 560),
 # and the script goes on after a failure, so one call gives the whole picture. All the steps do not
 # fit in one budget: the later ones are skipped when it runs out. GPU_CHECK_ONLY=<bash regex>
-# runs only the steps whose names match (the build always runs), e.g.
-# GPU_CHECK_ONLY='loss|elastic|triton' for the Triton kernels' steps. Logs go to out/gpu_check;
+# runs only the steps whose names match, e.g. GPU_CHECK_ONLY='loss|elastic|triton' for the Triton
+# kernels' steps (they import the tree from source: no build, about a minute saved) and
+# GPU_CHECK_ONLY='build|felzenszwalb|fh_|sanitizer|racecheck' for the CUDA kernel's, which need
+# the compiled extension. Logs go to out/gpu_check;
 # when $OUT is set (the device tool, which brings back at most 8 files) they are also packed into
 # one file, $OUT/gpu_check_logs.tar.gz.
 # A baseline in the same run: `make gpu-baseline REV=<commit>` unpacks that commit into the ignored
@@ -34,9 +36,13 @@ if ls .whl/*.whl > /dev/null 2>&1; then
 fi
 SUMMARY=()
 
+selected() {  # selected NAME: whether GPU_CHECK_ONLY lets step NAME run
+  [ -z "${GPU_CHECK_ONLY:-}" ] || [[ $1 =~ $GPU_CHECK_ONLY ]]
+}
+
 step() {  # step NAME SECONDS COMMAND...: run with min(SECONDS, what is left of the budget)
   local name=$1 limit=$2; shift 2
-  if [ -n "${GPU_CHECK_ONLY:-}" ] && [ "$name" != build ] && ! [[ $name =~ $GPU_CHECK_ONLY ]]; then
+  if ! selected "$name"; then
     SUMMARY+=("| $name | not selected (GPU_CHECK_ONLY) | 0 s |")
     return 1
   fi
@@ -61,12 +67,14 @@ step() {  # step NAME SECONDS COMMAND...: run with min(SECONDS, what is left of 
   echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 } | tee "$LOG_DIR/machine.log"
 
-if [ -f .baseline/setup.py ]; then  # built in place, beside (not instead of) the main install
+# built in place, beside (not instead of) the main install, only when its Felzenszwalb step runs
+if [ -f .baseline/setup.py ] && selected baseline_felzenszwalb_phases; then
   echo "baseline: $(cat .baseline/REV 2>/dev/null || echo unknown)" | tee -a "$LOG_DIR/machine.log"
   (cd .baseline && timeout 300 $PY setup.py -q build_ext --inplace) > "$LOG_DIR/baseline_build.log" 2>&1 &
   BASELINE_BUILD=$!
 fi
-step build 240 $PY -m pip install --no-build-isolation --no-deps --no-index -e .
+step build 240 $PY -m pip install --no-build-isolation --no-deps --no-index -e . \
+  || export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # not built: the Triton paths from source
 # how the module was linked (a private static libstdc++ crashed every error message with a number)
 step pytest_build 60 $PY -m pytest -q -p no:cacheprovider tests/test_build.py
 # A short CUDA Felzenszwalb run first: if the kernel faults or hangs, its other steps are skipped.
