@@ -163,18 +163,18 @@ def _zero_loss(feat_q, feat_p, reduction):
 def _loss_triton(feat_q, feat_p, regions_q, regions_p, *, num_regions, num_samples, temperature,
                  max_regions, subset, normalize, include_self, reduction, generator):
     """Fused Triton pipeline; draws random numbers exactly like the reference."""
-    from .kernels.region_infonce import region_infonce
-    from .kernels.region_pool import region_index, region_pool
+    from .kernels.region_contrast import region_contrast_triton
+    from .kernels.region_pool import region_index
 
     batch = feat_q.shape[0]
     index = region_index(regions_q, num_regions, regions_p=regions_p)  # one or two maps
     sel, valid, slot_of = _ref.select_regions(index.counts[0], index.counts[-1], max_regions, subset,
                                               generator)  # (B, M)
     uniforms = _ref.draw_uniforms(2, batch, valid.shape[1], num_samples, generator, feat_q.device)
-    means, _ = region_pool((feat_q, feat_p), index, valid, uniforms, sel, slot_of)  # (2, B, M, D): q_k, p_k
     precision = "tf32x3" if feat_q.dtype == torch.float32 else "tf32"
-    rows = region_infonce(means, valid, temperature, normalize, include_self, precision)  # (B, M)
-    return _ref.reduce_rows(rows, valid, reduction)
+    # one autograd node: pooling (means q_k, p_k), InfoNCE per region, reduction
+    return region_contrast_triton(feat_q, feat_p, index, valid, uniforms, sel, slot_of, temperature,
+                                  normalize, include_self, precision, reduction)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -279,6 +279,53 @@ def test_pool_two_views_in_one_launch(two_maps, needs_grad):
 
 
 @interpreter
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("two_maps, max_regions, needs_grad", [
+    (True, None, (True, True)), (False, 5, (True, True)), (True, 5, (False, True)),
+    (False, None, (True, False))])
+def test_one_autograd_node_equals_the_chained_functions(reduction, two_maps, max_regions, needs_grad):
+    """The loss's single autograd Function gives the values and gradients of region_pool, then
+    region_infonce, then reduce_rows under autograd, bit for bit (kept subsets, one shared map,
+    either view's gradient alone, every reduction)."""
+    from lrc_fast.kernels.region_contrast import region_contrast_triton
+
+    batch, channels, height, width, k, n = 2, 12, 37, 91, 11, 20
+    regions_q = blob_regions(batch, height, width, k, seed=51)
+    regions_p = warped(regions_q, seed=52) if two_maps else None
+    feat_q = features((batch, channels, height, width), torch.float32, False, seed=53)
+    feat_p = features((batch, channels, height, width), torch.float32, True, seed=54)
+    feat_q.requires_grad_(needs_grad[0])
+    feat_p.requires_grad_(needs_grad[1])
+    index = pool_kernels.region_index(regions_q, k, regions_p=regions_p)
+    sel, valid, slot_of = ref.select_regions(index.counts[0], index.counts[-1], max_regions, "largest", None)
+    uniforms = torch.rand((2, batch, valid.shape[1], n), generator=torch.Generator().manual_seed(55))
+    leaves = [f for f, needs in zip((feat_q, feat_p), needs_grad) if needs]
+    upstream = torch.rand(() if reduction != "none" else (batch,), generator=torch.Generator().manual_seed(56))
+
+    means, _ = pool_kernels.region_pool((feat_q, feat_p), index, valid, uniforms, sel, slot_of)
+    rows = infonce_kernels.region_infonce(means, valid, 0.2, True, False, "ieee")
+    chained = ref.reduce_rows(rows, valid, reduction)
+    fused = region_contrast_triton(feat_q, feat_p, index, valid, uniforms, sel, slot_of, 0.2, True, False,
+                                   "ieee", reduction)
+    assert torch.equal(fused, chained)
+    for got, expected in zip(torch.autograd.grad(fused, leaves, upstream),
+                             torch.autograd.grad(chained, leaves, upstream)):
+        assert torch.equal(got, expected) and float(got.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_reduce_rows_backward_is_autograds(reduction):
+    g = torch.Generator().manual_seed(57)
+    rows = torch.randn(3, 7, generator=g, requires_grad=True)
+    valid = torch.rand(3, 7, generator=g) > 0.4
+    out = ref.reduce_rows(rows, valid, reduction)
+    grad = torch.randn(out.shape, generator=g)
+    (expected,) = torch.autograd.grad(out, rows, grad)
+    got = ref.reduce_rows_backward(grad, valid, reduction)
+    assert got.shape == rows.shape and torch.equal(got, expected)
+
+
+@interpreter
 def test_maps_of_two_dtypes_and_mismatched_views():
     # an int64 query map and an int32 warped map: the kernels see one pointer type (the second
     # map is converted), the loss equals the reference's

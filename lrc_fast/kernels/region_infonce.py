@@ -242,23 +242,32 @@ def _(grad_rows, means, valid, lse, temperature, normalize, include_self, precis
     return torch.empty_like(means)
 
 
+def infonce_forward_pass(means, valid, options) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, lse)``, both ``(B, M)`` float32; ``options`` is ``(temperature, normalize,
+    include_self, precision, blocks)``. The custom op under ``torch.compile``."""
+    forward = _infonce_forward_op if torch.compiler.is_compiling() else _infonce_forward
+    return forward(means, valid, *options)
+
+
+def infonce_backward_pass(grad_rows, means, valid, lse, options) -> torch.Tensor:
+    """``d_means (2, B, M, D)`` from ``grad_rows (B, M)`` and what the forward returned."""
+    backward = _infonce_backward_op if torch.compiler.is_compiling() else _infonce_backward
+    return backward(grad_rows.float().contiguous(), means, valid, lse, *options)
+
+
 class RegionInfoNCEFunction(torch.autograd.Function):
     """Autograd for the per-region InfoNCE: ``(2, B, M, D)`` -> ``(B, M)`` float32."""
 
     @staticmethod
     def forward(ctx, means, valid, temperature, normalize, include_self, precision, blocks):
-        compiling = torch.compiler.is_compiling()
-        forward = _infonce_forward_op if compiling else _infonce_forward
-        rows, lse = forward(means, valid, temperature, normalize, include_self, precision, blocks)
-        ctx.save_for_backward(means, valid, lse)
         ctx.options = (temperature, normalize, include_self, precision, blocks)
+        rows, lse = infonce_forward_pass(means, valid, ctx.options)
+        ctx.save_for_backward(means, valid, lse)
         return rows
 
     @staticmethod
     def backward(ctx, grad_rows):
-        means, valid, lse = ctx.saved_tensors
-        backward = _infonce_backward_op if torch.compiler.is_compiling() else _infonce_backward
-        d_means = backward(grad_rows.float().contiguous(), means, valid, lse, *ctx.options)
+        d_means = infonce_backward_pass(grad_rows, *ctx.saved_tensors, ctx.options)
         return d_means, None, None, None, None, None, None
 
 

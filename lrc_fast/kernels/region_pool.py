@@ -494,6 +494,31 @@ def _is_channels_last(feat: torch.Tensor) -> bool:
     return feat.is_contiguous(memory_format=torch.channels_last) and not feat.is_contiguous()
 
 
+def pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms, tile):
+    """The pooling forward inside an autograd.Function whose first two inputs are the views'
+    features: ``(means, idx, hits)``; ``ctx.pool`` gets what :func:`pool_backward_pass` needs
+    besides the saved tensors (the views needing a gradient: hits are counted only for them)."""
+    views = [v for v, needs in enumerate(ctx.needs_input_grad[:2]) if needs]
+    forward = _pool_forward_op if torch.compiler.is_compiling() else _pool_forward
+    means, idx, hits = forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms,
+                               bool(views), tile)
+    layouts = [_is_channels_last(f) for f in ((feat,) if feat_p is None else (feat, feat_p))]
+    ctx.pool = (list(feat.shape), feat.dtype, layouts, uniforms.shape[3], views)
+    return means, idx, hits
+
+
+def pool_backward_pass(ctx, grad_means, hits, regions, regions_p, slot_of) -> list:
+    """``[grad_feat, grad_feat_p]`` (None where not needed) from ``grad_means (V, B, M, D)``."""
+    size, dtype, layouts, num_samples, views = ctx.pool
+    backward = _pool_backward_op if torch.compiler.is_compiling() else _pool_backward
+    computed = backward(grad_means.float().contiguous(), hits, regions, regions_p, slot_of, size,
+                        dtype, layouts, num_samples, views)
+    grads = [None, None]
+    for v, grad in zip(views, computed):
+        grads[v] = grad
+    return grads
+
+
 class RegionPoolFunction(torch.autograd.Function):
     """Autograd for the sampled region means of one or two views, in one launch each way.
 
@@ -506,31 +531,20 @@ class RegionPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feat, feat_p, regions, regions_p, pixels, cum, local, counts, ids, valid,
                 uniforms, slot_of, tile):
-        views = [v for v, needs in enumerate(ctx.needs_input_grad[:2]) if needs]
-        args = (feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms, bool(views), tile)
-        forward = _pool_forward_op if torch.compiler.is_compiling() else _pool_forward
-        means, idx, hits = forward(*args)
+        means, idx, hits = pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, counts, ids,
+                                             valid, uniforms, tile)
         ctx.mark_non_differentiable(idx)
         ctx.set_materialize_grads(False)
-        if views:
+        if ctx.pool[-1]:
             ctx.save_for_backward(hits, regions, regions_p, slot_of)
-            layouts = [_is_channels_last(f) for f in ((feat,) if feat_p is None else (feat, feat_p))]
-            ctx.layout = (list(feat.shape), feat.dtype, layouts, uniforms.shape[3], views)
         return means, idx
 
     @staticmethod
     def backward(ctx, grad_means, grad_idx):
-        grads = [None] * 13
         if grad_means is None:  # the means did not reach the output
-            return tuple(grads)
-        hits, regions, regions_p, slot_of = ctx.saved_tensors
-        backward = _pool_backward_op if torch.compiler.is_compiling() else _pool_backward
-        size, dtype, layouts, num_samples, views = ctx.layout
-        computed = backward(grad_means.float().contiguous(), hits, regions, regions_p, slot_of, size,
-                            dtype, layouts, num_samples, views)
-        for v, grad in zip(views, computed):
-            grads[v] = grad
-        return tuple(grads)
+            return (None,) * 13
+        grads = pool_backward_pass(ctx, grad_means, *ctx.saved_tensors)
+        return (*grads, *([None] * 11))
 
 
 def region_pool(feats: tuple[torch.Tensor, ...], index: RegionIndex, valid: torch.Tensor,

@@ -232,6 +232,20 @@ def reduce_rows(rows: torch.Tensor, valid: torch.Tensor, reduction: str) -> torc
     return per_image.sum() / valid.sum().clamp_min(1)
 
 
+def reduce_rows_backward(grad: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The gradient of :func:`reduce_rows` with respect to ``rows``, as autograd computes it.
+
+    ``grad`` is the gradient of its output (``(B,)`` for ``'none'``, a scalar otherwise); returns
+    a ``(B, M)`` view (expanded, not materialised) of every row's gradient.
+    """
+    batch, regions = valid.shape
+    if reduction == "none":
+        return grad[:, None].expand(batch, regions)
+    if reduction == "mean":
+        grad = grad / valid.sum().clamp_min(1)
+    return grad.expand(batch, regions)
+
+
 def region_sample_mean_reference(feat: torch.Tensor, regions: torch.Tensor, num_regions: int,
                                  num_samples: int, generator: torch.Generator | None):
     """Reference :func:`lrc_fast.region_sample_mean`: ``(means (B, K, D), valid (B, K), idx (B, K, N))``.
