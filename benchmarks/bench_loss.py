@@ -203,21 +203,42 @@ def traffic_bound(regions_q, regions_p, num_regions, num_samples, channels, dtyp
     return result
 
 
+def superpixel_maps(batch, size, device):
+    """Felzenszwalb superpixels of windowed phantom slices (the demo's parameters: scale 1, sigma
+    0.8, min_size 20) as r_q, and r_p made from them as make_inputs makes it; and K."""
+    from lrc_fast import felzenszwalb
+    from lrc_fast.data import phantom_slice, window_hu
+
+    slices = torch.stack([torch.from_numpy(window_hu(phantom_slice(size, size, seed=s))) for s in range(batch)])
+    regions_q = felzenszwalb(slices.double(), scale=1.0, sigma=0.8, min_size=20)  # (B, H, W) int64
+    regions_p = regions_q.roll(shifts=(3, -2), dims=(1, 2)).clone()
+    regions_p[:, :3] = -1
+    regions_p[:, :, -2:] = -1
+    return regions_q.to(device), regions_p.to(device), int(regions_q.max()) + 1
+
+
 def print_bounds(config, device):
     print(f"\n### DRAM traffic bound of a fused step, B={config['batch']} D={config['channels']} "
-          f"{config['size']}x{config['size']} N={config['num_samples']} (block regions of make_inputs)")
+          f"{config['size']}x{config['size']} N={config['num_samples']} (block regions of make_inputs; "
+          "'FH' rows: Felzenszwalb superpixels of phantom slices, K = the largest label + 1)")
     print("| dtype | K | maps MB | gradients MB | sampled sectors MB, NCHW | x floor, NCHW "
           "| sampled sectors MB, channels_last | x floor, channels_last |")
     print("|---|---|---|---|---|---|---|---|")
+    superpixels = superpixel_maps(config["batch"], config["size"], device)
     for dtype in config["dtypes"]:
-        for k in config["ks"]:
-            _, _, regions_q, regions_p = make_inputs(config["batch"], 1, config["size"], k, dtype, device)
+        for k in (*config["ks"], "FH"):
+            if k == "FH":
+                regions_q, regions_p, k = superpixels
+                label = f"FH ({k})"
+            else:
+                _, _, regions_q, regions_p = make_inputs(config["batch"], 1, config["size"], k, dtype, device)
+                label = str(k)
             bound = traffic_bound(regions_q, regions_p, k, config["num_samples"], config["channels"], dtype)
             element_size = torch.tensor([], dtype=dtype).element_size()
             maps = (regions_q.numel() + regions_p.numel()) * regions_q.element_size() / 1e6
             gradients = 2 * config["batch"] * config["channels"] * config["size"] ** 2 * element_size / 1e6
             sampled = bound["sampled MB"]
-            print(f"| {str(dtype).replace('torch.', '')} | {k} | {maps:.0f} | {gradients:.0f} "
+            print(f"| {str(dtype).replace('torch.', '')} | {label} | {maps:.0f} | {gradients:.0f} "
                   f"| {sampled['NCHW']:.0f} | {bound['NCHW']:.2f} "
                   f"| {sampled['channels_last']:.0f} | {bound['channels_last']:.2f} |", flush=True)
 
