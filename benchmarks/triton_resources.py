@@ -167,7 +167,7 @@ def coverage_workload():
     ``include_self``/``normalize``, one image with one region and one channel and a gradient for
     the warped view only, ``region_sample_mean``, every swept launch shape of the index,
     the dense backward, the InfoNCE, the field and the fused pair, the warp with gradients and
-    the fused pair under each padding.
+    the fused pair under each padding, and the pooling's int64 gather.
     """
     from lrc_fast.kernels import elastic_warp, region_infonce, region_pool
 
@@ -191,6 +191,13 @@ def coverage_workload():
                                                   backend="triton", **options).backward()
                 lrc_fast.region_sample_mean(feats[0], regions, 5, num_regions=k, generator=0,
                                             backend="triton")
+        if not odd:  # the int64 gather, for features whose offsets within an image reach 2**31
+            wide, region_pool._wide_offsets = region_pool._wide_offsets, lambda *feats: True
+            try:
+                lrc_fast.region_sample_mean(torch.zeros(batch, channels, height, width), regions, 5,
+                                            num_regions=k, generator=0, backend="triton")
+            finally:
+                region_pool._wide_offsets = wide
         if odd:  # integers equal to 1 become constants: one image, one region, one view's gradient
             one = [torch.zeros(1, 1, height, width), torch.zeros(1, 1, height, width, requires_grad=True)]
             lrc_fast.region_contrast_loss(*one, regions[:1], int32_map[:1], num_regions=1, num_samples=1,

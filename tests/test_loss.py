@@ -325,6 +325,36 @@ def test_reduce_rows_backward_is_autograds(reduction):
     assert got.shape == rows.shape and torch.equal(got, expected)
 
 
+def test_wide_offsets_only_where_an_image_reaches_2_31():
+    def meta(shape, strides):
+        return torch.empty_strided(shape, strides, device="meta")
+
+    assert not pool_kernels._wide_offsets(meta((16, 64, 512, 512), (64 * 512 * 512, 512 * 512, 512, 1)))
+    # 64 x 8192 x 4096 elements per image: offsets up to 2**31 - 1, still int32
+    assert not pool_kernels._wide_offsets(meta((2, 64, 8192, 4096), (2**31, 8192 * 4096, 4096, 1)))
+    # one more row, in channels_last: the last elements of an image lie beyond 2**31
+    wide = meta((2, 64, 8193, 4096), (8193 * 4096 * 64, 1, 4096 * 64, 64))
+    assert pool_kernels._wide_offsets(meta((1, 1, 1, 1), (1, 1, 1, 1)), wide)
+
+
+@interpreter
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pool_forward_int64_gather_reads_the_same_values(monkeypatch, channels_last):
+    """Features whose offsets within an image reach 2**31 are gathered with int64 offsets (the
+    others with int32, half the registers); forced here on small features, same means."""
+    batch, channels, height, width, k = 2, 12, 37, 91, 9
+    regions = blob_regions(batch, height, width, k, seed=61)
+    feat = features((batch, channels, height, width), torch.float32, channels_last, seed=62).detach()
+    index = pool_kernels.region_index(regions, k)
+    valid = index.counts[0] > 0
+    uniforms = torch.rand((1, batch, k, 30), generator=torch.Generator().manual_seed(63))
+    narrow, idx = pool_kernels.region_pool((feat,), index, valid, uniforms)
+    monkeypatch.setattr(pool_kernels, "_wide_offsets", lambda *feats: True)
+    wide, idx_wide = pool_kernels.region_pool((feat,), index, valid, uniforms)
+    assert torch.equal(idx_wide, idx) and torch.equal(wide, narrow)
+    assert_close(narrow[0], ref.region_pool(feat, idx[0], valid), rtol=1e-5)
+
+
 @interpreter
 def test_maps_of_two_dtypes_and_mismatched_views():
     # an int64 query map and an int32 warped map: the kernels see one pointer type (the second

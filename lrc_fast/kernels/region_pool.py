@@ -104,13 +104,16 @@ def _count_below(sorted_keys, target, LOG: tl.constexpr):
 
 
 @triton.jit
-def _pixel_offsets(pix, W, s_h, s_w, FLAT: tl.constexpr):
-    # int64 element offsets of flat pixels h * W + w in a tensor with strides (s_h, s_w); FLAT
-    # when the pixels are (h * W + w) * s_w apart (contiguous, channels_last): no division
+def _pixel_offsets(pix, W, s_h, s_w, FLAT: tl.constexpr, WIDE: tl.constexpr):
+    # element offsets of flat pixels h * W + w in a tensor with strides (s_h, s_w): int64 when
+    # WIDE, else int32 (the caller knows they stay below 2**31); FLAT when the pixels are
+    # (h * W + w) * s_w apart (contiguous, channels_last): no division
+    if WIDE:
+        pix = pix.to(tl.int64)
     if FLAT:
-        offs = pix.to(tl.int64) * s_w
+        offs = pix * s_w
     else:
-        offs = (pix // W).to(tl.int64) * s_h + (pix % W).to(tl.int64) * s_w
+        offs = (pix // W) * s_h + (pix % W) * s_w
     return offs
 
 
@@ -138,7 +141,7 @@ def _tile_sort_kernel(reg_a, s_ab, s_ah, s_aw, reg_b, s_bb, s_bh, s_bw, W, HW, K
     lane = tl.arange(0, 1 << LOG)
     pix = t * (1 << LOG) + lane  # (TILE,) pixel index in the image
     inside = pix < HW
-    rid = tl.load(reg + _pixel_offsets(pix, W, s_rh, s_rw, FLAT), mask=inside, other=-1)
+    rid = tl.load(reg + _pixel_offsets(pix, W, s_rh, s_rw, FLAT, True), mask=inside, other=-1)
     key = tl.where((rid >= 0) & (rid < K), rid, K)
     key = tl.where(inside, key, K + 1).to(tl.int32)
     packed = key * (1 << LOG) + lane  # (key, lane) pairs, packed in int32: all distinct
@@ -165,6 +168,16 @@ def _flat_pixels(*tensors: torch.Tensor) -> bool:
     """Whether in every tensor pixel ``h * W + w`` sits at ``(h * W + w) * stride(-1)``
     (contiguous, channels_last)."""
     return all(t.shape[-2] == 1 or t.stride(-2) == t.shape[-1] * t.stride(-1) for t in tensors)
+
+
+def _wide_offsets(*feats: torch.Tensor) -> bool:
+    """Whether an element offset inside one image of these ``(B, D, H, W)`` tensors can reach
+    2**31, so that the gather must compute its offsets in int64. Int32 offsets take half the
+    registers: compiled for sm_90 by Triton 3.6 (the GPU machines' version), the pooling forward
+    on NCHW features needs 126 registers per thread with them and 218 without (4 programs per SM
+    instead of 2); Triton 3.9 needs 56 either way."""
+    return any(sum((size - 1) * stride for size, stride in zip(f.shape[1:], f.stride()[1:])) >= 2 ** 31
+               for f in feats)
 
 
 def _index_tile(batch: int, pixels: int, num_regions: int) -> int:
@@ -309,8 +322,8 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
 def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s_bw, W, HW, D,
                      pixels_ptr, cum_ptr, local_ptr, counts_ptr, index_views, ids_ptr, valid_ptr,
                      u_ptr, means_ptr, idx_ptr, hits_ptr, B, M, N, K, n_tiles, tile, steps,
-                     FLAT: tl.constexpr, COUNT_HITS: tl.constexpr, IDENTITY: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                     FLAT: tl.constexpr, WIDE: tl.constexpr, COUNT_HITS: tl.constexpr,
+                     IDENTITY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     m = tl.program_id(0)
     b = tl.program_id(1)
     v = tl.program_id(2)  # the view: features a or b
@@ -351,8 +364,8 @@ def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s
         tl.store(idx_ptr + vbm * N + n, tl.where(take, pix, -1), mask=in_n)
         if COUNT_HITS:
             tl.atomic_add(hits_ptr + (v.to(tl.int64) * B + b) * HW + pix, 1, mask=take)
-        offs = _pixel_offsets(pix, W, s_fh, s_fw, FLAT)
-        x = tl.load(feat + offs[:, None] + d[None, :].to(tl.int64) * s_fd,
+        rows = feat + _pixel_offsets(pix, W, s_fh, s_fw, FLAT, WIDE)[:, None]  # (BLOCK_N, 1) pointers
+        x = tl.load(rows + (d[None, :].to(tl.int64) if WIDE else d[None, :]) * s_fd,
                     mask=take[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
         acc += tl.sum(x.to(tl.float32), axis=0)
     tl.store(means_ptr + vbm * D + d, acc / N, mask=d_mask)
@@ -377,8 +390,8 @@ def _pool_forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms
         pixels, cum, local, counts, index_views, counts if ids is None else ids, valid, uniforms,
         means, idx, hits, batch, regions, num_samples, num_regions, n_tiles, tile,
         (n_tiles - 1).bit_length(),
-        FLAT=_flat_pixels(feat, other), COUNT_HITS=count_hits, IDENTITY=ids is None,
-        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
+        FLAT=_flat_pixels(feat, other), WIDE=_wide_offsets(feat, other), COUNT_HITS=count_hits,
+        IDENTITY=ids is None, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
     return means, idx, hits
 
 
@@ -424,14 +437,14 @@ def _pool_bwd_kernel(gmeans_ptr, hits_ptr, first_view,
     inside = pix < HW
     hits = tl.load(hits_ptr + vb * HW + pix, mask=inside, other=0)
     drawn = hits > 0  # drawn pixels have an id in [0, K) and a kept slot
-    rid = tl.load(reg + _pixel_offsets(pix, W, s_rh, s_rw, FLAT_R), mask=drawn, other=0).to(tl.int64)
+    rid = tl.load(reg + _pixel_offsets(pix, W, s_rh, s_rw, FLAT_R, True), mask=drawn, other=0).to(tl.int64)
     if IDENTITY:
         slot = rid
     else:
         slot = tl.load(slot_ptr + b.to(tl.int64) * K + rid, mask=drawn, other=0).to(tl.int64)
     weight = hits.to(tl.float32)  # gradient = weight * grad_mean / N
     g_rows = gmeans_ptr + (vb * M + slot) * D  # (BLOCK_P,) row pointers
-    g_offs = _pixel_offsets(pix, W, s_gh, s_gw, FLAT_G)
+    g_offs = _pixel_offsets(pix, W, s_gh, s_gw, FLAT_G, True)
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         d_mask = d < D
