@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lrc_fast_installed
 SOURCES := setup.py pyproject.toml requirements/dev.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/* csrc/simt/*)
 
-.PHONY: setup demo test bench cuda-check ci-clone gpu-baseline clean
+.PHONY: setup demo test bench cuda-check triton-check ci-clone gpu-baseline clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,16 @@ cuda-check:
 	@for f in csrc/cuda/*.cu; do \
 	  echo "nvcc $$f"; nvcc -std=c++17 -O3 -arch=sm_90 -fmad=false --expt-relaxed-constexpr -c $$f -o /dev/null || exit 1; \
 	done
+
+# Every Triton launch variant compiled for sm_90 by the Triton of the lent GPU machines (3.6.0),
+# in its own small environment: the test suite's newer Triton accepts code 3.6 may reject and
+# allocates registers differently (3.6 gave the NCHW pooling gather 218 registers, 3.9 56).
+TRITON_GPU ?= triton==3.6.0
+TRITON_VENV := .venv-triton
+triton-check:
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet $(TORCH) $(TRITON_GPU) numpy==2.4.6 pytest==9.2.0
+	PYTHONPATH=$(CURDIR) $(TRITON_VENV)/bin/python benchmarks/triton_resources.py --check
 
 # CI as it runs after a session: .ci/run on a fresh clone of the committed HEAD. The clone (with
 # its ~2.5 GB .venv) is removed afterwards, whatever the outcome: clones left in /tmp once filled
