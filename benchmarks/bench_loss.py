@@ -23,11 +23,12 @@ Run: ``python benchmarks/bench_loss.py`` (``--quick`` for K=256 float32 only), o
 ``pytest benchmarks/bench_loss.py`` for the pytest-benchmark functions.
 
 ``--profile``: instead of the table, where one fused forward+backward step spends its time, per
-K and dtype: ``torch.profiler`` over a few steps (after a warm-up step), every CUDA kernel's
-device time and launches per step, their sum, and the step's wall time from CUDA events; the
-difference is time the GPU waited for the host (launch overhead, host-side work). On CUDA it
-also gives the host's time to issue one step (no synchronisation inside the step). On CPU the
-smoke shapes, with each operator's self CPU time instead of kernels.
+K, dtype and layout (NCHW features, then channels_last copies; ``--quick``: K=256 float32 NCHW):
+``torch.profiler`` over a few steps (after a warm-up step), every CUDA kernel's device time and
+launches per step, their sum, and the step's wall time from CUDA events; the difference is time
+the GPU waited for the host (launch overhead, host-side work). On CUDA it also gives the host's
+time to issue one step (no synchronisation inside the step). On CPU the smoke shapes, with each
+operator's self CPU time instead of kernels.
 
 The table's "DRAM bound" column is :func:`traffic_bound`: how close to the floor any step could
 come on the same inputs, counting the bytes it cannot avoid moving (both region maps read, every
@@ -349,8 +350,9 @@ PROFILE_STEPS = 5
 PROFILE_TOP = 12  # kernels listed per configuration; the rest are summed in one row
 
 
-def profile_step(config, dtype, k):
-    """(rows, kernel_ms, wall_ms): the fused step's time per kernel (CUDA) or per op (CPU).
+def profile_step(config, dtype, k, channels_last=False):
+    """(rows, kernel_ms, wall_ms, host_ms): the fused step's time per kernel (CUDA) or per op
+    (CPU), on NCHW features or on channels_last copies of them.
 
     rows are (name, calls per step, ms per step) sorted by time; kernel_ms their sum per step;
     wall_ms the step's median wall time (CUDA events around each profiled step on CUDA); host_ms
@@ -364,8 +366,8 @@ def profile_step(config, dtype, k):
     device = "cuda" if CUDA else "cpu"
     feat_q, feat_p, regions_q, regions_p = make_inputs(config["batch"], config["channels"], config["size"], k,
                                                        dtype, device)
-    feat_q.requires_grad_(True)
-    feat_p.requires_grad_(True)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    feat_q, feat_p = (f.to(memory_format=layout).requires_grad_(True) for f in (feat_q, feat_p))
     fn = step_fn("fused", feat_q, feat_p, regions_q, regions_p, k, config["num_samples"])
     fn()  # compile and warm up outside the profile
     walls = []
@@ -426,12 +428,14 @@ def profile_markdown(rows, kernel_ms, wall_ms, host_ms):
 
 
 def run_profile(config, quick=False):
-    for dtype in ((torch.float32,) if quick else config["dtypes"]):
-        for k in ((256,) if quick else config["ks"]):
-            rows, kernel_ms, wall_ms, host_ms = profile_step(config, dtype, k)
-            print(f"\n#### fused step, {str(dtype).replace('torch.', '')}, K={k} "
-                  f"(median of {PROFILE_STEPS} profiled steps)")
-            print(profile_markdown(rows, kernel_ms, wall_ms, host_ms), flush=True)
+    for channels_last in ((False,) if quick else (False, True)):
+        for dtype in ((torch.float32,) if quick else config["dtypes"]):
+            for k in ((256,) if quick else config["ks"]):
+                rows, kernel_ms, wall_ms, host_ms = profile_step(config, dtype, k, channels_last)
+                print(f"\n#### fused step, {str(dtype).replace('torch.', '')}, K={k}, "
+                      f"{'channels_last' if channels_last else 'NCHW'} features "
+                      f"(median of {PROFILE_STEPS} profiled steps)")
+                print(profile_markdown(rows, kernel_ms, wall_ms, host_ms), flush=True)
 
 
 def sweep_cells(label, shapes, run, problem_of, failures):

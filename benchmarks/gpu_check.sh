@@ -97,7 +97,7 @@ step bench_elastic 100 $PY benchmarks/bench_elastic.py
 step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
 # where the fused loss step spends its time (per kernel), and the launch shapes of the field and
 # of the loss's index, dense backward and InfoNCE (logs only)
-step bench_loss_profile 45 $PY benchmarks/bench_loss.py --profile
+step bench_loss_profile 75 $PY benchmarks/bench_loss.py --profile
 # the baseline's loss step (pure Python and Triton: no build needed), K=256 float32, same machine
 [ -f .baseline/benchmarks/bench_loss.py ] && step baseline_bench_loss_profile 30 \
   env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" $PY .baseline/benchmarks/bench_loss.py --profile --quick
