@@ -3,7 +3,9 @@
 Paths, all run in one process on the same inputs:
 
 * ``fused``     -- the Triton path (``backend='triton'``), on contiguous (NCHW) features and,
-  as ``fused, channels_last``, on the same features in channels_last;
+  as ``fused, channels_last``, on the same features in channels_last; for float32 features also
+  channels_last under ``torch.set_float32_matmul_precision('high')`` (tf32 logits, checked with
+  the tf32 tolerance);
 * ``reference`` -- the PyTorch reference (sampled gather, ``backend='reference'``);
 * ``one-hot``   -- a dense one-hot pooling baseline (DetCon style: a ``(B, K, H*W)`` mask, bmm,
   then the same InfoNCE), skipped where its mask would not fit in free GPU memory;
@@ -124,15 +126,37 @@ def step_fn(path, feat_q, feat_p, regions_q, regions_p, num_regions, num_samples
     return run
 
 
-def check_fused(feat_q, feat_p, regions_q, regions_p, num_regions, num_samples) -> str | None:
-    """Fused vs reference on the benchmark inputs (same seed); an error message or None."""
+HIGH = "float32 matmul 'high'"  # the paths run under torch.set_float32_matmul_precision('high')
+
+
+def with_matmul_precision(fn, setting):
+    """fn run under torch.set_float32_matmul_precision(setting) (restored afterwards)."""
+    def run():
+        saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(setting)
+        try:
+            return fn()
+        finally:
+            torch.set_float32_matmul_precision(saved)
+    return run
+
+
+def check_fused(feat_q, feat_p, regions_q, regions_p, num_regions, num_samples,
+                tf32=False) -> str | None:
+    """Fused vs reference on the benchmark inputs (same seed); an error message or None.
+
+    ``tf32``: the fused path runs under ``torch.set_float32_matmul_precision('high')`` (tf32
+    logits for float32 features), checked with the tolerance of tf32 logits."""
     results = {}
     for backend in ("reference", "triton"):
-        loss = region_contrast_loss(feat_q, feat_p, regions_q, regions_p, num_samples=num_samples,
-                                    num_regions=num_regions, generator=1234, backend=backend)
-        results[backend] = (loss.detach(), *torch.autograd.grad(loss, [feat_q, feat_p]))
+        def loss_and_grads():
+            loss = region_contrast_loss(feat_q, feat_p, regions_q, regions_p, num_samples=num_samples,
+                                        num_regions=num_regions, generator=1234, backend=backend)
+            return (loss.detach(), *torch.autograd.grad(loss, [feat_q, feat_p]))
+        results[backend] = (with_matmul_precision(loss_and_grads, "high")() if tf32 and backend == "triton"
+                            else loss_and_grads())
     dtype = feat_q.dtype
-    rtol = LOSS_RTOL[dtype] if CUDA else 1e-5
+    rtol = (LOSS_RTOL[torch.bfloat16 if tf32 else dtype]) if CUDA else 1e-5
     for name, fused, expected in zip(("loss", "grad_q", "grad_p"), results["triton"], results["reference"]):
         fused, expected = fused.float(), expected.float()
         scale = float(expected.abs().max())
@@ -299,14 +323,18 @@ def run(config, quick=False):
             cl_feats = [f.detach().to(memory_format=torch.channels_last).requires_grad_(True)
                         for f in (feat_q, feat_p)]
             cl_args = (*cl_feats, *args[2:])
+            # float32 features also with tf32 logits (a trainer's usual 'high' setting), channels_last
+            high = dtype == torch.float32
             if fused_ok:
-                problem = check_fused(*args) or check_fused(*cl_args)
+                problem = (check_fused(*args) or check_fused(*cl_args)
+                           or (high and check_fused(*cl_args, tf32=True)))
                 if problem:
                     failures.append(f"{dtype} K={k}: {problem}")
                     print(f"CHECK FAILED {dtype} K={k}: {problem}", flush=True)
                     continue
-            paths = (["floor", "fused", "fused, channels_last", "reference", "one-hot"] if fused_ok
-                     else ["floor", "reference", "one-hot"])
+            paths = (["floor", "fused", "fused, channels_last"]
+                     + ([f"fused, channels_last, {HIGH}"] if high else []) + ["reference", "one-hot"]
+                     if fused_ok else ["floor", "reference", "one-hot"])
             results = {}
             for path in paths:
                 skip = onehot_skip_reason(config["batch"], config["size"], k, dtype, config["channels"]) \
@@ -314,20 +342,24 @@ def run(config, quick=False):
                 if skip:
                     results[path] = (None, None, skip)
                     continue
-                fn = (step_fn("fused", *cl_args) if path == "fused, channels_last"
-                      else step_fn(path, *args))
+                if path.startswith("fused, channels_last"):
+                    fn = step_fn("fused", *cl_args)
+                    fn = with_matmul_precision(fn, "high") if path.endswith(HIGH) else fn
+                else:
+                    fn = step_fn(path, *args)
                 memory = peak_extra_bytes(fn)
                 rep = 200 if path == "one-hot" else 60
                 results[path] = (time_ms(fn, rep), memory, "")
                 torch.cuda.empty_cache() if CUDA else None
             floor_ms, floor_mem, _ = results["floor"]
             bound = traffic_bound(regions_q, regions_p, k, config["num_samples"], config["channels"], dtype)
-            bounds = {"fused": bound["NCHW"], "fused, channels_last": bound["channels_last"]}
+            bounds = {"fused": bound["NCHW"], "fused, channels_last": bound["channels_last"],
+                      f"fused, channels_last, {HIGH}": bound["channels_last"]}
             for path in paths:
                 ms, mem, note = results[path]
                 rows.append((str(dtype).replace("torch.", ""), k, path, ms, floor_ms, bounds.get(path),
                              mem, floor_mem, note))
-                print(f"{rows[-1][0]:>8} K={k:<5} {path:<20} "
+                print(f"{rows[-1][0]:>8} K={k:<5} {path:<45} "
                       + (f"{ms:9.3f} ms" if ms is not None else f"skipped ({note})"), flush=True)
             del feat_q, feat_p, regions_q, regions_p, args, cl_feats, cl_args
     return rows, failures

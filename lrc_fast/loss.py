@@ -160,6 +160,14 @@ def _zero_loss(feat_q, feat_p, reduction):
 # the fused path
 # ----------------------------------------------------------------------------------------------
 
+@torch.compiler.assume_constant_result
+def _float32_matmul_exact() -> bool:
+    """Whether float32 features get float32-accurate logits (tf32x3): unless torch has been
+    allowed to trade float32 matmul precision for speed (``torch.set_float32_matmul_precision``
+    'high' or 'medium'), then tf32. A compiled graph keeps the setting it was traced with."""
+    return torch.get_float32_matmul_precision() == "highest"
+
+
 def _loss_triton(feat_q, feat_p, regions_q, regions_p, *, num_regions, num_samples, temperature,
                  max_regions, subset, normalize, include_self, reduction, generator):
     """Fused Triton pipeline; draws random numbers exactly like the reference."""
@@ -171,7 +179,8 @@ def _loss_triton(feat_q, feat_p, regions_q, regions_p, *, num_regions, num_sampl
     sel, valid, slot_of = _ref.select_regions(index.counts[0], index.counts[-1], max_regions, subset,
                                               generator)  # (B, M)
     uniforms = _ref.draw_uniforms(2, batch, valid.shape[1], num_samples, generator, feat_q.device)
-    precision = "tf32x3" if feat_q.dtype == torch.float32 else "tf32"
+    exact = feat_q.dtype == torch.float32 and _float32_matmul_exact()
+    precision = "tf32x3" if exact else "tf32"
     # one autograd node: pooling (means q_k, p_k), InfoNCE per region, reduction
     return region_contrast_triton(feat_q, feat_p, index, valid, uniforms, sel, slot_of, temperature,
                                   normalize, include_self, precision, reduction)
@@ -211,7 +220,11 @@ def region_contrast_loss(feat_q: torch.Tensor, feat_p: torch.Tensor, regions_q: 
     feat_q, feat_p : torch.Tensor
         ``(B, D, H, W)`` float32, bfloat16 or float16 (float64 on the reference backend); same
         shape, dtype and device; contiguous, channels_last or any strides. Accumulation is
-        float32.
+        float32. On the Triton path the logits of float32 features are float32-accurate
+        (``tf32x3`` tensor-core products) unless ``torch.set_float32_matmul_precision`` is
+        'high' or 'medium', then ``tf32`` like 16-bit features (a third of the tensor-core
+        work, 10-bit mantissas). With many regions, channels_last features and 'high' are the
+        fast setting.
     regions_q : torch.Tensor
         ``(B, H, W)`` int64 or int32 region ids of the query view; negative ids are ignored.
     regions_p : torch.Tensor, optional

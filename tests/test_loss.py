@@ -325,6 +325,33 @@ def test_reduce_rows_backward_is_autograds(reduction):
     assert got.shape == rows.shape and torch.equal(got, expected)
 
 
+@interpreter
+@pytest.mark.parametrize("setting, dtype, expected", [
+    ("highest", torch.float32, "tf32x3"), ("high", torch.float32, "tf32"),
+    ("medium", torch.float32, "tf32"), ("highest", torch.bfloat16, "tf32")])
+def test_logit_precision_follows_torch_float32_matmul_setting(monkeypatch, setting, dtype, expected):
+    from lrc_fast.kernels import region_contrast
+
+    chosen = []
+    original = region_contrast.region_contrast_triton
+
+    def spy(*args):
+        chosen.append(args[10])
+        return original(*args)
+
+    monkeypatch.setattr(region_contrast, "region_contrast_triton", spy)
+    regions = blob_regions(1, 16, 20, 4, seed=71)
+    feat = features((1, 8, 16, 20), dtype, seed=72)
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(setting)
+    try:
+        region_contrast_loss(feat, feat.detach().flip(-1), regions, num_regions=4, generator=0,
+                             backend="triton")
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    assert chosen == [expected]
+
+
 def test_wide_offsets_only_where_an_image_reaches_2_31():
     def meta(shape, strides):
         return torch.empty_strided(shape, strides, device="meta")
