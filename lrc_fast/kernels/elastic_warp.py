@@ -3,7 +3,7 @@
 Field (:func:`field_from_uniform_triton`)
     The separable Gaussian with scipy's ``'reflect'`` boundary is a banded matrix per axis,
     ``K[i, m] = sum of w[d] over the taps d whose reflected index i + d is m``. The field is
-    ``alpha * K_H @ (2 u - 1) @ K_W^T`` per image and channel: two kernels, each a banded
+    ``(alpha K_H) @ (2 u - 1) @ K_W^T`` per image and channel: two kernels, each a banded
     matrix product on the tensor cores (``tl.dot``, by default in ``tf32x3``: about float32
     accuracy, see :data:`FIELD_DOT_PRECISION`), looping only over the ``2 r + tile`` band.
     A direct 1-D convolution would issue ``2 r + 1`` loads per output and pass (129 at
@@ -52,8 +52,8 @@ _WARP_BLOCK = 1024  # output pixels per program
 # (BM, BN, BK, num_warps) of the fused column pass + warp. BM and BK are the field's default, so
 # both kernels sum each output's products in the same order (same field bits); BN and the warps
 # are free. A program holds two accumulators (dy and dx) and then the warp's per-pixel state, so
-# narrow tiles: compiled for sm_90 (benchmarks/triton_resources.py), BN=32 at 8 warps and BN=16
-# at 4 need 192 and 188 registers and do not spill; BN=32 at 4 warps spills 80 bytes, BN=64 at
+# narrow tiles: compiled for sm_90 by Triton 3.6 (the GPU machines'), BN=32 at 8 warps and BN=16
+# at 4 need 197 and 217 registers and do not spill; BN=32 at 4 warps spills 72 bytes, BN=64 at
 # 8 warps 152. Timed by `bench_elastic.py --sweep`; the first is the default (not yet timed on a
 # GPU).
 _FIELD_BM, _, _FIELD_BK, _ = SMOOTH_BLOCK_CHOICES[0]
@@ -119,10 +119,21 @@ def _smooth_rows_kernel(u_ptr, kwt_ptr, t_ptr, H, W, radius, tiles_h, tiles_w,
 
 
 @triton.jit
+def _alpha_band_tile(kh_ptr, rows, ks, H, alpha):
+    # (BM, BK) tile of alpha * K_H. alpha scales the band before the product, not the product:
+    # then nothing multiplies the dot's result, and the pair kernel's coordinate `i + dy` cannot
+    # be contracted with a multiply into a fused multiply-add that the two-kernel path (which
+    # stores dy) would not make: both paths get the same bits.
+    kh = tl.load(kh_ptr + rows[:, None] * H + ks[None, :],
+                 mask=(rows[:, None] < H) & (ks[None, :] < H), other=0.0)
+    return kh * alpha
+
+
+@triton.jit
 def _smooth_cols_kernel(t_ptr, kh_ptr, f_ptr, alpha, H, W, radius, tiles_h, tiles_w,
                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         PRECISION: tl.constexpr):
-    # f[n] = alpha * K_H @ t[n] : smoothing along each column (the H axis)
+    # f[n] = (alpha K_H) @ t[n] : smoothing along each column (the H axis)
     pid = tl.program_id(0)
     n = pid // (tiles_h * tiles_w)
     tile = pid % (tiles_h * tiles_w)
@@ -136,13 +147,12 @@ def _smooth_cols_kernel(t_ptr, kh_ptr, f_ptr, alpha, H, W, radius, tiles_h, tile
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range((k_lo // BK) * BK, k_hi, BK):
         ks = k0 + tl.arange(0, BK)  # (BK,)
-        kh = tl.load(kh_ptr + rows[:, None] * H + ks[None, :],
-                     mask=(rows[:, None] < H) & (ks[None, :] < H), other=0.0)  # (BM, BK)
+        kh = _alpha_band_tile(kh_ptr, rows, ks, H, alpha)  # (BM, BK)
         t = tl.load(t_ptr + base + ks[:, None] * W + cols[None, :],
                     mask=(ks[:, None] < H) & (cols[None, :] < W), other=0.0)  # (BK, BN)
         acc = tl.dot(kh, t, acc, input_precision=PRECISION)
     out_mask = (rows[:, None] < H) & (cols[None, :] < W)
-    tl.store(f_ptr + base + rows[:, None] * W + cols[None, :], acc * alpha, mask=out_mask)
+    tl.store(f_ptr + base + rows[:, None] * W + cols[None, :], acc, mask=out_mask)
 
 
 def _check_blocks(blocks) -> tuple[int, int, int, int]:
@@ -380,7 +390,7 @@ def _smooth_cols_warp_kernel(t_ptr, kh_ptr, img_ptr, reg_ptr, out_img_ptr, out_r
                              C, H, W, radius, tiles_h, tiles_w, ignore_index,
                              PADDING: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                              BK: tl.constexpr, PRECISION: tl.constexpr):
-    # Both components of f[n] = alpha * K_H @ t[n] on one tile (the loop of _smooth_cols_kernel,
+    # Both components of f[n] = (alpha K_H) @ t[n] on one tile (the loop of _smooth_cols_kernel,
     # same order of products), then the warp of that tile's pixels by them.
     pid = tl.program_id(0)
     n = (pid // (tiles_h * tiles_w)).to(tl.int64)
@@ -397,8 +407,7 @@ def _smooth_cols_warp_kernel(t_ptr, kh_ptr, img_ptr, reg_ptr, out_img_ptr, out_r
     acc_x = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range((k_lo // BK) * BK, k_hi, BK):
         ks = k0 + tl.arange(0, BK)  # (BK,)
-        kh = tl.load(kh_ptr + rows[:, None] * H + ks[None, :],
-                     mask=(rows[:, None] < H) & (ks[None, :] < H), other=0.0)  # (BM, BK)
+        kh = _alpha_band_tile(kh_ptr, rows, ks, H, alpha)  # (BM, BK)
         t_mask = (ks[:, None] < H) & (cols[None, :] < W)
         t_offs = ks[:, None] * W + cols[None, :]
         t_y = tl.load(t_ptr + base_y + t_offs, mask=t_mask, other=0.0)  # (BK, BN)
@@ -409,7 +418,7 @@ def _smooth_cols_warp_kernel(t_ptr, kh_ptr, img_ptr, reg_ptr, out_img_ptr, out_r
     i = tl.broadcast_to(rows[:, None], (BM, BN))
     j = tl.broadcast_to(cols[None, :], (BM, BN))
     _warp_pixels(img_ptr, reg_ptr, out_img_ptr, out_reg_ptr, n, C, H, W, i, j, live,
-                 acc_y * alpha, acc_x * alpha, ignore_index, PADDING)
+                 acc_y, acc_x, ignore_index, PADDING)
 
 
 @triton.jit
