@@ -91,22 +91,33 @@ def gaussian_band_matrix(n: int, sigma: float, truncate: float, device: torch.de
 
 
 @triton.jit
+def _tile_origin(pid, tiles_h, tiles_w, BM: tl.constexpr, BN: tl.constexpr):
+    # program pid of a smoothing pass -> (plane, first output row, first output column)
+    tile = pid % (tiles_h * tiles_w)
+    return pid // (tiles_h * tiles_w), (tile // tiles_w) * BM, (tile % tiles_w) * BN
+
+
+@triton.jit
+def _band(first, size: tl.constexpr, n, radius, BK: tl.constexpr):
+    # [start, end) of the inputs along an axis of length n that feed outputs first .. first +
+    # size - 1 (a Gaussian of this radius), start rounded down to a chunk of BK: every kernel
+    # summing along the axis loops over the same chunks, so it sums the products in one order
+    lo = tl.maximum(first - radius, 0)
+    return (lo // BK) * BK, tl.minimum(tl.minimum(first + size, n) + radius, n)
+
+
+@triton.jit
 def _smooth_rows_kernel(u_ptr, kwt_ptr, t_ptr, H, W, radius, tiles_h, tiles_w,
                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         PRECISION: tl.constexpr):
     # t[n] = (2 u[n] - 1) @ K_W^T : smoothing along each row (the W axis)
-    pid = tl.program_id(0)
-    n = pid // (tiles_h * tiles_w)
-    tile = pid % (tiles_h * tiles_w)
-    row0 = (tile // tiles_w) * BM
-    col0 = (tile % tiles_w) * BN
+    n, row0, col0 = _tile_origin(tl.program_id(0), tiles_h, tiles_w, BM, BN)
     rows = row0 + tl.arange(0, BM)  # (BM,)
     cols = col0 + tl.arange(0, BN)  # (BN,)
     base = n.to(tl.int64) * H * W
-    k_lo = tl.maximum(col0 - radius, 0)  # band of input columns feeding these outputs
-    k_hi = tl.minimum(tl.minimum(col0 + BN, W) + radius, W)
+    k_start, k_end = _band(col0, BN, W, radius, BK)  # input columns feeding these outputs
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range((k_lo // BK) * BK, k_hi, BK):
+    for k0 in range(k_start, k_end, BK):
         ks = k0 + tl.arange(0, BK)  # (BK,)
         a_mask = (rows[:, None] < H) & (ks[None, :] < W)
         u = tl.load(u_ptr + base + rows[:, None] * W + ks[None, :], mask=a_mask, other=0.5)
@@ -134,18 +145,13 @@ def _smooth_cols_kernel(t_ptr, kh_ptr, f_ptr, alpha, H, W, radius, tiles_h, tile
                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         PRECISION: tl.constexpr):
     # f[n] = (alpha K_H) @ t[n] : smoothing along each column (the H axis)
-    pid = tl.program_id(0)
-    n = pid // (tiles_h * tiles_w)
-    tile = pid % (tiles_h * tiles_w)
-    row0 = (tile // tiles_w) * BM
-    col0 = (tile % tiles_w) * BN
+    n, row0, col0 = _tile_origin(tl.program_id(0), tiles_h, tiles_w, BM, BN)
     rows = row0 + tl.arange(0, BM)  # (BM,)
     cols = col0 + tl.arange(0, BN)  # (BN,)
     base = n.to(tl.int64) * H * W
-    k_lo = tl.maximum(row0 - radius, 0)  # band of input rows feeding these outputs
-    k_hi = tl.minimum(tl.minimum(row0 + BM, H) + radius, H)
+    k_start, k_end = _band(row0, BM, H, radius, BK)  # input rows feeding these outputs
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range((k_lo // BK) * BK, k_hi, BK):
+    for k0 in range(k_start, k_end, BK):
         ks = k0 + tl.arange(0, BK)  # (BK,)
         kh = _alpha_band_tile(kh_ptr, rows, ks, H, alpha)  # (BM, BK)
         t = tl.load(t_ptr + base + ks[:, None] * W + cols[None, :],
@@ -392,20 +398,16 @@ def _smooth_cols_warp_kernel(t_ptr, kh_ptr, img_ptr, reg_ptr, out_img_ptr, out_r
                              BK: tl.constexpr, PRECISION: tl.constexpr):
     # Both components of f[n] = (alpha K_H) @ t[n] on one tile (the loop of _smooth_cols_kernel,
     # same order of products), then the warp of that tile's pixels by them.
-    pid = tl.program_id(0)
-    n = (pid // (tiles_h * tiles_w)).to(tl.int64)
-    tile = pid % (tiles_h * tiles_w)
-    row0 = (tile // tiles_w) * BM
-    col0 = (tile % tiles_w) * BN
+    n, row0, col0 = _tile_origin(tl.program_id(0), tiles_h, tiles_w, BM, BN)
+    n = n.to(tl.int64)
     rows = row0 + tl.arange(0, BM)  # (BM,)
     cols = col0 + tl.arange(0, BN)  # (BN,)
     base_y = n * 2 * H * W  # t[n, 0]: rows smoothed of the y component
     base_x = base_y + H * W  # t[n, 1]
-    k_lo = tl.maximum(row0 - radius, 0)
-    k_hi = tl.minimum(tl.minimum(row0 + BM, H) + radius, H)
+    k_start, k_end = _band(row0, BM, H, radius, BK)
     acc_y = tl.zeros((BM, BN), dtype=tl.float32)
     acc_x = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range((k_lo // BK) * BK, k_hi, BK):
+    for k0 in range(k_start, k_end, BK):
         ks = k0 + tl.arange(0, BK)  # (BK,)
         kh = _alpha_band_tile(kh_ptr, rows, ks, H, alpha)  # (BM, BK)
         t_mask = (ks[:, None] < H) & (cols[None, :] < W)
