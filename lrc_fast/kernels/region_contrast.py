@@ -14,7 +14,7 @@ import torch
 
 from ..reference.region_loss import reduce_rows, reduce_rows_backward
 from .region_infonce import infonce_backward_pass, infonce_forward_pass
-from .region_pool import RegionIndex, pool_backward_pass, pool_forward_pass
+from .region_pool import RegionIndex, pool_backward_pass, pool_forward_pass, pool_inputs
 
 
 class RegionContrastFunction(torch.autograd.Function):
@@ -62,9 +62,6 @@ def region_contrast_triton(feat_q: torch.Tensor, feat_p: torch.Tensor, index: Re
     torch.Tensor
         A float32 scalar, or ``(B,)`` for ``reduction='none'``.
     """
-    regions, regions_p = index.maps
     options = (float(temperature), bool(normalize), bool(include_self), precision, None)
-    return RegionContrastFunction.apply(
-        feat_q, feat_p, regions, regions_p, index.pixels, index.cum, index.local, index.counts,
-        None if ids is None else ids.contiguous(), valid.contiguous(), uniforms.contiguous(),
-        None if slot_of is None else slot_of.contiguous(), index.tile, options, reduction)
+    return RegionContrastFunction.apply(feat_q, feat_p, *pool_inputs(index, valid, uniforms, ids, slot_of),
+                                        options, reduction)

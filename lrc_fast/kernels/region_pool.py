@@ -603,8 +603,15 @@ def region_pool(feats: tuple[torch.Tensor, ...], index: RegionIndex, valid: torc
     if feat_p is not None and (feat_p.shape != feats[0].shape or feat_p.dtype != feats[0].dtype):
         raise ValueError(f"the two views' features must have one shape and dtype, got "
                          f"{tuple(feats[0].shape)} {feats[0].dtype} and {tuple(feat_p.shape)} {feat_p.dtype}.")
+    return RegionPoolFunction.apply(feats[0], feat_p, *pool_inputs(index, valid, uniforms, ids, slot_of))
+
+
+def pool_inputs(index: RegionIndex, valid: torch.Tensor, uniforms: torch.Tensor,
+                ids: torch.Tensor | None, slot_of: torch.Tensor | None) -> tuple:
+    """What an autograd.Function running the pooling takes after the two views' features:
+    ``(regions, regions_p, pixels, cum, local, counts, ids, valid, uniforms, slot_of, tile)``,
+    the tensors contiguous (see :class:`RegionPoolFunction`)."""
     regions, regions_p = index.maps
-    return RegionPoolFunction.apply(
-        feats[0], feat_p, regions, regions_p, index.pixels, index.cum, index.local, index.counts,
-        None if ids is None else ids.contiguous(), valid.contiguous(), uniforms.contiguous(),
-        None if slot_of is None else slot_of.contiguous(), index.tile)
+    return (regions, regions_p, index.pixels, index.cum, index.local, index.counts,
+            None if ids is None else ids.contiguous(), valid.contiguous(), uniforms.contiguous(),
+            None if slot_of is None else slot_of.contiguous(), index.tile)
