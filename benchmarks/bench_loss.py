@@ -207,7 +207,8 @@ def traffic_bound(regions_q, regions_p, num_regions, num_samples, channels, dtyp
     the reference samples, from ``seed``) and write both dense gradients; the floor only writes
     the gradients. If the step moved its bytes at the zero fill's bandwidth it would take
     ``1 + (maps + sampled sectors) / gradients`` times the floor: no kernel design does better.
-    Returns ``{'NCHW': ratio, 'channels_last': ratio, 'sampled MB': {...}}``.
+    Returns ``{'NCHW': ratio, 'channels_last': ratio, 'sampled MB': {layout: MB}, 'maps MB': MB,
+    'gradients MB': MB}``.
     """
     batch, height, width = regions_q.shape
     plane = height * width
@@ -224,7 +225,7 @@ def traffic_bound(regions_q, regions_p, num_regions, num_samples, channels, dtyp
         read = sum(feature_sectors(idx, plane, channels, element_size, last) for idx in samples) * SECTOR_BYTES
         sampled[layout] = read / 1e6
         result[layout] = 1.0 + (maps + read) / gradients
-    result["sampled MB"] = sampled
+    result.update({"sampled MB": sampled, "maps MB": maps / 1e6, "gradients MB": gradients / 1e6})
     return result
 
 
@@ -259,11 +260,9 @@ def print_bounds(config, device):
                 _, _, regions_q, regions_p = make_inputs(config["batch"], 1, config["size"], k, dtype, device)
                 label = str(k)
             bound = traffic_bound(regions_q, regions_p, k, config["num_samples"], config["channels"], dtype)
-            element_size = torch.tensor([], dtype=dtype).element_size()
-            maps = (regions_q.numel() + regions_p.numel()) * regions_q.element_size() / 1e6
-            gradients = 2 * config["batch"] * config["channels"] * config["size"] ** 2 * element_size / 1e6
             sampled = bound["sampled MB"]
-            print(f"| {str(dtype).replace('torch.', '')} | {label} | {maps:.0f} | {gradients:.0f} "
+            print(f"| {str(dtype).replace('torch.', '')} | {label} | {bound['maps MB']:.0f} "
+                  f"| {bound['gradients MB']:.0f} "
                   f"| {sampled['NCHW']:.0f} | {bound['NCHW']:.2f} "
                   f"| {sampled['channels_last']:.0f} | {bound['channels_last']:.2f} |", flush=True)
 
