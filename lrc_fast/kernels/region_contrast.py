@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.region_loss import reduce_rows, reduce_rows_backward
+from ..reference.region_loss import reduce_rows, reduce_rows_backward, valid_count
 from .region_infonce import infonce_backward_pass, infonce_forward_pass
 from .region_pool import RegionIndex, pool_backward_pass, pool_forward_pass, pool_inputs
 
@@ -26,14 +26,15 @@ class RegionContrastFunction(torch.autograd.Function):
         means, idx, hits = pool_forward_pass(ctx, feat_q, feat_p, pixels, cum, local, counts, ids,
                                              valid, uniforms, tile)  # (2, B, M, D), _, (2, B, HW)
         rows, lse = infonce_forward_pass(means, valid, infonce_options)  # (B, M) each
-        ctx.save_for_backward(hits, regions, regions_p, slot_of, means, valid, lse)
+        count = valid_count(valid) if reduction == "mean" else None  # () once, for both passes
+        ctx.save_for_backward(hits, regions, regions_p, slot_of, means, valid, lse, count)
         ctx.infonce_options, ctx.reduction = infonce_options, reduction
-        return reduce_rows(rows, valid, reduction)
+        return reduce_rows(rows, valid, reduction, count)
 
     @staticmethod
     def backward(ctx, grad):
-        hits, regions, regions_p, slot_of, means, valid, lse = ctx.saved_tensors
-        grad_rows = reduce_rows_backward(grad, valid, ctx.reduction)  # (B, M)
+        hits, regions, regions_p, slot_of, means, valid, lse, count = ctx.saved_tensors
+        grad_rows = reduce_rows_backward(grad, valid, ctx.reduction, count)  # (B, M), expanded
         d_means = infonce_backward_pass(grad_rows, means, valid, lse, ctx.infonce_options)
         grads = pool_backward_pass(ctx, d_means, hits, regions, regions_p, slot_of)
         return (*grads, *([None] * 13))

@@ -110,7 +110,7 @@ def _infonce_fwd_kernel(mq_ptr, mp_ptr, valid_ptr, rows_ptr, lse_ptr, M, D, inv_
 
 
 @triton.jit
-def _infonce_bwd_kernel(mq_ptr, mp_ptr, valid_ptr, lse_ptr, grad_ptr, dmq_ptr, dmp_ptr,
+def _infonce_bwd_kernel(mq_ptr, mp_ptr, valid_ptr, lse_ptr, grad_ptr, s_gb, s_gm, dmq_ptr, dmp_ptr,
                         M, D, inv_tau,
                         NORMALIZE: tl.constexpr, INCLUDE_SELF: tl.constexpr,
                         PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -119,7 +119,7 @@ def _infonce_bwd_kernel(mq_ptr, mp_ptr, valid_ptr, lse_ptr, grad_ptr, dmq_ptr, d
     in_t = t < M
     valid_t = tl.load(valid_ptr + b * M + t, mask=in_t, other=0) != 0
     lse_t = tl.load(lse_ptr + b * M + t, mask=in_t, other=0.0)
-    g_t = tl.where(valid_t, tl.load(grad_ptr + b * M + t, mask=in_t, other=0.0), 0.0)
+    g_t = tl.where(valid_t, tl.load(grad_ptr + b * s_gb + t * s_gm, mask=in_t, other=0.0), 0.0)
     q_t = _load_rows(mq_ptr, b, t, M, D, NORMALIZE, BLOCK_D)  # (BLOCK, BLOCK_D)
     p_t = _load_rows(mp_ptr, b, t, M, D, NORMALIZE, BLOCK_D)
     acc_q = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
@@ -129,7 +129,7 @@ def _infonce_bwd_kernel(mq_ptr, mp_ptr, valid_ptr, lse_ptr, grad_ptr, dmq_ptr, d
         in_u = u < M
         valid_u = tl.load(valid_ptr + b * M + u, mask=in_u, other=0) != 0
         lse_u = tl.load(lse_ptr + b * M + u, mask=in_u, other=0.0)
-        g_u = tl.where(valid_u, tl.load(grad_ptr + b * M + u, mask=in_u, other=0.0), 0.0)
+        g_u = tl.where(valid_u, tl.load(grad_ptr + b * s_gb + u * s_gm, mask=in_u, other=0.0), 0.0)
         q_u = _load_rows(mq_ptr, b, u, M, D, NORMALIZE, BLOCK_D)
         p_u = _load_rows(mp_ptr, b, u, M, D, NORMALIZE, BLOCK_D)
         keep_a = valid_t[:, None] & valid_u[None, :]  # (BLOCK, BLOCK)
@@ -209,7 +209,8 @@ def _infonce_backward(grad_rows, means, valid, lse, temperature, normalize, incl
         return d_means
     block, block_d, warps, stages = _launch(regions, channels, blocks)
     _infonce_bwd_kernel[(cdiv(regions, block), batch)](
-        means_q, means_p, valid, lse, grad_rows, d_q, d_p, regions, channels, 1.0 / temperature,
+        means_q, means_p, valid, lse, grad_rows, *grad_rows.stride(), d_q, d_p, regions, channels,
+        1.0 / temperature,
         NORMALIZE=normalize, INCLUDE_SELF=include_self,
         PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
         num_warps=warps, num_stages=stages)
@@ -250,9 +251,12 @@ def infonce_forward_pass(means, valid, options) -> tuple[torch.Tensor, torch.Ten
 
 
 def infonce_backward_pass(grad_rows, means, valid, lse, options) -> torch.Tensor:
-    """``d_means (2, B, M, D)`` from ``grad_rows (B, M)`` and what the forward returned."""
+    """``d_means (2, B, M, D)`` from ``grad_rows (B, M)`` and what the forward returned.
+
+    ``grad_rows`` may have any strides: the kernel reads the expanded view a reduction's
+    gradient is (stride 0) in place, without materialising it."""
     backward = _infonce_backward_op if torch.compiler.is_compiling() else _infonce_backward
-    return backward(grad_rows.float().contiguous(), means, valid, lse, *options)
+    return backward(grad_rows.float(), means, valid, lse, *options)
 
 
 class RegionInfoNCEFunction(torch.autograd.Function):

@@ -206,7 +206,7 @@ class RegionIndex(NamedTuple):
     pixels: torch.Tensor  # (V, B, H*W) int32: each tile's pixels, stably sorted by region id
     cum: torch.Tensor  # (V, B, T, K) int32: pixels of id k in tiles 0..t
     local: torch.Tensor  # (V, B, T, K) int32: start of id k's run in tile t (where t has id k)
-    counts: torch.Tensor  # (V, B, K) int32: pixels of id k in the image
+    counts: torch.Tensor  # (V, B, K) int32: pixels of id k in the image (a view of cum[:, :, -1])
     tile: int
     maps: tuple  # (regions, regions_p or None): the maps indexed, the second in the first's dtype
 
@@ -230,13 +230,14 @@ def _region_index(regions: torch.Tensor, regions_p: torch.Tensor | None, num_reg
         pixels, hist, local, n_tiles, LOG=tile.bit_length() - 1, FLAT=_flat_pixels(regions, other),
         NETWORK=network, num_warps=max(1, min(4, tile // 256)))
     cum = hist.cumsum_(2)  # (V, B, T, K), in place: prefix over the tiles
-    return pixels, cum, local, cum[:, :, -1].clone(memory_format=torch.contiguous_format)  # no alias
+    return pixels, cum, local, cum[:, :, -1]  # counts: a view of the last tile's prefix
 
 
 @torch.library.custom_op("lrc_fast::region_index", mutates_args=())
 def _region_index_op(regions: torch.Tensor, regions_p: torch.Tensor | None, num_regions: int,
                      tile: int, network: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _region_index(regions, regions_p, num_regions, tile, network)
+    pixels, cum, local, counts = _region_index(regions, regions_p, num_regions, tile, network)
+    return pixels, cum, local, counts.clone()  # a custom op's outputs may not alias each other
 
 
 @_region_index_op.register_fake
@@ -320,8 +321,8 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
 
 @triton.jit
 def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s_bw, W, HW, D,
-                     pixels_ptr, cum_ptr, local_ptr, counts_ptr, index_views, ids_ptr, valid_ptr,
-                     u_ptr, means_ptr, idx_ptr, hits_ptr, B, M, N, K, n_tiles, tile, steps,
+                     pixels_ptr, cum_ptr, local_ptr, counts_ptr, s_cv, s_cb, s_ck, index_views, ids_ptr,
+                     valid_ptr, u_ptr, means_ptr, idx_ptr, hits_ptr, B, M, N, K, n_tiles, tile, steps,
                      FLAT: tl.constexpr, WIDE: tl.constexpr, COUNT_HITS: tl.constexpr,
                      IDENTITY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     m = tl.program_id(0)
@@ -331,14 +332,15 @@ def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s
         feat, s_fd, s_fh, s_fw = feat_a + b.to(tl.int64) * s_ab, s_ad, s_ah, s_aw
     else:
         feat, s_fd, s_fh, s_fw = feat_b + b.to(tl.int64) * s_bb, s_bd, s_bh, s_bw
-    image = tl.minimum(v, index_views - 1).to(tl.int64) * B + b  # this view's map in the index
+    iv = tl.minimum(v, index_views - 1).to(tl.int64)  # this view's map in the index
+    image = iv * B + b
     vbm = (v.to(tl.int64) * B + b) * M + m  # row of the (V, B, M, ...) outputs
     bm = b.to(tl.int64) * M + m
     if IDENTITY:
         rid = m.to(tl.int64)
     else:
         rid = tl.load(ids_ptr + bm).to(tl.int64)
-    count = tl.load(counts_ptr + image * K + rid)
+    count = tl.load(counts_ptr + iv * s_cv + b * s_cb + rid * s_ck)  # counts: any strides
     n_take = N * (tl.load(valid_ptr + bm) != 0).to(tl.int32)  # 0 for invalid regions
     cum_col = cum_ptr + image * n_tiles * K + rid  # cum[iv, b, :, rid], stride K
     local_col = local_ptr + image * n_tiles * K + rid
@@ -387,7 +389,8 @@ def _pool_forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms
     block_n = max(16, min(next_power_of_2(num_samples), _POOL_TILE // block_d))
     _pool_fwd_kernel[(regions, batch, views)](
         feat, *feat.stride(), other, *other.stride(), width, height * width, channels,
-        pixels, cum, local, counts, index_views, counts if ids is None else ids, valid, uniforms,
+        pixels, cum, local, counts, *counts.stride(), index_views, counts if ids is None else ids, valid,
+        uniforms,
         means, idx, hits, batch, regions, num_samples, num_regions, n_tiles, tile,
         (n_tiles - 1).bit_length(),
         FLAT=_flat_pixels(feat, other), WIDE=_wide_offsets(feat, other), COUNT_HITS=count_hits,

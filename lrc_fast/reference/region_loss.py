@@ -90,7 +90,7 @@ def select_regions(counts_q: torch.Tensor, counts_p: torch.Tensor, max_regions: 
         ``(B, K)`` int32 position of each id in ``sel`` (-1 when dropped); None with ``sel``.
     """
     batch, num_regions = counts_q.shape
-    present = (counts_q > 0) & (counts_p > 0)  # (B, K)
+    present = torch.minimum(counts_q, counts_p) > 0  # (B, K): counts are >= 0
     if max_regions is None or max_regions >= num_regions:
         return None, present, None
     ids = torch.arange(num_regions, device=counts_q.device)  # (K,)
@@ -222,27 +222,38 @@ def region_infonce(means_q: torch.Tensor, means_p: torch.Tensor, valid: torch.Te
     return torch.where(valid, lse - positive, 0)
 
 
-def reduce_rows(rows: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
-    """``'none'``: per-image sums ``(B,)``; ``'sum'``: their total; ``'mean'``: total / max(#valid, 1)."""
+def valid_count(valid: torch.Tensor) -> torch.Tensor:
+    """The ``'mean'`` reduction's denominator: ``max(#valid, 1)``, a 0-d int64 tensor."""
+    return valid.sum().clamp_min(1)
+
+
+def reduce_rows(rows: torch.Tensor, valid: torch.Tensor, reduction: str,
+                count: torch.Tensor | None = None) -> torch.Tensor:
+    """``'none'``: per-image sums ``(B,)``; ``'sum'``: their total; ``'mean'``: total / max(#valid, 1).
+
+    ``count`` is :func:`valid_count` of ``valid`` when the caller already has it (``'mean'`` only).
+    """
     per_image = rows.sum(1)  # (B,)
     if reduction == "none":
         return per_image
     if reduction == "sum":
         return per_image.sum()
-    return per_image.sum() / valid.sum().clamp_min(1)
+    return per_image.sum() / (valid_count(valid) if count is None else count)
 
 
-def reduce_rows_backward(grad: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce_rows_backward(grad: torch.Tensor, valid: torch.Tensor, reduction: str,
+                         count: torch.Tensor | None = None) -> torch.Tensor:
     """The gradient of :func:`reduce_rows` with respect to ``rows``, as autograd computes it.
 
     ``grad`` is the gradient of its output (``(B,)`` for ``'none'``, a scalar otherwise); returns
-    a ``(B, M)`` view (expanded, not materialised) of every row's gradient.
+    a ``(B, M)`` view (expanded, not materialised) of every row's gradient. ``count`` as in
+    :func:`reduce_rows`.
     """
     batch, regions = valid.shape
     if reduction == "none":
         return grad[:, None].expand(batch, regions)
     if reduction == "mean":
-        grad = grad / valid.sum().clamp_min(1)
+        grad = grad / (valid_count(valid) if count is None else count)
     return grad.expand(batch, regions)
 
 
