@@ -233,12 +233,12 @@ def reduce_rows(rows: torch.Tensor, valid: torch.Tensor, reduction: str,
 
     ``count`` is :func:`valid_count` of ``valid`` when the caller already has it (``'mean'`` only).
     """
-    per_image = rows.sum(1)  # (B,)
     if reduction == "none":
-        return per_image
+        return rows.sum(1)  # (B,)
+    total = rows.sum()  # one reduction over (B, M)
     if reduction == "sum":
-        return per_image.sum()
-    return per_image.sum() / (valid_count(valid) if count is None else count)
+        return total
+    return total / (valid_count(valid) if count is None else count)
 
 
 def reduce_rows_backward(grad: torch.Tensor, valid: torch.Tensor, reduction: str,
