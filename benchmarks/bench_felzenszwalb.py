@@ -45,7 +45,11 @@ SIZE = 512
 # simulator against the H100"): fitted at commit 3f723fc, within 5% at 1, 2 and 4 CTAs per slice.
 US_PER_STRICT_OP = 0.359
 US_PER_CLUSTER_BARRIER = 2.34
-LAUNCHES = {16: [(1, 1024), (2, 1024), (4, 1024), (4, 512), (8, 1024), (8, 512)], 256: [(1, 512), (1, 1024), (2, 1024)]}
+# (6, 1024) and (7, 1024): 16 clusters of 8 did not all run at once on the H100 (the batch took a
+# second wave, RESULTS.md); clusters of 6 or 7 may, and the simulator's H100 fit puts them 9-13%
+# under 4 x 1024 per slice. `cluster_waves` prints how many slices each shape runs at once.
+LAUNCHES = {16: [(1, 1024), (2, 1024), (4, 1024), (4, 512), (6, 1024), (7, 1024), (8, 1024), (8, 512)],
+            256: [(1, 512), (1, 1024), (2, 1024)]}
 ONE_WINDOW = 2**31 - 1  # the whole sorted list at once: every pending edge offered each round
 WINDOWS = (512, _WINDOW, 8192, ONE_WINDOW)
 
@@ -207,6 +211,14 @@ def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
     return rows, ok
 
 
+def cluster_waves() -> list[tuple[int, int, int]]:
+    """(CTAs per slice, threads per CTA, slices the CUDA device runs at once) for each shape the
+    kernel takes: a batch of more slices than that runs in waves (clusters must fit in a GPC)."""
+    ext = lrc_fast._ext.require_extension()
+    return [(cluster, threads, ext.felzenszwalb_cuda_max_active_teams(cluster, threads))
+            for threads in (1024, 512) for cluster in range(1, 9)]
+
+
 def phase_rows() -> list[tuple[str, tuple[int, int], float, np.ndarray, np.ndarray]]:
     """GPU time per kernel phase at B=16 (felzenszwalb_cuda_timed), labels checked first.
 
@@ -311,6 +323,13 @@ def main() -> int:
     cpu = [] if args.skip_cpu else cpu_rows(args.quick)
     gpu, ok = cuda_rows(args.quick) if torch.cuda.is_available() else ([], True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    if torch.cuda.is_available():
+        waves = cluster_waves()
+        print(f"\n### Slices the kernel runs at once on {device} (cudaOccupancyMaxActiveClusters)")
+        print("| threads per CTA | " + " | ".join(f"{c} CTA{'s' if c > 1 else ''}" for c in range(1, 9)) + " |")
+        print("|---|" + "---|" * 8)
+        for threads in (1024, 512):
+            print(f"| {threads} | " + " | ".join(str(n) for _, t, n in waves if t == threads) + " |")
     print(f"\n### felzenszwalb, {SIZE}x{SIZE} windowed CT slices (scale 1, sigma 0.8, min_size 20); {device}; "
           f"{os.cpu_count()} CPU cores")
     print("| path | batch | ms / batch | slices / s |\n|---|---|---|---|")

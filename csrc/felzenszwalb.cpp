@@ -103,6 +103,22 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszw
   return run_cuda(image, weights, k, min_size, cluster, threads, window, extend, true, "felzenszwalb_cuda_timed");
 }
 
+// The most slices (teams of `cluster` CTAs of `threads` threads) the current CUDA device runs at
+// once: a larger batch runs in more than one wave. For the benchmarks' choice of launch.
+int64_t felzenszwalb_cuda_max_active_teams(int64_t cluster, int64_t threads) {
+  check_launch("felzenszwalb_cuda_max_active_teams", cluster, threads, 1);
+#ifdef WITH_CUDA
+  int32_t count = 0;
+  const cudaError_t err =
+      fh_cuda_max_active_teams(static_cast<int32_t>(cluster), static_cast<int32_t>(threads), &count);
+  TORCH_CHECK(err == cudaSuccess, "felzenszwalb_cuda_max_active_teams: ", cudaGetErrorString(err),
+              " (cluster=", cluster, ", threads=", threads, ")");
+  return count;
+#else
+  TORCH_CHECK(false, "lrc_fast._C was built without CUDA; rebuild with a CUDA torch and toolkit (or FORCE_CUDA=1)");
+#endif
+}
+
 // The CUDA kernel's own code run on the CPU by the SIMT simulator (csrc/simt): same contract
 // as felzenszwalb_cuda on CPU tensors, plus the simulator's seed (0: threads in order). Also
 // returns profile (B, 5 + 2 P) int64: the kernel's critical-path operations, cluster barriers, CTA
@@ -162,6 +178,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "felzenszwalb_cuda plus the GPU nanoseconds of each kernel phase per slice", py::arg("image"),
         py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("cluster"), py::arg("threads"),
         py::arg("window"), py::arg("extend"));
+  m.def("felzenszwalb_cuda_max_active_teams", &lrc::felzenszwalb_cuda_max_active_teams,
+        "How many slices of this launch shape the current CUDA device runs at once", py::arg("cluster"),
+        py::arg("threads"));
   m.def("felzenszwalb_simt", &lrc::felzenszwalb_simt, "The CUDA Felzenszwalb kernel run by the CPU SIMT simulator",
         py::arg("image"), py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("cluster"),
         py::arg("threads"), py::arg("window"), py::arg("extend"), py::arg("seed"));

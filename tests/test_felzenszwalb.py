@@ -363,7 +363,8 @@ def test_cuda_equals_cpu(case):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("launch", [(1, 256), (1, 512), (1, 1024), (2, 1024), (4, 512), (8, 1024), (8, 256)])
+@pytest.mark.parametrize("launch", [(1, 256), (1, 512), (1, 1024), (2, 1024), (3, 512), (4, 512), (6, 1024),
+                                    (7, 1024), (8, 1024), (8, 256)])
 def test_cuda_launch_configurations_agree(launch):
     batch = np.stack([window_hu(phantom_slice(256, 320, seed=s)) for s in range(3)]).astype(np.float64)
     _cuda_vs_cpu(batch, launch=launch)
@@ -437,6 +438,28 @@ def test_cuda_parameters_and_dtypes():
     u8 = (batch * 255).astype(np.uint8)
     out = lrc_fast.felzenszwalb(torch.from_numpy(u8).cuda())
     np.testing.assert_array_equal(out.cpu().numpy(), lrc_fast.felzenszwalb(u8))
+
+
+def test_max_active_teams_checks_the_launch_shape():
+    ext = lrc_fast._ext.require_extension()
+    with pytest.raises(RuntimeError, match=r"need 1 <= cluster <= 8 .* got cluster=9"):
+        ext.felzenszwalb_cuda_max_active_teams(9, 1024)
+    with pytest.raises(RuntimeError, match="threads=100"):
+        ext.felzenszwalb_cuda_max_active_teams(1, 100)
+    if not ext.with_cuda():
+        with pytest.raises(RuntimeError, match="built without CUDA"):
+            ext.felzenszwalb_cuda_max_active_teams(4, 1024)
+
+
+@pytest.mark.gpu
+def test_cuda_max_active_teams():
+    """Slices of each launch shape the GPU runs at once: at least one, at most what its SMs hold."""
+    ext = lrc_fast._ext.require_extension()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for threads in (256, 512, 1024):
+        for cluster in range(1, 9):
+            teams = ext.felzenszwalb_cuda_max_active_teams(cluster, threads)
+            assert 1 <= teams and teams * cluster <= sms * (2048 // threads), (cluster, threads, teams)
 
 
 @pytest.mark.gpu

@@ -70,7 +70,8 @@ def test_kernel_random_shapes(ext, shape, sigma):
 
 
 @pytest.mark.parametrize("launch,seed", [((1, 256), 0), ((1, 1024), 3), ((2, 256), 0), ((2, 512), 5),
-                                         ((4, 256), 7), ((8, 256), 0), ((8, 256), 9)])
+                                         ((4, 256), 7), ((6, 256), 4), ((7, 256), 2), ((8, 256), 0),
+                                         ((8, 256), 9)])
 def test_kernel_launch_shapes_and_interleavings(ext, launch, seed):
     """Clusters run their CTAs on concurrent OS threads; seeds shuffle the threads of each CTA."""
     stats = _check_kernel(_phantoms(96, 128, [0, 1]), launch=launch, seed=seed)

@@ -719,28 +719,80 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   }
 }
 
+// The launch of `teams` teams of `cluster` CTAs of `threads` threads; `attr` holds its cluster
+// attribute (used when cluster > 1).
+cudaLaunchConfig_t team_config(int32_t teams, int32_t cluster, int threads, cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(teams) * static_cast<unsigned>(cluster));
+  cfg.blockDim = dim3(static_cast<unsigned>(threads));
+  cfg.dynamicSmemBytes = 0;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = static_cast<unsigned>(cluster);
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = cluster > 1 ? 1 : 0;
+  return cfg;
+}
+
 template <int kThreads>
 cudaError_t launch(const Params& p, int32_t B, cudaStream_t stream) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(B) * static_cast<unsigned>(p.cluster));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = 0;
+  cudaLaunchAttribute attr;
+  cudaLaunchConfig_t cfg = team_config(B, p.cluster, kThreads, &attr);
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(p.cluster);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = p.cluster > 1 ? 1 : 0;
   cudaError_t err = cudaLaunchKernelEx(&cfg, fh_kernel<kThreads>, p);
   if (err != cudaSuccess) return err;
   return cudaGetLastError();
 }
 
+// cudaErrorInvalidValue for a cluster of more than one CTA on a GPU older than sm_90.
+cudaError_t check_cluster(int32_t cluster) {
+  if (cluster == 1) return cudaSuccess;
+  int device = 0, major = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err != cudaSuccess) return err;
+  return major < 9 ? cudaErrorInvalidValue : cudaSuccess;
+}
+
+#ifndef LRC_SIMT  // the simulator has no occupancy to ask for
+template <int kThreads>
+cudaError_t max_active_teams(int32_t cluster, int32_t* count) {
+  int device = 0, n = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (cluster == 1) {
+    int sms = 0;
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fh_kernel<kThreads>, kThreads, 0);
+    *count = n * sms;
+    return err;
+  }
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = team_config(1, cluster, kThreads, &attr);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(&n, fh_kernel<kThreads>, &cfg);
+  *count = n;
+  return err;
+}
+#endif
+
 }  // namespace
 
 int fh_cuda_phase_count() { return kPhases; }
+
+#ifndef LRC_SIMT
+cudaError_t fh_cuda_max_active_teams(int32_t cluster, int32_t threads, int32_t* count) {
+  *count = 0;
+  if (cluster < 1 || cluster > 8) return cudaErrorInvalidValue;
+  const cudaError_t err = check_cluster(cluster);
+  if (err != cudaSuccess) return err;
+  switch (threads) {
+    case 256: return max_active_teams<256>(cluster, count);
+    case 512: return max_active_teams<512>(cluster, count);
+    case 1024: return max_active_teams<1024>(cluster, count);
+    default: return cudaErrorInvalidValue;
+  }
+}
+#endif
 
 size_t fh_cuda_workspace_bytes(int32_t B, int32_t H, int32_t W) {
   return static_cast<size_t>(B) * make_layout(H, W).total;
@@ -751,13 +803,8 @@ cudaError_t fh_cuda(const FhCudaArgs& a, cudaStream_t stream) {
   if (a.cluster < 1 || a.cluster > 8) return cudaErrorInvalidValue;
   if (a.threads != 256 && a.threads != 512 && a.threads != 1024) return cudaErrorInvalidValue;
   if (a.window < 1) return cudaErrorInvalidValue;
-  if (a.cluster > 1) {
-    int device = 0, major = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    if (err != cudaSuccess) return err;
-    if (major < 9) return cudaErrorInvalidValue;
-  }
+  const cudaError_t err = check_cluster(a.cluster);
+  if (err != cudaSuccess) return err;
   Params p;
   p.image = a.image;
   p.radius = a.radius;

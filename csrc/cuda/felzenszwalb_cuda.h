@@ -37,6 +37,12 @@ int fh_cuda_phase_count();
 // Bytes of scratch memory fh_cuda needs (no zeroing required).
 size_t fh_cuda_workspace_bytes(int32_t B, int32_t H, int32_t W);
 
+// The most teams of `cluster` CTAs of `threads` threads (cluster and threads as in FhCudaArgs)
+// that the current device runs at once, in *count: a batch of more slices than this runs in
+// more than one wave. A cluster must fit inside one GPC, so on sm_90 this can be less than the
+// SM count / cluster. cudaErrorInvalidValue for bad arguments, as fh_cuda.
+cudaError_t fh_cuda_max_active_teams(int32_t cluster, int32_t threads, int32_t* count);
+
 // Launches the whole segmentation (smoothing, both passes, labelling) as one kernel on
 // `stream`. Returns the launch error, cudaErrorInvalidValue for bad arguments (for example
 // cluster > 1 on a GPU older than sm_90). Asynchronous: kernel faults surface at the next sync.
