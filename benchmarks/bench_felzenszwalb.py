@@ -211,12 +211,19 @@ def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
     return rows, ok
 
 
-def cluster_waves() -> list[tuple[int, int, int]]:
+def cluster_waves() -> list[tuple[int, int, str]]:
     """(CTAs per slice, threads per CTA, slices the CUDA device runs at once) for each shape the
-    kernel takes: a batch of more slices than that runs in waves (clusters must fit in a GPC)."""
+    kernel takes: a batch of more slices than that runs in waves (clusters must fit in a GPC).
+    A failing query shows its error in place of the count (a diagnostic: the timings go on)."""
     ext = lrc_fast._ext.require_extension()
-    return [(cluster, threads, ext.felzenszwalb_cuda_max_active_teams(cluster, threads))
-            for threads in (1024, 512) for cluster in range(1, 9)]
+    rows = []
+    for threads in (1024, 512):
+        for cluster in range(1, 9):
+            try:
+                rows.append((cluster, threads, str(ext.felzenszwalb_cuda_max_active_teams(cluster, threads))))
+            except RuntimeError as error:
+                rows.append((cluster, threads, f"error: {error}"))
+    return rows
 
 
 def phase_rows() -> list[tuple[str, tuple[int, int], float, np.ndarray, np.ndarray]]:
@@ -329,7 +336,7 @@ def main() -> int:
         print("| threads per CTA | " + " | ".join(f"{c} CTA{'s' if c > 1 else ''}" for c in range(1, 9)) + " |")
         print("|---|" + "---|" * 8)
         for threads in (1024, 512):
-            print(f"| {threads} | " + " | ".join(str(n) for _, t, n in waves if t == threads) + " |")
+            print(f"| {threads} | " + " | ".join(n for _, t, n in waves if t == threads) + " |")
     print(f"\n### felzenszwalb, {SIZE}x{SIZE} windowed CT slices (scale 1, sigma 0.8, min_size 20); {device}; "
           f"{os.cpu_count()} CPU cores")
     print("| path | batch | ms / batch | slices / s |\n|---|---|---|---|")
