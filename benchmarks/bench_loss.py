@@ -44,8 +44,8 @@ GPU): the bytes behind it for both layouts.
 checked against the default shape's result first: the region index with the pooling forward
 that searches it (``INDEX_TILE_CHOICES``), the dense feature-gradient kernel (one view;
 ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`,
-beside a zero fill of one gradient) and the InfoNCE forward + backward (``(rows, warps, stages)``
-of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`).
+beside a zero fill of one gradient) and the InfoNCE forward + backward (``(rows, warps, stages,
+split)`` of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`).
 """
 from __future__ import annotations
 
