@@ -390,8 +390,7 @@ def _pool_forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms
     _pool_fwd_kernel[(regions, batch, views)](
         feat, *feat.stride(), other, *other.stride(), width, height * width, channels,
         pixels, cum, local, counts, *counts.stride(), index_views, counts if ids is None else ids, valid,
-        uniforms,
-        means, idx, hits, batch, regions, num_samples, num_regions, n_tiles, tile,
+        uniforms, means, idx, hits, batch, regions, num_samples, num_regions, n_tiles, tile,
         (n_tiles - 1).bit_length(),
         FLAT=_flat_pixels(feat, other), WIDE=_wide_offsets(feat, other), COUNT_HITS=count_hits,
         IDENTITY=ids is None, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
