@@ -471,13 +471,17 @@ def run_profile(config, quick=False):
 
 def sweep_cells(label, shapes, run, problem_of, failures):
     """One table cell per launch shape: ``run(shape)`` checked by ``problem_of`` (None when
-    right), then its median time; a wrong shape is added to ``failures`` and not timed."""
+    right), then its median time; a wrong shape, or one that fails to run (say, too much shared
+    memory for the device), is added to ``failures`` and not timed."""
     cells = []
     for shape in shapes:
-        problem = problem_of(run(shape))
+        try:
+            problem, cell = problem_of(run(shape)), "MISMATCH"
+        except Exception as error:  # noqa: BLE001 - any launch error: report it, sweep the rest
+            problem, cell = f"failed to run: {type(error).__name__}: {error}", "FAILED"
         if problem:
             failures.append(f"{label} {shape}: {problem}")
-            cells.append("MISMATCH")
+            cells.append(cell)
             continue
         cells.append(f"{time_ms(lambda: run(shape), 60):.3f}")
     return cells
