@@ -508,8 +508,8 @@ def sweep_index(config, quick=False):
         def run(tile):
             index = pk.region_index(regions_q, k, tile, regions_p=regions_p)
             valid = (index.counts[0] > 0) & (index.counts[1] > 0)
-            _, idx, _ = pk._pool_forward(feat_q, feat_p, index.pixels, index.cum, index.local,
-                                         index.counts, None, valid, uniforms, False, index.tile)
+            _, idx, _ = pk._pool_forward(feat_q, feat_p, index.pixels, index.cum, index.local, None,
+                                         valid, uniforms, False, index.tile)
             return index.counts, idx
 
         expected = run(pk.INDEX_TILE_CHOICES[0])
@@ -541,8 +541,8 @@ def sweep_backward(config, quick=False):
             index = pk.region_index(regions, k)
             valid = index.counts[0] > 0
             uniforms = torch.rand((1, config["batch"], k, config["num_samples"]), device=device)
-            means, _, hits = pk._pool_forward(feat, None, index.pixels, index.cum, index.local,
-                                              index.counts, None, valid, uniforms, True, index.tile)
+            means, _, hits = pk._pool_forward(feat, None, index.pixels, index.cum, index.local, None,
+                                              valid, uniforms, True, index.tile)
             grad_means = torch.randn_like(means)
             args = (grad_means, hits, regions, None, None, list(feat.shape), dtype, [False],
                     config["num_samples"], [0])

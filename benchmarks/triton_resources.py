@@ -221,7 +221,7 @@ def coverage_workload():
             valid = index.counts[0] > 0
             uniforms = torch.zeros(2, batch, k, 5)
             means, _, hits = region_pool._pool_forward(feat, feat, index.pixels, index.cum, index.local,
-                                                       index.counts, None, valid, uniforms, True, tile)
+                                                       None, valid, uniforms, True, tile)
         for blocks in region_pool.GRAD_BLOCK_CHOICES:
             region_pool._pool_backward(means, hits, regions, int32_map.long(), None, list(feat.shape),
                                        feat.dtype, [False, True], 5, [0, 1], blocks)

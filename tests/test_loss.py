@@ -418,8 +418,8 @@ def test_pool_backward_tiles_agree(blocks, channels_last):
     index = pool_kernels.region_index(regions, k)
     valid = index.counts[0] > 0
     uniforms = torch.rand((1, batch, k, n), generator=torch.Generator().manual_seed(23))
-    means, _, hits = pool_kernels._pool_forward(feat, None, index.pixels, index.cum, index.local,
-                                                index.counts, None, valid, uniforms, True, index.tile)
+    means, _, hits = pool_kernels._pool_forward(feat, None, index.pixels, index.cum, index.local, None,
+                                                valid, uniforms, True, index.tile)
     grad_means = torch.randn(means.shape, generator=torch.Generator().manual_seed(24))
     args = (grad_means, hits, regions, None, None, list(feat.shape), feat.dtype, [channels_last], n, [0])
     (expected,) = pool_kernels._pool_backward(*args)

@@ -21,10 +21,10 @@ class RegionContrastFunction(torch.autograd.Function):
     """``(feat_q, feat_p, ...) -> loss``; differentiable in the two feature maps."""
 
     @staticmethod
-    def forward(ctx, feat_q, feat_p, regions, regions_p, pixels, cum, local, counts, ids, valid,
-                uniforms, slot_of, tile, infonce_options, reduction):
-        means, idx, hits = pool_forward_pass(ctx, feat_q, feat_p, pixels, cum, local, counts, ids,
-                                             valid, uniforms, tile)  # (2, B, M, D), _, (2, B, HW)
+    def forward(ctx, feat_q, feat_p, regions, regions_p, pixels, cum, local, ids, valid, uniforms,
+                slot_of, tile, infonce_options, reduction):
+        means, idx, hits = pool_forward_pass(ctx, feat_q, feat_p, pixels, cum, local, ids, valid,
+                                             uniforms, tile)  # (2, B, M, D), _, (2, B, HW)
         rows, lse = infonce_forward_pass(means, valid, infonce_options)  # (B, M) each
         count = valid_count(valid) if reduction == "mean" else None  # () once, for both passes
         ctx.save_for_backward(hits, regions, regions_p, slot_of, means, valid, lse, count)
@@ -37,7 +37,7 @@ class RegionContrastFunction(torch.autograd.Function):
         grad_rows = reduce_rows_backward(grad, valid, ctx.reduction, count)  # (B, M), expanded
         d_means = infonce_backward_pass(grad_rows, means, valid, lse, ctx.infonce_options)
         grads = pool_backward_pass(ctx, d_means, hits, regions, regions_p, slot_of)
-        return (*grads, *([None] * 13))
+        return (*grads, *([None] * 12))
 
 
 def region_contrast_triton(feat_q: torch.Tensor, feat_p: torch.Tensor, index: RegionIndex,

@@ -24,7 +24,8 @@ Views: the loss has two views (the slice and its warped copy), each with its fea
 Pooling forward (:class:`RegionPoolFunction`)
     One program per (region, image, view). It turns the ``(V, B, M, N)`` uniforms into sample pixels
     (pixel number ``min(floor(u * count), count - 1)`` of the region, the reference's
-    arithmetic, located through the index), gathers the ``N x D`` features (any strides, so
+    arithmetic, with ``count`` the last entry of the region's prefix column and the pixel located
+    through the index), gathers the ``N x D`` features (any strides, so
     channels_last too), and writes their float32 mean. When the features need a gradient it
     also counts, with int32 atomics, how often each pixel was drawn: ``hits`` ``(V, B, H*W)``
     int32, the only state the backward needs besides the region ids.
@@ -321,8 +322,7 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
 
 @triton.jit
 def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s_bw, W, HW, D,
-                     pixels_ptr, cum_ptr, local_ptr, counts_ptr, s_cv, s_cb, s_ck, index_views, ids_ptr,
-                     valid_ptr, u_ptr, means_ptr, idx_ptr, hits_ptr, B, M, N, K, n_tiles, tile, steps,
+                     pixels_ptr, cum_ptr, local_ptr, index_views, ids_ptr, valid_ptr, u_ptr, means_ptr, idx_ptr, hits_ptr, B, M, N, K, n_tiles, tile, steps,
                      FLAT: tl.constexpr, WIDE: tl.constexpr, COUNT_HITS: tl.constexpr,
                      IDENTITY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     m = tl.program_id(0)
@@ -332,17 +332,16 @@ def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s
         feat, s_fd, s_fh, s_fw = feat_a + b.to(tl.int64) * s_ab, s_ad, s_ah, s_aw
     else:
         feat, s_fd, s_fh, s_fw = feat_b + b.to(tl.int64) * s_bb, s_bd, s_bh, s_bw
-    iv = tl.minimum(v, index_views - 1).to(tl.int64)  # this view's map in the index
-    image = iv * B + b
+    image = tl.minimum(v, index_views - 1).to(tl.int64) * B + b  # this view's map in the index
     vbm = (v.to(tl.int64) * B + b) * M + m  # row of the (V, B, M, ...) outputs
     bm = b.to(tl.int64) * M + m
     if IDENTITY:
         rid = m.to(tl.int64)
     else:
         rid = tl.load(ids_ptr + bm).to(tl.int64)
-    count = tl.load(counts_ptr + iv * s_cv + b * s_cb + rid * s_ck)  # counts: any strides
     n_take = N * (tl.load(valid_ptr + bm) != 0).to(tl.int32)  # 0 for invalid regions
     cum_col = cum_ptr + image * n_tiles * K + rid  # cum[iv, b, :, rid], stride K
+    count = tl.load(cum_col + (n_tiles - 1).to(tl.int64) * K)  # the last tile's prefix: all pixels
     local_col = local_ptr + image * n_tiles * K + rid
     d = tl.arange(0, BLOCK_D)
     d_mask = d < D
@@ -373,7 +372,7 @@ def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s
     tl.store(means_ptr + vbm * D + d, acc / N, mask=d_mask)
 
 
-def _pool_forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile):
+def _pool_forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms, count_hits, tile):
     batch, channels, height, width = feat.shape
     views, _, regions, num_samples = uniforms.shape
     other = feat if feat_p is None else feat_p
@@ -389,8 +388,7 @@ def _pool_forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms
     block_n = max(16, min(next_power_of_2(num_samples), _POOL_TILE // block_d))
     _pool_fwd_kernel[(regions, batch, views)](
         feat, *feat.stride(), other, *other.stride(), width, height * width, channels,
-        pixels, cum, local, counts, *counts.stride(), index_views, counts if ids is None else ids, valid,
-        uniforms, means, idx, hits, batch, regions, num_samples, num_regions, n_tiles, tile,
+        pixels, cum, local, index_views, valid if ids is None else ids, valid, uniforms, means, idx, hits, batch, regions, num_samples, num_regions, n_tiles, tile,
         (n_tiles - 1).bit_length(),
         FLAT=_flat_pixels(feat, other), WIDE=_wide_offsets(feat, other), COUNT_HITS=count_hits,
         IDENTITY=ids is None, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
@@ -399,14 +397,13 @@ def _pool_forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms
 
 @torch.library.custom_op("lrc_fast::region_pool_forward", mutates_args=())
 def _pool_forward_op(feat: torch.Tensor, feat_p: torch.Tensor | None, pixels: torch.Tensor,
-                     cum: torch.Tensor, local: torch.Tensor, counts: torch.Tensor,
-                     ids: torch.Tensor | None, valid: torch.Tensor, uniforms: torch.Tensor,
+                     cum: torch.Tensor, local: torch.Tensor, ids: torch.Tensor | None, valid: torch.Tensor, uniforms: torch.Tensor,
                      count_hits: bool, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _pool_forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile)
+    return _pool_forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms, count_hits, tile)
 
 
 @_pool_forward_op.register_fake
-def _(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms, count_hits, tile):
+def _(feat, feat_p, pixels, cum, local, ids, valid, uniforms, count_hits, tile):
     batch, channels, height, width = feat.shape
     views, _, regions, num_samples = uniforms.shape
     return (feat.new_empty((views, batch, regions, channels), dtype=torch.float32),
@@ -509,14 +506,13 @@ def _is_channels_last(feat: torch.Tensor) -> bool:
     return feat.is_contiguous(memory_format=torch.channels_last) and not feat.is_contiguous()
 
 
-def pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms, tile):
+def pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, ids, valid, uniforms, tile):
     """The pooling forward inside an autograd.Function whose first two inputs are the views'
     features: ``(means, idx, hits)``; ``ctx.pool`` gets what :func:`pool_backward_pass` needs
     besides the saved tensors (the views needing a gradient: hits are counted only for them)."""
     views = [v for v, needs in enumerate(ctx.needs_input_grad[:2]) if needs]
     forward = _pool_forward_op if torch.compiler.is_compiling() else _pool_forward
-    means, idx, hits = forward(feat, feat_p, pixels, cum, local, counts, ids, valid, uniforms,
-                               bool(views), tile)
+    means, idx, hits = forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms, bool(views), tile)
     layouts = [_is_channels_last(f) for f in ((feat,) if feat_p is None else (feat, feat_p))]
     ctx.pool = (list(feat.shape), feat.dtype, layouts, uniforms.shape[3], views)
     return means, idx, hits
@@ -544,10 +540,10 @@ class RegionPoolFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, feat, feat_p, regions, regions_p, pixels, cum, local, counts, ids, valid,
-                uniforms, slot_of, tile):
-        means, idx, hits = pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, counts, ids,
-                                             valid, uniforms, tile)
+    def forward(ctx, feat, feat_p, regions, regions_p, pixels, cum, local, ids, valid, uniforms,
+                slot_of, tile):
+        means, idx, hits = pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, ids, valid,
+                                             uniforms, tile)
         ctx.mark_non_differentiable(idx)
         ctx.set_materialize_grads(False)
         if ctx.pool[-1]:
@@ -557,9 +553,9 @@ class RegionPoolFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_means, grad_idx):
         if grad_means is None:  # the means did not reach the output
-            return (None,) * 13
+            return (None,) * 12
         grads = pool_backward_pass(ctx, grad_means, *ctx.saved_tensors)
-        return (*grads, *([None] * 11))
+        return (*grads, *([None] * 10))
 
 
 def region_pool(feats: tuple[torch.Tensor, ...], index: RegionIndex, valid: torch.Tensor,
@@ -611,9 +607,8 @@ def region_pool(feats: tuple[torch.Tensor, ...], index: RegionIndex, valid: torc
 def pool_inputs(index: RegionIndex, valid: torch.Tensor, uniforms: torch.Tensor,
                 ids: torch.Tensor | None, slot_of: torch.Tensor | None) -> tuple:
     """What an autograd.Function running the pooling takes after the two views' features:
-    ``(regions, regions_p, pixels, cum, local, counts, ids, valid, uniforms, slot_of, tile)``,
+    ``(regions, regions_p, pixels, cum, local, ids, valid, uniforms, slot_of, tile)``,
     the tensors contiguous (see :class:`RegionPoolFunction`)."""
     regions, regions_p = index.maps
-    return (regions, regions_p, index.pixels, index.cum, index.local, index.counts,
-            None if ids is None else ids.contiguous(), valid.contiguous(), uniforms.contiguous(),
+    return (regions, regions_p, index.pixels, index.cum, index.local, None if ids is None else ids.contiguous(), valid.contiguous(), uniforms.contiguous(),
             None if slot_of is None else slot_of.contiguous(), index.tile)
