@@ -205,10 +205,7 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
     width = _check_int("width", width, 1)
     alpha, sigma, truncate = _check_field_args(alpha, sigma, truncate)
     uniform = _draw_uniform(batch, height, width, generator, _resolve_device(generator, device))
-    if _check_backend(backend, uniform) == "triton":
-        from .kernels.elastic_warp import field_from_uniform_triton
-        return field_from_uniform_triton(uniform, alpha, sigma, truncate)
-    return _ref.field_from_uniform(uniform, alpha, sigma, truncate)
+    return _field(uniform, alpha, sigma, truncate, _check_backend(backend, uniform))
 
 
 def _check_field_args(alpha, sigma, truncate) -> tuple[float, float, float]:
@@ -220,6 +217,14 @@ def _draw_uniform(batch: int, height: int, width: int, generator, device) -> tor
     """The one draw behind a field: ``(B, 2, H, W)`` float32 in ``[0, 1)``."""
     return torch.rand((batch, 2, height, width), generator=generator, device=device,
                       dtype=torch.float32)
+
+
+def _field(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float, backend: str) -> torch.Tensor:
+    """The field of checked arguments from the draw, on the resolved backend."""
+    if backend == "triton":
+        from .kernels.elastic_warp import field_from_uniform_triton
+        return field_from_uniform_triton(uniform, alpha, sigma, truncate)
+    return _ref.field_from_uniform(uniform, alpha, sigma, truncate)
 
 
 def _fused_pair_applies(images4: torch.Tensor, sigma: float) -> bool:
@@ -356,14 +361,13 @@ def elastic_pair(images: torch.Tensor, regions: torch.Tensor, alpha: float = DEF
     backend = _check_backend(backend, images4)
     batch, _, height, width = images4.shape
     alpha, sigma, truncate = _check_field_args(alpha, sigma, truncate)
+    uniform = _draw_uniform(batch, height, width, generator,
+                            _resolve_device(generator, images4.device))  # (B, 2, H, W)
     if backend == "triton" and _fused_pair_applies(images4, sigma):
         from .kernels.elastic_warp import elastic_pair_triton
-        uniform = _draw_uniform(batch, height, width, generator,
-                                _resolve_device(generator, images4.device))  # (B, 2, H, W)
         out_images, out_regions = elastic_pair_triton(images4, regions, uniform, alpha, sigma,
                                                       truncate, padding, ignore_index)
     else:
-        field = random_elastic_field(batch, height, width, alpha, sigma, generator, images4.device,
-                                     truncate=truncate, backend=backend)  # (B, 2, H, W)
+        field = _field(uniform, alpha, sigma, truncate, backend)  # (B, 2, H, W)
         out_images, out_regions = _warp(images4, regions, field, padding, ignore_index, backend)
     return (out_images.squeeze(1) if squeeze else out_images), out_regions
