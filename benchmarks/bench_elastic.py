@@ -71,12 +71,14 @@ def fused_pair(images, regions, gen):
     return elastic_pair(images, regions, DEFAULT_ALPHA, DEFAULT_SIGMA, gen, backend="triton")
 
 
-def field_then_warp_pair(images, regions, gen):
+def draw(batch: int, gen: torch.Generator) -> torch.Tensor:
+    """The uniform draw behind one batch's fields: ``(B, 2, SIZE, SIZE)`` on the benchmark device."""
+    return torch.rand((batch, 2, SIZE, SIZE), generator=gen, device=DEVICE)
+
+
+def field_then_warp(images, regions, uniform):
     """The Triton pair as two steps: the field (written to memory), then the warp (reads it)."""
-    batch, _, height, width = images.shape
-    field = field_from_uniform_triton(torch.rand((batch, 2, height, width), generator=gen, device=images.device),
-                                      DEFAULT_ALPHA, DEFAULT_SIGMA)
-    return elastic_warp_triton(images, regions, field)
+    return elastic_warp_triton(images, regions, field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA))
 
 
 def reference_pair(images, regions, gen):
@@ -140,7 +142,7 @@ def check(batch: int) -> list[str]:
     """Fused path against the reference; prints the errors and returns the failures."""
     failures = []
     images, regions = make_inputs(batch)
-    uniform = torch.rand((batch, 2, SIZE, SIZE), generator=generator(), device=DEVICE)
+    uniform = draw(batch, generator())
     oracle = ref.field_from_uniform(uniform[:2].cpu(), DEFAULT_ALPHA, DEFAULT_SIGMA)  # fp32 on CPU
     for precision, atol in FIELD_ATOL.items():
         field = field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA, precision=precision)
@@ -150,8 +152,7 @@ def check(batch: int) -> list[str]:
             failures.append(f"B={batch}: {precision} field differs from the reference by "
                             f"{field_err:.3g} px")
     pair = elastic_pair_triton(images, regions, uniform, DEFAULT_ALPHA, DEFAULT_SIGMA)
-    two_steps = elastic_warp_triton(images, regions,  # the field at the default precision
-                                    field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA))
+    two_steps = field_then_warp(images, regions, uniform)  # the field at the default precision
     same = torch.equal(pair[0], two_steps[0]) and torch.equal(pair[1], two_steps[1])
     print(f"check B={batch}: fused pair kernel equals field then warp bit for bit: {same}")
     if not same:
@@ -230,7 +231,7 @@ def sweep() -> int:
     rows, failed = [], False
     for batch in BATCHES:
         gen = generator()
-        uniform = torch.rand((batch, 2, SIZE, SIZE), generator=gen, device=DEVICE)
+        uniform = draw(batch, gen)
         oracle = ref.field_from_uniform(uniform[:2].cpu(), DEFAULT_ALPHA, DEFAULT_SIGMA)  # fp32 on CPU
         for blocks in SMOOTH_BLOCK_CHOICES:
             field = field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA, blocks=blocks)
@@ -239,27 +240,24 @@ def sweep() -> int:
                 print(f"CHECK FAILED B={batch} blocks={blocks}: field max |error| {err:.3g} px")
                 failed = True
                 continue
-            ms = timed_ms(lambda: field_from_uniform_triton(
-                torch.rand((batch, 2, SIZE, SIZE), generator=gen, device=DEVICE), DEFAULT_ALPHA,
-                DEFAULT_SIGMA, blocks=blocks))
+            ms = timed_ms(lambda: field_from_uniform_triton(draw(batch, gen), DEFAULT_ALPHA, DEFAULT_SIGMA,
+                                                            blocks=blocks))
             rows.append((batch, blocks, ms, err))
             print(f"  B={batch} blocks={blocks}: {ms:.3f} ms (max |error| {err:.3g} px)", flush=True)
     pair_rows = []
     for batch in BATCHES:
         images, regions = make_inputs(batch)
         gen = generator()
-        uniform = torch.rand((batch, 2, SIZE, SIZE), generator=gen, device=DEVICE)
-        expected = elastic_warp_triton(images, regions,
-                                       field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA))
+        uniform = draw(batch, gen)
+        expected = field_then_warp(images, regions, uniform)
         for blocks in PAIR_BLOCK_CHOICES:
             got = elastic_pair_triton(images, regions, uniform, DEFAULT_ALPHA, DEFAULT_SIGMA, blocks=blocks)
             if not (torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])):
                 print(f"CHECK FAILED B={batch} pair blocks={blocks}: differs from field then warp")
                 failed = True
                 continue
-            ms = timed_ms(lambda: elastic_pair_triton(
-                images, regions, torch.rand((batch, 2, SIZE, SIZE), generator=gen, device=DEVICE),
-                DEFAULT_ALPHA, DEFAULT_SIGMA, blocks=blocks))
+            ms = timed_ms(lambda: elastic_pair_triton(images, regions, draw(batch, gen), DEFAULT_ALPHA,
+                                                      DEFAULT_SIGMA, blocks=blocks))
             pair_rows.append((batch, blocks, ms, 0.0))
             print(f"  B={batch} pair blocks={blocks}: {ms:.3f} ms", flush=True)
     print(f"\nFused field (noise + smoothing, tf32x3), {SIZE}x{SIZE}, sigma={DEFAULT_SIGMA:g} px, {device_name}; "
@@ -297,18 +295,16 @@ def main() -> int:
     for batch in BATCHES:
         images, regions = make_inputs(batch)
         gen = generator()
-        field = field_from_uniform_triton(torch.rand((batch, 2, SIZE, SIZE), generator=gen,
-                                                     device=DEVICE), DEFAULT_ALPHA, DEFAULT_SIGMA)
+        field = field_from_uniform_triton(draw(batch, gen), DEFAULT_ALPHA, DEFAULT_SIGMA)
 
         def fused_field(precision):
-            uniform = torch.rand((batch, 2, SIZE, SIZE), generator=gen, device=DEVICE)
-            return field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA,
+            return field_from_uniform_triton(draw(batch, gen), DEFAULT_ALPHA, DEFAULT_SIGMA,
                                              precision=precision)
 
         times = {
             "fused pair (noise + field + warp)": timed_ms(lambda: fused_pair(images, regions, gen)),
             "same pair as field then warp (field written, read back)": timed_ms(
-                lambda: field_then_warp_pair(images, regions, gen)),
+                lambda: field_then_warp(images, regions, draw(batch, gen))),
             "fused field (noise + smoothing, tf32x3)": timed_ms(lambda: fused_field("tf32x3")),
             "fused field (noise + smoothing, tf32)": timed_ms(lambda: fused_field("tf32")),
             "fused warp (image + regions)": timed_ms(
