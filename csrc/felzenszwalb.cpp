@@ -19,10 +19,15 @@
 namespace lrc {
 namespace {
 
-// The launch shape and cost window of the CUDA kernel (also on the simulator).
-void check_launch(const char* op, int64_t cluster, int64_t threads, int64_t window) {
+// The launch shape of the CUDA kernel (also on the simulator).
+void check_shape(const char* op, int64_t cluster, int64_t threads) {
   TORCH_CHECK(cluster >= 1 && cluster <= 8 && (threads == 256 || threads == 512 || threads == 1024), op,
               ": need 1 <= cluster <= 8 and threads in {256, 512, 1024}, got cluster=", cluster, ", threads=", threads);
+}
+
+// The launch shape and cost window of the CUDA kernel (also on the simulator).
+void check_launch(const char* op, int64_t cluster, int64_t threads, int64_t window) {
+  check_shape(op, cluster, threads);
   check_window(op, window);
 }
 
@@ -106,7 +111,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszw
 // The most slices (teams of `cluster` CTAs of `threads` threads) the current CUDA device runs at
 // once: a larger batch runs in more than one wave. For the benchmarks' choice of launch.
 int64_t felzenszwalb_cuda_max_active_teams(int64_t cluster, int64_t threads) {
-  check_launch("felzenszwalb_cuda_max_active_teams", cluster, threads, 1);
+  check_shape("felzenszwalb_cuda_max_active_teams", cluster, threads);
 #ifdef WITH_CUDA
   int32_t count = 0;
   const cudaError_t err =
