@@ -133,21 +133,33 @@ def _torch_as_float64(images: torch.Tensor) -> torch.Tensor:
     return scaled.contiguous()
 
 
+@lru_cache(maxsize=None)
+def _slices_at_once(device_index: int, cluster: int) -> int:
+    """How many slices of a (cluster, 1024) launch the device runs at once (a host query)."""
+    with torch.cuda.device(device_index):
+        return require_extension().felzenszwalb_cuda_max_active_teams(cluster, 1024)
+
+
 def _default_launch(batch: int, device: torch.device) -> tuple[int, int]:
     """(CTAs per slice, threads per CTA) for the CUDA backend.
 
-    From the launch sweep of bench_felzenszwalb.py on an H100 (benchmarks/RESULTS.md, 512x512
-    phantom and real CT): at B=16 a cluster of 4 CTAs per slice was fastest (16.0 ms; 8 CTAs
-    19.5-26.2 ms, one CTA 26.6-27.5 ms); at B=256 two CTAs per slice (2,007-2,436 slices/s; one
-    CTA within 1% on real CT, 8% slower on the phantom). 1024 threads per CTA won at 1, 2 and 4
-    CTAs (at 8, 512 threads were faster, still slower than 4 x 1024). At 1024 threads one CTA
-    fills an SM's registers, so the cluster of 4 is used while the batch's CTAs fit on the SMs
-    in one wave. Clusters need sm_90.
+    From the launch sweeps of bench_felzenszwalb.py (benchmarks/RESULTS.md, 512x512 phantom and
+    real CT). On an H200 at B=16, clusters of 6 CTAs were fastest (13.9-14.3 ms; 4 CTAs
+    14.9-15.2 ms; 7 and 8 CTAs 18.4-24.7 ms, as only 15 such clusters fit on the GPU at once
+    and the 16th slice ran in a second wave; one CTA 25.5-27.0 ms). At B=256 two CTAs per slice
+    (2,367-2,840 slices/s; one CTA 4% faster on real CT, 5% slower on the phantom). So the
+    largest cluster of 6 or 4 CTAs whose slices all run at once, as the device reports
+    (cudaOccupancyMaxActiveClusters), else 2. 1024 threads per CTA won at 1, 2 and 4 CTAs on an
+    H100. Clusters need sm_90.
     """
     props = torch.cuda.get_device_properties(device)
     if props.major < 9:
         return 1, 1024
-    return (4 if batch * 4 <= props.multi_processor_count else 2), 1024
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    for cluster in (6, 4):
+        if batch <= _slices_at_once(index, cluster):
+            return cluster, 1024
+    return 2, 1024
 
 
 def _segment(images64: torch.Tensor, scale: float, sigma: float, min_size: int, backend: str,
@@ -218,7 +230,9 @@ def felzenszwalb(images, scale: float = 1.0, sigma: float = 0.8, min_size: int =
         merge in the main pass; nothing is read out of bounds).
     launch : (int, int), optional
         CUDA backend only: (CTAs per slice, threads per CTA). CTAs per slice above 1 use a
-        thread-block cluster and need an sm_90 GPU. Default: chosen from the batch size.
+        thread-block cluster and need an sm_90 GPU. Default: the largest cluster of 6 or 4 CTAs
+        (1024 threads) whose whole batch the device runs at once, else (2, 1024); (1, 1024)
+        before sm_90.
 
     Returns
     -------

@@ -478,6 +478,39 @@ def test_cuda_max_active_teams():
             assert 1 <= teams and teams * cluster <= sms * (2048 // threads), (cluster, threads, teams)
 
 
+def test_default_launch_takes_the_largest_cluster_that_fits_at_once(monkeypatch):
+    """The rule alone, with the device's answers stubbed: 17 clusters of 6 and 30 of 4 at once
+    (an H200's figures in benchmarks/RESULTS.md)."""
+    from types import SimpleNamespace
+
+    from lrc_fast import superpixels
+
+    at_once = {6: 17, 4: 30}
+    monkeypatch.setattr(superpixels, "_slices_at_once", lambda index, cluster: at_once[cluster])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(major=9))
+    device = torch.device("cuda", 0)
+    picked = {batch: superpixels._default_launch(batch, device) for batch in (1, 16, 17, 18, 30, 31, 256)}
+    assert picked == {1: (6, 1024), 16: (6, 1024), 17: (6, 1024), 18: (4, 1024), 30: (4, 1024),
+                      31: (2, 1024), 256: (2, 1024)}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(major=8))
+    assert superpixels._default_launch(16, device) == (1, 1024)  # no thread-block clusters before sm_90
+
+
+@pytest.mark.gpu
+def test_cuda_default_launch_runs_the_batch_at_once():
+    from lrc_fast import superpixels
+
+    if torch.cuda.get_device_properties(0).major < 9:
+        pytest.skip("thread-block clusters need sm_90")
+    ext = lrc_fast._ext.require_extension()
+    for batch in (1, 16, 64, 256):
+        cluster, threads = superpixels._default_launch(batch, torch.device("cuda"))
+        if cluster == 2:
+            assert ext.felzenszwalb_cuda_max_active_teams(4, threads) < batch
+        else:
+            assert ext.felzenszwalb_cuda_max_active_teams(cluster, threads) >= batch, (batch, cluster)
+
+
 # Last in the file, so that under `pytest -x` (gpu_check) a failure here stops no other test: the
 # simulator runs these shapes, no GPU has yet.
 @pytest.mark.gpu
