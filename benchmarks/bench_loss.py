@@ -44,8 +44,8 @@ GPU): the bytes behind it for both layouts.
 checked against the default shape's result first: the region index with the pooling forward
 that searches it (``INDEX_TILE_CHOICES``), the dense feature-gradient kernel (one view;
 ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`,
-beside a zero fill of one gradient) and the InfoNCE forward + backward (``(rows, warps, stages,
-split)`` of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`).
+beside a zero fill of one gradient) and the InfoNCE forward + backward (``(rows, warps, stages)``
+of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`).
 """
 from __future__ import annotations
 
@@ -561,7 +561,8 @@ def sweep_infonce(config, quick=False):
 
     Region means as the loss makes them (float32, B x K x D), about 10 % of the regions invalid;
     float32 features mean tf32x3 logits, bfloat16 features tf32. Every shape's rows and gradients
-    are first checked against the default shape's (only the order of float32 sums differs).
+    are first checked against the default shape's (only the order of float32 sums differs; the
+    tolerance is the precision's).
     Returns the failures.
     """
     from lrc_fast.kernels import region_infonce as ri
@@ -588,8 +589,14 @@ def sweep_infonce(config, quick=False):
             def differs(outputs):
                 return next((f"{name} differ from the default shape's" for name, got, want
                              in zip(("rows", "d_q", "d_p"), outputs, expected)
-                             if not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))),
+                             if not torch.allclose(got, want, rtol=1e-4, atol=atol * float(want.abs().max()))),
                             None)
+
+            # Shapes differ only in the order of float32 sums, but tf32 rounds each product's
+            # operands to 10 bits, so a different order moves tf32 gradients more: on an H200 at
+            # K=1024 the shapes' gradients spread by 2.3e-4 of the largest in tf32 (1.3e-6 in
+            # tf32x3), against tf32's own error of 3.1e-3 from float64 (benchmarks/RESULTS.md).
+            atol = {"tf32x3": 1e-5, "tf32": 1e-3}[precision]
 
             expected = step(ri.BLOCK_CHOICES[0])
             cells = sweep_cells(f"InfoNCE {precision} K={k}", ri.BLOCK_CHOICES, step, differs, failures)

@@ -22,9 +22,7 @@ Backward (:func:`_infonce_bwd_kernel`)
 
     One program per (image, block ``t``) makes a single pass over the blocks ``u``. It
     recomputes ``a[t,u]``, ``c[t,u]`` (``= c[u,t]``) and ``a[u,t]`` and accumulates ``dq[t]``
-    and ``dp[t]`` in registers. This is deterministic: no atomics, no ``(M, M)`` buffer. Split
-    (a launch option, :data:`BLOCK_CHOICES`), one launch accumulates ``dq`` and a second ``dp``,
-    each with fewer tiles live, summing the same products in the same order. The
+    and ``dp[t]`` in registers. This is deterministic: no atomics, no ``(M, M)`` buffer. The
     gradient then goes through the normalisation: ``dm = (dy - y (y . dy)) / max(|m|, eps)``
     (``dy / eps`` below eps, as autograd of ``F.normalize``).
 
@@ -113,23 +111,19 @@ def _infonce_fwd_kernel(mq_ptr, mp_ptr, valid_ptr, rows_ptr, lse_ptr, M, D, inv_
 
 @triton.jit
 def _infonce_bwd_kernel(mq_ptr, mp_ptr, valid_ptr, lse_ptr, grad_ptr, s_gb, s_gm, dmq_ptr, dmp_ptr,
-                        M, D, inv_tau, WHICH: tl.constexpr,
+                        M, D, inv_tau,
                         NORMALIZE: tl.constexpr, INCLUDE_SELF: tl.constexpr,
                         PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
-    # WHICH "qp": dq[t] and dp[t] in one pass; "q" or "p": one of them (the split backward, two
-    # launches of fewer live tiles). Each accumulator sums the same products in the same order.
     t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) this program's regions
     b = tl.program_id(1)
     in_t = t < M
     valid_t = tl.load(valid_ptr + b * M + t, mask=in_t, other=0) != 0
     lse_t = tl.load(lse_ptr + b * M + t, mask=in_t, other=0.0)
     g_t = tl.where(valid_t, tl.load(grad_ptr + b * s_gb + t * s_gm, mask=in_t, other=0.0), 0.0)
-    if WHICH != "p":
-        q_t = _load_rows(mq_ptr, b, t, M, D, NORMALIZE, BLOCK_D)  # (BLOCK, BLOCK_D)
-        acc_q = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
-    if WHICH != "q":
-        p_t = _load_rows(mp_ptr, b, t, M, D, NORMALIZE, BLOCK_D)
-        acc_p = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    q_t = _load_rows(mq_ptr, b, t, M, D, NORMALIZE, BLOCK_D)  # (BLOCK, BLOCK_D)
+    p_t = _load_rows(mp_ptr, b, t, M, D, NORMALIZE, BLOCK_D)
+    acc_q = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    acc_p = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
     for u0 in range(0, M, BLOCK):
         u = u0 + tl.arange(0, BLOCK)  # (BLOCK,) the other regions
         in_u = u < M
@@ -137,68 +131,56 @@ def _infonce_bwd_kernel(mq_ptr, mp_ptr, valid_ptr, lse_ptr, grad_ptr, s_gb, s_gm
         lse_u = tl.load(lse_ptr + b * M + u, mask=in_u, other=0.0)
         g_u = tl.where(valid_u, tl.load(grad_ptr + b * s_gb + u * s_gm, mask=in_u, other=0.0), 0.0)
         q_u = _load_rows(mq_ptr, b, u, M, D, NORMALIZE, BLOCK_D)
+        p_u = _load_rows(mp_ptr, b, u, M, D, NORMALIZE, BLOCK_D)
         keep_a = valid_t[:, None] & valid_u[None, :]  # (BLOCK, BLOCK)
-        if WHICH != "p":
-            p_u = _load_rows(mp_ptr, b, u, M, D, NORMALIZE, BLOCK_D)
-            if INCLUDE_SELF:
-                keep_c = keep_a
-            else:
-                keep_c = keep_a & (t[:, None] != u[None, :])
-            # row t against column u of q p^T: a[t, u]
-            a = tl.dot(q_t, tl.trans(p_u), input_precision=PRECISION) * inv_tau
-            w = tl.exp(tl.where(keep_a, a - lse_t[:, None], float("-inf"))) * g_t[:, None]
-            acc_q = tl.dot(w, p_u, acc_q, input_precision=PRECISION)
-            # q q^T is symmetric: c[t, u] serves row t (normaliser lse_t) and row u (lse_u)
-            c = tl.dot(q_t, tl.trans(q_u), input_precision=PRECISION) * inv_tau
-            w = (tl.exp(tl.where(keep_c, c - lse_t[:, None], float("-inf"))) * g_t[:, None]
-                 + tl.exp(tl.where(keep_c, c - lse_u[None, :], float("-inf"))) * g_u[None, :])
-            acc_q = tl.dot(w, q_u, acc_q, input_precision=PRECISION)
-        if WHICH != "q":
-            # row u against column t of q p^T: a[u, t], laid out as [t, u]
-            a = tl.dot(p_t, tl.trans(q_u), input_precision=PRECISION) * inv_tau
-            w = tl.exp(tl.where(keep_a, a - lse_u[None, :], float("-inf"))) * g_u[None, :]
-            acc_p = tl.dot(w, q_u, acc_p, input_precision=PRECISION)
-    # the positive a[t, t] enters both with sign -1; the split passes load the other view now
-    if WHICH == "q":
-        p_t = _load_rows(mp_ptr, b, t, M, D, NORMALIZE, BLOCK_D)
-    if WHICH == "p":
-        q_t = _load_rows(mq_ptr, b, t, M, D, NORMALIZE, BLOCK_D)
-    if WHICH != "p":
-        d_q = (acc_q - g_t[:, None] * p_t) * inv_tau
-    if WHICH != "q":
-        d_p = (acc_p - g_t[:, None] * q_t) * inv_tau
+        if INCLUDE_SELF:
+            keep_c = keep_a
+        else:
+            keep_c = keep_a & (t[:, None] != u[None, :])
+        # row t against column u of q p^T: a[t, u]
+        a = tl.dot(q_t, tl.trans(p_u), input_precision=PRECISION) * inv_tau
+        w = tl.exp(tl.where(keep_a, a - lse_t[:, None], float("-inf"))) * g_t[:, None]
+        acc_q = tl.dot(w, p_u, acc_q, input_precision=PRECISION)
+        # q q^T is symmetric: c[t, u] serves row t (normaliser lse_t) and row u (lse_u)
+        c = tl.dot(q_t, tl.trans(q_u), input_precision=PRECISION) * inv_tau
+        w = (tl.exp(tl.where(keep_c, c - lse_t[:, None], float("-inf"))) * g_t[:, None]
+             + tl.exp(tl.where(keep_c, c - lse_u[None, :], float("-inf"))) * g_u[None, :])
+        acc_q = tl.dot(w, q_u, acc_q, input_precision=PRECISION)
+        # row u against column t of q p^T: a[u, t], laid out as [t, u]
+        a = tl.dot(p_t, tl.trans(q_u), input_precision=PRECISION) * inv_tau
+        w = tl.exp(tl.where(keep_a, a - lse_u[None, :], float("-inf"))) * g_u[None, :]
+        acc_p = tl.dot(w, q_u, acc_p, input_precision=PRECISION)
+    d_q = (acc_q - g_t[:, None] * p_t) * inv_tau  # the positive a[t, t] enters with sign -1
+    d_p = (acc_p - g_t[:, None] * q_t) * inv_tau
     if NORMALIZE:
-        if WHICH != "p":
-            d_q = _normalize_backward(mq_ptr, b, t, M, D, d_q, BLOCK_D)
-        if WHICH != "q":
-            d_p = _normalize_backward(mp_ptr, b, t, M, D, d_p, BLOCK_D)
+        d_q = _normalize_backward(mq_ptr, b, t, M, D, d_q, BLOCK_D)
+        d_p = _normalize_backward(mp_ptr, b, t, M, D, d_p, BLOCK_D)
     d = tl.arange(0, BLOCK_D)
     out = (b.to(tl.int64) * M + t)[:, None] * D + d[None, :]
     mask = in_t[:, None] & (d < D)[None, :]
-    if WHICH != "p":
-        tl.store(dmq_ptr + out, d_q, mask=mask)
-    if WHICH != "q":
-        tl.store(dmp_ptr + out, d_p, mask=mask)
+    tl.store(dmq_ptr + out, d_q, mask=mask)
+    tl.store(dmp_ptr + out, d_p, mask=mask)
 
 
-# (rows per program, warps, pipeline stages, split) that `bench_loss.py --sweep` times; the first
-# is what the default rule (:func:`_launch`) picks for D <= 64 and M >= 64. split 1 runs the
-# backward as two launches, one per view's gradient, each holding one accumulator and fewer
-# tiles. Compiled for sm_90 by Triton 3.6 (the GPU machines'; benchmarks/triton_resources.py) at
-# D = 64 the one-pass backward needs 255 registers and spills 768 bytes per thread in tf32x3
-# (376 in tf32), one program per SM; split, 328 and 136 bytes in tf32x3 and none in tf32.
-BLOCK_CHOICES = ((64, 8, 3, 0), (64, 8, 3, 1), (32, 4, 3, 0), (32, 4, 3, 1), (32, 4, 1, 0), (16, 4, 2, 0),
-                 (16, 2, 2, 0))
+# (rows per program, warps, pipeline stages) that `bench_loss.py --sweep` times; the first is what
+# the default rule (:func:`_launch`) picks for D <= 64 and M >= 64. Compiled for sm_90 by Triton
+# 3.6 (benchmarks/triton_resources.py) at D = 64 the default backward needs 255 registers and
+# spills 768 bytes per thread in tf32x3 (376 in tf32), one program per SM. Still, on an H200 at
+# K=1024 it was as fast as any other shape (0.85 ms forward + backward in tf32x3; (32, 4, 3)
+# 0.847 ms), and a backward split into one launch per view's gradient, which spills far less,
+# was slower (0.90 ms; tf32 0.46 ms against 0.41), so that option was removed
+# (benchmarks/RESULTS.md).
+BLOCK_CHOICES = ((64, 8, 3), (32, 4, 3), (32, 4, 1), (16, 4, 2), (16, 2, 2))
 
 
-def _launch(regions: int, channels: int, blocks) -> tuple[int, int, int, int, bool]:
-    """``(BLOCK, BLOCK_D, num_warps, num_stages, split)``: ``blocks`` if given, else the default rule."""
+def _launch(regions: int, channels: int, blocks) -> tuple[int, int, int, int]:
+    """``(BLOCK, BLOCK_D, num_warps, num_stages)``: ``blocks`` if given, else the default rule."""
     block_d = max(16, next_power_of_2(channels))
     if blocks is not None:
-        return blocks[0], block_d, blocks[1], blocks[2], bool(blocks[3])
+        return blocks[0], block_d, blocks[1], blocks[2]
     cap = 64 if block_d <= 64 else (32 if block_d <= 128 else 16)
     block = max(16, min(cap, next_power_of_2(regions)))
-    return block, block_d, 8 if block * block_d >= 4096 else 4, 3, False
+    return block, block_d, 8 if block * block_d >= 4096 else 4, 3
 
 
 def _launch_precision(tensor: torch.Tensor, precision: str) -> str:
@@ -212,7 +194,7 @@ def _infonce_forward(means, valid, temperature, normalize, include_self, precisi
     lse = torch.empty_like(rows)  # (B, M)
     if batch * regions == 0:
         return rows, lse
-    block, block_d, warps, stages, _ = _launch(regions, channels, blocks)
+    block, block_d, warps, stages = _launch(regions, channels, blocks)
     _infonce_fwd_kernel[(cdiv(regions, block), batch)](
         means_q, means_p, valid, rows, lse, regions, channels, 1.0 / temperature,
         NORMALIZE=normalize, INCLUDE_SELF=include_self,
@@ -229,13 +211,13 @@ def _infonce_backward(grad_rows, means, valid, lse, temperature, normalize, incl
     d_q, d_p = d_means[0], d_means[1]
     if batch * regions == 0:
         return d_means
-    block, block_d, warps, stages, split = _launch(regions, channels, blocks)
-    for which in ("q", "p") if split else ("qp",):
-        _infonce_bwd_kernel[(cdiv(regions, block), batch)](
-            means_q, means_p, valid, lse, grad_rows, *grad_rows.stride(), d_q, d_p, regions, channels,
-            1.0 / temperature, WHICH=which, NORMALIZE=normalize, INCLUDE_SELF=include_self,
-            PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
-            num_warps=warps, num_stages=stages)
+    block, block_d, warps, stages = _launch(regions, channels, blocks)
+    _infonce_bwd_kernel[(cdiv(regions, block), batch)](
+        means_q, means_p, valid, lse, grad_rows, *grad_rows.stride(), d_q, d_p, regions, channels,
+        1.0 / temperature,
+        NORMALIZE=normalize, INCLUDE_SELF=include_self,
+        PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
+        num_warps=warps, num_stages=stages)
     return d_means
 
 
@@ -299,7 +281,7 @@ class RegionInfoNCEFunction(torch.autograd.Function):
 
 def region_infonce(means: torch.Tensor, valid: torch.Tensor, temperature: float,
                    normalize: bool = True, include_self: bool = False, precision: str = "tf32x3",
-                   blocks: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                   blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Per-region InfoNCE with the fused Triton kernels (differentiable in the means).
 
     Same value as :func:`lrc_fast.reference.region_loss.region_infonce` of ``means[0]``,
@@ -319,12 +301,11 @@ def region_infonce(means: torch.Tensor, valid: torch.Tensor, temperature: float,
         As in :func:`lrc_fast.region_contrast_loss`.
     precision : {'tf32x3', 'tf32', 'ieee'}
         ``tl.dot`` input precision on CUDA (the interpreter always computes in float32).
-    blocks : tuple of 4 ints, optional
-        ``(rows per program, warps, pipeline stages, split)`` of both kernels, for tuning (see
-        :data:`BLOCK_CHOICES`); rows a power of two >= 16; split 1 runs the backward as two
-        launches, one per view. None: 64 rows (fewer for small ``M``, fewer for ``D > 64``),
-        8 warps at 64 x 64, 3 stages, one backward launch. Only the order of float32 sums
-        depends on the rows; split gives the same bits.
+    blocks : tuple of 3 ints, optional
+        ``(rows per program, warps, pipeline stages)`` of both kernels, for tuning (see
+        :data:`BLOCK_CHOICES`); rows a power of two >= 16. None: 64 rows (fewer for small ``M``,
+        fewer for ``D > 64``), 8 warps at 64 x 64, 3 stages. Only the order of float32 sums
+        depends on it.
 
     Returns
     -------
@@ -334,20 +315,20 @@ def region_infonce(means: torch.Tensor, valid: torch.Tensor, temperature: float,
     Raises
     ------
     TypeError
-        ``blocks`` not a tuple of four ints.
+        ``blocks`` not a tuple of three ints.
     ValueError
-        ``means`` not ``(2, B, M, D)``; an unknown ``precision``; in ``blocks``, rows not a power
-        of two >= 16, warps not a power of two <= 16, stages < 1 or split not 0 or 1.
+        ``means`` not ``(2, B, M, D)``; an unknown ``precision``; in ``blocks``, rows not a power of two >= 16, warps not a power
+        of two <= 16, or stages < 1.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     if blocks is not None:
-        if not (isinstance(blocks, tuple) and len(blocks) == 4 and all(type(v) is int for v in blocks)):
-            raise TypeError(f"blocks must be a tuple of 4 ints (rows, warps, stages, split), got {blocks!r}.")
-        rows, warps, stages, split = blocks
-        if rows < 16 or rows & (rows - 1) or warps not in (1, 2, 4, 8, 16) or stages < 1 or split not in (0, 1):
-            raise ValueError(f"blocks: rows must be a power of two >= 16, warps 1, 2, 4, 8 or 16, "
-                             f"stages >= 1 and split 0 or 1, got {blocks!r}.")
+        if not (isinstance(blocks, tuple) and len(blocks) == 3 and all(type(v) is int for v in blocks)):
+            raise TypeError(f"blocks must be a tuple of 3 ints (rows, warps, stages), got {blocks!r}.")
+        rows, warps, stages = blocks
+        if rows < 16 or rows & (rows - 1) or warps not in (1, 2, 4, 8, 16) or stages < 1:
+            raise ValueError(f"blocks: rows must be a power of two >= 16, warps 1, 2, 4, 8 or 16 and "
+                             f"stages >= 1, got {blocks!r}.")
         blocks = list(blocks)
     if means.dim() != 4 or means.shape[0] != 2:
         raise ValueError(f"means must have shape (2, B, M, D), got {tuple(means.shape)}.")
