@@ -55,6 +55,10 @@ import lrc_fast  # noqa: E402
 # per-SM limits of an H100/H200 (sm_90)
 REGISTERS_PER_SM = 65536
 SHARED_PER_SM = 228 * 1024
+# the most shared memory one program (CTA) may use, by compute capability x 10 (CUDA C++
+# Programming Guide, "Technical Specifications per Compute Capability"; 1 KB of each SM's is
+# reserved): what Triton checks at launch
+SHARED_PER_PROGRAM = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 MAX_WARPS_PER_SM = 64
 MAX_PROGRAMS_PER_SM = 32
 _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
@@ -166,8 +170,8 @@ def coverage_workload():
     of different integer dtypes, one strided shared map, ``max_regions`` (both subsets),
     ``include_self``/``normalize``, one image with one region and one channel and a gradient for
     the warped view only, ``region_sample_mean``, every swept launch shape of the index,
-    the dense backward, the InfoNCE, the field and the fused pair, the warp with gradients and
-    the fused pair under each padding, and the pooling's int64 gather.
+    the dense backward, the InfoNCE and the field, the warp with gradients and without (an
+    elastic pair) under each padding, and the pooling's int64 gather.
     """
     from lrc_fast.kernels import elastic_warp, region_infonce, region_pool
 
@@ -233,9 +237,6 @@ def coverage_workload():
             for blocks in elastic_warp.SMOOTH_BLOCK_CHOICES:
                 elastic_warp.field_from_uniform_triton(torch.zeros(batch, 2, height, width), 4.0, 3.0,
                                                        precision=precision, blocks=blocks)
-        for blocks in elastic_warp.PAIR_BLOCK_CHOICES:
-            elastic_warp.elastic_pair_triton(images.detach(), regions, torch.zeros(batch, 2, height, width),
-                                             4.0, 3.0, blocks=blocks)
 
 
 def _tool(name: str) -> str:
@@ -250,11 +251,16 @@ def compile_launch(launch: Launch, arch: int):
 
 
 def _compile_error(record: dict, arch: int) -> str | None:
-    """Compile one recorded launch (in a worker process); the error, or None."""
+    """Compile one recorded launch (in a worker process); the error, or None. A kernel that
+    needs more shared memory than one program may have on ``arch`` compiles but fails to launch
+    (Triton's OutOfResources at the first call), so that is an error here too."""
     try:
-        compile_launch(Launch.from_record(record), arch)
+        kernel = compile_launch(Launch.from_record(record), arch)
     except Exception as error:  # noqa: BLE001 -- every kernel that does not compile is reported
         return f"{type(error).__name__}: {error}"
+    limit = SHARED_PER_PROGRAM.get(arch)
+    if limit is not None and kernel.metadata.shared > limit:
+        return f"needs {kernel.metadata.shared} bytes of shared memory, sm_{arch} allows {limit} per program"
     return None
 
 

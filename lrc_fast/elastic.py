@@ -4,9 +4,8 @@ The field is the classical Simard et al. one used in the CT literature (scipy
 ``gaussian_filter`` of uniform(-1, 1) noise, times ``alpha``, then ``map_coordinates``). On CUDA
 the noise is drawn on the device, smoothed by two banded-matrix Triton kernels and applied by one
 fused Triton kernel that writes the bilinear image and the nearest-neighbour region map together.
-:func:`elastic_pair` without gradients goes further: the column smoothing and the warp are one
-kernel, so the field is never written to memory. On CPU the same arithmetic runs through the PyTorch reference
-(:mod:`lrc_fast.reference.elastic`), which is also the test oracle.
+On CPU the same arithmetic runs through the PyTorch reference (:mod:`lrc_fast.reference.elastic`),
+which is also the test oracle.
 
 Conventions
 -----------
@@ -227,13 +226,6 @@ def _field(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float, b
     return _ref.field_from_uniform(uniform, alpha, sigma, truncate)
 
 
-def _fused_pair_applies(images4: torch.Tensor, sigma: float) -> bool:
-    """Whether the Triton pair kernel (field never written) can stand in for field + warp."""
-    return (images4.dtype in _TRITON_IMAGE_DTYPES and images4.shape[0] > 0 and sigma > 1e-15
-            and images4.shape[-2] * images4.shape[-1] < 2 ** 31
-            and not (torch.is_grad_enabled() and images4.requires_grad))
-
-
 def _warp(images4, regions, displacement, padding, ignore_index, backend):
     """Checked (B, C, H, W) warp on the chosen backend."""
     if backend == "triton":
@@ -317,10 +309,9 @@ def elastic_pair(images: torch.Tensor, regions: torch.Tensor, alpha: float = DEF
     """Elastic positive view of a batch: a random field per image, then the fused warp.
 
     Equal to ``elastic_warp(images, regions, random_elastic_field(B, H, W, alpha, sigma,
-    generator, images.device))``, bit for bit (on CUDA without gradients the field's column pass
-    and the warp run as one kernel that never writes the field). The defaults (``alpha=400``, ``sigma=16`` px) suit 512 x 512 CT
-    slices at about 1 mm: each displacement component has a standard deviation of about 4.1 px,
-    smooth over about 16-30 px, with negligible folding (see the module docstring).
+    generator, images.device))``, bit for bit. The defaults (``alpha=400``, ``sigma=16`` px) suit
+    512 x 512 CT slices at about 1 mm: each displacement component has a standard deviation of
+    about 4.1 px, smooth over about 16-30 px, with negligible folding (see the module docstring).
 
     Parameters
     ----------
@@ -363,11 +354,6 @@ def elastic_pair(images: torch.Tensor, regions: torch.Tensor, alpha: float = DEF
     alpha, sigma, truncate = _check_field_args(alpha, sigma, truncate)
     uniform = _draw_uniform(batch, height, width, generator,
                             _resolve_device(generator, images4.device))  # (B, 2, H, W)
-    if backend == "triton" and _fused_pair_applies(images4, sigma):
-        from .kernels.elastic_warp import elastic_pair_triton
-        out_images, out_regions = elastic_pair_triton(images4, regions, uniform, alpha, sigma,
-                                                      truncate, padding, ignore_index)
-    else:
-        field = _field(uniform, alpha, sigma, truncate, backend)  # (B, 2, H, W)
-        out_images, out_regions = _warp(images4, regions, field, padding, ignore_index, backend)
+    field = _field(uniform, alpha, sigma, truncate, backend)  # (B, 2, H, W)
+    out_images, out_regions = _warp(images4, regions, field, padding, ignore_index, backend)
     return (out_images.squeeze(1) if squeeze else out_images), out_regions

@@ -15,9 +15,7 @@ from hypothesis import strategies as st
 
 from lrc_fast.elastic import (DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp,
                               random_elastic_field)
-from lrc_fast.kernels.elastic_warp import (PAIR_BLOCK_CHOICES, SMOOTH_BLOCK_CHOICES, elastic_pair_triton,
-                                           elastic_warp_triton, field_from_uniform_triton,
-                                           gaussian_band_matrix)
+from lrc_fast.kernels.elastic_warp import SMOOTH_BLOCK_CHOICES, field_from_uniform_triton, gaussian_band_matrix
 from lrc_fast.reference import elastic as ref
 
 PADDINGS = ref.PADDING_MODES
@@ -402,48 +400,9 @@ def test_elastic_pair_is_field_then_warp(backend):
     assert (r_p != regions).float().mean() > 0.1  # it did move things
 
 
-@pytest.mark.parametrize("blocks", PAIR_BLOCK_CHOICES)
-@pytest.mark.parametrize("dtype, region_dtype, padding", [
-    (torch.float32, torch.int64, "border"), (torch.bfloat16, torch.int32, "reflection"),
-    (torch.float16, torch.int64, "zeros")])
-def test_fused_pair_kernel_is_field_then_warp(blocks, dtype, region_dtype, padding):
-    """The kernel that smooths the columns and warps in one pass applies the very field
-    field_from_uniform_triton returns (150 rows: two row tiles, a band folding at both ends;
-    37 columns: one or two column tiles; two image channels)."""
-    images, regions, _ = _warp_inputs(2, 2, 150, 37, dtype, region_dtype, 0.0, seed=23)
-    uniform = _uniform((2, 2, 150, 37), seed=24)
-    field = field_from_uniform_triton(uniform, 90.0, 9.0)
-    field[1] *= 8.0  # plenty of sources outside the slice in the second image
-    expected = elastic_warp_triton(images, regions, field, padding, -3)
-    alphas = torch.tensor([90.0, 720.0]).view(2, 1, 1, 1)  # the same field, image by image
-    got = [elastic_pair_triton(images[b:b + 1], regions[b:b + 1], uniform[b:b + 1], float(alphas[b]),
-                               9.0, padding=padding, ignore_index=-3, blocks=blocks) for b in range(2)]
-    assert torch.equal(torch.cat([g[0] for g in got]), expected[0])
-    assert torch.equal(torch.cat([g[1] for g in got]), expected[1])
-    assert (expected[1] == -3).any() and (expected[1] != regions).float().mean() > 0.1
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 19), (2, 3, 19, 1), (1, 0, 5, 6)])
-def test_fused_pair_kernel_degenerate_shapes(shape):
-    batch, channels, height, width = shape
-    images, regions, _ = _warp_inputs(batch, channels, height, width, torch.float32, torch.int64, 0.0, seed=30)
-    uniform = _uniform((batch, 2, height, width), seed=31)
-    expected = elastic_warp_triton(images, regions, field_from_uniform_triton(uniform, 20.0, 3.0))
-    got = elastic_pair_triton(images, regions, uniform, 20.0, 3.0)
-    assert got[0].shape == images.shape and torch.equal(got[0], expected[0])
-    assert torch.equal(got[1], expected[1])
-
-
-def test_fused_pair_kernel_rejects_other_blocks():
-    images, regions, _ = _warp_inputs(1, 1, 8, 8, torch.float32, torch.int64, 0.0, seed=25)
-    with pytest.raises(ValueError, match="PAIR_BLOCK_CHOICES"):
-        elastic_pair_triton(images, regions, _uniform((1, 2, 8, 8), seed=26), 1.0, 2.0,
-                            blocks=(64, 64, 32, 4))
-
-
 def test_elastic_pair_with_gradients_is_field_then_warp():
-    """Images that need a gradient take the differentiable warp (the fused pair kernel has no
-    backward); values and gradients equal elastic_warp's with the same field."""
+    """elastic_pair is differentiable in the images: values and gradients equal elastic_warp's
+    with the same field."""
     images, regions, _ = _warp_inputs(2, 1, 37, 91, torch.float32, torch.int64, 0.0, seed=27)
     grad_out = _uniform((2, 1, 37, 91), seed=28) - 0.5
     results = []
@@ -580,18 +539,6 @@ def test_gpu_same_seed_same_field_and_default_backend():
     gen = torch.Generator(device="cuda").manual_seed(31)
     forced = random_elastic_field(3, 512, 512, DEFAULT_ALPHA, DEFAULT_SIGMA, gen, backend="triton")
     assert torch.equal(draw(), forced)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("blocks", PAIR_BLOCK_CHOICES)
-def test_gpu_fused_pair_kernel_is_field_then_warp(blocks):
-    # bit for bit on CUDA too: same tiles of the sums, same tf32x3 products, same warp arithmetic
-    images, regions, _ = _warp_inputs(4, 1, 512, 512, torch.float32, torch.int64, 0.0, 37, "cuda")
-    uniform = _uniform((4, 2, 512, 512), seed=38, device="cuda")
-    field = field_from_uniform_triton(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA)
-    expected = elastic_warp_triton(images, regions, field)
-    got = elastic_pair_triton(images, regions, uniform, DEFAULT_ALPHA, DEFAULT_SIGMA, blocks=blocks)
-    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 @pytest.mark.gpu

@@ -19,13 +19,6 @@ Warp (:func:`elastic_warp_triton`, :class:`ElasticWarpFunction`)
     the image gradient with float32 atomics (order not deterministic) and writes the
     displacement gradient per pixel.
 
-Pair (:func:`elastic_pair_triton`)
-    Without gradients, the column pass and the warp are one kernel: each program smooths both
-    displacement components of its tile and warps those pixels at once, so the field is never
-    written to memory nor read back (``2 * B * H * W`` float32 each way) and one launch goes. Its
-    row and band tiles are the field's (:data:`PAIR_BLOCK_CHOICES`), so the field it applies is
-    bit for bit the one :func:`field_from_uniform_triton` returns.
-
 On CPU tensors the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``).
 """
 from __future__ import annotations
@@ -43,22 +36,12 @@ PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
 
 # (BM, BN, BK, num_warps) of the smoothing passes: output rows and columns per program, the band
 # chunk per tl.dot, warps. These are the shapes `bench_elastic.py --sweep` tries; the first is the
-# default, the fastest of them on an H100 (benchmarks/RESULTS.md, 0.86x the old (64, 64, 32, 4)
-# at B=16, 0.82x at B=256). tl.dot needs every block side >= 16.
+# default, the fastest of them on an H100 and on an H200 (benchmarks/RESULTS.md). tl.dot needs
+# every block side >= 16; (128, 128, 64, 8) is not offered: compiled by Triton 3.6 its tf32x3
+# column pass needs 256 KiB of shared memory, more than an sm_90 program may have (227 KiB).
 SMOOTH_BLOCK_CHOICES = ((128, 64, 32, 4), (64, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8),
-                        (64, 64, 64, 4), (128, 64, 64, 8), (64, 64, 16, 4), (128, 128, 64, 8))
+                        (64, 64, 64, 4), (128, 64, 64, 8), (64, 64, 16, 4))
 _WARP_BLOCK = 1024  # output pixels per program
-
-# (BM, BN, BK, num_warps) of the fused column pass + warp. BM and BK are the field's default, so
-# both kernels sum each output's products in the same order (same field bits); BN and the warps
-# are free. A program holds two accumulators (dy and dx) and then the warp's per-pixel state, so
-# narrow tiles: compiled for sm_90 by Triton 3.6 (the GPU machines'), BN=32 at 8 warps and BN=16
-# at 4 need 197 and 217 registers and do not spill; BN=32 at 4 warps spills 72 bytes, BN=64 at
-# 8 warps 152. Timed by `bench_elastic.py --sweep`; the first is the default (not yet timed on a
-# GPU).
-_FIELD_BM, _, _FIELD_BK, _ = SMOOTH_BLOCK_CHOICES[0]
-PAIR_BLOCK_CHOICES = tuple((_FIELD_BM, bn, _FIELD_BK, warps)
-                           for bn, warps in ((32, 8), (16, 4), (32, 4), (64, 8)))
 
 # tl.dot precision of the smoothing passes. "tf32x3" (three TF32 products, ~float32 accuracy:
 # field error ~1e-6 of alpha) is the default; "tf32" is about three times less tensor-core
@@ -130,17 +113,6 @@ def _smooth_rows_kernel(u_ptr, kwt_ptr, t_ptr, H, W, radius, tiles_h, tiles_w,
 
 
 @triton.jit
-def _alpha_band_tile(kh_ptr, rows, ks, H, alpha):
-    # (BM, BK) tile of alpha * K_H. alpha scales the band before the product, not the product:
-    # then nothing multiplies the dot's result, and the pair kernel's coordinate `i + dy` cannot
-    # be contracted with a multiply into a fused multiply-add that the two-kernel path (which
-    # stores dy) would not make: both paths get the same bits.
-    kh = tl.load(kh_ptr + rows[:, None] * H + ks[None, :],
-                 mask=(rows[:, None] < H) & (ks[None, :] < H), other=0.0)
-    return kh * alpha
-
-
-@triton.jit
 def _smooth_cols_kernel(t_ptr, kh_ptr, f_ptr, alpha, H, W, radius, tiles_h, tiles_w,
                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         PRECISION: tl.constexpr):
@@ -153,7 +125,9 @@ def _smooth_cols_kernel(t_ptr, kh_ptr, f_ptr, alpha, H, W, radius, tiles_h, tile
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(k_start, k_end, BK):
         ks = k0 + tl.arange(0, BK)  # (BK,)
-        kh = _alpha_band_tile(kh_ptr, rows, ks, H, alpha)  # (BM, BK)
+        # (BM, BK) tile of alpha * K_H: alpha scales the band, so the product is the field
+        kh = tl.load(kh_ptr + rows[:, None] * H + ks[None, :],
+                     mask=(rows[:, None] < H) & (ks[None, :] < H), other=0.0) * alpha
         t = tl.load(t_ptr + base + ks[:, None] * W + cols[None, :],
                     mask=(ks[:, None] < H) & (cols[None, :] < W), other=0.0)  # (BK, BN)
         acc = tl.dot(kh, t, acc, input_precision=PRECISION)
@@ -241,64 +215,6 @@ def _warp_operands(images: torch.Tensor, regions: torch.Tensor):
     return images, regions, torch.empty_like(images), torch.empty_like(regions)
 
 
-def elastic_pair_triton(images: torch.Tensor, regions: torch.Tensor, uniform: torch.Tensor,
-                        alpha: float, sigma: float, truncate: float = 4.0,
-                        padding: str = "border", ignore_index: int = -1,
-                        blocks: tuple[int, int, int, int] | None = None):
-    """Field and warp without writing the field: ``elastic_warp_triton(images, regions, field)``
-    with ``field = field_from_uniform_triton(uniform, alpha, sigma, truncate)``, bit for bit.
-
-    The row pass is :func:`field_from_uniform_triton`'s; one kernel then smooths both components
-    of each tile along the columns and warps that tile. No autograd.
-
-    Parameters
-    ----------
-    images, regions : torch.Tensor
-        ``(B, C, H, W)`` float32/float16/bfloat16 and ``(B, H, W)`` int32/int64, checked by the
-        caller (see :func:`lrc_fast.elastic_pair`); ``H * W < 2**31``.
-    uniform : torch.Tensor
-        ``(B, 2, H, W)`` float32 draws in ``[0, 1)`` on the images' device.
-    alpha, sigma, truncate : float
-        As :func:`field_from_uniform_triton`; ``sigma`` > 1e-15 (no smoothing: use the field).
-    padding, ignore_index
-        As :func:`elastic_warp_triton`.
-    blocks : tuple of 4 ints, optional
-        ``(BM, BN, BK, num_warps)`` of the fused kernel, one of :data:`PAIR_BLOCK_CHOICES`
-        (default: the first). Its ``BM`` and ``BK`` are the field's, which keeps the field bits.
-
-    Returns
-    -------
-    tuple of torch.Tensor
-        ``(warped_images, warped_regions)``, shapes and dtypes of the inputs.
-
-    Raises
-    ------
-    ValueError
-        ``blocks`` not one of :data:`PAIR_BLOCK_CHOICES`.
-    """
-    if blocks is None:
-        blocks = PAIR_BLOCK_CHOICES[0]
-    if blocks not in PAIR_BLOCK_CHOICES:
-        raise ValueError(f"blocks must be one of PAIR_BLOCK_CHOICES {PAIR_BLOCK_CHOICES} (their BM and "
-                         f"BK are the field's, which keeps the field bits), got {blocks!r}.")
-    bm, bn, bk, warps = blocks
-    images, regions, out_images, out_regions = _warp_operands(images, regions)
-    uniform = uniform.contiguous()
-    batch, channels, height, width = images.shape
-    if batch == 0:
-        return out_images, out_regions
-    # the row pass at the field's own default tile: the same t as field_from_uniform_triton
-    rows_smoothed = _smooth_rows(uniform, sigma, truncate, FIELD_DOT_PRECISION, SMOOTH_BLOCK_CHOICES[0])
-    kh = gaussian_band_matrix(height, float(sigma), float(truncate), uniform.device)  # (H, H)
-    tiles_h, tiles_w = cdiv(height, bm), cdiv(width, bn)
-    _smooth_cols_warp_kernel[(batch * tiles_h * tiles_w,)](
-        rows_smoothed, kh, images, regions, out_images, out_regions, float(alpha), channels,
-        height, width, gaussian_radius(sigma, truncate), tiles_h, tiles_w, int(ignore_index),
-        PADDING=PADDING_CODES[padding], BM=bm, BN=bn, BK=bk, PRECISION=FIELD_DOT_PRECISION,
-        num_warps=warps)
-    return out_images, out_regions
-
-
 # ----------------------------------------------------------------------------------------------
 # Warp: fused bilinear image + nearest region map, and its backward
 # ----------------------------------------------------------------------------------------------
@@ -330,7 +246,7 @@ def _source_coordinate(c, size, PADDING: tl.constexpr):
 @triton.jit
 def _warp_pixels(img_ptr, reg_ptr, out_img_ptr, out_reg_ptr, b, C, H, W, i, j, live, dy, dx,
                  ignore_index, PADDING: tl.constexpr):
-    # Warps output pixels (i, j) of image b (int64) by (dy, dx): any shape, all of one shape.
+    # Warps output pixels (i, j) of image b (int64) by (dy, dx), tensors of one shape.
     hw = H * W
     offs = i * W + j  # flat output pixels
     y = i.to(tl.float32) + dy  # sampling coordinates, as the reference
@@ -389,38 +305,6 @@ def _elastic_warp_fwd_kernel(img_ptr, reg_ptr, disp_ptr, out_img_ptr, out_reg_pt
     dx = tl.load(disp_ptr + (b * 2 + 1) * hw + offs, mask=live, other=0.0)
     _warp_pixels(img_ptr, reg_ptr, out_img_ptr, out_reg_ptr, b, C, H, W, offs // W, offs % W, live,
                  dy, dx, ignore_index, PADDING)
-
-
-@triton.jit
-def _smooth_cols_warp_kernel(t_ptr, kh_ptr, img_ptr, reg_ptr, out_img_ptr, out_reg_ptr, alpha,
-                             C, H, W, radius, tiles_h, tiles_w, ignore_index,
-                             PADDING: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                             BK: tl.constexpr, PRECISION: tl.constexpr):
-    # Both components of f[n] = (alpha K_H) @ t[n] on one tile (the loop of _smooth_cols_kernel,
-    # same order of products), then the warp of that tile's pixels by them.
-    n, row0, col0 = _tile_origin(tl.program_id(0), tiles_h, tiles_w, BM, BN)
-    n = n.to(tl.int64)
-    rows = row0 + tl.arange(0, BM)  # (BM,)
-    cols = col0 + tl.arange(0, BN)  # (BN,)
-    base_y = n * 2 * H * W  # t[n, 0]: rows smoothed of the y component
-    base_x = base_y + H * W  # t[n, 1]
-    k_start, k_end = _band(row0, BM, H, radius, BK)
-    acc_y = tl.zeros((BM, BN), dtype=tl.float32)
-    acc_x = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BK):
-        ks = k0 + tl.arange(0, BK)  # (BK,)
-        kh = _alpha_band_tile(kh_ptr, rows, ks, H, alpha)  # (BM, BK)
-        t_mask = (ks[:, None] < H) & (cols[None, :] < W)
-        t_offs = ks[:, None] * W + cols[None, :]
-        t_y = tl.load(t_ptr + base_y + t_offs, mask=t_mask, other=0.0)  # (BK, BN)
-        t_x = tl.load(t_ptr + base_x + t_offs, mask=t_mask, other=0.0)  # (BK, BN)
-        acc_y = tl.dot(kh, t_y, acc_y, input_precision=PRECISION)
-        acc_x = tl.dot(kh, t_x, acc_x, input_precision=PRECISION)
-    live = (rows[:, None] < H) & (cols[None, :] < W)  # (BM, BN)
-    i = tl.broadcast_to(rows[:, None], (BM, BN))
-    j = tl.broadcast_to(cols[None, :], (BM, BN))
-    _warp_pixels(img_ptr, reg_ptr, out_img_ptr, out_reg_ptr, n, C, H, W, i, j, live,
-                 acc_y, acc_x, ignore_index, PADDING)
 
 
 @triton.jit
