@@ -83,8 +83,8 @@ def _tile_origin(pid, tiles_h, tiles_w, BM: tl.constexpr, BN: tl.constexpr):
 @triton.jit
 def _band(first, size: tl.constexpr, n, radius, BK: tl.constexpr):
     # [start, end) of the inputs along an axis of length n that feed outputs first .. first +
-    # size - 1 (a Gaussian of this radius), start rounded down to a chunk of BK: every kernel
-    # summing along the axis loops over the same chunks, so it sums the products in one order
+    # size - 1 (a Gaussian of this radius), start rounded down to a multiple of BK, so the
+    # smoothing pass loops over BK-aligned chunks of the band
     lo = tl.maximum(first - radius, 0)
     return (lo // BK) * BK, tl.minimum(tl.minimum(first + size, n) + radius, n)
 
@@ -207,12 +207,6 @@ def _smooth_rows(uniform: torch.Tensor, sigma: float, truncate: float, precision
         uniform, kwt, rows_smoothed, height, width, gaussian_radius(sigma, truncate), tiles_h,
         tiles_w, BM=bm, BN=bn, BK=bk, PRECISION=precision, num_warps=warps)
     return rows_smoothed
-
-
-def _warp_operands(images: torch.Tensor, regions: torch.Tensor):
-    """Contiguous images and regions, and empty outputs like them."""
-    images, regions = images.contiguous(), regions.contiguous()
-    return images, regions, torch.empty_like(images), torch.empty_like(regions)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,6 +350,12 @@ def _elastic_warp_bwd_kernel(grad_out_ptr, img_ptr, disp_ptr, grad_img_ptr, grad
     if NEED_DISP:
         tl.store(grad_disp_ptr + b * 2 * hw + offs, grad_y * gy, mask=live)
         tl.store(grad_disp_ptr + (b * 2 + 1) * hw + offs, grad_x * gx, mask=live)
+
+
+def _warp_operands(images: torch.Tensor, regions: torch.Tensor):
+    """Contiguous images and regions, and empty outputs like them."""
+    images, regions = images.contiguous(), regions.contiguous()
+    return images, regions, torch.empty_like(images), torch.empty_like(regions)
 
 
 def elastic_warp_triton(images: torch.Tensor, regions: torch.Tensor, displacement: torch.Tensor,
