@@ -123,7 +123,7 @@ step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benc
 for log in pytest_build pytest_gpu_felzenszwalb pytest_gpu_loss_elastic; do
   [ -f "$LOG_DIR/$log.log" ] && { echo; echo "### $log"; grep -E "passed|failed|error" "$LOG_DIR/$log.log" | tail -n 2; }
 done
-for b in bench_felzenszwalb:40 bench_felzenszwalb_phases:10 baseline_felzenszwalb_phases:10 bench_loss:37 \
+for b in bench_felzenszwalb:50 bench_felzenszwalb_phases:10 baseline_felzenszwalb_phases:10 bench_loss:37 \
          bench_elastic:22; do  # log:lines of its table
   [ -f "$LOG_DIR/${b%:*}.log" ] && { echo; echo "### ${b%:*}"; tail -n "${b#*:}" "$LOG_DIR/${b%:*}.log"; }
 done
