@@ -594,7 +594,7 @@ def sweep_infonce(config, quick=False):
 
             # Shapes differ only in the order of float32 sums, but tf32 rounds each product's
             # operands to 10 bits, so a different order moves tf32 gradients more: on an H200 at
-            # K=1024 the shapes' gradients spread by 2.3e-4 of the largest in tf32 (1.3e-6 in
+            # K=1024 the shapes' gradients spread by 2.3e-4 of the largest in tf32 (1.5e-6 in
             # tf32x3), against tf32's own error of 3.1e-3 from float64 (benchmarks/RESULTS.md).
             atol = {"tf32x3": 1e-5, "tf32": 1e-3}[precision]
 

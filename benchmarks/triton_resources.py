@@ -23,7 +23,8 @@ memory access before a GPU run, not to predict times.
 
 Run: ``python benchmarks/triton_resources.py [--arch 90] [--batch 2]``. With ``--check`` it instead
 compiles every launch variant of the package and of the benchmark sweeps (``coverage_workload``)
-and exits 1 if one does not compile: a kernel that only a GPU would reject fails here, on the CPU
+and exits 1 if one does not compile or needs more shared memory than one program may have on
+the target: a kernel that only a GPU would reject fails here, on the CPU
 (tests/test_triton_compile.py runs it).
 """
 from __future__ import annotations
