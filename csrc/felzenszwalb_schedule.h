@@ -430,12 +430,14 @@ struct PixelSet {
       if (slot[i] < 0) return false;
     }
   }
-  LRC_HD void insert(int32_t p) {
-    if (2 * size >= kAbsorbedCap) return;
+  // Whether p was recorded.
+  LRC_HD bool insert(int32_t p) {
+    if (2 * size >= kAbsorbedCap) return false;
     int32_t i = home(p);
     while (slot[i] >= 0) i = (i + 1) & (kAbsorbedCap - 1);
     slot[i] = p;
     ++size;
+    return true;
   }
 };
 
@@ -557,10 +559,34 @@ LRC_HD OutsideRoot load_outside_root(const Slice& s, int32_t w, Ops& ops) {
   return y;
 }
 
+// load_outside_root of the first frontier entries, loaded by the whole team before the hub
+// extension (in parallel, while the thread that extends would otherwise wait for each in turn):
+// the extension takes entry i < n from here. Its own writes are the only ones during the
+// extension, and they can make an entry stale in two ways only: the root was a single pixel it
+// absorbed (then the entry's own pixel is that root, found in `absorbed`), or it froze the root
+// (then hub_extend stops taking prefetched entries, as it does when `absorbed` is full).
+constexpr int32_t kPrefetchCap = 128;  // frontier entries loaded ahead: on real CT ~16 are taken per round
+struct OutsideRoots {
+  int32_t* root;
+  int32_t* size;
+  int32_t* resv;
+  double* cint;
+  int32_t n;
+
+  LRC_HD OutsideRoot at(int32_t i) const { return {root[i], size[i], resv[i], cint[i]}; }
+  LRC_HD void set(int32_t i, const OutsideRoot& y) const {
+    root[i] = y.root;
+    size[i] = y.size;
+    resv[i] = y.resv;
+    cint[i] = y.cint;
+  }
+};
+
 // The hub extension, run by one thread after the round's commits. frontier[0, n_frontier): the
 // hub's loaded pending edges (with their endpoints outside the hub) sorted by key; end_bound: the cost bits where the edges not loaded yet begin (kNoCost once all are
 // loaded); heap: empty, kHeapCap entries; absorbed: empty; near: the frontier edges'
-// directions at their outside pixels (near_hub_add). Each edge taken, smallest key
+// directions at their outside pixels (near_hub_add); pre: load_outside_root of the first pre.n
+// frontier entries, loaded before (OutsideRoots; n = 0 loads every one here). Each edge taken, smallest key
 // first, from the frontier and the heap is (hub, y) with y the root of its outside endpoint:
 // - both ends already in the hub: internal now, skipped; y frozen: the edge is dead, skipped;
 // - y reserved another edge this round (resv): y has a smaller pending edge, which the
@@ -585,13 +611,14 @@ LRC_HD OutsideRoot load_outside_root(const Slice& s, int32_t w, Ops& ops) {
 // time (on real CT usually one group).
 template <class Ops>
 LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier, int32_t n_frontier,
-                          uint64_t end_bound, EdgeHeap heap, PixelSet absorbed, NearHub near, Ops& ops) {
+                          uint64_t end_bound, EdgeHeap heap, PixelSet absorbed, NearHub near, OutsideRoots pre,
+                          Ops& ops) {
   int32_t m = hub, steps = 0, next = 0;
   int32_t m_size = ops.ld(s.csize + m);
   double m_cint = ops.ld(s.cint + m);
   while (true) {
     uint64_t c;
-    int32_t e, w;
+    int32_t e, w, entry = -1;  // entry: the frontier index, when the edge comes from the frontier
     const bool from_heap = heap.size > 0 && (next == n_frontier || heap.at.less_than(0, frontier, next));
     if (from_heap) {
       c = heap.at.cost[0];
@@ -602,13 +629,13 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
       c = frontier.cost[next];
       e = frontier.edge[next];
       w = frontier.outside[next];
-      ++next;
+      entry = next++;
     } else {
       break;
     }
     if (c >= end_bound) break;
     if (absorbed.contains(w)) continue;  // both ends in the hub now
-    const OutsideRoot y = load_outside_root(s, w, ops);
+    const OutsideRoot y = entry >= 0 && entry < pre.n ? pre.at(entry) : load_outside_root(s, w, ops);
     if (y.root == m || y.size < 0) continue;  // internal now, or dead (y frozen)
     if (y.resv != e) break;
     ++steps;
@@ -628,7 +655,7 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
       // whose far end it absorbed, and its frontier edges (into the hub; `near`). The values at
       // the far ends are loaded four at a time, together, the first four with y's own (an
       // unrolled loop keeps them in registers; eight at once would spill at 1024 threads).
-      absorbed.insert(y.root);
+      if (!absorbed.insert(y.root)) pre.n = 0;  // not recorded: its prefetched entries would be stale
       const unsigned into_hub = near.directions(y.root);
       const Pixel y_px = pixel_at(s.g, y.root);  // one division by W for all its edges
       unsigned todo = 0;  // bit d: edge d of y goes on
@@ -672,7 +699,10 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
         }
       }
     } else {
-      if (!(cost < static_cast<double>(ty))) ops.st(s.csize + y.root, -y.size);
+      if (!(cost < static_cast<double>(ty))) {
+        ops.st(s.csize + y.root, -y.size);
+        pre.n = 0;  // prefetched entries of y would still say it is not frozen: load the rest
+      }
       if (!(cost < static_cast<double>(tm))) {
         ops.st(s.csize + m, -m_size);
         break;

@@ -230,9 +230,13 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
         std::fill(near_slots.begin(), near_slots.end(), -1);
         const fh::NearHub near{near_slots.data()};
         for (size_t i = 0; i < frontier.size(); ++i) fh::near_hub_add(s, near, f_edge[i], f_outside[i], ops);
+        // No prefetched entries: every decision loads what it reads, so the emulation is the
+        // reference the kernel's prefetching extension must agree with (tests/test_simt.py
+        // compares their statistics, hub steps included).
+        const fh::OutsideRoots none{nullptr, nullptr, nullptr, nullptr, 0};
         stats[1] += fh::hub_extend(s, hub, fh::HubEdges{f_cost.data(), f_edge.data(), f_outside.data()},
                                    static_cast<int32_t>(frontier.size()), end_bound, heap,
-                                   fh::PixelSet{absorbed.data(), 0}, near, ops);
+                                   fh::PixelSet{absorbed.data(), 0}, near, none, ops);
       }
     }
     list_in.swap(list_out);

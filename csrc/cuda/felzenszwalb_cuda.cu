@@ -347,11 +347,18 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
       }
     }
   }
-  __syncthreads();  // thread 0 reads the whole frontier
+  __syncthreads();  // the frontier is sorted
+  // The outside-root state of the first entries, loaded by the CTA at once, so that thread 0
+  // does not wait for those loads one decision at a time.
+  __shared__ int32_t pre_root[fh::kPrefetchCap], pre_size[fh::kPrefetchCap], pre_resv[fh::kPrefetchCap];
+  __shared__ double pre_cint[fh::kPrefetchCap];
+  const fh::OutsideRoots pre{pre_root, pre_size, pre_resv, pre_cint, nf < fh::kPrefetchCap ? nf : fh::kPrefetchCap};
+  for (int32_t i = threadIdx.x; i < pre.n; i += blockDim.x) pre.set(i, fh::load_outside_root(s, f_outside[i], ops));
+  __syncthreads();  // thread 0 reads the whole frontier and the prefetched entries
   if (threadIdx.x != 0) return 0;
   enter_phase(kPhaseHubExtend);
   return fh::hub_extend(s, hub, frontier, nf, end_bound, fh::EdgeHeap{{heap_cost, heap_edge, heap_outside}, 0},
-                        fh::PixelSet{absorbed, 0}, near, ops);
+                        fh::PixelSet{absorbed, 0}, near, pre, ops);
 }
 
 // One pass of rounds (main when kMain, else min_size): each offers the edges the previous one
