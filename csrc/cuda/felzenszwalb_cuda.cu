@@ -752,8 +752,11 @@ cudaError_t launch(const Params& p, int32_t B, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// cudaErrorInvalidValue for a cluster of more than one CTA on a GPU older than sm_90.
-cudaError_t check_cluster(int32_t cluster) {
+// cudaErrorInvalidValue for a launch shape the kernel does not take: a cluster outside 1..8,
+// threads other than 256, 512 or 1024, or a cluster of more than one CTA before sm_90.
+cudaError_t check_shape(int32_t cluster, int32_t threads) {
+  if (cluster < 1 || cluster > 8) return cudaErrorInvalidValue;
+  if (threads != 256 && threads != 512 && threads != 1024) return cudaErrorInvalidValue;
   if (cluster == 1) return cudaSuccess;
   int device = 0, major = 0;
   cudaError_t err = cudaGetDevice(&device);
@@ -789,14 +792,12 @@ int fh_cuda_phase_count() { return kPhases; }
 #ifndef LRC_SIMT
 cudaError_t fh_cuda_max_active_teams(int32_t cluster, int32_t threads, int32_t* count) {
   *count = 0;
-  if (cluster < 1 || cluster > 8) return cudaErrorInvalidValue;
-  const cudaError_t err = check_cluster(cluster);
+  const cudaError_t err = check_shape(cluster, threads);
   if (err != cudaSuccess) return err;
   switch (threads) {
     case 256: return max_active_teams<256>(cluster, count);
     case 512: return max_active_teams<512>(cluster, count);
-    case 1024: return max_active_teams<1024>(cluster, count);
-    default: return cudaErrorInvalidValue;
+    default: return max_active_teams<1024>(cluster, count);
   }
 }
 #endif
@@ -807,10 +808,8 @@ size_t fh_cuda_workspace_bytes(int32_t B, int32_t H, int32_t W) {
 
 cudaError_t fh_cuda(const FhCudaArgs& a, cudaStream_t stream) {
   if (a.B <= 0 || a.H <= 0 || a.W <= 0) return cudaSuccess;
-  if (a.cluster < 1 || a.cluster > 8) return cudaErrorInvalidValue;
-  if (a.threads != 256 && a.threads != 512 && a.threads != 1024) return cudaErrorInvalidValue;
   if (a.window < 1) return cudaErrorInvalidValue;
-  const cudaError_t err = check_cluster(a.cluster);
+  const cudaError_t err = check_shape(a.cluster, a.threads);
   if (err != cudaSuccess) return err;
   Params p;
   p.image = a.image;
