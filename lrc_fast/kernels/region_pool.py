@@ -322,7 +322,8 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
 
 @triton.jit
 def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s_bw, W, HW, D,
-                     pixels_ptr, cum_ptr, local_ptr, index_views, ids_ptr, valid_ptr, u_ptr, means_ptr, idx_ptr, hits_ptr, B, M, N, K, n_tiles, tile, steps,
+                     pixels_ptr, cum_ptr, local_ptr, index_views, ids_ptr, valid_ptr, u_ptr,
+                     means_ptr, idx_ptr, hits_ptr, B, M, N, K, n_tiles, tile, steps,
                      FLAT: tl.constexpr, WIDE: tl.constexpr, COUNT_HITS: tl.constexpr,
                      IDENTITY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     m = tl.program_id(0)
@@ -388,7 +389,8 @@ def _pool_forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms, count_
     block_n = max(16, min(next_power_of_2(num_samples), _POOL_TILE // block_d))
     _pool_fwd_kernel[(regions, batch, views)](
         feat, *feat.stride(), other, *other.stride(), width, height * width, channels,
-        pixels, cum, local, index_views, valid if ids is None else ids, valid, uniforms, means, idx, hits, batch, regions, num_samples, num_regions, n_tiles, tile,
+        pixels, cum, local, index_views, valid if ids is None else ids, valid, uniforms, means, idx, hits,
+        batch, regions, num_samples, num_regions, n_tiles, tile,
         (n_tiles - 1).bit_length(),
         FLAT=_flat_pixels(feat, other), WIDE=_wide_offsets(feat, other), COUNT_HITS=count_hits,
         IDENTITY=ids is None, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
@@ -397,7 +399,8 @@ def _pool_forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms, count_
 
 @torch.library.custom_op("lrc_fast::region_pool_forward", mutates_args=())
 def _pool_forward_op(feat: torch.Tensor, feat_p: torch.Tensor | None, pixels: torch.Tensor,
-                     cum: torch.Tensor, local: torch.Tensor, ids: torch.Tensor | None, valid: torch.Tensor, uniforms: torch.Tensor,
+                     cum: torch.Tensor, local: torch.Tensor, ids: torch.Tensor | None,
+                     valid: torch.Tensor, uniforms: torch.Tensor,
                      count_hits: bool, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _pool_forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms, count_hits, tile)
 
@@ -610,5 +613,6 @@ def pool_inputs(index: RegionIndex, valid: torch.Tensor, uniforms: torch.Tensor,
     ``(regions, regions_p, pixels, cum, local, ids, valid, uniforms, slot_of, tile)``,
     the tensors contiguous (see :class:`RegionPoolFunction`)."""
     regions, regions_p = index.maps
-    return (regions, regions_p, index.pixels, index.cum, index.local, None if ids is None else ids.contiguous(), valid.contiguous(), uniforms.contiguous(),
+    return (regions, regions_p, index.pixels, index.cum, index.local,
+            None if ids is None else ids.contiguous(), valid.contiguous(), uniforms.contiguous(),
             None if slot_of is None else slot_of.contiguous(), index.tile)
