@@ -219,7 +219,7 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
         const int32_t w = fh::hub_frontier_outside(s, hub, e, ops);
         if (w >= 0) frontier.emplace_back(fh::edge_cost_bits(s, e, ops), e, w);
       }
-      if (frontier.size() <= static_cast<size_t>(fh::kFrontierCap)) {
+      if (!frontier.empty() && frontier.size() <= static_cast<size_t>(fh::kFrontierCap)) {
         std::sort(frontier.begin(), frontier.end());  // by (cost, edge): edges are unique
         f_cost.resize(frontier.size());
         f_edge.resize(frontier.size());

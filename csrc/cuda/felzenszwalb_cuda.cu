@@ -481,8 +481,12 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
       }
       team.sync();
       const int32_t nf = __ldcg(w.ctrl + kFrontierCount);
-      if (nf <= fh::kFrontierCap && team.cta == 0) hub_steps += hub_extend_cta(s, hub, active, w.ra, nf, end_bound);
-      team.sync();
+      // An empty frontier leaves nothing to extend (a frontier over the cap is not sorted):
+      // then nobody writes, and the next round needs no barrier first.
+      if (nf > 0 && nf <= fh::kFrontierCap) {
+        if (team.cta == 0) hub_steps += hub_extend_cta(s, hub, active, w.ra, nf, end_bound);
+        team.sync();
+      }
     }
   }
   return rounds;
