@@ -298,7 +298,7 @@ def main() -> int:
             "fused field (noise + smoothing, tf32x3)": timed_ms(lambda: fused_field("tf32x3")),
             "fused field (noise + smoothing, tf32)": timed_ms(lambda: fused_field("tf32")),
             "fused warp (image + regions)": timed_ms(
-                lambda: elastic_warp(images, regions, field, backend="triton")),
+                lambda: elastic_warp(images, regions, field, backend="triton", check_finite=False)),
             "reference pair (conv + gather)": timed_ms(lambda: reference_pair(images, regions, gen)),
             "PyTorch baseline (conv + grid_sample)": timed_ms(
                 lambda: grid_sample_pair(images, regions, gen)),

@@ -39,7 +39,7 @@ def main() -> int:
                           backend="triton")
     field = lrc_fast.random_elastic_field(16, FULL["size"], FULL["size"], lrc_fast.elastic.DEFAULT_ALPHA,
                                           lrc_fast.elastic.DEFAULT_SIGMA, device="cuda")
-    lrc_fast.elastic_warp(images, regions, field, backend="triton")
+    lrc_fast.elastic_warp(images, regions, field, backend="triton", check_finite=False)
     torch.cuda.synchronize()
     print(f"one loss step (fp32, K={k}) and one elastic pair (B=16) both ways, {torch.cuda.get_device_name()}")
     return 0

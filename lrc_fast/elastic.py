@@ -2,9 +2,9 @@
 
 The field is the classical Simard et al. one used in the CT literature (scipy
 ``gaussian_filter`` of uniform(-1, 1) noise, times ``alpha``, then ``map_coordinates``). On CUDA
-the noise is drawn on the device, smoothed by two banded-matrix Triton kernels and applied by one
-fused Triton kernel that writes the bilinear image and the nearest-neighbour region map together.
-On CPU the same arithmetic runs through the PyTorch reference (:mod:`lrc_fast.reference.elastic`),
+the noise is drawn on the device, smoothed by two banded-matrix Triton kernels (sides up to
+:data:`MAX_TRITON_FIELD_SIDE`) and applied by one fused Triton kernel that writes the bilinear
+image and the nearest-neighbour region map together. On CPU the same arithmetic runs through the PyTorch reference (:mod:`lrc_fast.reference.elastic`),
 which is also the test oracle.
 
 Conventions
@@ -42,6 +42,12 @@ DEFAULT_SIGMA = 16.0
 _BACKENDS = (None, "triton", "reference")
 _TRITON_IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _REGION_DTYPES = (torch.int32, torch.int64)
+# The Triton field multiplies by dense (n, n) banded float32 matrices, one per axis, cached per
+# size: 64 MiB each at n = 4096. Longer sides take the reference (separable convolutions).
+MAX_TRITON_FIELD_SIDE = 4096
+# Gaussian kernel radius int(truncate * sigma + 0.5) above which sigma/truncate are refused: the
+# reference builds 2 r + 1 taps and an n + 2 r reflected index (2**20: 16 MiB of float64 taps).
+MAX_KERNEL_RADIUS = 2 ** 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,6 +89,31 @@ def _check_backend(backend, tensor: torch.Tensor) -> str:
     return backend
 
 
+def _field_backend(backend, device: torch.device, height: int, width: int) -> str:
+    """The backend of a field of float32 noise on ``device``, resolved before anything is drawn."""
+    resolved = _check_backend(backend, torch.empty(0, device=device))  # the noise: float32
+    if resolved == "triton" and max(height, width) > MAX_TRITON_FIELD_SIDE:
+        if backend == "triton":
+            raise ValueError(f"backend='triton' smooths with dense (n, n) banded matrices and takes "
+                             f"fields of sides up to {MAX_TRITON_FIELD_SIDE}, got {height} x {width}; "
+                             "use backend=None or 'reference'.")
+        return "reference"
+    return resolved
+
+
+def _warp_backend(backend, images4: torch.Tensor) -> str:
+    """The backend of the warp of ``images4`` (B, C, H, W), resolved and checked."""
+    backend = _check_backend(backend, images4)
+    if backend == "triton":
+        if images4.dtype not in _TRITON_IMAGE_DTYPES:
+            raise ValueError(f"backend='triton' takes float32/float16/bfloat16 images, got "
+                             f"{images4.dtype}; use backend='reference' for it.")
+        if images4.shape[-2] * images4.shape[-1] >= 2 ** 31:
+            raise ValueError(f"backend='triton' indexes a slice with int32: H * W must be < 2**31, "
+                             f"got {tuple(images4.shape[-2:])}; use backend='reference'.")
+    return backend
+
+
 def _check_pair_inputs(images, regions, padding, ignore_index):
     """Validate images/regions; return images as (B, C, H, W) and whether a channel was added."""
     for name, value in (("images", images), ("regions", regions)):
@@ -118,7 +149,7 @@ def _check_pair_inputs(images, regions, padding, ignore_index):
     return images4, squeeze
 
 
-def _check_displacement(displacement, images4: torch.Tensor) -> None:
+def _check_displacement(displacement, images4: torch.Tensor, check_finite: bool) -> None:
     if not isinstance(displacement, torch.Tensor):
         raise TypeError(f"displacement must be a torch.Tensor, got {type(displacement).__name__}.")
     batch, _, height, width = images4.shape
@@ -130,6 +161,9 @@ def _check_displacement(displacement, images4: torch.Tensor) -> None:
     if displacement.device != images4.device:
         raise ValueError(f"displacement is on {displacement.device} but images on "
                          f"{images4.device}; put both on one device.")
+    if check_finite and not bool(torch.isfinite(displacement).all()):
+        raise ValueError("displacement has NaN or infinite values; pass a finite field (the "
+                         "backends would disagree on such values).")
 
 
 def _resolve_device(generator, device) -> torch.device:
@@ -176,7 +210,8 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
     truncate : float
         Kernel radius ``int(truncate * sigma + 0.5)``, > 0.
     backend : {None, 'triton', 'reference'}
-        None: Triton kernels on CUDA, the PyTorch reference on CPU.
+        None: Triton kernels on CUDA for sides up to :data:`MAX_TRITON_FIELD_SIDE` (4096), the
+        PyTorch reference otherwise.
 
     Returns
     -------
@@ -189,8 +224,10 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
     TypeError
         A size is not an int, alpha/sigma not a real number, generator not a Generator.
     ValueError
-        Negative sigma or alpha, non-positive size or truncate, generator on another device,
-        unknown backend or 'triton' where it cannot run.
+        Negative sigma or alpha, alpha beyond float32, a kernel radius
+        ``int(truncate * sigma + 0.5)`` over :data:`MAX_KERNEL_RADIUS`, a negative batch, a
+        non-positive height, width or truncate, generator on another device, unknown backend,
+        or 'triton' where it cannot run or for a side over :data:`MAX_TRITON_FIELD_SIDE`.
 
     Example
     -------
@@ -203,13 +240,21 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
     height = _check_int("height", height, 1)
     width = _check_int("width", width, 1)
     alpha, sigma, truncate = _check_field_args(alpha, sigma, truncate)
-    uniform = _draw_uniform(batch, height, width, generator, _resolve_device(generator, device))
-    return _field(uniform, alpha, sigma, truncate, _check_backend(backend, uniform))
+    device = _resolve_device(generator, device)
+    backend = _field_backend(backend, device, height, width)
+    return _field(_draw_uniform(batch, height, width, generator, device), alpha, sigma, truncate, backend)
 
 
 def _check_field_args(alpha, sigma, truncate) -> tuple[float, float, float]:
-    return (_check_real("alpha", alpha, minimum=0.0), _check_real("sigma", sigma, minimum=0.0),
-            _check_real("truncate", truncate, minimum=0.0, strict=True))
+    alpha = _check_real("alpha", alpha, minimum=0.0)
+    sigma = _check_real("sigma", sigma, minimum=0.0)
+    truncate = _check_real("truncate", truncate, minimum=0.0, strict=True)
+    if alpha > torch.finfo(torch.float32).max:
+        raise ValueError(f"alpha must fit in float32 (the field's dtype), got {alpha}.")
+    if truncate * sigma + 0.5 >= MAX_KERNEL_RADIUS + 1:
+        raise ValueError(f"sigma * truncate = {sigma} * {truncate} gives a Gaussian kernel radius "
+                         f"over {MAX_KERNEL_RADIUS} pixels; use a smaller sigma or truncate.")
+    return alpha, sigma, truncate
 
 
 def _draw_uniform(batch: int, height: int, width: int, generator, device) -> torch.Tensor:
@@ -227,14 +272,8 @@ def _field(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float, b
 
 
 def _warp(images4, regions, displacement, padding, ignore_index, backend):
-    """Checked (B, C, H, W) warp on the chosen backend."""
+    """Checked (B, C, H, W) warp on the backend from :func:`_warp_backend`."""
     if backend == "triton":
-        if images4.dtype not in _TRITON_IMAGE_DTYPES:
-            raise ValueError(f"backend='triton' takes float32/float16/bfloat16 images, got "
-                             f"{images4.dtype}; use backend='reference' for it.")
-        if images4.shape[-2] * images4.shape[-1] >= 2 ** 31:
-            raise ValueError(f"backend='triton' indexes a slice with int32: H * W must be < 2**31, "
-                             f"got {tuple(images4.shape[-2:])}; use backend='reference'.")
         from .kernels.elastic_warp import ElasticWarpFunction, elastic_warp_triton
         displacement = displacement.to(torch.float32)
         if torch.is_grad_enabled() and (images4.requires_grad or displacement.requires_grad):
@@ -244,15 +283,17 @@ def _warp(images4, regions, displacement, padding, ignore_index, backend):
 
 
 def elastic_warp(images: torch.Tensor, regions: torch.Tensor, displacement: torch.Tensor, *,
-                 padding: str = "border", ignore_index: int = -1,
-                 backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 padding: str = "border", ignore_index: int = -1, backend: str | None = None,
+                 check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Warp images (bilinear) and region maps (nearest) by one displacement field.
 
-    Output pixel ``(i, j)`` samples the source at ``(y, x) = (i + dy, j + dx)`` in float32
-    (like scipy ``map_coordinates``). The image is bilinear with ``grid_sample(align_corners=True)``
-    padding semantics. The region id is the one of source pixel ``(floor(y + 0.5), floor(x + 0.5))``,
-    or ``ignore_index`` when that pixel is outside the image. Both backends use the same
-    coordinate arithmetic, so region ids agree bit for bit.
+    Output pixel ``(i, j)`` samples the source at ``(y, x) = (i + dy, j + dx)``, computed in
+    float32 (like scipy ``map_coordinates``). The image is bilinear with
+    ``grid_sample(align_corners=True)`` padding semantics. The region id is the one of source pixel
+    ``(floor(y + 0.5), floor(x + 0.5))``, or ``ignore_index`` when that pixel is outside the image.
+    Both backends use the same coordinate arithmetic, so region ids agree bit for bit; the one
+    exception is a float64 displacement, which the reference backend adds in float64 (for
+    ``gradcheck``) and the Triton backend rounds to float32 first.
 
     Parameters
     ----------
@@ -262,14 +303,18 @@ def elastic_warp(images: torch.Tensor, regions: torch.Tensor, displacement: torc
     regions : torch.Tensor
         ``(B, H, W)`` int64 or int32 ids; negative ids (ignored) are copied unchanged.
     displacement : torch.Tensor
-        ``(B, 2, H, W)`` floating, pixels; channel 0 rows (y), channel 1 columns (x). Finite
-        values expected (the Triton kernel never reads out of bounds, whatever the values).
+        ``(B, 2, H, W)`` floating, pixels; channel 0 rows (y), channel 1 columns (x). Finite.
     padding : {'border', 'zeros', 'reflection'}
         Image value outside the source: edge value, zero, or mirrored (about the edge pixels).
     ignore_index : int
         Negative id for region pixels whose source is outside the image (default -1).
     backend : {None, 'triton', 'reference'}
         None: the fused Triton kernel on CUDA, the PyTorch reference on CPU.
+    check_finite : bool
+        Raise on a NaN or infinite displacement (default). On CUDA the check waits for the GPU;
+        training loops that pass fields they made themselves can turn it off. Unchecked
+        non-finite values give backend-dependent results (the Triton kernel still never reads
+        out of bounds; the reference may raise).
 
     Returns
     -------
@@ -283,8 +328,10 @@ def elastic_warp(images: torch.Tensor, regions: torch.Tensor, displacement: torc
     TypeError
         Inputs that are not tensors, ``ignore_index`` not an int.
     ValueError
-        Mismatched shapes or devices, non-floating images or displacement, a non-integer region
-        map, a non-negative ``ignore_index``, an unknown padding or backend.
+        Mismatched shapes or devices, non-floating images or displacement, a non-finite
+        displacement (``check_finite``), a non-integer region map, a non-negative
+        ``ignore_index``, an unknown padding or backend, or float64 images with
+        ``backend='triton'``.
 
     Example
     -------
@@ -296,8 +343,10 @@ def elastic_warp(images: torch.Tensor, regions: torch.Tensor, displacement: torc
     (torch.Size([2, 1, 32, 48]), torch.int64)
     """
     images4, squeeze = _check_pair_inputs(images, regions, padding, ignore_index)
-    _check_displacement(displacement, images4)
-    backend = _check_backend(backend, images4)
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be a bool, got {check_finite!r}.")
+    _check_displacement(displacement, images4, check_finite)
+    backend = _warp_backend(backend, images4)
     out_images, out_regions = _warp(images4, regions, displacement, padding, ignore_index, backend)
     return (out_images.squeeze(1) if squeeze else out_images), out_regions
 
@@ -309,7 +358,9 @@ def elastic_pair(images: torch.Tensor, regions: torch.Tensor, alpha: float = DEF
     """Elastic positive view of a batch: a random field per image, then the fused warp.
 
     Equal to ``elastic_warp(images, regions, random_elastic_field(B, H, W, alpha, sigma,
-    generator, images.device))``, bit for bit. The defaults (``alpha=400``, ``sigma=16`` px) suit
+    generator, images.device))``, bit for bit (each with the same ``backend``), except that
+    ``alpha=0`` returns copies of the inputs, non-finite pixels included; the noise is drawn
+    either way, so the generator advances alike. The defaults (``alpha=400``, ``sigma=16`` px) suit
     512 x 512 CT slices at about 1 mm: each displacement component has a standard deviation of
     about 4.1 px, smooth over about 16-30 px, with negligible folding (see the module docstring).
 
@@ -349,11 +400,15 @@ def elastic_pair(images: torch.Tensor, regions: torch.Tensor, alpha: float = DEF
     (torch.Size([2, 1, 64, 64]), torch.Size([2, 64, 64]))
     """
     images4, squeeze = _check_pair_inputs(images, regions, padding, ignore_index)
-    backend = _check_backend(backend, images4)
     batch, _, height, width = images4.shape
     alpha, sigma, truncate = _check_field_args(alpha, sigma, truncate)
-    uniform = _draw_uniform(batch, height, width, generator,
-                            _resolve_device(generator, images4.device))  # (B, 2, H, W)
-    field = _field(uniform, alpha, sigma, truncate, backend)  # (B, 2, H, W)
-    out_images, out_regions = _warp(images4, regions, field, padding, ignore_index, backend)
+    device = _resolve_device(generator, images4.device)
+    # both backends resolved and checked before the draw: a refused call leaves the generator as it was
+    field_backend = _field_backend(backend, device, height, width)
+    warp_backend = _warp_backend(backend, images4)
+    uniform = _draw_uniform(batch, height, width, generator, device)  # (B, 2, H, W)
+    if alpha == 0.0:  # the identity, exactly: no bilinear taps (0 * inf would be NaN)
+        return images.clone(), regions.clone()
+    field = _field(uniform, alpha, sigma, truncate, field_backend)  # (B, 2, H, W)
+    out_images, out_regions = _warp(images4, regions, field, padding, ignore_index, warp_backend)
     return (out_images.squeeze(1) if squeeze else out_images), out_regions

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lrc_fast import elastic as elastic_module
 from lrc_fast.elastic import (DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp,
                               random_elastic_field)
 from lrc_fast.kernels.elastic_warp import SMOOTH_BLOCK_CHOICES, field_from_uniform_triton, gaussian_band_matrix
@@ -224,6 +225,21 @@ def test_alpha_zero_returns_input_exactly(backend, dtype, padding, region_dtype)
     assert torch.equal(r_p, regions) and r_p.dtype == region_dtype
     x3, r3 = elastic_pair(images[:, 0], regions, alpha=0.0, backend=backend)  # (B, H, W) images
     assert torch.equal(x3, images[:, 0]) and torch.equal(r3, regions)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_alpha_zero_keeps_non_finite_pixels_and_draws_the_noise(backend):
+    # a bilinear warp would spread 0 * inf = NaN to the neighbours of inf and NaN pixels
+    images = torch.tensor([[[[1.0, math.inf, 2.0], [3.0, math.nan, -math.inf]]]])
+    regions = torch.tensor([[[0, 1, 2], [3, -1, 5]]])
+    gen, twin = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    x_p, r_p = elastic_pair(images, regions, alpha=0.0, sigma=1.0, generator=gen, backend=backend)
+    torch.testing.assert_close(x_p, images, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(r_p, regions)
+    x_p[0, 0, 0, 0] = 7.0
+    assert images[0, 0, 0, 0] == 1.0  # a copy, not the input itself
+    random_elastic_field(1, 2, 3, 0.0, 1.0, generator=twin)
+    assert torch.equal(gen.get_state(), twin.get_state())  # the generator advanced as for a field
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
@@ -449,13 +465,16 @@ def _good():
     (lambda a: a.update(displacement=a["displacement"][:, :1]), ValueError, "displacement must have"),
     (lambda a: a.update(displacement=a["displacement"][..., :8]), ValueError, "displacement must have"),
     (lambda a: a.update(displacement=a["displacement"].long()), ValueError, "displacement must be fl"),
+    (lambda a: a["displacement"].__setitem__((0, 1, 3, 4), math.nan), ValueError, "NaN or infinite"),
+    (lambda a: a["displacement"].__setitem__((1, 0, 0, 0), -math.inf), ValueError, "NaN or infinite"),
+    (lambda a: a.update(check_finite=1), TypeError, "check_finite must be a bool"),
     (lambda a: a.update(padding="mirror"), ValueError, "padding must be one of"),
     (lambda a: a.update(ignore_index=0), ValueError, "ignore_index must be negative"),
     (lambda a: a.update(ignore_index=-1.0), TypeError, "ignore_index must be an int"),
     (lambda a: a.update(backend="cuda"), ValueError, "backend must be"),
 ])
 def test_elastic_warp_rejects_bad_input(change, error, match):
-    args = {**_good(), "padding": "border", "ignore_index": -1, "backend": None}
+    args = {**_good(), "padding": "border", "ignore_index": -1, "backend": None, "check_finite": True}
     change(args)
     with pytest.raises(error, match=match):
         elastic_warp(args.pop("images"), args.pop("regions"), args.pop("displacement"), **args)
@@ -465,6 +484,10 @@ def test_elastic_warp_rejects_bad_input(change, error, match):
     ({"sigma": -1.0}, ValueError, "sigma must be >= 0"),
     ({"alpha": -2.0}, ValueError, "alpha must be >= 0"),
     ({"alpha": float("nan")}, ValueError, "alpha must be finite"),
+    ({"alpha": 1e39}, ValueError, "alpha must fit in float32"),
+    ({"sigma": 1e20}, ValueError, "kernel radius over 1048576"),
+    ({"truncate": 1e300}, ValueError, "kernel radius over 1048576"),
+    ({"width": 4097, "backend": "triton"}, ValueError, "sides up to 4096"),
     ({"sigma": "3"}, TypeError, "sigma must be a real number"),
     ({"truncate": 0.0}, ValueError, "truncate must be > 0"),
     ({"height": 0}, ValueError, "height must be >= 1"),
@@ -475,10 +498,30 @@ def test_elastic_warp_rejects_bad_input(change, error, match):
     ({"backend": "fast"}, ValueError, "backend must be"),
 ])
 def test_random_elastic_field_rejects_bad_input(kwargs, error, match):
+    gen = torch.Generator().manual_seed(5)
+    state = gen.get_state()
     args = {"batch": 2, "height": 8, "width": 9, "alpha": 1.0, "sigma": 2.0,
-            "generator": torch.Generator(), "device": None, **kwargs}
+            "generator": gen, "device": None, **kwargs}
     with pytest.raises(error, match=match):
         random_elastic_field(**args)
+    assert torch.equal(gen.get_state(), state)  # refused before the draw
+
+
+def test_unchecked_non_finite_displacement_stays_in_bounds():
+    images, regions, displacement = _warp_inputs(1, 1, 5, 6, torch.float32, torch.int64, 1.0, 24)
+    displacement[0, :, 2, 3] = math.nan
+    x_p, r_p = elastic_warp(images, regions, displacement, backend="triton", check_finite=False)
+    assert r_p[0, 2, 3] == -1 and torch.isfinite(x_p).all()
+
+
+def test_long_sides_take_the_reference_field(monkeypatch):
+    # as on CUDA, where backend=None resolves to Triton
+    monkeypatch.setattr(elastic_module, "_check_backend", lambda backend, tensor: "triton")
+    cpu = torch.device("cpu")
+    assert elastic_module._field_backend(None, cpu, 4096, 4096) == "triton"
+    assert elastic_module._field_backend(None, cpu, 1, 4097) == "reference"
+    with pytest.raises(ValueError, match="sides up to 4096"):
+        elastic_module._field_backend("triton", cpu, 4097, 1)
 
 
 def test_elastic_pair_rejects_bad_input():
@@ -505,6 +548,11 @@ def test_triton_backend_rejects_float64_images():
     with pytest.raises(ValueError, match="float32/float16/bfloat16 images"):
         elastic_warp(args["images"].double(), args["regions"], args["displacement"],
                      backend="triton")
+    gen = torch.Generator().manual_seed(7)
+    state = gen.get_state()
+    with pytest.raises(ValueError, match="float32/float16/bfloat16 images"):
+        elastic_pair(args["images"].double(), args["regions"], generator=gen, backend="triton")
+    assert torch.equal(gen.get_state(), state)  # refused before the draw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,6 +587,17 @@ def test_gpu_same_seed_same_field_and_default_backend():
     gen = torch.Generator(device="cuda").manual_seed(31)
     forced = random_elastic_field(3, 512, 512, DEFAULT_ALPHA, DEFAULT_SIGMA, gen, backend="triton")
     assert torch.equal(draw(), forced)
+
+
+@pytest.mark.gpu
+def test_gpu_pair_of_float64_images_is_field_then_warp():
+    # the field from float32 noise takes Triton, the warp of float64 images the reference
+    images, regions, _ = _warp_inputs(2, 1, 64, 80, torch.float64, torch.int64, 0.0, 37, "cuda")
+    x_p, r_p = elastic_pair(images, regions, generator=torch.Generator(device="cuda").manual_seed(38))
+    field = random_elastic_field(2, 64, 80, DEFAULT_ALPHA, DEFAULT_SIGMA,
+                                 torch.Generator(device="cuda").manual_seed(38))
+    expected = elastic_warp(images, regions, field)
+    assert torch.equal(x_p, expected[0]) and torch.equal(r_p, expected[1])
 
 
 @pytest.mark.gpu
