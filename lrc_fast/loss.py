@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,6 +63,13 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False):
     return int(value)
 
 
+def _check_bool(name: str, value) -> bool:
+    # bool(x) would take the string "False" as True
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__}).")
+    return bool(value)
+
+
 def _check_options(num_samples, temperature, num_regions, max_regions, subset, reduction, backend):
     """Validate the scalar options; return them normalised."""
     num_samples = _check_int("num_samples", num_samples, 1)
@@ -70,6 +78,8 @@ def _check_options(num_samples, temperature, num_regions, max_regions, subset, r
     temperature = float(temperature)
     if not (temperature > 0 and temperature != float("inf")):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}.")
+    if 1.0 / temperature > torch.finfo(torch.float32).max:  # the logits are scaled in float32
+        raise ValueError(f"temperature must be at least 1 / float32 max (~2.9e-39), got {temperature}.")
     num_regions = _check_int("num_regions", num_regions, 1, allow_none=True)
     max_regions = _check_int("max_regions", max_regions, 1, allow_none=True)
     if subset not in _ref.SUBSETS:
@@ -119,6 +129,8 @@ def _resolve_generator(generator, device: torch.device):
                              "or pass an int seed.")
         return generator
     if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
+        if not -(2 ** 63) <= generator < 2 ** 64:  # torch's seed range
+            raise ValueError(f"generator: an int seed must be in [-2**63, 2**64), got {generator}.")
         return torch.Generator(device=device).manual_seed(int(generator))
     raise TypeError(f"generator must be a torch.Generator, an int seed or None, got "
                     f"{type(generator).__name__}.")
@@ -213,7 +225,10 @@ def region_contrast_loss(feat_q: torch.Tensor, feat_p: torch.Tensor, regions_q: 
     * one valid region (K=1): the denominator is the positive alone, so the loss is 0 and so is
       its gradient (with ``include_self=True`` it is ``log(1 + e^{(|q|^2 - q.p)/tau})``);
     * a region missing from one view: dropped in both;
-    * no valid region (e.g. every pixel ignored): loss 0 with an all-zero feature gradient.
+    * no valid region (e.g. every pixel ignored): loss 0 with an all-zero feature gradient;
+    * a region whose sampled mean is zero (say, features all zero there): with ``normalize`` its
+      direction is undefined; as ``F.normalize`` it is divided by ``eps = 1e-12`` instead of its
+      norm, which keeps the loss finite but scales its gradient by ``1e12`` (inf in float16).
 
     Parameters
     ----------
@@ -269,17 +284,21 @@ def region_contrast_loss(feat_q: torch.Tensor, feat_p: torch.Tensor, regions_q: 
     -------
     torch.Tensor
         Scalar (``'mean'``, ``'sum'``) or ``(B,)`` (``'none'``), float32 (float64 for float64
-        features), differentiable with respect to both features.
+        features), differentiable with respect to both features. The Triton backward is first
+        order: with ``create_graph=True`` its gradient carries no graph, so second-order
+        gradients need the reference backend.
 
     Raises
     ------
     TypeError
-        Non-tensor inputs, non-integer counts, a generator of the wrong type.
+        Non-tensor inputs, non-integer counts, non-bool ``normalize``/``include_self``, a
+        generator of the wrong type.
     ValueError
         Mismatched shapes, devices or dtypes; region maps not int64/int32; unsupported feature
         dtypes; a non-positive ``num_samples``, ``temperature``, ``num_regions`` or
-        ``max_regions``; an unknown ``subset``, ``reduction`` or ``backend``; ``'triton'`` where
-        it cannot run; a generator on another device.
+        ``max_regions``; a ``temperature`` whose inverse overflows float32; an unknown
+        ``subset``, ``reduction`` or ``backend``; ``'triton'`` where it cannot run; a generator
+        on another device, or an int seed outside ``[-2**63, 2**64)``.
 
     Example
     -------
@@ -316,8 +335,9 @@ def region_contrast_loss(feat_q: torch.Tensor, feat_p: torch.Tensor, regions_q: 
     if num_regions is None:
         num_regions = _infer_num_regions(regions_q, *(() if regions_p is None else (regions_p,)))
     options = dict(num_regions=num_regions, num_samples=num_samples, temperature=temperature,
-                   max_regions=max_regions, subset=subset, normalize=bool(normalize),
-                   include_self=bool(include_self), reduction=reduction, generator=generator)
+                   max_regions=max_regions, subset=subset, normalize=_check_bool("normalize", normalize),
+                   include_self=_check_bool("include_self", include_self), reduction=reduction,
+                   generator=generator)
     if backend == "triton":
         return _loss_triton(feat_q, feat_p, regions_q, regions_p, **options)
     return _ref.region_contrast_loss_reference(feat_q, feat_p, regions_q, regions_p, **options)
@@ -347,8 +367,8 @@ class RegionContrastLoss(nn.Module):
         self.num_samples, self.temperature, self.num_regions, self.max_regions = _check_options(
             num_samples, temperature, num_regions, max_regions, subset, reduction, backend)
         self.subset = subset
-        self.normalize = bool(normalize)
-        self.include_self = bool(include_self)
+        self.normalize = _check_bool("normalize", normalize)
+        self.include_self = _check_bool("include_self", include_self)
         self.reduction = reduction
         self.backend = backend
 
@@ -419,6 +439,7 @@ def region_sample_mean(feat: torch.Tensor, regions: torch.Tensor, num_samples: i
     """
     num_samples, _, num_regions, _ = _check_options(num_samples, 1.0, num_regions, None, "largest",
                                                     "mean", backend)
+    return_indices = _check_bool("return_indices", return_indices)
     _check_features("feat", feat)
     _check_regions("regions", regions, feat)
     generator = _resolve_generator(generator, feat.device)

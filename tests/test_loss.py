@@ -815,6 +815,10 @@ def _inputs():
     (lambda a: a.update(num_samples=2.5), TypeError, "num_samples must be an int"),
     (lambda a: a.update(temperature=0.0), ValueError, "temperature must be a finite number > 0"),
     (lambda a: a.update(temperature="hot"), TypeError, "temperature must be a real number"),
+    (lambda a: a.update(temperature=1e-39), ValueError, "temperature must be at least 1 / float32 max"),
+    (lambda a: a.update(normalize="False"), TypeError, "normalize must be a bool"),
+    (lambda a: a.update(include_self=1), TypeError, "include_self must be a bool"),
+    (lambda a: a.update(generator=2 ** 64), ValueError, r"int seed must be in \[-2\*\*63, 2\*\*64\)"),
     (lambda a: a.update(num_regions=0), ValueError, "num_regions must be >= 1"),
     (lambda a: a.update(max_regions=True), TypeError, "max_regions must be an int or None"),
     (lambda a: a.update(subset="smallest"), ValueError, "subset must be 'largest' or 'random'"),
@@ -845,6 +849,46 @@ def test_input_checks_module_and_sample_mean():
         region_sample_mean(feat, regions[:, :3], 5)
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
         region_sample_mean(feat, regions, 0)
+    with pytest.raises(TypeError, match="return_indices must be a bool"):
+        region_sample_mean(feat, regions, 5, return_indices="no")
+    with pytest.raises(TypeError, match="normalize must be a bool"):
+        RegionContrastLoss(normalize=None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maps_of_two_dtypes_keep_their_ignored_ids(backend):
+    # an int64 id that an int32 view would wrap into range (-2**32 -> 0, 2**32 + 1 -> 1) stays
+    # ignored; both orders of the dtypes
+    batch, channels, height, width, k = 2, 4, 8, 10, 4
+    regions = (torch.arange(height * width).reshape(1, height, width).expand(batch, -1, -1) // 20).contiguous()
+    wide = regions.clone()
+    wide[:, :2] = -2 ** 32
+    wide[:, 2, :3] = 2 ** 32 + 1
+    clean = torch.where((wide >= 0) & (wide < k), wide, -1)  # the same map, ids already in int32 range
+    feat_q, feat_p = features((batch, channels, height, width), seed=12), features((batch, channels, height, width), seed=13)
+    for regions_q, regions_p in ((regions.int(), wide), (wide, regions.int())):
+        expected_p = clean if regions_p is wide else regions_p
+        expected_q = clean if regions_q is wide else regions_q
+        kwargs = dict(num_regions=k, generator=14, reduction="none", backend=backend)
+        got = region_contrast_loss(feat_q, feat_p, regions_q, regions_p, **kwargs)
+        expected = region_contrast_loss(feat_q, feat_p, expected_q.long(), expected_p.long(), **kwargs)
+        assert torch.equal(got, expected)
+
+
+@interpreter
+def test_second_order_gradients_need_the_reference():
+    # as documented: the Triton backward is first order, its gradient carries no graph
+    feat_q = features((1, 4, 8, 10), seed=15).requires_grad_()
+    feat_p = features((1, 4, 8, 10), seed=16).requires_grad_()
+    regions = (torch.arange(80).reshape(1, 8, 10) // 20).contiguous()
+    grads = {}
+    for backend in ("reference", "triton"):
+        loss = region_contrast_loss(feat_q, feat_p, regions, num_regions=4, generator=17, backend=backend)
+        grads[backend], = torch.autograd.grad(loss, feat_q, create_graph=True)
+    second, = torch.autograd.grad(grads["reference"].square().sum(), feat_p)
+    assert float(second.abs().sum()) > 0
+    assert not grads["triton"].requires_grad
+    assert_close(grads["triton"], grads["reference"].detach(), rtol=1e-5)
 
 
 def test_triton_backend_needs_interpreter_or_cuda(monkeypatch):

@@ -251,9 +251,12 @@ def _(regions, regions_p, num_regions, tile, network):
             regions.new_empty((views, batch, num_regions), dtype=torch.int32))
 
 
-def _same_dtype(regions_p: torch.Tensor | None, regions: torch.Tensor) -> torch.Tensor | None:
-    """The second map in the first one's dtype: the kernels give both maps one pointer type."""
-    return regions_p if regions_p is None or regions_p.dtype == regions.dtype else regions_p.to(regions.dtype)
+def _one_dtype(regions: torch.Tensor, regions_p: torch.Tensor | None):
+    """Both maps in one dtype, as the kernels give them one pointer type: int64 when they differ,
+    so that no id wraps (an int64 id of -2**32 must stay ignored, not become region 0)."""
+    if regions_p is None or regions_p.dtype == regions.dtype:
+        return regions, regions_p
+    return regions.long(), regions_p.long()
 
 
 def _sort_network(regions: torch.Tensor) -> bool:
@@ -281,8 +284,8 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
         a power of two when smaller; larger, up to 4096, when the ``(V, B, T, K)`` int32 tables
         would exceed 2**24 entries).
     regions_p : torch.Tensor, optional
-        A second map of the same shape and device (the warped view), any strides; converted to
-        ``regions``' dtype if it differs.
+        A second map of the same shape and device (the warped view), any strides. When the two
+        dtypes differ both maps are indexed as int64 (``maps`` holds those copies).
     network : bool, optional
         How each tile is sorted: a bitonic network of ``tl.gather`` stages (True) or Triton's
         ``tl.sort`` (False). None: the network on CPU tensors (the Triton interpreter runs
@@ -302,7 +305,7 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
         :func:`max_index_regions` (``(id, lane)`` pairs are packed into int32).
     """
     batch, height, width = regions.shape
-    regions_p = _same_dtype(regions_p, regions)
+    regions, regions_p = _one_dtype(regions, regions_p)
     views = 1 if regions_p is None else 2
     tile = tile or _index_tile(views * batch, height * width, num_regions)
     if tile < 16 or tile & (tile - 1):
