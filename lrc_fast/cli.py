@@ -31,7 +31,11 @@ def ct_small_hu() -> np.ndarray:
     import pydicom
     from pydicom.data import get_testdata_file
 
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    path = get_testdata_file("CT_small.dcm", download=False)  # shipped with pydicom: never fetched
+    if path is None:
+        raise FileNotFoundError("pydicom's bundled test file CT_small.dcm is missing from this "
+                                "pydicom installation; reinstall pydicom")
+    ds = pydicom.dcmread(path)
     return ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
 
 
@@ -102,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="superpixels, elastic pair and LRC loss on a real CT slice and the phantom")
     p_demo.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the PNG overlays")
     p_demo.add_argument("--size", type=int, default=512, help="phantom slice size in pixels")
-    p_demo.add_argument("--seed", type=int, default=0)
-    p_demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p_demo.add_argument("--seed", type=int, default=0,
+                        help="seed of the phantom slice, the elastic field and the embedding (default 0)")
+    p_demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device to run on (default: cuda when available, else cpu)")
     sub.add_parser("info", help="print the available backends")
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -111,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.size < 64:
         parser.error(f"--size must be at least 64, got {args.size}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device must be a torch device such as 'cpu' or 'cuda:0', got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch has no CUDA device; use --device cpu")
     return demo(args.out, args.size, args.seed, args.device)
 
 

@@ -56,17 +56,16 @@ def gaussian_taps(sigma: float) -> np.ndarray | None:
     return taps
 
 
-_DEVICE_TAPS: dict[tuple[float, str], torch.Tensor] = {}
-
-
 def _taps_on(sigma: float, device: torch.device) -> torch.Tensor:
     """The taps as a float64 tensor on ``device``, cached so repeated calls copy nothing."""
-    key = (float(sigma), str(device))
-    if key not in _DEVICE_TAPS:
-        taps = gaussian_taps(float(sigma))
-        host = torch.from_numpy(taps.copy()) if taps is not None else torch.empty(0, dtype=torch.float64)
-        _DEVICE_TAPS[key] = host.to(device)
-    return _DEVICE_TAPS[key]
+    return _taps_cached(float(sigma), str(device))
+
+
+@lru_cache(maxsize=32)  # bounded: a loop may draw sigma anew for each call
+def _taps_cached(sigma: float, device: str) -> torch.Tensor:
+    taps = gaussian_taps(sigma)
+    host = torch.from_numpy(taps.copy()) if taps is not None else torch.empty(0, dtype=torch.float64)
+    return host.to(device)
 
 
 def _check_params(scale, sigma, min_size) -> tuple[float, float, int]:
@@ -79,7 +78,8 @@ def _check_params(scale, sigma, min_size) -> tuple[float, float, int]:
         raise TypeError(f"min_size must be an integer, got {min_size!r} of type {type(min_size).__name__}")
     if min_size < 0:
         raise ValueError(f"min_size must be >= 0, got {min_size}")
-    return float(scale), float(sigma), int(min_size)
+    # any min_size above the pixel count merges each slice into one region; int64 for the extension
+    return float(scale), float(sigma), min(int(min_size), 2**62)
 
 
 def _check_launch(launch) -> None:
@@ -116,7 +116,8 @@ def _numpy_as_float64(images: np.ndarray) -> np.ndarray:
 
     if images.dtype.kind not in "biuf":
         raise TypeError(f"images must have a real dtype (bool, integer or float), got {images.dtype}")
-    return np.ascontiguousarray(img_as_float64(images))
+    out = np.ascontiguousarray(img_as_float64(images), dtype=np.float64)  # native byte order
+    return out if out.flags.writeable else out.copy()  # torch.from_numpy warns on read-only arrays
 
 
 def _torch_as_float64(images: torch.Tensor) -> torch.Tensor:
@@ -229,7 +230,8 @@ def felzenszwalb(images, scale: float = 1.0, sigma: float = 0.8, min_size: int =
         training loop that feeds windowed CT can pass False (non-finite pixels then never
         merge in the main pass; nothing is read out of bounds).
     launch : (int, int), optional
-        CUDA backend only: (CTAs per slice, threads per CTA). CTAs per slice above 1 use a
+        CUDA backend only (an error with another backend; ignored when ``backend=None`` picks
+        the CPU): (CTAs per slice, threads per CTA). CTAs per slice above 1 use a
         thread-block cluster and need an sm_90 GPU. Default: the largest cluster of 6 or 4 CTAs
         (1024 threads) whose whole batch the device runs at once, else (2, 1024); (1, 1024)
         before sm_90.
@@ -248,8 +250,10 @@ def felzenszwalb(images, scale: float = 1.0, sigma: float = 0.8, min_size: int =
         ``images`` is not a numpy array or torch tensor, or not of a real dtype; a parameter has
         the wrong type.
     ValueError
-        Bad shape (not 2-D or 3-D, empty, a colour image), NaN or Inf, negative ``scale``,
-        ``sigma`` or ``min_size``, an unknown backend, or ``"cuda"`` without a CUDA tensor.
+        Bad shape (not 2-D or 3-D, empty, or ``(H, W, 3)``/``(H, W, 4)`` with ``H, W >= 8``,
+        which looks like a colour image), NaN or Inf, negative ``scale``, ``sigma`` or
+        ``min_size``, an unknown backend, ``launch`` with a host backend, or ``"cuda"`` without
+        a CUDA tensor.
 
     Notes
     -----
@@ -277,6 +281,8 @@ def felzenszwalb(images, scale: float = 1.0, sigma: float = 0.8, min_size: int =
         raise ValueError(f"backend must be None or one of {_BACKENDS}, got {backend!r}")
     if launch is not None:
         _check_launch(launch)
+        if backend not in (None, "cuda"):
+            raise ValueError(f"launch applies to the CUDA backend only, got backend={backend!r}")
     _check_shape(tuple(images.shape))
     single = images.ndim == 2
 

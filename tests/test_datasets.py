@@ -164,6 +164,21 @@ def test_cache_matches_prepare_volume_and_is_memory_mapped(msd_root, volumes):
     np.testing.assert_allclose(vol.foreground, (direct.image > 0).mean(axis=(1, 2)), atol=1e-4)
 
 
+def test_cache_entry_built_unchecked_is_checked_when_asked(tmp_path):
+    # check_intensity is not in the cache key, but an entry built without the check must not
+    # let a volume that is not CT through a later run that checks
+    ct, labels, spacing = make_phantom(0, **SMALL)
+    unit = write_image(array_to_image(window_hu(ct.astype(np.float32)), spacing), tmp_path / "unit.nii.gz")
+    case = Case("unit", unit)
+    built = VolumeCache(tmp_path / "cache", check_intensity=False, **NATIVE).prepare(case)
+    assert not built.reused
+    checked = VolumeCache(tmp_path / "cache", check_intensity=True, **NATIVE)
+    with pytest.warns(SkippedInputWarning, match="intensities do not look like CT"):
+        assert checked.prepare_all([case]) == []
+    assert len(checked.skipped) == 1 and "intensities do not look like CT" in checked.skipped[0][1]
+    assert VolumeCache(tmp_path / "cache", check_intensity=False, **NATIVE).prepare(case).reused
+
+
 def _phantom_case(tmp_path, seed=0):
     ct, labels, spacing = make_phantom(seed, **SMALL)
     image = write_image(array_to_image(np.rint(ct).astype(np.int16), spacing), tmp_path / "src" / "c_ct.nii.gz")

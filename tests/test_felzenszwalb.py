@@ -1,6 +1,8 @@
 """lrc_fast.felzenszwalb against scikit-image, and the GPU schedule's emulation against both."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -126,6 +128,21 @@ def test_input_conversion_matches_img_as_float64(dtype):
         x = rng.random((20, 30)).astype(dtype)
     np.testing.assert_array_equal(_torch_as_float64(torch.from_numpy(x)).numpy(), img_as_float64(x))
     np.testing.assert_array_equal(lrc_fast.felzenszwalb(torch.from_numpy(x)).numpy(), lrc_fast.felzenszwalb(x))
+
+
+def test_foreign_byte_order_read_only_and_huge_min_size():
+    rng = np.random.default_rng(3)
+    x = rng.random((9, 11))
+    expected = lrc_fast.felzenszwalb(x, min_size=5)
+    np.testing.assert_array_equal(lrc_fast.felzenszwalb(x.astype(">f8"), min_size=5), expected)
+    frozen = x.copy()
+    frozen.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.from_numpy warns on read-only arrays
+        np.testing.assert_array_equal(lrc_fast.felzenszwalb(frozen, min_size=5), expected)
+    # any min_size over the pixel count gives one region, also beyond int64
+    for min_size in (2**62, 2**63, 10**30):
+        assert not lrc_fast.felzenszwalb(x, min_size=min_size).any()
 
 
 def test_uint8_equals_skimage_when_tie_free():
@@ -260,6 +277,7 @@ def test_bad_types_raise_typeerror():
     ({"backend": "cuda"}, "backend='cuda' needs a CUDA tensor"),
     ({"launch": (16, 1024)}, r"launch must be .* got \(16, 1024\)"),
     ({"launch": (1, 100)}, "launch must be"),
+    ({"launch": (1, 1024), "backend": "cpu"}, "launch applies to the CUDA backend only"),
 ])
 def test_bad_parameters_raise_valueerror(kwargs, match):
     with pytest.raises(ValueError, match=match):

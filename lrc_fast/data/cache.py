@@ -60,7 +60,8 @@ class PreprocessSettings:
     dtype : {"float16", "float32"}
         Storage type of the windowed image (float16 keeps 0.2 HU steps in a 425 HU window).
     check_intensity : bool
-        Reject volumes that do not look like CT in HU (not part of the cache key).
+        Reject volumes that do not look like CT in HU. Not part of the cache key, but an entry
+        built without the check is rebuilt (and so checked) when the check is on.
 
     Raises
     ------
@@ -244,6 +245,7 @@ class VolumeCache:
             record is not None
             and record.get("sources") == sources
             and record.get("settings") == self.settings.key()
+            and (record.get("intensity_checked", False) or not self.settings.check_intensity)
             and (entry / "image.npy").exists()
             and (case.label is None or (entry / "label.npy").exists())
         )
@@ -276,6 +278,7 @@ class VolumeCache:
             "case_id": case.case_id,
             "sources": sources,
             "settings": s.key(),
+            "intensity_checked": s.check_intensity,
             "shape": list(image.shape),
             "spacing": list(prepared.spacing),
             "source_spacing": list(prepared.source_spacing),

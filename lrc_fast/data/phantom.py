@@ -332,6 +332,8 @@ def _check_shape(shape, name: str, ndim: int) -> tuple[int, ...]:
 def _rng(seed) -> np.random.Generator:
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer, tuple, list)):
         raise TypeError(f"seed must be an int (or a tuple of ints); got {type(seed).__name__}")
+    if any(s < 0 for s in (seed if isinstance(seed, (tuple, list)) else (seed,))):
+        raise ValueError(f"seed must be >= 0 (numpy's SeedSequence); got {seed!r}")
     return np.random.default_rng(np.random.SeedSequence(seed))
 
 
@@ -367,7 +369,7 @@ def make_phantom(
     TypeError
         If ``seed`` is not an int.
     ValueError
-        If ``shape`` or ``spacing`` are not 3 positive values.
+        If ``seed`` is negative, or ``shape`` or ``spacing`` are not 3 positive values.
 
     Example
     -------
@@ -416,7 +418,8 @@ def phantom_slice(height: int = 512, width: int = 512, seed: int = 0, fov_mm: fl
     TypeError
         If ``seed`` is not an int.
     ValueError
-        If ``height``/``width`` are not positive ints or ``fov_mm`` is not positive.
+        If ``seed`` is negative, ``height``/``width`` are not positive ints or ``fov_mm`` is not
+        positive.
 
     Example
     -------
@@ -515,7 +518,7 @@ def write_phantom_dataset(
     Raises
     ------
     ValueError
-        Bad ``n_cases``, ``layout``, ``shape`` or ``spacing``.
+        Bad ``n_cases``, ``layout``, ``shape`` or ``spacing``, or a negative ``seed``.
     TypeError
         If ``seed`` is not an int.
 
@@ -533,6 +536,8 @@ def write_phantom_dataset(
         raise ValueError(f"n_cases must be a positive int; got {n_cases!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int; got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0; got {seed}")
     shape = _check_shape(shape, "shape", 3)
     spacing = check_spacing(spacing, "spacing")
     folder = Path(folder)

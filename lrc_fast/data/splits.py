@@ -7,6 +7,7 @@ subsets are nested (the 10 are among the 60), so results for different sizes are
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence, TypeVar
 
 import numpy as np
@@ -23,7 +24,7 @@ def _ordered(cases: Sequence[C]) -> list[C]:
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         raise ValueError(f"cases must have unique case_id; repeated: {sorted({i for i in ids if ids.count(i) > 1})}")
-    images = [(str(c.image), c.series_id) for c in cases]
+    images = [(str(Path(c.image).resolve()), c.series_id) for c in cases]  # one file, two spellings
     if len(set(images)) != len(images):
         raise ValueError("cases must not list one image under two case ids; that would let one volume into both splits")
     return sorted(cases, key=lambda c: c.case_id)
@@ -32,6 +33,8 @@ def _ordered(cases: Sequence[C]) -> list[C]:
 def _check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int; got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0 (numpy's default_rng); got {seed}")
     return int(seed)
 
 
@@ -62,8 +65,9 @@ def split_cases(
     Raises
     ------
     ValueError
-        Repeated ids or images, fewer than 2 cases, both or neither of ``n_test`` and
-        ``test_fraction``, or sizes out of range.
+        Repeated ids or images (one file under two paths counts as repeated), fewer than 2
+        cases, both or neither of ``n_test`` and ``test_fraction``, sizes out of range, or a
+        negative ``seed``.
     TypeError
         Non-int ``seed``.
 
@@ -111,7 +115,7 @@ def labelled_subset(cases: Sequence[C], n: int, seed: int = 0) -> list[C]:
     Raises
     ------
     ValueError
-        Repeated ids or images, a case without label, or ``n`` out of range.
+        Repeated ids or images, a case without label, ``n`` out of range, or a negative ``seed``.
     TypeError
         Non-int ``seed``.
 
