@@ -608,7 +608,8 @@ struct OutsideRoots {
 // endpoint this extension absorbed (`absorbed`). An absorbed pixel's edges into the hub are its
 // frontier edges, recorded by direction in `near` while the frontier was loaded, and skipped
 // without a load; the values at the far ends of its other edges load with its own, four at a
-// time (on real CT usually one group).
+// time (on real CT usually one group), through Ops::ld_img, which may serve them from the SM's
+// L1: the pixels absorbed one after another share neighbours.
 template <class Ops>
 LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier, int32_t n_frontier,
                           uint64_t end_bound, EdgeHeap heap, PixelSet absorbed, NearHub near, OutsideRoots pre,
@@ -673,7 +674,7 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
         int n = 0;
         {
           LRC_INDEPENDENT_LOADS;
-          if (first) img_y = ops.ld(s.img + y.root);
+          if (first) img_y = ops.ld_img(s.img + y.root);
           LRC_UNROLL
           for (int slot = 0; slot < 4; ++slot) {
             if (todo == 0) break;
@@ -681,7 +682,7 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
             dir[slot] = lowest_set_bit(todo);
             todo &= todo - 1;
             pixel_edge(s.g, y_px, dir[slot], edge, other);
-            img_other[slot] = ops.ld(s.img + other);
+            img_other[slot] = ops.ld_img(s.img + other);
             n = slot + 1;
           }
         }

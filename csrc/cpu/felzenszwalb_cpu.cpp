@@ -149,6 +149,7 @@ int64_t segment_exact(const double* img, const Geometry& g, double k, int32_t mi
 struct SerialOps {
   template <class T>
   T ld(const T* p) const { return *p; }
+  double ld_img(const double* p) const { return *p; }
   template <class T>
   void st(T* p, T v) const { *p = v; }
   void red_min_u64(uint64_t* p, uint64_t v) const { *p = std::min(*p, v); }

@@ -29,6 +29,13 @@ struct DeviceOps {
     return __ldcg(reinterpret_cast<const unsigned long long*>(p));
   }
   __device__ double ld(const double* p) const { return __ldcg(p); }
+  // The smoothed image in the hub extension (fh::hub_extend): cached in L1 too, where the
+  // pixels it absorbs one after another share their neighbours, and where hub_extend_cta
+  // prefetches the neighbourhoods of the first frontier entries. The image is written only by
+  // the pixel phase, before the first such load, so L1 never holds a stale line of it. The
+  // other phases load it past L1 (ld): their accesses are scattered, and in the 1024-thread
+  // kernel L1 also holds the spilled registers.
+  __device__ double ld_img(const double* p) const { return __ldca(p); }
   __device__ void st(int32_t* p, int32_t v) const { __stcg(p, v); }
   __device__ void st(uint64_t* p, uint64_t v) const {
     __stcg(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
@@ -288,6 +295,26 @@ __device__ inline DecidedEdge load_decided(const int32_t* out, const Work& w, in
   return {__ldcg(out + i), __ldcg(w.ra + i), __ldcg(w.rb + i)};
 }
 
+// A hint to bring the line of p into this SM's L1 (nothing under the simulator).
+__device__ inline void prefetch_l1(const void* p) {
+#ifdef LRC_SIMT
+  (void)p;
+#else
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+#endif
+}
+
+// The smoothed values of y and its 8 neighbours (three rows of up to three pixels) into L1:
+// what the hub extension loads (DeviceOps::ld_img) when it absorbs the single pixel y.
+__device__ void prefetch_neighbourhood(const fh::Slice& s, int32_t y) {
+  const fh::Pixel px = fh::pixel_at(s.g, y);
+  const int32_t j0 = max(px.j - 1, 0), j1 = min(px.j + 1, s.g.W - 1);
+  for (int32_t i = max(px.i - 1, 0); i <= min(px.i + 1, s.g.H - 1); ++i) {
+    prefetch_l1(s.img + i * s.g.W + j0);
+    prefetch_l1(s.img + i * s.g.W + j1);  // the row's other line, when it spans two
+  }
+}
+
 // Phase D's sort and sequential part, on the first CTA of the team: the hub's frontier (edge ids
 // in fbuf, their outside endpoints in obuf) sorted by key in shared memory (bitonic sort), then
 // fh::hub_extend on thread 0, which gets the number of edges it decided (0 elsewhere).
@@ -353,7 +380,10 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   __shared__ int32_t pre_root[fh::kPrefetchCap], pre_size[fh::kPrefetchCap], pre_resv[fh::kPrefetchCap];
   __shared__ double pre_cint[fh::kPrefetchCap];
   const fh::OutsideRoots pre{pre_root, pre_size, pre_resv, pre_cint, nf < fh::kPrefetchCap ? nf : fh::kPrefetchCap};
-  for (int32_t i = threadIdx.x; i < pre.n; i += blockDim.x) pre.set(i, fh::load_outside_root(s, f_outside[i], ops));
+  for (int32_t i = threadIdx.x; i < pre.n; i += blockDim.x) {
+    prefetch_neighbourhood(s, f_outside[i]);
+    pre.set(i, fh::load_outside_root(s, f_outside[i], ops));
+  }
   __syncthreads();  // thread 0 reads the whole frontier and the prefetched entries
   if (threadIdx.x != 0) return 0;
   enter_phase(kPhaseHubExtend);

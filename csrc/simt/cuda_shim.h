@@ -4,7 +4,7 @@
 //
 // Covered: what csrc/cuda/*.cu uses -- 1-D launches through cudaLaunchKernelEx (with the
 // cluster attribute), __shared__ variables (one copy per CTA), __syncthreads, __syncwarp, cluster
-// sync, full-mask warp collectives, __ldg/__ldcg/__stcg, 32- and 64-bit atomics, __ffs, __popc.
+// sync, full-mask warp collectives, __ldg/__ldcg/__ldca/__stcg, 32- and 64-bit atomics, __ffs, __popc.
 // Memory operations are relaxed atomics on the host (the CTAs of a cluster run on different
 // OS threads); barriers order them, as on the GPU.
 #pragma once
@@ -65,6 +65,10 @@ inline T __ldg(const T* p) {
 }
 template <class T>
 inline T __ldcg(const T* p) {
+  return __ldg(p);
+}
+template <class T>
+inline T __ldca(const T* p) {
   return __ldg(p);
 }
 template <class T>
