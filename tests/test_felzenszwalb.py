@@ -195,7 +195,10 @@ def test_emulation_any_cost_window_is_exact(window, extend):
         np.testing.assert_array_equal(emu[0].numpy(), ours(image, "cpu", min_size=min_size))
         rounds, offers, hub_steps = stats[0, :2], stats[0, 2:4], stats[0, 4]
         assert (offers >= rounds).all() and (rounds >= 0).all()
-        assert hub_steps >= 0 if extend else hub_steps == 0
+        if not extend:
+            assert hub_steps == 0
+        elif image is windowed:  # the air region's chain: the extension decides edges at every window
+            assert hub_steps > 0
 
 
 def test_emulation_cost_windows_take_effect():
