@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lrc_fast_installed
 SOURCES := setup.py pyproject.toml requirements/dev.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/* csrc/simt/*)
 
-.PHONY: setup demo test bench cuda-check triton-check ci-clone gpu-baseline clean
+.PHONY: setup demo test bench cuda-check triton-check ci-clone gpu-baseline gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,12 @@ gpu-baseline:
 	@test -n "$(REV)" || { echo "usage: make gpu-baseline REV=<commit>"; exit 1; }
 	rm -rf .baseline && mkdir .baseline && git archive "$(REV)" | tar -x -C .baseline
 	git rev-parse --short "$(REV)" > .baseline/REV
+
+# Wheels the lent GPU machine (Python 3.12, no network) lacks, into .whl/ (ignored; carry it):
+# SimpleITK for lrc_fast.data, MONAI for bench_elastic's per-sample row. gpu_check installs them.
+gpu-wheels:
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --platform manylinux2014_x86_64 -d .whl SimpleITK==2.5.7 monai==1.6.1
 
 clean:
 	rm -rf build *.egg-info lrc_fast/_C*.so out

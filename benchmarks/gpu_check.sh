@@ -6,6 +6,8 @@
 # Nsight Compute on one Felzenszwalb launch and on the Triton kernels of one loss step and one
 # elastic pair, and compute-sanitizer (memcheck, racecheck) on the CUDA kernel, and prints a short
 # summary last.
+# Keep GPU_CHECK_BUDGET about 40 s under the device tool's timeout_s: the logs and the summary are
+# packed into $OUT after every step, so a call cut short still brings back what ran.
 # Every step has its own time limit inside a global budget (GPU_CHECK_BUDGET seconds, default 560),
 # and the script goes on after a failure, so one call gives the whole picture. All the steps do not
 # fit in one budget: the later ones are skipped when it runs out. GPU_CHECK_ONLY=<bash regex>
@@ -29,11 +31,15 @@ export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 # Real CT copied beside the tree for this run, when the caller carried it (README, GPU checks).
 [ -d .gpu_data ] && export LRC_FAST_SHARED_DATA=$PWD/.gpu_data
 PY=${PYTHON:-python3}
-# Wheels the machine lacks (SimpleITK on the lent H100/H200 image), when the caller carried them.
+# Wheels the machine lacks (SimpleITK, and MONAI for bench_elastic's optional row, on the lent
+# H100/H200 image), when the caller carried them.
 if ls .whl/*.whl > /dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/lrc_site .whl/*.whl \
     && export PYTHONPATH=/tmp/lrc_site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# lrc_fast.data (imported by the Felzenszwalb benchmark and tests) needs SimpleITK
+$PY -c "import SimpleITK" 2> /dev/null \
+  || echo "WARNING: SimpleITK does not import: carry .whl (make gpu-wheels); the Felzenszwalb steps will fail"
 SUMMARY=()
 
 selected() {  # selected NAME: whether GPU_CHECK_ONLY lets step NAME run
@@ -58,7 +64,22 @@ step() {  # step NAME SECONDS COMMAND...: run with min(SECONDS, what is left of 
   local rc=$?
   tail -n 30 "$LOG_DIR/$name.log"
   SUMMARY+=("| $name | $([ $rc -eq 0 ] && echo ok || echo "FAILED rc=$rc") | $((SECONDS - start)) s |")
+  pack_logs
   return $rc
+}
+
+pack_logs() {  # the logs so far and the summary into $OUT, after every step: a call cut short keeps them
+  printf '%s\n' "${SUMMARY[@]}" > "$LOG_DIR/summary.md"
+  if [ -n "${OUT:-}" ]; then tar -czf "$OUT/gpu_check_logs.tar.gz" -C "$LOG_DIR" .; fi
+}
+
+FH_SMOKE="not selected"
+fh_step() {  # fh_step NAME SECONDS COMMAND...: a step of the CUDA kernel, run only after fh_smoke passed
+  if [ "$FH_SMOKE" != ok ]; then
+    selected "$1" && SUMMARY+=("| $1 | skipped: fh_smoke $FH_SMOKE | 0 s |")
+    return 1
+  fi
+  step "$@"
 }
 
 {
@@ -70,22 +91,27 @@ step() {  # step NAME SECONDS COMMAND...: run with min(SECONDS, what is left of 
 # built in place, beside (not instead of) the main install, only when its Felzenszwalb step runs
 if [ -f .baseline/setup.py ] && selected baseline_felzenszwalb_phases; then
   echo "baseline: $(cat .baseline/REV 2>/dev/null || echo unknown)" | tee -a "$LOG_DIR/machine.log"
-  (cd .baseline && timeout 300 $PY setup.py -q build_ext --inplace) > "$LOG_DIR/baseline_build.log" 2>&1 &
+  (cd .baseline && timeout $((BUDGET < 330 ? BUDGET - 30 : 300)) $PY setup.py -q build_ext --inplace) \
+    > "$LOG_DIR/baseline_build.log" 2>&1 &
   BASELINE_BUILD=$!
 fi
 step build 240 $PY -m pip install --no-build-isolation --no-deps --no-index -e . \
   || export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # not built: the Triton paths from source
 # how the module was linked (a private static libstdc++ crashed every error message with a number)
 step pytest_build 60 $PY -m pytest -q -p no:cacheprovider tests/test_build.py
-# A short CUDA Felzenszwalb run first: if the kernel faults or hangs, its other steps are skipped.
+# A short CUDA Felzenszwalb run first: if the kernel faults or hangs (or fh_smoke is not
+# selected), every other step of the CUDA kernel (fh_step) is skipped, with a summary row.
 if step fh_smoke 60 $PY benchmarks/sanitize_felzenszwalb.py; then
-  step pytest_gpu_felzenszwalb 150 $PY -m pytest -m gpu -q -x -p no:cacheprovider tests/test_felzenszwalb.py
-  step bench_felzenszwalb 180 $PY benchmarks/bench_felzenszwalb.py
-  step bench_felzenszwalb_phases 45 $PY benchmarks/bench_felzenszwalb.py --phases
+  FH_SMOKE=ok
+elif selected fh_smoke; then
+  FH_SMOKE=failed
 fi
+fh_step pytest_gpu_felzenszwalb 150 $PY -m pytest -m gpu -q -x -p no:cacheprovider tests/test_felzenszwalb.py
+fh_step bench_felzenszwalb 180 $PY benchmarks/bench_felzenszwalb.py
+fh_step bench_felzenszwalb_phases 45 $PY benchmarks/bench_felzenszwalb.py --phases
 if [ -n "${BASELINE_BUILD:-}" ]; then
   if wait "$BASELINE_BUILD"; then
-    step baseline_felzenszwalb_phases 45 env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" \
+    fh_step baseline_felzenszwalb_phases 45 env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" \
       $PY .baseline/benchmarks/bench_felzenszwalb.py --phases
   else
     SUMMARY+=("| baseline build | FAILED (baseline_build.log) | |")
@@ -94,7 +120,7 @@ fi
 step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_loss.py tests/test_elastic.py
 step bench_loss 120 $PY benchmarks/bench_loss.py
 step bench_elastic 100 $PY benchmarks/bench_elastic.py
-step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
+fh_step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
 # where the fused loss step spends its time (per kernel), and the launch shapes of the field and
 # of the loss's index, dense backward and InfoNCE (logs only)
 step bench_loss_profile 75 $PY benchmarks/bench_loss.py --profile
@@ -106,24 +132,24 @@ step bench_loss_sweep 60 $PY benchmarks/bench_loss.py --sweep
 # where the Felzenszwalb kernel's warps wait, per SASS line (Nsight Compute, one B=16 launch); the
 # report goes to $OUT on its own (it could make the log archive too big to come back)
 REPORT_DIR=${OUT:-$LOG_DIR}
-if step ncu_felzenszwalb 120 ncu --set full --clock-control none --import-source yes -k fh_kernel --launch-skip 1 \
+if fh_step ncu_felzenszwalb 120 ncu --set full --clock-control none --import-source yes -k fh_kernel --launch-skip 1 \
     --launch-count 1 -f -o "$REPORT_DIR/fh_kernel" $PY benchmarks/bench_felzenszwalb.py --once; then
   step ncu_felzenszwalb_details 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page details
   step ncu_felzenszwalb_source 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page source --csv --print-source sass
 fi
-# where the Triton kernels' time goes (Nsight Compute, the summary sections of each kernel's first
-# launch in one loss step at K=1024 and one elastic pair); text in the logs
+# where the Triton kernels' time goes (Nsight Compute, the summary sections of each kernel, each
+# launched once: one loss step at K=1024 and one elastic pair); text in the logs
 step ncu_triton 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section WarpStateStats --section MemoryWorkloadAnalysis \
   -k regex:"_tile_sort_kernel|_pool_fwd_kernel|_pool_bwd_kernel|_infonce_fwd_kernel|_infonce_bwd_kernel|_smooth_rows_kernel|_smooth_cols_kernel|_elastic_warp_fwd_kernel" \
   $PY benchmarks/ncu_triton_step.py
 # shared-memory races (the hub extension's sort), last: it is the slowest tool
-step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py --quick
+fh_step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py --quick
 
 for log in pytest_build pytest_gpu_felzenszwalb pytest_gpu_loss_elastic; do
   [ -f "$LOG_DIR/$log.log" ] && { echo; echo "### $log"; grep -E "passed|failed|error" "$LOG_DIR/$log.log" | tail -n 2; }
 done
-for b in bench_felzenszwalb:50 bench_felzenszwalb_phases:10 baseline_felzenszwalb_phases:10 bench_loss:37 \
+for b in bench_felzenszwalb:60 bench_felzenszwalb_phases:10 baseline_felzenszwalb_phases:10 bench_loss:37 \
          bench_elastic:22; do  # log:lines of its table
   [ -f "$LOG_DIR/${b%:*}.log" ] && { echo; echo "### ${b%:*}"; tail -n "${b#*:}" "$LOG_DIR/${b%:*}.log"; }
 done
@@ -131,4 +157,4 @@ echo
 echo "| step | result | time |"
 echo "|---|---|---|"
 printf '%s\n' "${SUMMARY[@]}"
-if [ -n "${OUT:-}" ]; then tar -czf "$OUT/gpu_check_logs.tar.gz" -C "$LOG_DIR" .; fi
+pack_logs
