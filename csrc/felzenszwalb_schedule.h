@@ -345,10 +345,22 @@ LRC_HD void main_commit(const Slice& s, int32_t e, uint32_t ra, uint32_t rb, Ops
 
 // ---- hub extension ---------------------------------------------------------------------
 
-constexpr int32_t kFrontierCap = 2048;  // hub edges sorted per round; more skips the extension
+constexpr int32_t kFrontierCap = 2048;  // hub edges sorted per round (see frontier_cut)
 constexpr int32_t kHeapCap = 256;       // edges of absorbed pixels waiting in the extension
 constexpr int32_t kAbsorbedLog = 10;    // slots of the set of pixels absorbed by one extension
 constexpr int32_t kAbsorbedCap = 1 << kAbsorbedLog;
+
+// A frontier of more than kFrontierCap edges (wide cost windows) is cut: hist[i] counts its
+// edges in cost bin min_bin + i (the last entry also those above), and only the edges of the
+// bins below min_bin + frontier_cut(hist) -- at most kFrontierCap -- are sorted; the extension
+// then stops at the first cost of the cut bin, as it stops where the loaded window ends (any
+// stop is exact). hist has kAbsorbedCap entries (the kernel counts in the absorbed set's
+// storage before clearing it). The kernel and the emulation cut alike.
+LRC_HD int32_t frontier_cut(const int32_t* hist) {
+  int32_t below = 0, i = 0;
+  while (i < kAbsorbedCap - 1 && below + hist[i] <= kFrontierCap) below += hist[i++];
+  return i;
+}
 
 LRC_HD bool key_less(uint64_t cost_a, int32_t edge_a, uint64_t cost_b, int32_t edge_b) {
   return cost_a < cost_b || (cost_a == cost_b && edge_a < edge_b);

@@ -221,6 +221,21 @@ def test_emulation_hub_extension_takes_effect():
     assert 2 * hub[0, 0] < plain[0, 0]
 
 
+def test_emulation_wide_windows_cut_the_frontier():
+    """Windows of 8,192 edges give the air region's hub frontiers of more than kFrontierCap (2,048)
+    edges: cut to their lowest cost bins, the extension still runs, and the rounds fall with the
+    window (they rose from 204 to 358 here when such a frontier skipped the extension)."""
+    windowed = window_hu(phantom_slice(512, 512, seed=5))
+    x = torch.from_numpy(np.ascontiguousarray(windowed, dtype=np.float64))[None]
+    expected = ours(windowed, "cpu")
+    rounds = {}
+    for window in (2048, 8192):
+        labels, _, stats = _segment(x, 1.0, 0.8, 20, "emulate", window=window)
+        np.testing.assert_array_equal(labels[0].numpy(), expected)
+        rounds[window] = int(stats[0, 0])
+    assert rounds[8192] < 0.75 * rounds[2048]
+
+
 def test_non_finite_input_without_check_backends_agree():
     """check_finite=False: NaN/Inf never merge in the main pass; every backend stays in bounds and
     agrees (the cost bins clamp a NaN whose sign bit is set)."""

@@ -192,6 +192,12 @@ def test_kernel_full_size_slice(ext):
     _check_kernel(_phantoms(512, 512, [5]), launch=(8, 1024), seed=1)
 
 
+def test_kernel_cuts_wide_frontiers(ext):
+    """8,192-edge windows: hub frontiers over kFrontierCap edges are cut by cost bin (the CTA's
+    histogram, atomics and compaction) exactly as the emulation cuts them."""
+    _check_kernel(_phantoms(512, 512, [5]), launch=(3, 512), seed=2, window=8192)
+
+
 @pytest.mark.realdata
 def test_kernel_real_ct(ext):
     from test_felzenszwalb import _real_slices

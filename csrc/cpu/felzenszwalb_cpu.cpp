@@ -179,7 +179,7 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
   std::vector<std::tuple<uint64_t, int32_t, int32_t>> frontier;  // (cost bits, edge, outside endpoint)
   std::vector<uint64_t> f_cost, heap_cost(fh::kHeapCap);
   std::vector<int32_t> f_edge, f_outside, heap_edge(fh::kHeapCap), heap_outside(fh::kHeapCap);
-  std::vector<int32_t> absorbed(fh::kAbsorbedCap), near_slots(fh::kNearHubCap);
+  std::vector<int32_t> absorbed(fh::kAbsorbedCap), near_slots(fh::kNearHubCap), hist(fh::kAbsorbedCap);
   const int32_t refill = fh::refill_below(width);
   int32_t rounds = 0, loaded = 0, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
   while (true) {
@@ -220,7 +220,19 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
         const int32_t w = fh::hub_frontier_outside(s, hub, e, ops);
         if (w >= 0) frontier.emplace_back(fh::edge_cost_bits(s, e, ops), e, w);
       }
-      if (!frontier.empty() && frontier.size() <= static_cast<size_t>(fh::kFrontierCap)) {
+      uint64_t bound = end_bound;
+      if (frontier.size() > static_cast<size_t>(fh::kFrontierCap)) {  // cut, as the kernel does
+        int32_t min_bin = fh::kCostBins;
+        for (const auto& f : frontier) min_bin = std::min(min_bin, fh::cost_bin(std::get<0>(f)));
+        std::fill(hist.begin(), hist.end(), 0);
+        for (const auto& f : frontier) ++hist[std::min(fh::cost_bin(std::get<0>(f)) - min_bin, fh::kAbsorbedCap - 1)];
+        const uint64_t cut = static_cast<uint64_t>(min_bin + fh::frontier_cut(hist.data())) << 48;
+        bound = std::min(bound, cut);
+        frontier.erase(std::remove_if(frontier.begin(), frontier.end(),
+                                      [cut](const auto& f) { return std::get<0>(f) >= cut; }),
+                       frontier.end());
+      }
+      if (!frontier.empty()) {
         std::sort(frontier.begin(), frontier.end());  // by (cost, edge): edges are unique
         f_cost.resize(frontier.size());
         f_edge.resize(frontier.size());
@@ -236,7 +248,7 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
         // compares their statistics, hub steps included).
         const fh::OutsideRoots none{nullptr, nullptr, nullptr, nullptr, 0};
         stats[1] += fh::hub_extend(s, hub, fh::HubEdges{f_cost.data(), f_edge.data(), f_outside.data()},
-                                   static_cast<int32_t>(frontier.size()), end_bound, heap,
+                                   static_cast<int32_t>(frontier.size()), bound, heap,
                                    fh::PixelSet{absorbed.data(), 0}, near, none, ops);
       }
     }

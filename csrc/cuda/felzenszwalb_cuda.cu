@@ -315,9 +315,31 @@ __device__ void prefetch_neighbourhood(const fh::Slice& s, int32_t y) {
   }
 }
 
+// A frontier over kFrontierCap edges (fbuf, nf of them) is cut (fh::frontier_cut): the first cost
+// that is not sorted, counted in `hist` (kAbsorbedCap entries of shared memory the caller clears
+// afterwards). Contains CTA barriers: every thread of the CTA calls it.
+__device__ uint64_t frontier_cut_cost(const fh::Slice& s, const int32_t* fbuf, int32_t nf, int32_t* hist) {
+  __shared__ int32_t min_bin, cut_bin;
+  DeviceOps ops;
+  if (threadIdx.x == 0) min_bin = fh::kCostBins;
+  for (int32_t i = threadIdx.x; i < fh::kAbsorbedCap; i += blockDim.x) hist[i] = 0;
+  __syncthreads();
+  for (int32_t i = threadIdx.x; i < nf; i += blockDim.x)
+    atomicMin(&min_bin, fh::cost_bin(fh::edge_cost_bits(s, __ldcg(fbuf + i), ops)));
+  __syncthreads();
+  for (int32_t i = threadIdx.x; i < nf; i += blockDim.x)
+    atomicAdd(hist + min(fh::cost_bin(fh::edge_cost_bits(s, __ldcg(fbuf + i), ops)) - min_bin, fh::kAbsorbedCap - 1), 1);
+  __syncthreads();
+  if (threadIdx.x == 0) cut_bin = min_bin + fh::frontier_cut(hist);
+  __syncthreads();
+  return static_cast<uint64_t>(cut_bin) << 48;
+}
+
 // Phase D's sort and sequential part, on the first CTA of the team: the hub's frontier (edge ids
-// in fbuf, their outside endpoints in obuf) sorted by key in shared memory (bitonic sort), then
-// fh::hub_extend on thread 0, which gets the number of edges it decided (0 elsewhere).
+// in fbuf, their outside endpoints in obuf; nf of them) sorted by key in shared memory (bitonic
+// sort), then fh::hub_extend on thread 0, which gets the number of edges it decided (0 elsewhere).
+// A frontier over kFrontierCap edges keeps the edges below its cut (frontier_cut_cost), which
+// also bounds the extension.
 __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t* fbuf, const uint32_t* obuf,
                                   int32_t nf, uint64_t end_bound) {
   __shared__ uint64_t f_cost[fh::kFrontierCap];
@@ -332,13 +354,36 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   const fh::NearHub near{near_slots};
   DeviceOps ops;
   enter_phase(kPhaseHubSort);
-  int32_t n = 1;
-  while (n < nf) n <<= 1;
+  const bool cut = nf > fh::kFrontierCap;
+  const uint64_t cut_cost = cut ? frontier_cut_cost(s, fbuf, nf, absorbed) : fh::kNoCost;
+  if (cut && cut_cost < end_bound) end_bound = cut_cost;
+  __shared__ int32_t n_kept;
+  if (threadIdx.x == 0) n_kept = 0;
   for (int32_t i = threadIdx.x; i < fh::kAbsorbedCap; i += blockDim.x) absorbed[i] = -1;
   for (int32_t i = threadIdx.x; i < fh::kNearHubCap; i += blockDim.x) near_slots[i] = -1;
   __syncthreads();  // the table is empty before anyone records in it
+  if (cut) {  // the edges below the cut, in any order (the sort orders them), then the padding
+    for (int32_t i = threadIdx.x; i < nf; i += blockDim.x) {
+      int32_t e, outside;
+      {
+        LRC_INDEPENDENT_LOADS;
+        e = __ldcg(fbuf + i);
+        outside = static_cast<int32_t>(__ldcg(obuf + i));
+      }
+      const uint64_t c = fh::edge_cost_bits(s, e, ops);
+      if (c >= cut_cost) continue;
+      frontier.set(atomicAdd(&n_kept, 1), c, e, outside);
+      fh::near_hub_add(s, near, e, outside, ops);
+    }
+    __syncthreads();
+    nf = n_kept;
+  }
+  int32_t n = 1;
+  while (n < nf) n <<= 1;
   for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
-    if (i < nf) {
+    if (cut) {
+      if (i >= nf) frontier.set(i, fh::kNoCost, fh::kNoEdge, 0);
+    } else if (i < nf) {
       int32_t e, outside;
       {
         LRC_INDEPENDENT_LOADS;
@@ -503,17 +548,15 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
         const int32_t e = i == team.rank ? first : __ldcg(out + i);
         const int32_t outside = fh::hub_frontier_outside(s, hub, e, ops);
         if (outside < 0) continue;
-        const int32_t pos = atomicAdd(w.ctrl + kFrontierCount, 1);
-        if (pos < fh::kFrontierCap) {
-          __stcg(active + pos, e);
-          __stcg(w.ra + pos, static_cast<uint32_t>(outside));
-        }
+        const int32_t pos = atomicAdd(w.ctrl + kFrontierCount, 1);  // < n_out: both lists hold it
+        __stcg(active + pos, e);
+        __stcg(w.ra + pos, static_cast<uint32_t>(outside));
       }
       team.sync();
       const int32_t nf = __ldcg(w.ctrl + kFrontierCount);
-      // An empty frontier leaves nothing to extend (a frontier over the cap is not sorted):
-      // then nobody writes, and the next round needs no barrier first.
-      if (nf > 0 && nf <= fh::kFrontierCap) {
+      // An empty frontier leaves nothing to extend: then nobody writes, and the next round needs
+      // no barrier first.
+      if (nf > 0) {
         if (team.cta == 0) hub_steps += hub_extend_cta(s, hub, active, w.ra, nf, end_bound);
         team.sync();
       }
