@@ -362,40 +362,27 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
   for (int32_t i = threadIdx.x; i < fh::kAbsorbedCap; i += blockDim.x) absorbed[i] = -1;
   for (int32_t i = threadIdx.x; i < fh::kNearHubCap; i += blockDim.x) near_slots[i] = -1;
   __syncthreads();  // the table is empty before anyone records in it
-  if (cut) {  // the edges below the cut, in any order (the sort orders them), then the padding
-    for (int32_t i = threadIdx.x; i < nf; i += blockDim.x) {
-      int32_t e, outside;
-      {
-        LRC_INDEPENDENT_LOADS;
-        e = __ldcg(fbuf + i);
-        outside = static_cast<int32_t>(__ldcg(obuf + i));
-      }
-      const uint64_t c = fh::edge_cost_bits(s, e, ops);
-      if (c >= cut_cost) continue;
-      frontier.set(atomicAdd(&n_kept, 1), c, e, outside);
-      fh::near_hub_add(s, near, e, outside, ops);
+  // The frontier into shared memory: entry i into slot i, or, when cut, the entries below the cut
+  // into the next free slots (in any order: the sort orders them). Then the padding.
+  for (int32_t i = threadIdx.x; i < nf; i += blockDim.x) {
+    int32_t e, outside;
+    {
+      LRC_INDEPENDENT_LOADS;
+      e = __ldcg(fbuf + i);
+      outside = static_cast<int32_t>(__ldcg(obuf + i));
     }
+    const uint64_t c = fh::edge_cost_bits(s, e, ops);
+    if (cut && c >= cut_cost) continue;
+    frontier.set(cut ? atomicAdd(&n_kept, 1) : i, c, e, outside);
+    fh::near_hub_add(s, near, e, outside, ops);
+  }
+  if (cut) {
     __syncthreads();
     nf = n_kept;
   }
   int32_t n = 1;
   while (n < nf) n <<= 1;
-  for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
-    if (cut) {
-      if (i >= nf) frontier.set(i, fh::kNoCost, fh::kNoEdge, 0);
-    } else if (i < nf) {
-      int32_t e, outside;
-      {
-        LRC_INDEPENDENT_LOADS;
-        e = __ldcg(fbuf + i);
-        outside = static_cast<int32_t>(__ldcg(obuf + i));
-      }
-      frontier.set(i, fh::edge_cost_bits(s, e, ops), e, outside);
-      fh::near_hub_add(s, near, e, outside, ops);
-    } else {
-      frontier.set(i, fh::kNoCost, fh::kNoEdge, 0);
-    }
-  }
+  for (int32_t i = nf + threadIdx.x; i < n; i += blockDim.x) frontier.set(i, fh::kNoCost, fh::kNoEdge, 0);
   __syncthreads();
   // Bitonic stages. Element i is always handled by thread i % blockDim.x, so a stage whose
   // distance j is below 32 pairs elements of one warp only: between two such stages a warp
