@@ -54,11 +54,13 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def triton_usable(tensor: torch.Tensor) -> bool:
-    """Whether a Triton kernel can run on ``tensor``: CUDA tensors, or CPU ones in interpret mode."""
+def triton_usable(where: torch.Tensor | torch.device) -> bool:
+    """Whether a Triton kernel can run on ``where``, a tensor or a device: CUDA, or the CPU in
+    interpret mode."""
     if not triton_available():
         return False
-    return tensor.is_cuda or (tensor.device.type == "cpu" and triton_interpret())
+    device = where.device if isinstance(where, torch.Tensor) else torch.device(where)
+    return device.type == "cuda" or (device.type == "cpu" and triton_interpret())
 
 
 def backends() -> dict[str, bool]:

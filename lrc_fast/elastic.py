@@ -74,24 +74,25 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _check_backend(backend, tensor: torch.Tensor) -> str:
-    """Resolve ``backend`` for data on ``tensor.device``: Triton on CUDA, the reference elsewhere."""
+def _check_backend(backend, device: torch.device, dtype: torch.dtype) -> str:
+    """Resolve ``backend`` for data of ``dtype`` on ``device``: Triton on CUDA, the reference
+    elsewhere."""
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be None, 'triton' or 'reference', got {backend!r}.")
     if backend is None:
-        fast = tensor.is_cuda and tensor.dtype in _TRITON_IMAGE_DTYPES and triton_available()
+        fast = device.type == "cuda" and dtype in _TRITON_IMAGE_DTYPES and triton_available()
         return "triton" if fast else "reference"
-    if backend == "triton" and not triton_usable(tensor):
+    if backend == "triton" and not triton_usable(device):
         raise ValueError(
             f"backend='triton' needs triton and a CUDA tensor (or a CPU tensor with "
-            f"TRITON_INTERPRET=1 set before import); got a tensor on {tensor.device}. "
+            f"TRITON_INTERPRET=1 set before import); got a tensor on {device}. "
             "Use backend=None or 'reference'.")
     return backend
 
 
 def _field_backend(backend, device: torch.device, height: int, width: int) -> str:
     """The backend of a field of float32 noise on ``device``, resolved before anything is drawn."""
-    resolved = _check_backend(backend, torch.empty(0, device=device))  # the noise: float32
+    resolved = _check_backend(backend, device, torch.float32)
     if resolved == "triton" and max(height, width) > MAX_TRITON_FIELD_SIDE:
         if backend == "triton":
             raise ValueError(f"backend='triton' smooths with dense (n, n) banded matrices and takes "
@@ -103,7 +104,7 @@ def _field_backend(backend, device: torch.device, height: int, width: int) -> st
 
 def _warp_backend(backend, images4: torch.Tensor) -> str:
     """The backend of the warp of ``images4`` (B, C, H, W), resolved and checked."""
-    backend = _check_backend(backend, images4)
+    backend = _check_backend(backend, images4.device, images4.dtype)
     if backend == "triton":
         if images4.dtype not in _TRITON_IMAGE_DTYPES:
             raise ValueError(f"backend='triton' takes float32/float16/bfloat16 images, got "

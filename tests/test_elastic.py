@@ -518,7 +518,7 @@ def test_unchecked_non_finite_displacement_stays_in_bounds():
 
 def test_long_sides_take_the_reference_field(monkeypatch):
     # as on CUDA, where backend=None resolves to Triton
-    monkeypatch.setattr(elastic_module, "_check_backend", lambda backend, tensor: "triton")
+    monkeypatch.setattr(elastic_module, "_check_backend", lambda backend, device, dtype: "triton")
     cpu = torch.device("cpu")
     assert elastic_module._field_backend(None, cpu, 4096, 4096) == "triton"
     assert elastic_module._field_backend(None, cpu, 1, 4097) == "reference"
