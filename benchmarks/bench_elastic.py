@@ -21,7 +21,9 @@
     Only the fused field (noise + smoothing, tf32x3) for every tile shape of
     ``SMOOTH_BLOCK_CHOICES`` (BM, BN, BK, num_warps), each checked against the fp32 CPU oracle
     first (a shape that fails to launch is reported and skipped); a table sorted by time (the
-    default shape is the first choice).
+    default shape is the first choice). Then the coarse mode's fused warp (spacing 8, control
+    grid given) for every ``COARSE_LAUNCH_CHOICES`` (pixels, num_warps), each checked equal to
+    the default launch first.
 ``pytest benchmarks/bench_elastic.py``
     pytest-benchmark functions for the Triton pair and the reference pair.
 """
@@ -38,8 +40,10 @@ if not torch.cuda.is_available():  # the Triton kernels then run in the interpre
 
 import torch.nn.functional as F  # noqa: E402
 
-from lrc_fast.elastic import DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp  # noqa: E402
-from lrc_fast.kernels.elastic_warp import (SMOOTH_BLOCK_CHOICES, elastic_warp_triton,  # noqa: E402
+from lrc_fast.elastic import (DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp,  # noqa: E402
+                              random_elastic_field)
+from lrc_fast.kernels.elastic_warp import (COARSE_LAUNCH_CHOICES, SMOOTH_BLOCK_CHOICES,  # noqa: E402
+                                           elastic_warp_coarse_triton, elastic_warp_triton,
                                            field_from_uniform_triton)
 from lrc_fast.reference import elastic as ref  # noqa: E402
 
@@ -51,6 +55,9 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 SIZE = 512 if CUDA else 64
 BATCHES = (16, 256) if CUDA else (2,)
 MONAI_MAX_BATCH = 16  # per-sample MONAI at B = 256 would take minutes; it is timed at B <= 16
+# Control-point spacings of the coarse mode timed beside the dense field: sigma / 2 (its
+# statistics within 0.2% of the dense field's) and sigma / 4.
+COARSE_SPACINGS = (8, 4)
 
 
 def make_inputs(batch: int, size: int = SIZE, seed: int = 0):
@@ -133,6 +140,55 @@ def gemm_grid_sample_pair(images, regions, gen):
     batch, _, height, width = images.shape
     uniform = torch.rand((batch, 2, height, width), generator=gen, device=images.device)
     return _grid_sample_warp(images, regions, gemm_field(uniform, DEFAULT_ALPHA, DEFAULT_SIGMA))
+
+
+def coarse_pair(images, regions, gen, spacing, backend="triton"):
+    return elastic_pair(images, regions, DEFAULT_ALPHA, DEFAULT_SIGMA, gen, backend=backend,
+                        spacing=spacing)
+
+
+def coarse_grid_sample_pair(images, regions, gen, spacing):
+    """The coarse mode in plain PyTorch: GEMM-smoothed control grid, the reference's Catmull-Rom
+    upsampling (gathers), then grid_sample."""
+    batch, _, height, width = images.shape
+    coarse_h, coarse_w = ref.coarse_shape(height, width, spacing)
+    uniform = torch.rand((batch, 2, coarse_h, coarse_w), generator=gen, device=images.device)
+    coarse = gemm_field(uniform, DEFAULT_ALPHA / spacing, DEFAULT_SIGMA / spacing)
+    return _grid_sample_warp(images, regions, ref.upsample_field(coarse, spacing, height, width))
+
+
+def check_coarse(batch: int) -> list[str]:
+    """The coarse mode's checks: field against the CPU oracle, pair against field then warp."""
+    failures = []
+    images, regions = make_inputs(batch)
+    for spacing in COARSE_SPACINGS:
+        field = random_elastic_field(batch, SIZE, SIZE, DEFAULT_ALPHA, DEFAULT_SIGMA, generator(),
+                                     backend="triton", spacing=spacing)
+        uniform = torch.rand((batch, 2, *ref.coarse_shape(SIZE, SIZE, spacing)), generator=generator(),
+                             device=DEVICE)  # the same draw
+        oracle = ref.coarse_field_from_uniform(uniform[:2].cpu(), DEFAULT_ALPHA, DEFAULT_SIGMA, spacing,
+                                               SIZE, SIZE)
+        err = (field[:2].cpu() - oracle).abs().max().item()
+        print(f"check B={batch}: coarse field (spacing {spacing}) max |error| = {err:.3g} px")
+        if not err <= FIELD_ATOL["tf32x3"] * DEFAULT_ALPHA:
+            failures.append(f"B={batch}: coarse field (spacing {spacing}) differs from the reference "
+                            f"by {err:.3g} px")
+        pair = coarse_pair(images, regions, generator(), spacing)
+        two_steps = elastic_warp(images, regions, field, backend="triton", check_finite=False)
+        same = torch.equal(pair[0], two_steps[0]) and torch.equal(pair[1], two_steps[1])
+        print(f"check B={batch}: coarse elastic_pair (spacing {spacing}) equals field then warp bit for "
+              f"bit: {same}")
+        if not same:
+            failures.append(f"B={batch}: coarse elastic_pair (spacing {spacing}) differs from field "
+                            "then warp")
+        baseline = coarse_grid_sample_pair(images, regions, generator(3), spacing)
+        reference = coarse_pair(images, regions, generator(3), spacing, backend="reference")
+        baseline_err = (baseline[0] - reference[0]).abs().max().item()
+        print(f"check B={batch}: coarse grid_sample baseline image max |difference| = {baseline_err:.3g}")
+        if not baseline_err <= 1e-4:  # as the dense baseline's check
+            failures.append(f"B={batch}: coarse grid_sample baseline differs from the reference by "
+                            f"{baseline_err:.3g}")
+    return failures
 
 
 def check(batch: int) -> list[str]:
@@ -258,6 +314,28 @@ def sweep() -> int:
     print(f"\nFused field (noise + smoothing, tf32x3), {SIZE}x{SIZE}, sigma={DEFAULT_SIGMA:g} px, {device_name}; "
           "median ms, fastest first; (BM, BN, BK, num_warps)\n")
     _sweep_table(rows, SMOOTH_BLOCK_CHOICES[0])
+    coarse_rows = []
+    for batch in BATCHES:
+        images, regions = make_inputs(batch)
+        coarse_h, coarse_w = ref.coarse_shape(SIZE, SIZE, COARSE_SPACINGS[0])
+        uniform = torch.rand((batch, 2, coarse_h, coarse_w), generator=generator(), device=DEVICE)
+        grid = field_from_uniform_triton(uniform, DEFAULT_ALPHA / COARSE_SPACINGS[0],
+                                         DEFAULT_SIGMA / COARSE_SPACINGS[0])  # (B, 2, Hc, Wc)
+        expected = elastic_warp_coarse_triton(images, regions, grid, COARSE_SPACINGS[0])
+        for launch in COARSE_LAUNCH_CHOICES:
+            got = _first_run(f"B={batch} coarse launch={launch}", elastic_warp_coarse_triton, images, regions,
+                             grid, COARSE_SPACINGS[0], launch=launch)
+            if got is None or not (torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])):
+                print(f"CHECK FAILED B={batch} coarse launch={launch}: differs from the default launch")
+                failed = True
+                continue
+            ms = timed_ms(lambda: elastic_warp_coarse_triton(images, regions, grid, COARSE_SPACINGS[0],
+                                                             launch=launch))
+            coarse_rows.append((batch, launch, ms, 0.0))
+            print(f"  B={batch} coarse launch={launch}: {ms:.3f} ms", flush=True)
+    print(f"\nCoarse warp (spacing {COARSE_SPACINGS[0]}: interpolation + warp, grid given), {device_name}; "
+          "median ms, fastest first; (pixels, num_warps)\n")
+    _sweep_table(coarse_rows, COARSE_LAUNCH_CHOICES[0])
     return 1 if failed else 0
 
 
@@ -278,7 +356,7 @@ def main() -> int:
         return sweep()
     failures = []
     for batch in BATCHES:
-        failures += check(batch)
+        failures += check(batch) + check_coarse(batch)
     if failures:
         print("CORRECTNESS CHECK FAILED:\n  " + "\n  ".join(failures))
         return 1
@@ -307,6 +385,11 @@ def main() -> int:
             "tuned PyTorch baseline (GEMM smoothing + grid_sample)": timed_ms(
                 lambda: gemm_grid_sample_pair(images, regions, gen)),
         }
+        for spacing in COARSE_SPACINGS:
+            times[f"coarse elastic_pair, spacing {spacing} (control grid + fused warp)"] = timed_ms(
+                lambda: coarse_pair(images, regions, gen, spacing))
+            times[f"coarse PyTorch baseline, spacing {spacing} (GEMM grid + gathers + grid_sample)"] = \
+                timed_ms(lambda: coarse_grid_sample_pair(images, regions, gen, spacing))
         monai = monai_per_sample(images, regions) if batch <= MONAI_MAX_BATCH else "not timed at this B"
         times["MONAI Rand2DElasticd, per sample"] = timed_ms(monai) if callable(monai) else monai
         fused = times["elastic_pair (noise + field + warp)"]

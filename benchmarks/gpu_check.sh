@@ -119,7 +119,7 @@ if [ -n "${BASELINE_BUILD:-}" ]; then
 fi
 step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_loss.py tests/test_elastic.py
 step bench_loss 120 $PY benchmarks/bench_loss.py
-step bench_elastic 100 $PY benchmarks/bench_elastic.py
+step bench_elastic 120 $PY benchmarks/bench_elastic.py
 fh_step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
 # where the fused loss step spends its time (per kernel), and the launch shapes of the field and
 # of the loss's index, dense backward and InfoNCE (logs only)
@@ -127,7 +127,7 @@ step bench_loss_profile 75 $PY benchmarks/bench_loss.py --profile
 # the baseline's loss step (pure Python and Triton: no build needed), K=256 float32, same machine
 [ -f .baseline/benchmarks/bench_loss.py ] && step baseline_bench_loss_profile 30 \
   env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" $PY .baseline/benchmarks/bench_loss.py --profile --quick
-step bench_elastic_sweep 45 $PY benchmarks/bench_elastic.py --sweep
+step bench_elastic_sweep 60 $PY benchmarks/bench_elastic.py --sweep
 step bench_loss_sweep 60 $PY benchmarks/bench_loss.py --sweep
 # where the Felzenszwalb kernel's warps wait, per SASS line (Nsight Compute, one B=16 launch); the
 # report goes to $OUT on its own (it could make the log archive too big to come back)
@@ -150,7 +150,7 @@ for log in pytest_build pytest_gpu_felzenszwalb pytest_gpu_loss_elastic; do
   [ -f "$LOG_DIR/$log.log" ] && { echo; echo "### $log"; grep -E "passed|failed|error" "$LOG_DIR/$log.log" | tail -n 2; }
 done
 for b in bench_felzenszwalb:60 bench_felzenszwalb_phases:10 baseline_felzenszwalb_phases:10 bench_loss:37 \
-         bench_elastic:22; do  # log:lines of its table
+         bench_elastic:30; do  # log:lines of its table
   [ -f "$LOG_DIR/${b%:*}.log" ] && { echo; echo "### ${b%:*}"; tail -n "${b#*:}" "$LOG_DIR/${b%:*}.log"; }
 done
 echo

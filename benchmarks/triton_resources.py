@@ -158,10 +158,13 @@ def loss_workload(batch, channels, size, num_regions, num_samples):
 
 
 def elastic_workload(batch, size):
-    """One elastic pair (field and warp) at the default alpha and sigma."""
+    """One elastic pair (field and warp) at the default alpha and sigma, dense and coarse
+    (spacing 8)."""
     images = torch.zeros(batch, 1, size, size)
     regions = torch.zeros(batch, size, size, dtype=torch.int64)
-    lrc_fast.elastic_pair(images, regions, generator=torch.Generator().manual_seed(0), backend="triton")
+    for spacing in (None, 8):
+        lrc_fast.elastic_pair(images, regions, generator=torch.Generator().manual_seed(0),
+                              backend="triton", spacing=spacing)
 
 
 def coverage_workload():
@@ -172,7 +175,8 @@ def coverage_workload():
     ``include_self``/``normalize``, one image with one region and one channel and a gradient for
     the warped view only, ``region_sample_mean``, every swept launch shape of the index,
     the dense backward, the InfoNCE and the field, the warp with gradients and without (an
-    elastic pair) under each padding, and the pooling's int64 gather.
+    elastic pair, dense and coarse) under each padding, the coarse field's upsampling, and the
+    pooling's int64 gather.
     """
     from lrc_fast.kernels import elastic_warp, region_infonce, region_pool
 
@@ -215,9 +219,12 @@ def coverage_workload():
         for padding, image_dtype, map_ in (("border", torch.float32, regions),
                                            ("reflection", torch.bfloat16, int32_map),
                                            ("zeros", torch.float16, regions)):
-            lrc_fast.elastic_pair(images.detach().to(image_dtype), map_, padding=padding,
-                                  generator=torch.Generator().manual_seed(0), backend="triton")
-        lrc_fast.random_elastic_field(batch, height, width, 4.0, 3.0, backend="triton")
+            for spacing in (None, 5):  # the dense pair, and the coarse one (the fused warp)
+                lrc_fast.elastic_pair(images.detach().to(image_dtype), map_, padding=padding,
+                                      generator=torch.Generator().manual_seed(0), backend="triton",
+                                      spacing=spacing)
+        for spacing in (None, 5):  # the coarse field: the smoothing on the grid, the upsampling
+            lrc_fast.random_elastic_field(batch, height, width, 4.0, 3.0, backend="triton", spacing=spacing)
         if odd:  # the sweeps run at 512 x 512: their launch shapes at the aligned size only
             continue
         feat = torch.zeros(batch, channels, height, width)

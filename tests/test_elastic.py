@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from lrc_fast import elastic as elastic_module
 from lrc_fast.elastic import (DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp,
                               random_elastic_field)
-from lrc_fast.kernels.elastic_warp import SMOOTH_BLOCK_CHOICES, field_from_uniform_triton, gaussian_band_matrix
+from lrc_fast.kernels.elastic_warp import (SMOOTH_BLOCK_CHOICES, field_from_uniform_triton,
+                                           gaussian_band_matrix, upsample_field_triton)
 from lrc_fast.reference import elastic as ref
 
 PADDINGS = ref.PADDING_MODES
@@ -448,6 +449,192 @@ def test_default_backend_on_cpu_is_the_reference():
 
 
 # ---------------------------------------------------------------------------------------------
+# the coarse mode: control points every `spacing` pixels, Catmull-Rom in between
+# ---------------------------------------------------------------------------------------------
+
+def _interpolation_matrix(n: int, spacing: int) -> torch.Tensor:
+    """(n, nodes) float64 Catmull-Rom matrix built from Keys' kernel, independently of the
+    package: u(x) = 1.5|x|^3 - 2.5|x|^2 + 1 (|x| <= 1), -0.5|x|^3 + 2.5|x|^2 - 4|x| + 2 (1..2)."""
+    def keys(x):
+        x = abs(x)
+        if x <= 1:
+            return 1.5 * x**3 - 2.5 * x**2 + 1
+        return -0.5 * x**3 + 2.5 * x**2 - 4 * x + 2 if x < 2 else 0.0
+
+    nodes = ref.coarse_shape(n, 1, spacing)[0]
+    matrix = torch.zeros(n, nodes, dtype=torch.float64)
+    for i in range(n):
+        k = i // spacing
+        for node in range(k - 1, k + 3):  # the four nodes around the pixel, clamped at the ends
+            matrix[i, min(max(node, 0), nodes - 1)] += keys(i / spacing - node)
+    return matrix
+
+
+@pytest.mark.parametrize("height,width,spacing", [(37, 91, 3), (37, 91, 8), (1, 19, 2), (19, 1, 5),
+                                                  (1, 1, 4), (6, 7, 16)])
+def test_upsample_is_catmull_rom_with_clamped_nodes(height, width, spacing):
+    coarse = torch.randn(2, 2, *ref.coarse_shape(height, width, spacing),
+                         generator=torch.Generator().manual_seed(40))  # (B, 2, Hc, Wc)
+    got = ref.upsample_field(coarse, spacing, height, width)
+    rows, cols = _interpolation_matrix(height, spacing), _interpolation_matrix(width, spacing)
+    expected = rows @ coarse.double() @ cols.T  # (B, 2, H, W)
+    # float32 sums of four products, twice: a few roundings of values of size ~max|coarse|
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-6 * float(coarse.abs().max()))
+    nodes = got[..., ::spacing, ::spacing]  # pixels on a node take its value exactly
+    assert torch.equal(nodes, coarse[..., :nodes.shape[2], :nodes.shape[3]])
+
+
+def test_upsample_reproduces_quadratics():
+    spacing, n = 8, 97
+    k = torch.arange(ref.coarse_shape(n, n, spacing)[0], dtype=torch.float64)
+    quadratic = lambda x: 3.0 - 2.0 * x + 0.25 * x * x  # noqa: E731
+    coarse = (quadratic(k)[:, None] + quadratic(k)[None, :]).expand(1, 2, -1, -1).float()
+    got = ref.upsample_field(coarse, spacing, n, n)[0, 0]  # (n, n)
+    x = torch.arange(n, dtype=torch.float64) / spacing
+    expected = quadratic(x)[:, None] + quadratic(x)[None, :]
+    inner = slice(spacing, n - 2 * spacing)  # cells with all four nodes inside the grid
+    torch.testing.assert_close(got[inner, inner].double(), expected[inner, inner], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("height,width,spacing", [(37, 91, 3), (37, 91, 8), (1, 19, 2), (19, 1, 5),
+                                                  (1, 1, 4), (64, 64, 8)])
+def test_triton_upsample_matches_reference(height, width, spacing):
+    coarse = torch.randn(2, 2, *ref.coarse_shape(height, width, spacing),
+                         generator=torch.Generator().manual_seed(41)) * 50
+    got = upsample_field_triton(coarse, spacing, height, width)
+    expected = ref.upsample_field(coarse, spacing, height, width)
+    # the kernel fuses each multiply-add (fma, one rounding): 1e-7 of the largest node measured
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(coarse.abs().max()))
+    assert upsample_field_triton(coarse[:0], spacing, height, width).shape == (0, 2, height, width)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_spacing_one_is_the_dense_field(backend):
+    fields = [random_elastic_field(2, 37, 91, 60.0, 4.0, torch.Generator().manual_seed(42),
+                                   backend=backend, spacing=spacing) for spacing in (None, 1)]
+    assert torch.equal(fields[0], fields[1])
+
+
+@pytest.mark.parametrize("spacing", [2, 7])
+def test_coarse_field_is_the_reference_of_the_coarse_draw(spacing):
+    """random_elastic_field(spacing=s) is coarse_field_from_uniform of a (B, 2, Hc, Wc) draw: the
+    reference bit for bit, the Triton kernels within float32 roundings."""
+    alpha, sigma = 30.0, 6.0
+    uniform = _uniform((2, 2, *ref.coarse_shape(37, 91, spacing)), seed=54)
+    expected = ref.coarse_field_from_uniform(uniform, alpha, sigma, spacing, 37, 91)
+    for backend in ("reference", "triton"):
+        got = random_elastic_field(2, 37, 91, alpha, sigma, torch.Generator().manual_seed(54),
+                                   backend=backend, spacing=spacing)
+        if backend == "reference":
+            assert torch.equal(got, expected)
+        else:  # matmul order (as in test_triton_field_matches_reference) and fma roundings
+            torch.testing.assert_close(got, expected, rtol=0, atol=2e-6 * alpha)
+
+
+@pytest.mark.parametrize("spacing", [4, 8])
+def test_coarse_field_has_the_dense_fields_statistics(spacing):
+    """Each axis of the field is a linear map of the noise, F = R u: its columns are the fields of
+    unit impulses. Away from the border, the coarse map's variance sum_k R[j, k]**2, correlation at
+    lag sigma and derivative variance match the dense map's (measured: 0.01-0.12% and 0.002 at
+    spacing 4 and 8, sigma 16)."""
+    width, sigma, alpha = 512, DEFAULT_SIGMA, 1.0
+
+    def axis_map(s):  # (width, nodes): one axis's share of the field per unit noise
+        nodes = ref.coarse_shape(1, width, s)[1]
+        impulses = 0.5 + 0.5 * torch.eye(nodes).view(nodes, 1, 1, nodes).expand(-1, 2, -1, -1)
+        one_row = ref.coarse_field_from_uniform(impulses, alpha, sigma, s, 1, width)[:, 0, 0]
+        # a 1-row slice smooths nothing along the rows, where the 2-D field's alpha / s also
+        # takes its 1 / sqrt(s) per axis: put that back to get one axis's share
+        return one_row.double().T * math.sqrt(s)
+
+    inner = slice(width // 4, 3 * width // 4)
+    stats = []
+    for s in (1, spacing):
+        r = axis_map(s)
+        variance = (r * r).sum(1)
+        lag = int(sigma)
+        correlation = (r[inner] * r[lag:][inner]).sum(1) / variance[inner]
+        slope = r[1:] - r[:-1]
+        slope_ratio = (slope * slope).sum(1)[inner] / variance[inner]
+        stats.append((variance[inner].mean(), correlation.mean(), slope_ratio.mean()))
+    (var_d, corr_d, slope_d), (var_c, corr_c, slope_c) = stats
+    assert abs(var_c / var_d - 1) < 5e-3  # alpha / s rescales the nodes right (a factor s if not)
+    assert abs(corr_c - corr_d) < 5e-3
+    assert abs(slope_c / slope_d - 1) < 1e-2
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("spacing", [3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_coarse_pair_is_field_then_warp(backend, spacing, dtype):
+    images, regions, _ = _warp_inputs(2, 2, 37, 91, dtype, torch.int32, 0.0, seed=43)
+    x_p, r_p = elastic_pair(images, regions, 60.0, 6.0, torch.Generator().manual_seed(44),
+                            backend=backend, spacing=spacing)
+    field = random_elastic_field(2, 37, 91, 60.0, 6.0, torch.Generator().manual_seed(44),
+                                 backend=backend, spacing=spacing)
+    x_e, r_e = elastic_warp(images, regions, field, backend=backend)
+    assert torch.equal(x_p, x_e) and torch.equal(r_p, r_e)
+    assert (r_p != regions).float().mean() > 0.1  # it did move things
+
+
+def test_coarse_triton_pair_never_writes_the_full_field(monkeypatch):
+    images, regions, _ = _warp_inputs(2, 1, 37, 91, torch.float32, torch.int64, 0.0, seed=45)
+    expected = elastic_pair(images, regions, 60.0, 6.0, torch.Generator().manual_seed(46),
+                            backend="triton", spacing=4)
+
+    def refuse(*args):
+        raise AssertionError("the full-resolution field was built")
+
+    monkeypatch.setattr("lrc_fast.kernels.elastic_warp.upsample_field_triton", refuse)
+    monkeypatch.setattr(ref, "upsample_field", refuse)
+    got = elastic_pair(images, regions, 60.0, 6.0, torch.Generator().manual_seed(46),
+                       backend="triton", spacing=4)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_coarse_pair_with_gradients_is_field_then_warp():
+    images, regions, _ = _warp_inputs(2, 1, 37, 91, torch.float32, torch.int64, 0.0, seed=47)
+    grad_out = _uniform((2, 1, 37, 91), seed=48) - 0.5
+    results = []
+    for pair in (True, False):
+        img = images.clone().requires_grad_()
+        if pair:
+            warped, ids = elastic_pair(img, regions, 60.0, 6.0, torch.Generator().manual_seed(49),
+                                       backend="triton", spacing=5)
+        else:
+            field = random_elastic_field(2, 37, 91, 60.0, 6.0, torch.Generator().manual_seed(49),
+                                         backend="triton", spacing=5)
+            warped, ids = elastic_warp(img, regions, field, backend="triton")
+        (warped * grad_out).sum().backward()
+        results.append((warped.detach(), ids, img.grad))
+    for got, expected in zip(*results):
+        assert torch.equal(got, expected)
+    assert results[0][2].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_coarse_alpha_zero_returns_copies_and_draws_the_coarse_noise(backend):
+    images, regions, _ = _warp_inputs(2, 1, 37, 91, torch.float32, torch.int64, 0.0, seed=50)
+    gen, twin = torch.Generator().manual_seed(51), torch.Generator().manual_seed(51)
+    x_p, r_p = elastic_pair(images, regions, 0.0, 6.0, gen, backend=backend, spacing=8)
+    assert torch.equal(x_p, images) and torch.equal(r_p, regions)
+    random_elastic_field(2, 37, 91, 1.0, 6.0, twin, backend=backend, spacing=8)
+    assert torch.equal(gen.get_state(), twin.get_state())
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 19), (2, 3, 19, 1), (0, 1, 5, 6)])
+def test_coarse_degenerate_shapes(shape):
+    batch, channels, height, width = shape
+    images, regions, _ = _warp_inputs(batch, channels, height, width, torch.float32, torch.int64,
+                                      0.0, seed=52)
+    results = [elastic_pair(images, regions, 30.0, 3.0, torch.Generator().manual_seed(53),
+                            backend=backend, spacing=7) for backend in ("reference", "triton")]
+    for got in results:
+        assert got[0].shape == shape and got[1].shape == (batch, height, width)
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=2e-6)
+
+
+# ---------------------------------------------------------------------------------------------
 # input checks
 # ---------------------------------------------------------------------------------------------
 
@@ -498,6 +685,11 @@ def test_elastic_warp_rejects_bad_input(change, error, match):
     ({"generator": 3}, TypeError, "generator must be a torch.Generator"),
     ({"device": "meta"}, ValueError, "generator lives on cpu"),
     ({"backend": "fast"}, ValueError, "backend must be"),
+    ({"spacing": 0}, ValueError, "spacing must be >= 1"),
+    ({"spacing": 2 ** 31}, ValueError, "spacing must be < 2\\*\\*31"),
+    ({"spacing": 4.0}, TypeError, "spacing must be an int"),
+    ({"spacing": True}, TypeError, "spacing must be an int"),
+    ({"spacing": 2, "width": 8193, "backend": "triton"}, ValueError, "sides up to 4096"),
 ])
 def test_random_elastic_field_rejects_bad_input(kwargs, error, match):
     gen = torch.Generator().manual_seed(5)
@@ -534,6 +726,13 @@ def test_elastic_pair_rejects_bad_input():
         elastic_pair(args["images"], args["regions"].double())
     with pytest.raises(ValueError, match="regions must have shape"):
         elastic_pair(args["images"], args["regions"].transpose(1, 2))
+    gen = torch.Generator().manual_seed(8)
+    state = gen.get_state()
+    with pytest.raises(ValueError, match="spacing must be >= 1"):
+        elastic_pair(args["images"], args["regions"], generator=gen, spacing=-4)
+    with pytest.raises(TypeError, match="spacing must be an int"):
+        elastic_pair(args["images"], args["regions"], generator=gen, spacing="8")
+    assert torch.equal(gen.get_state(), state)  # refused before the draw
 
 
 def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
@@ -636,3 +835,21 @@ def test_gpu_alpha_zero_and_gradients():
         grads.append((img.grad, disp.grad))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=1e-5)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("spacing", [4, 8])
+def test_gpu_coarse_pair_is_field_then_warp_and_matches_cpu(dtype, spacing):
+    """The fused coarse warp and the upsampling kernel make the same fma roundings, so the pair
+    equals field then warp bit for bit on CUDA too; the field matches the CPU oracle."""
+    images, regions, _ = _warp_inputs(8, 1, 512, 512, dtype, torch.int64, 0.0, 39, "cuda")
+    x_p, r_p = elastic_pair(images, regions, generator=torch.Generator(device="cuda").manual_seed(40),
+                            spacing=spacing)
+    field = random_elastic_field(8, 512, 512, DEFAULT_ALPHA, DEFAULT_SIGMA,
+                                 torch.Generator(device="cuda").manual_seed(40), spacing=spacing)
+    expected = elastic_warp(images, regions, field)
+    assert torch.equal(x_p, expected[0]) and torch.equal(r_p, expected[1])
+    uniform = _uniform((8, 2, *ref.coarse_shape(512, 512, spacing)), seed=40, device="cuda")
+    oracle = ref.coarse_field_from_uniform(uniform.cpu(), DEFAULT_ALPHA, DEFAULT_SIGMA, spacing, 512, 512)
+    torch.testing.assert_close(field.cpu(), oracle, rtol=0, atol=1e-5 * DEFAULT_ALPHA)  # tf32x3

@@ -29,7 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference.elastic import gaussian_kernel1d, gaussian_radius, reflect_indices
+from ..reference.elastic import (catmull_rom_weights, gaussian_kernel1d, gaussian_radius,
+                                 reflect_indices)
 from ._host import cdiv
 
 PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
@@ -42,6 +43,12 @@ PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
 SMOOTH_BLOCK_CHOICES = ((128, 64, 32, 4), (64, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8),
                         (64, 64, 64, 4), (128, 64, 64, 8), (64, 64, 16, 4))
 _WARP_BLOCK = 1024  # output pixels per program
+# (output pixels, warps) per program of the two kernels that interpolate the control grid, the
+# first the default; `bench_elastic.py --sweep` times them all. A pixel loads 8 weights and 16
+# nodes per component; at the warp's 8 pixels per thread the compiler keeps them all in flight
+# (BLOCK 1024: 255 registers and spills). One pixel per thread: 56 registers, 36 warps per SM
+# (sm_90, ptxas via benchmarks/triton_resources.py; not yet timed on a GPU).
+COARSE_LAUNCH_CHOICES = ((128, 4), (256, 8), (256, 4), (512, 8))
 
 # tl.dot precision of the smoothing passes. "tf32x3" (three TF32 products, ~float32 accuracy:
 # field error ~1e-6 of alpha) is the default; "tf32" is about three times less tensor-core
@@ -211,6 +218,104 @@ def _smooth_rows(uniform: torch.Tensor, sigma: float, truncate: float, precision
 
 
 # ----------------------------------------------------------------------------------------------
+# Coarse mode: Catmull-Rom upsampling of a field given at control points
+# ----------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def catmull_rom_table(spacing: int, device: torch.device) -> torch.Tensor:
+    """:func:`lrc_fast.reference.elastic.catmull_rom_weights` on ``device``, cached."""
+    return catmull_rom_weights(spacing).to(device)
+
+
+@triton.jit
+def _catmull_rom_weights(w_ptr, phase, live):
+    # the four weights of row `phase` of the (S, 4) table, per pixel
+    w = w_ptr + phase * 4
+    return (tl.load(w, mask=live, other=0.0), tl.load(w + 1, mask=live, other=0.0),
+            tl.load(w + 2, mask=live, other=0.0), tl.load(w + 3, mask=live, other=0.0))
+
+
+@triton.jit
+def _catmull_rom_sum(w0, w1, w2, w3, v0, v1, v2, v3):
+    # ((w0 v0 + w1 v1) + w2 v2) + w3 v3 with explicit fma: the same roundings in every kernel
+    # that inlines it, so the fused pair and the upsampled field agree bit for bit on a GPU too
+    return tl.fma(w3, v3, tl.fma(w2, v2, tl.fma(w1, v1, w0 * v0)))
+
+
+@triton.jit
+def _coarse_row(c_ptr, row, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live):
+    # one node row (flat offset of its first node) interpolated at the pixels' columns
+    v0 = tl.load(c_ptr + row + c0, mask=live, other=0.0)
+    v1 = tl.load(c_ptr + row + c1, mask=live, other=0.0)
+    v2 = tl.load(c_ptr + row + c2, mask=live, other=0.0)
+    v3 = tl.load(c_ptr + row + c3, mask=live, other=0.0)
+    return _catmull_rom_sum(wx0, wx1, wx2, wx3, v0, v1, v2, v3)
+
+
+@triton.jit
+def _coarse_field(c_ptr, w_ptr, plane, i, j, live, Hc, Wc, S):
+    # Both components of the field at pixels (i, j) of image `plane // 2` (int64 plane of its dy)
+    # from the (Hc, Wc) control grid, spacing S: along the columns for node rows k-1 .. k+2
+    # (clamped), then along the rows, as lrc_fast.reference.elastic.upsample_field sums.
+    row_k = i // S
+    col_k = j // S
+    wy0, wy1, wy2, wy3 = _catmull_rom_weights(w_ptr, i - row_k * S, live)
+    wx0, wx1, wx2, wx3 = _catmull_rom_weights(w_ptr, j - col_k * S, live)
+    c0 = tl.maximum(col_k - 1, 0)
+    c2 = tl.minimum(col_k + 1, Wc - 1)
+    c3 = tl.minimum(col_k + 2, Wc - 1)
+    r0 = tl.maximum(row_k - 1, 0) * Wc
+    r1 = row_k * Wc
+    r2 = tl.minimum(row_k + 1, Hc - 1) * Wc
+    r3 = tl.minimum(row_k + 2, Hc - 1) * Wc
+    dy_ptr = c_ptr + plane * Hc * Wc
+    dy = _catmull_rom_sum(wy0, wy1, wy2, wy3,
+                          _coarse_row(dy_ptr, r0, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
+                          _coarse_row(dy_ptr, r1, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
+                          _coarse_row(dy_ptr, r2, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
+                          _coarse_row(dy_ptr, r3, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live))
+    dx_ptr = dy_ptr + Hc * Wc
+    dx = _catmull_rom_sum(wy0, wy1, wy2, wy3,
+                          _coarse_row(dx_ptr, r0, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
+                          _coarse_row(dx_ptr, r1, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
+                          _coarse_row(dx_ptr, r2, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
+                          _coarse_row(dx_ptr, r3, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live))
+    return dy, dx
+
+
+@triton.jit
+def _upsample_field_kernel(c_ptr, w_ptr, out_ptr, H, W, Hc, Wc, S, tiles, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    b = (pid // tiles).to(tl.int64)  # int64 plane offsets: B * 2 * H * W may overflow int32
+    hw = H * W
+    offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat output pixels
+    live = offs < hw
+    dy, dx = _coarse_field(c_ptr, w_ptr, b * 2, offs // W, offs % W, live, Hc, Wc, S)
+    tl.store(out_ptr + b * 2 * hw + offs, dy, mask=live)
+    tl.store(out_ptr + (b * 2 + 1) * hw + offs, dx, mask=live)
+
+
+def upsample_field_triton(coarse: torch.Tensor, spacing: int, height: int, width: int) -> torch.Tensor:
+    """Triton twin of :func:`lrc_fast.reference.elastic.upsample_field`.
+
+    ``coarse`` is ``(B, 2, Hc, Wc)`` float32 (on CUDA, or CPU under the interpreter) with
+    ``(Hc, Wc) = coarse_shape(height, width, spacing)``; ``height * width < 2**31``. Returns the
+    ``(B, 2, height, width)`` float32 field.
+    """
+    coarse = coarse.contiguous()
+    batch, _, coarse_h, coarse_w = coarse.shape
+    field = torch.empty((batch, 2, height, width), dtype=torch.float32, device=coarse.device)
+    if batch == 0:
+        return field
+    block, warps = COARSE_LAUNCH_CHOICES[0]
+    tiles = cdiv(height * width, block)
+    _upsample_field_kernel[(batch * tiles,)](
+        coarse, catmull_rom_table(spacing, coarse.device), field, height, width, coarse_h,
+        coarse_w, spacing, tiles, BLOCK=block, num_warps=warps)
+    return field
+
+
+# ----------------------------------------------------------------------------------------------
 # Warp: fused bilinear image + nearest region map, and its backward
 # ----------------------------------------------------------------------------------------------
 
@@ -303,6 +408,23 @@ def _elastic_warp_fwd_kernel(img_ptr, reg_ptr, disp_ptr, out_img_ptr, out_reg_pt
 
 
 @triton.jit
+def _elastic_warp_coarse_kernel(img_ptr, reg_ptr, c_ptr, w_ptr, out_img_ptr, out_reg_ptr,
+                                C, H, W, Hc, Wc, S, tiles, ignore_index,
+                                PADDING: tl.constexpr, BLOCK: tl.constexpr):
+    # the forward warp with the displacement interpolated from the control grid on the fly:
+    # the full-resolution field is never written or read
+    pid = tl.program_id(0)
+    b = (pid // tiles).to(tl.int64)
+    offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat output pixels
+    live = offs < H * W
+    i = offs // W
+    j = offs % W
+    dy, dx = _coarse_field(c_ptr, w_ptr, b * 2, i, j, live, Hc, Wc, S)
+    _warp_pixels(img_ptr, reg_ptr, out_img_ptr, out_reg_ptr, b, C, H, W, i, j, live,
+                 dy, dx, ignore_index, PADDING)
+
+
+@triton.jit
 def _elastic_warp_bwd_kernel(grad_out_ptr, img_ptr, disp_ptr, grad_img_ptr, grad_disp_ptr,
                              C, H, W, tiles,
                              PADDING: tl.constexpr, NEED_IMG: tl.constexpr,
@@ -376,6 +498,32 @@ def elastic_warp_triton(images: torch.Tensor, regions: torch.Tensor, displacemen
         images, regions, displacement, out_images, out_regions,
         channels, height, width, tiles, int(ignore_index),
         PADDING=PADDING_CODES[padding], BLOCK=_WARP_BLOCK, num_warps=4)
+    return out_images, out_regions
+
+
+def elastic_warp_coarse_triton(images: torch.Tensor, regions: torch.Tensor, coarse: torch.Tensor,
+                               spacing: int, padding: str = "border", ignore_index: int = -1,
+                               launch: tuple[int, int] | None = None):
+    """Fused warp by the field :func:`upsample_field_triton` would give, without writing it.
+
+    Equal bit for bit to ``elastic_warp_triton(images, regions, upsample_field_triton(coarse,
+    spacing, H, W), ...)``; no autograd. ``coarse`` is ``(B, 2, Hc, Wc)`` float32; the other
+    inputs as in :func:`elastic_warp_triton`. ``launch`` is one of
+    :data:`COARSE_LAUNCH_CHOICES` (pixels, warps per program; default the first), for tuning.
+    """
+    if launch not in (None,) + COARSE_LAUNCH_CHOICES:
+        raise ValueError(f"launch must be None or one of {COARSE_LAUNCH_CHOICES}, got {launch!r}.")
+    images, regions, out_images, out_regions = _warp_operands(images, regions)
+    coarse = coarse.contiguous()
+    batch, channels, height, width = images.shape
+    if batch == 0:
+        return out_images, out_regions
+    block, warps = launch or COARSE_LAUNCH_CHOICES[0]
+    tiles = cdiv(height * width, block)
+    _elastic_warp_coarse_kernel[(batch * tiles,)](
+        images, regions, coarse, catmull_rom_table(spacing, coarse.device), out_images,
+        out_regions, channels, height, width, coarse.shape[2], coarse.shape[3], spacing, tiles,
+        int(ignore_index), PADDING=PADDING_CODES[padding], BLOCK=block, num_warps=warps)
     return out_images, out_regions
 
 

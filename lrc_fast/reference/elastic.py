@@ -143,6 +143,100 @@ def field_from_uniform(uniform: torch.Tensor, alpha: float, sigma: float,
     return gaussian_smooth(noise, sigma, truncate) * alpha
 
 
+# ----------------------------------------------------------------------------------------------
+# Coarse mode: the field on a grid of control points, upsampled by Catmull-Rom interpolation
+# ----------------------------------------------------------------------------------------------
+
+def coarse_shape(height: int, width: int, spacing: int) -> tuple[int, int]:
+    """Control points per axis: nodes at pixels ``0, s, 2 s, ...`` up to the first at or past the
+    last pixel, i.e. ``ceil((n - 1) / s) + 1`` (``n`` itself at ``s = 1``)."""
+    return (height + spacing - 2) // spacing + 1, (width + spacing - 2) // spacing + 1
+
+
+def catmull_rom_weights(spacing: int) -> torch.Tensor:
+    """``(spacing, 4)`` float32 Catmull-Rom weights of nodes ``k-1 .. k+2`` for a pixel at
+    ``k * spacing + p``, row ``p`` (``t = p / spacing``); computed in float64, then rounded.
+
+    Row 0 is ``(0, 1, 0, 0)``: pixels on a node take its value exactly. Every row sums to one, and
+    the interpolant reproduces polynomials up to degree 2 (Keys' cubic convolution, ``a = -0.5``).
+    """
+    t = torch.arange(spacing, dtype=torch.float64) / spacing  # (s,)
+    return torch.stack([((-0.5 * t + 1.0) * t - 0.5) * t,
+                        (1.5 * t - 2.5) * t * t + 1.0,
+                        ((-1.5 * t + 2.0) * t + 0.5) * t,
+                        (0.5 * t - 0.5) * t * t], dim=1).to(torch.float32)
+
+
+def _interpolate_axis(coarse: torch.Tensor, n: int, spacing: int, dim: int) -> torch.Tensor:
+    """Catmull-Rom along ``dim`` of ``coarse`` to ``n`` pixels; node indices clamped at the ends."""
+    nodes = coarse.shape[dim]
+    weights = catmull_rom_weights(spacing).to(coarse.device)  # (s, 4)
+    pixel = torch.arange(n, device=coarse.device)
+    k, p = pixel // spacing, pixel % spacing  # (n,) cell and phase
+    view = (-1, 1) if dim == coarse.dim() - 2 else (-1,)
+    out = None
+    for a in range(4):  # ((w0 c0 + w1 c1) + w2 c2) + w3 c3, as the Triton kernel sums
+        taps = coarse.index_select(dim, (k + a - 1).clamp(0, nodes - 1))
+        term = taps * weights[p, a].view(view)
+        out = term if out is None else out + term
+    return out
+
+
+def upsample_field(coarse: torch.Tensor, spacing: int, height: int, width: int) -> torch.Tensor:
+    """Field at every pixel from its values at the control points, Catmull-Rom per axis.
+
+    Parameters
+    ----------
+    coarse : torch.Tensor
+        ``(B, 2, Hc, Wc)`` float32 values at nodes ``(k s, l s)``, ``(Hc, Wc) =``
+        :func:`coarse_shape` ``(height, width, spacing)``.
+    spacing : int
+        Node spacing ``s`` in pixels, >= 1.
+    height, width : int
+        Output size.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 2, height, width)`` float32: along the columns first, then along the rows, each a
+        left-to-right sum of four weighted nodes (the Triton kernels fuse each step into
+        ``fma`` instructions, so they agree to a few float32 roundings, not bit for bit).
+    """
+    along_w = _interpolate_axis(coarse, width, spacing, dim=3)  # (B, 2, Hc, W)
+    return _interpolate_axis(along_w, height, spacing, dim=2)  # (B, 2, H, W)
+
+
+def coarse_field_from_uniform(uniform: torch.Tensor, alpha: float, sigma: float, spacing: int,
+                              height: int, width: int, truncate: float = 4.0) -> torch.Tensor:
+    """The coarse-mode field: ``field_from_uniform(uniform, alpha / s, sigma / s)`` on the control
+    grid, upsampled by :func:`upsample_field`.
+
+    The scale ``alpha / s`` gives the field the dense field's variance: a node stands for an
+    ``s x s`` block of pixels, whose noise sum has ``s`` times the standard deviation of one
+    draw, and the Gaussian, ``sigma / s`` wide in nodes, has ``s**2`` times the peak weight.
+
+    Parameters
+    ----------
+    uniform : torch.Tensor
+        ``(B, 2, Hc, Wc)`` float32 draws in ``[0, 1)``, ``(Hc, Wc) =`` :func:`coarse_shape`.
+    alpha, sigma : float
+        Scale and smoothness in pixels, as for the dense field.
+    spacing : int
+        Node spacing in pixels; 1 gives :func:`field_from_uniform` exactly.
+    height, width : int
+        Field size in pixels.
+    truncate : float
+        Kernel radius ``int(truncate * sigma / spacing + 0.5)`` nodes.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 2, height, width)`` float32 displacement in pixels.
+    """
+    coarse = field_from_uniform(uniform, alpha / spacing, sigma / spacing, truncate)
+    return upsample_field(coarse, spacing, height, width)
+
+
 def sampling_coordinates(displacement: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Source coordinates ``(y, x)``, each ``(B, H, W)``, of every output pixel.
 
