@@ -29,7 +29,8 @@ K, dtype and layout (NCHW features, then channels_last copies; ``--quick``: K=25
 ``torch.profiler`` over a few steps (after a warm-up step), every CUDA kernel's device time and
 launches per step, their sum, and the step's wall time from CUDA events; the difference is time
 the GPU waited for the host (launch overhead, host-side work). On CUDA it also gives the host's
-time to issue one step (no synchronisation inside the step). On CPU the smoke shapes, with each
+time to issue one step (no synchronisation inside the step) and the median time of one replay of
+the step captured in a CUDA graph (the GPU's time alone; the capture fails if the step syncs). On CPU the smoke shapes, with each
 operator's self CPU time instead of kernels.
 
 The table's "DRAM bound" column is :func:`traffic_bound`: how close to the floor any step could
@@ -382,14 +383,15 @@ PROFILE_TOP = 12  # kernels listed per configuration; the rest are summed in one
 
 
 def profile_step(config, dtype, k, channels_last=False):
-    """(rows, kernel_ms, wall_ms, host_ms): the fused step's time per kernel (CUDA) or per op
-    (CPU), on NCHW features or on channels_last copies of them.
+    """(rows, kernel_ms, wall_ms, host_ms, replay_ms): the fused step's time per kernel (CUDA) or
+    per op (CPU), on NCHW features or on channels_last copies of them.
 
     rows are (name, calls per step, ms per step) sorted by time; kernel_ms their sum per step;
     wall_ms the step's median wall time (CUDA events around each profiled step on CUDA); host_ms
     (CUDA only, else None) the median host time to issue one step, measured without the
     profiler and without synchronising inside the step: above the GPU's time per step, the step
-    is bound by the host (a GPU->CPU sync inside the step would make it the GPU time).
+    is bound by the host (a GPU->CPU sync inside the step would make it the GPU time);
+    replay_ms :func:`graph_replay_ms` (CUDA only, else None).
     """
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -438,10 +440,32 @@ def profile_step(config, dtype, k, channels_last=False):
             issue.append((time.perf_counter() - start) * 1e3)
         torch.cuda.synchronize()
         host = statistics.median(issue)
-    return rows, sum(row[2] for row in rows), statistics.median(walls), host
+    return rows, sum(row[2] for row in rows), statistics.median(walls), host, graph_replay_ms(fn)
 
 
-def profile_markdown(rows, kernel_ms, wall_ms, host_ms):
+def graph_replay_ms(fn):
+    """Median time of one replay of ``fn`` captured in a CUDA graph: the step's GPU time without
+    the host issuing it (what a trainer captured with CUDA graphs would see), or the reason the
+    capture failed (a GPU->CPU sync inside the step makes it fail). None on CPU."""
+    if not CUDA:
+        return None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as error:  # noqa: BLE001 - report why, keep the profile going
+        return f"capture failed: {type(error).__name__}: {error}"[:200]
+    from triton.testing import do_bench
+    return do_bench(graph.replay, warmup=10, rep=50, return_mode="median")
+
+
+def profile_markdown(rows, kernel_ms, wall_ms, host_ms, replay_ms):
     unit = "kernel" if CUDA else "operator (self CPU time)"
     lines = [f"| {unit} | calls / step | ms / step | share |", "|---|---|---|---|"]
     for name, calls, ms in rows[:PROFILE_TOP]:
@@ -455,6 +479,10 @@ def profile_markdown(rows, kernel_ms, wall_ms, host_ms):
     lines.append(f"| **step, wall** | | {wall_ms:.4f} | sum / wall {kernel_ms / wall_ms:.0%} |")
     if host_ms is not None:
         lines.append(f"| **step, host time to issue** | | {host_ms:.4f} | host / wall {host_ms / wall_ms:.0%} |")
+    if isinstance(replay_ms, str):
+        lines.append(f"| **step, CUDA graph replay** | | {replay_ms} | |")
+    elif replay_ms is not None:
+        lines.append(f"| **step, CUDA graph replay** | | {replay_ms:.4f} | replay / wall {replay_ms / wall_ms:.0%} |")
     return "\n".join(lines)
 
 
@@ -462,11 +490,11 @@ def run_profile(config, quick=False):
     for channels_last in ((False,) if quick else (False, True)):
         for dtype in ((torch.float32,) if quick else config["dtypes"]):
             for k in ((256,) if quick else config["ks"]):
-                rows, kernel_ms, wall_ms, host_ms = profile_step(config, dtype, k, channels_last)
+                rows, kernel_ms, wall_ms, host_ms, replay_ms = profile_step(config, dtype, k, channels_last)
                 print(f"\n#### fused step, {str(dtype).replace('torch.', '')}, K={k}, "
                       f"{'channels_last' if channels_last else 'NCHW'} features "
                       f"(median of {PROFILE_STEPS} profiled steps)")
-                print(profile_markdown(rows, kernel_ms, wall_ms, host_ms), flush=True)
+                print(profile_markdown(rows, kernel_ms, wall_ms, host_ms, replay_ms), flush=True)
 
 
 def sweep_cells(label, shapes, run, problem_of, failures):

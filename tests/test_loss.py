@@ -929,6 +929,50 @@ def test_gpu_matches_reference(dtype, loss_rtol, channels_last, num_regions):
 
 
 @pytest.mark.gpu
+def test_gpu_fused_step_captures_in_a_cuda_graph():
+    """No host sync in a fused forward + backward step: it captures in a CUDA graph (a sync during
+    capture raises). With features constant in each region the sampled means are the region
+    means whatever the samples, so a replay (new draws from the default generator) gives the
+    eager step's loss and, summed over each region's pixels, its gradients."""
+    batch, channels, size, k = 2, 16, 64, 16
+    regions = blocky_regions(batch, size, size, k, seed=66).cuda()  # (B, H, W)
+    regions_p = warped(regions, seed=67).cuda()
+    values = torch.randn(2, batch, k, channels, generator=torch.Generator().manual_seed(68)).cuda()
+
+    def constant_per_region(table, ids):  # (B, K, D), (B, H, W) -> (B, D, H, W)
+        flat = torch.gather(table, 1, ids.clamp(min=0).flatten(1)[..., None].expand(-1, -1, channels))
+        return flat.transpose(1, 2).reshape(batch, channels, size, size).contiguous().requires_grad_(True)
+
+    feat_q, feat_p = constant_per_region(values[0], regions), constant_per_region(values[1], regions_p)
+
+    def step():
+        loss = region_contrast_loss(feat_q, feat_p, regions, regions_p, num_regions=k, backend="triton")
+        return (loss, *torch.autograd.grad(loss, [feat_q, feat_p]))
+
+    def region_sums(grad, ids):  # (B, D, H, W) -> (B, K, D), ignored pixels left out
+        onehot = torch.nn.functional.one_hot(ids.clamp(min=0), k).double() * (ids >= 0)[..., None]
+        return torch.einsum("bdhw,bhwk->bkd", grad.double(), onehot)
+
+    eager = step()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graphs asks
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(captured[0], eager[0], rtol=1e-5)
+    for grad, grad_eager, ids in zip(captured[1:], eager[1:], (regions, regions_p)):
+        sums, sums_eager = region_sums(grad, ids), region_sums(grad_eager, ids)
+        assert_close(sums, sums_eager, rtol=1e-5, atol_scale=1e-6)
+        assert sums_eager.abs().max() > 0
+
+
+@pytest.mark.gpu
 def test_gpu_region_index_and_samples_match_reference():
     regions = blocky_regions(3, 300, 333, 700, seed=62, block=5).cuda()
     index = pool_kernels.region_index(regions, 700)  # tl.sort on CUDA
