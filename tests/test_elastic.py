@@ -853,3 +853,32 @@ def test_gpu_coarse_pair_is_field_then_warp_and_matches_cpu(dtype, spacing):
     uniform = _uniform((8, 2, *ref.coarse_shape(512, 512, spacing)), seed=40, device="cuda")
     oracle = ref.coarse_field_from_uniform(uniform.cpu(), DEFAULT_ALPHA, DEFAULT_SIGMA, spacing, 512, 512)
     torch.testing.assert_close(field.cpu(), oracle, rtol=0, atol=1e-5 * DEFAULT_ALPHA)  # tf32x3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("spacing", [None, 8])
+def test_gpu_pair_captures_in_a_cuda_graph(spacing):
+    """No host sync in the field, the warp (check_finite=False) or the pair: each captures in a
+    CUDA graph (a sync during capture raises), and a replay's warp is the eager warp of the
+    replay's field."""
+    images, regions, _ = _warp_inputs(4, 1, 256, 256, torch.float32, torch.int64, 0.0, 41, "cuda")
+
+    def step():
+        field = random_elastic_field(4, 256, 256, DEFAULT_ALPHA, DEFAULT_SIGMA, device="cuda",
+                                     spacing=spacing)
+        return (field, *elastic_warp(images, regions, field, check_finite=False),
+                *elastic_pair(images, regions, spacing=spacing))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graphs asks
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        field, warped, ids, x_p, r_p = step()
+    graph.replay()
+    expected = elastic_warp(images, regions, field.clone(), check_finite=False)
+    assert torch.equal(warped, expected[0]) and torch.equal(ids, expected[1])
+    assert x_p.shape == images.shape and (r_p != regions).any()
