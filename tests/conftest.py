@@ -20,3 +20,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def capture_cuda_graph():
+    """A function ``step -> (graph, outputs)``: see :func:`_capture_cuda_graph`."""
+    return _capture_cuda_graph
+
+
+def _capture_cuda_graph(step):
+    """``(graph, outputs)``: ``step()`` captured in a CUDA graph after two warm-up calls on a side
+    stream (as torch.cuda.graphs asks), not yet replayed. A GPU->CPU sync in ``step`` makes the
+    capture raise."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    return graph, outputs

@@ -419,7 +419,8 @@ def test_elastic_pair_is_field_then_warp(backend):
     assert (r_p != regions).float().mean() > 0.1  # it did move things
 
 
-def test_elastic_pair_with_gradients_is_field_then_warp():
+@pytest.mark.parametrize("spacing", [None, 5])  # the coarse pair then upsamples: the backward needs the field
+def test_elastic_pair_with_gradients_is_field_then_warp(spacing):
     """elastic_pair is differentiable in the images: values and gradients equal elastic_warp's
     with the same field."""
     images, regions, _ = _warp_inputs(2, 1, 37, 91, torch.float32, torch.int64, 0.0, seed=27)
@@ -429,10 +430,10 @@ def test_elastic_pair_with_gradients_is_field_then_warp():
         img = images.clone().requires_grad_()
         if pair:
             warped, ids = elastic_pair(img, regions, 60.0, 4.0, torch.Generator().manual_seed(29),
-                                       backend="triton")
+                                       backend="triton", spacing=spacing)
         else:
             field = random_elastic_field(2, 37, 91, 60.0, 4.0, torch.Generator().manual_seed(29),
-                                         backend="triton")
+                                         backend="triton", spacing=spacing)
             warped, ids = elastic_warp(img, regions, field, backend="triton")
         (warped * grad_out).sum().backward()
         results.append((warped.detach(), ids, img.grad))
@@ -590,26 +591,6 @@ def test_coarse_triton_pair_never_writes_the_full_field(monkeypatch):
     got = elastic_pair(images, regions, 60.0, 6.0, torch.Generator().manual_seed(46),
                        backend="triton", spacing=4)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
-
-
-def test_coarse_pair_with_gradients_is_field_then_warp():
-    images, regions, _ = _warp_inputs(2, 1, 37, 91, torch.float32, torch.int64, 0.0, seed=47)
-    grad_out = _uniform((2, 1, 37, 91), seed=48) - 0.5
-    results = []
-    for pair in (True, False):
-        img = images.clone().requires_grad_()
-        if pair:
-            warped, ids = elastic_pair(img, regions, 60.0, 6.0, torch.Generator().manual_seed(49),
-                                       backend="triton", spacing=5)
-        else:
-            field = random_elastic_field(2, 37, 91, 60.0, 6.0, torch.Generator().manual_seed(49),
-                                         backend="triton", spacing=5)
-            warped, ids = elastic_warp(img, regions, field, backend="triton")
-        (warped * grad_out).sum().backward()
-        results.append((warped.detach(), ids, img.grad))
-    for got, expected in zip(*results):
-        assert torch.equal(got, expected)
-    assert results[0][2].abs().sum() > 0
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
@@ -857,7 +838,7 @@ def test_gpu_coarse_pair_is_field_then_warp_and_matches_cpu(dtype, spacing):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("spacing", [None, 8])
-def test_gpu_pair_captures_in_a_cuda_graph(spacing):
+def test_gpu_pair_captures_in_a_cuda_graph(spacing, capture_cuda_graph):
     """No host sync in the field, the warp (check_finite=False) or the pair: each captures in a
     CUDA graph (a sync during capture raises), and a replay's warp is the eager warp of the
     replay's field."""
@@ -869,15 +850,7 @@ def test_gpu_pair_captures_in_a_cuda_graph(spacing):
         return (field, *elastic_warp(images, regions, field, check_finite=False),
                 *elastic_pair(images, regions, spacing=spacing))
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graphs asks
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        field, warped, ids, x_p, r_p = step()
+    graph, (field, warped, ids, x_p, r_p) = capture_cuda_graph(step)
     graph.replay()
     expected = elastic_warp(images, regions, field.clone(), check_finite=False)
     assert torch.equal(warped, expected[0]) and torch.equal(ids, expected[1])

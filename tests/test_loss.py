@@ -929,7 +929,7 @@ def test_gpu_matches_reference(dtype, loss_rtol, channels_last, num_regions):
 
 
 @pytest.mark.gpu
-def test_gpu_fused_step_captures_in_a_cuda_graph():
+def test_gpu_fused_step_captures_in_a_cuda_graph(capture_cuda_graph):
     """No host sync in a fused forward + backward step: it captures in a CUDA graph (a sync during
     capture raises). With features constant in each region the sampled means are the region
     means whatever the samples, so a replay (new draws from the default generator) gives the
@@ -954,15 +954,7 @@ def test_gpu_fused_step_captures_in_a_cuda_graph():
         return torch.einsum("bdhw,bhwk->bkd", grad.double(), onehot)
 
     eager = step()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graphs asks
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = capture_cuda_graph(step)
     graph.replay()
     torch.cuda.synchronize()
     assert_close(captured[0], eager[0], rtol=1e-5)
