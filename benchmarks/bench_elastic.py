@@ -56,7 +56,7 @@ SIZE = 512 if CUDA else 64
 BATCHES = (16, 256) if CUDA else (2,)
 MONAI_MAX_BATCH = 16  # per-sample MONAI at B = 256 would take minutes; it is timed at B <= 16
 # Control-point spacings of the coarse mode timed beside the dense field: sigma / 2 (its
-# statistics within 0.2% of the dense field's) and sigma / 4.
+# variance and correlation within 0.3% of the dense field's) and sigma / 4.
 COARSE_SPACINGS = (8, 4)
 
 

@@ -509,11 +509,22 @@ def test_triton_upsample_matches_reference(height, width, spacing):
     assert upsample_field_triton(coarse[:0], spacing, height, width).shape == (0, 2, height, width)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_spacing_one_is_the_dense_field(backend):
-    fields = [random_elastic_field(2, 37, 91, 60.0, 4.0, torch.Generator().manual_seed(42),
-                                   backend=backend, spacing=spacing) for spacing in (None, 1)]
-    assert torch.equal(fields[0], fields[1])
+def test_spacing_one_is_the_dense_field():
+    """At spacing 1 the grid is the pixels and every pixel sits on a node: the coarse field of a
+    (B, 2, H, W) draw is the dense one, bit for bit, on both backends."""
+    uniform = _uniform((2, 2, 37, 91), seed=42)
+    dense = ref.field_from_uniform(uniform, 60.0, 4.0)
+    assert torch.equal(ref.coarse_field_from_uniform(uniform, 60.0, 4.0, 1, 37, 91), dense)
+    assert torch.equal(upsample_field_triton(dense, 1, 37, 91), dense)
+
+
+def test_huge_spacing_builds_only_the_weights_it_uses():
+    assert ref.catmull_rom_weights(2 ** 30, 9).shape == (9, 4)  # a (2**30, 4) table is 32 GB
+    images, regions, _ = _warp_inputs(1, 1, 8, 9, torch.float32, torch.int64, 0.0, seed=55)
+    results = [elastic_pair(images, regions, 30.0, 3.0, torch.Generator().manual_seed(56), backend=backend,
+                            spacing=2 ** 31 - 1) for backend in ("reference", "triton")]
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=2e-6)
+    assert torch.equal(results[1][1], results[0][1])
 
 
 @pytest.mark.parametrize("spacing", [2, 7])
@@ -565,15 +576,18 @@ def test_coarse_field_has_the_dense_fields_statistics(spacing):
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-@pytest.mark.parametrize("spacing", [3, 8])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_coarse_pair_is_field_then_warp(backend, spacing, dtype):
+@pytest.mark.parametrize("spacing,padding", [(3, "border"), (8, "zeros"), (5, "reflection")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_coarse_pair_is_field_then_warp(backend, spacing, padding, dtype):
     images, regions, _ = _warp_inputs(2, 2, 37, 91, dtype, torch.int32, 0.0, seed=43)
+    if spacing == 3:  # strided inputs: the same values, not contiguous
+        images = images.transpose(-1, -2).contiguous().transpose(-1, -2)
+        regions = regions.transpose(-1, -2).contiguous().transpose(-1, -2)
     x_p, r_p = elastic_pair(images, regions, 60.0, 6.0, torch.Generator().manual_seed(44),
-                            backend=backend, spacing=spacing)
+                            padding=padding, backend=backend, spacing=spacing)
     field = random_elastic_field(2, 37, 91, 60.0, 6.0, torch.Generator().manual_seed(44),
                                  backend=backend, spacing=spacing)
-    x_e, r_e = elastic_warp(images, regions, field, backend=backend)
+    x_e, r_e = elastic_warp(images, regions, field, padding=padding, backend=backend)
     assert torch.equal(x_p, x_e) and torch.equal(r_p, r_e)
     assert (r_p != regions).float().mean() > 0.1  # it did move things
 
@@ -613,6 +627,7 @@ def test_coarse_degenerate_shapes(shape):
     for got in results:
         assert got[0].shape == shape and got[1].shape == (batch, height, width)
     torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=2e-6)
+    assert torch.equal(results[1][1], results[0][1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -671,6 +686,8 @@ def test_elastic_warp_rejects_bad_input(change, error, match):
     ({"spacing": 4.0}, TypeError, "spacing must be an int"),
     ({"spacing": True}, TypeError, "spacing must be an int"),
     ({"spacing": 2, "width": 8193, "backend": "triton"}, ValueError, "sides up to 4096"),
+    ({"spacing": 32, "height": 2 ** 16, "width": 2 ** 15, "backend": "triton"}, ValueError,
+     "H \\* W must be < 2\\*\\*31"),
 ])
 def test_random_elastic_field_rejects_bad_input(kwargs, error, match):
     gen = torch.Generator().manual_seed(5)

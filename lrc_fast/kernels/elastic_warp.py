@@ -222,9 +222,10 @@ def _smooth_rows(uniform: torch.Tensor, sigma: float, truncate: float, precision
 # ----------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=16)
-def catmull_rom_table(spacing: int, device: torch.device) -> torch.Tensor:
-    """:func:`lrc_fast.reference.elastic.catmull_rom_weights` on ``device``, cached."""
-    return catmull_rom_weights(spacing).to(device)
+def catmull_rom_table(spacing: int, phases: int, device: torch.device) -> torch.Tensor:
+    """:func:`lrc_fast.reference.elastic.catmull_rom_weights` on ``device``, cached: the
+    ``min(spacing, phases)`` rows that pixels of sides up to ``phases`` use."""
+    return catmull_rom_weights(spacing, phases).to(device)
 
 
 @triton.jit
@@ -309,9 +310,10 @@ def upsample_field_triton(coarse: torch.Tensor, spacing: int, height: int, width
         return field
     block, warps = COARSE_LAUNCH_CHOICES[0]
     tiles = cdiv(height * width, block)
+    weights = catmull_rom_table(spacing, max(height, width), coarse.device)  # (phases, 4)
     _upsample_field_kernel[(batch * tiles,)](
-        coarse, catmull_rom_table(spacing, coarse.device), field, height, width, coarse_h,
-        coarse_w, spacing, tiles, BLOCK=block, num_warps=warps)
+        coarse, weights, field, height, width, coarse_h, coarse_w, spacing, tiles, BLOCK=block,
+        num_warps=warps)
     return field
 
 
@@ -520,9 +522,10 @@ def elastic_warp_coarse_triton(images: torch.Tensor, regions: torch.Tensor, coar
         return out_images, out_regions
     block, warps = launch or COARSE_LAUNCH_CHOICES[0]
     tiles = cdiv(height * width, block)
+    weights = catmull_rom_table(spacing, max(height, width), coarse.device)  # (phases, 4)
     _elastic_warp_coarse_kernel[(batch * tiles,)](
-        images, regions, coarse, catmull_rom_table(spacing, coarse.device), out_images,
-        out_regions, channels, height, width, coarse.shape[2], coarse.shape[3], spacing, tiles,
+        images, regions, coarse, weights, out_images, out_regions, channels, height, width,
+        coarse.shape[2], coarse.shape[3], spacing, tiles,
         int(ignore_index), PADDING=PADDING_CODES[padding], BLOCK=block, num_warps=warps)
     return out_images, out_regions
 

@@ -153,14 +153,17 @@ def coarse_shape(height: int, width: int, spacing: int) -> tuple[int, int]:
     return (height + spacing - 2) // spacing + 1, (width + spacing - 2) // spacing + 1
 
 
-def catmull_rom_weights(spacing: int) -> torch.Tensor:
-    """``(spacing, 4)`` float32 Catmull-Rom weights of nodes ``k-1 .. k+2`` for a pixel at
+def catmull_rom_weights(spacing: int, phases: int | None = None) -> torch.Tensor:
+    """``(phases, 4)`` float32 Catmull-Rom weights of nodes ``k-1 .. k+2`` for a pixel at
     ``k * spacing + p``, row ``p`` (``t = p / spacing``); computed in float64, then rounded.
 
-    Row 0 is ``(0, 1, 0, 0)``: pixels on a node take its value exactly. Every row sums to one, and
-    the interpolant reproduces polynomials up to degree 2 (Keys' cubic convolution, ``a = -0.5``).
+    ``phases`` (default ``spacing``) rows: an axis of ``n`` pixels needs ``min(spacing, n)``, so a
+    spacing far beyond the image costs nothing. Row 0 is ``(0, 1, 0, 0)``: pixels on a node take
+    its value exactly. Every row sums to one, and the interpolant reproduces polynomials up to
+    degree 2 (Keys' cubic convolution, ``a = -0.5``).
     """
-    t = torch.arange(spacing, dtype=torch.float64) / spacing  # (s,)
+    rows = spacing if phases is None else min(spacing, phases)
+    t = torch.arange(rows, dtype=torch.float64) / spacing  # (rows,)
     return torch.stack([((-0.5 * t + 1.0) * t - 0.5) * t,
                         (1.5 * t - 2.5) * t * t + 1.0,
                         ((-1.5 * t + 2.0) * t + 0.5) * t,
@@ -170,7 +173,7 @@ def catmull_rom_weights(spacing: int) -> torch.Tensor:
 def _interpolate_axis(coarse: torch.Tensor, n: int, spacing: int, dim: int) -> torch.Tensor:
     """Catmull-Rom along ``dim`` of ``coarse`` to ``n`` pixels; node indices clamped at the ends."""
     nodes = coarse.shape[dim]
-    weights = catmull_rom_weights(spacing).to(coarse.device)  # (s, 4)
+    weights = catmull_rom_weights(spacing, n).to(coarse.device)  # (min(s, n), 4)
     pixel = torch.arange(n, device=coarse.device)
     k, p = pixel // spacing, pixel % spacing  # (n,) cell and phase
     view = (-1, 1) if dim == coarse.dim() - 2 else (-1,)
