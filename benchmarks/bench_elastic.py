@@ -47,6 +47,8 @@ from lrc_fast.kernels.elastic_warp import (COARSE_LAUNCH_CHOICES, SMOOTH_BLOCK_C
                                            field_from_uniform_triton)
 from lrc_fast.reference import elastic as ref  # noqa: E402
 
+from bench_loss import with_matmul_precision  # noqa: E402  (benchmarks/ is on sys.path)
+
 CUDA = torch.cuda.is_available()
 # Largest field error accepted against the fp32 oracle, per tl.dot precision, times alpha (see
 # tests/test_elastic.py).
@@ -373,6 +375,8 @@ def main() -> int:
 
         times = {
             "elastic_pair (noise + field + warp)": timed_ms(lambda: triton_pair(images, regions, gen)),
+            "elastic_pair, float32 matmul 'high' (tf32 field)": timed_ms(
+                with_matmul_precision(lambda: triton_pair(images, regions, gen), "high")),
             "fused field (noise + smoothing, tf32x3)": timed_ms(lambda: fused_field("tf32x3")),
             "fused field (noise + smoothing, tf32)": timed_ms(lambda: fused_field("tf32")),
             "fused warp (image + regions)": timed_ms(

@@ -176,6 +176,21 @@ def test_triton_field_matches_reference(batch, height, width, sigma, truncate):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * alpha)
 
 
+@pytest.mark.parametrize("setting,precision", [("highest", "tf32x3"), ("high", "tf32"), ("medium", "tf32")])
+def test_triton_field_precision_follows_torch_matmul_precision(monkeypatch, setting, precision):
+    seen = []
+    monkeypatch.setattr("lrc_fast.kernels.elastic_warp.field_from_uniform_triton",
+                        lambda *args, precision: seen.append(precision) or torch.zeros(1, 2, 8, 9))
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(setting)
+    try:
+        random_elastic_field(1, 8, 9, 1.0, 2.0, backend="triton")
+        random_elastic_field(1, 8, 9, 1.0, 2.0, backend="reference")  # float32 convolutions
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    assert seen == [precision]
+
+
 @pytest.mark.parametrize("blocks", SMOOTH_BLOCK_CHOICES[1:])
 def test_triton_field_block_choices(blocks):
     """Every tile shape the benchmark sweeps gives the reference field (odd sizes, a band that
