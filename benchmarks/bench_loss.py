@@ -443,12 +443,18 @@ def profile_step(config, dtype, k, channels_last=False):
     return rows, sum(row[2] for row in rows), statistics.median(walls), host, graph_replay_ms(fn)
 
 
+_GRAPH_FAILURE: list[str] = []  # why a capture failed: later configurations do not try again
+
+
 def graph_replay_ms(fn):
-    """Median time of one replay of ``fn`` captured in a CUDA graph: the step's GPU time without
-    the host issuing it (what a trainer captured with CUDA graphs would see), or the reason the
-    capture failed (a GPU->CPU sync inside the step makes it fail). None on CPU."""
+    """Median time of one replay of ``fn`` captured in a CUDA graph (L2 flushed before each, as
+    every time here): the step's GPU time without the host issuing it (what a trainer captured
+    with CUDA graphs would see), or the reason the capture failed (a GPU->CPU sync inside the step
+    makes it fail). None on CPU."""
     if not CUDA:
         return None
+    if _GRAPH_FAILURE:
+        return _GRAPH_FAILURE[0]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
@@ -460,7 +466,12 @@ def graph_replay_ms(fn):
         with torch.cuda.graph(graph):
             fn()
     except Exception as error:  # noqa: BLE001 - report why, keep the profile going
-        return f"capture failed: {type(error).__name__}: {error}"[:200]
+        # a failed capture can leave the capture stream current (torch.cuda.graph exits its
+        # stream context after ending the capture); the cause is the exception's context
+        torch.cuda.set_stream(torch.cuda.default_stream())
+        cause = error.__context__ or error
+        _GRAPH_FAILURE.append(f"capture failed: {type(cause).__name__}: {cause}"[:200])
+        return _GRAPH_FAILURE[0]
     from triton.testing import do_bench
     return do_bench(graph.replay, warmup=10, rep=50, return_mode="median")
 

@@ -872,8 +872,8 @@ def test_gpu_coarse_pair_is_field_then_warp_and_matches_cpu(dtype, spacing):
 @pytest.mark.parametrize("spacing", [None, 8])
 def test_gpu_pair_captures_in_a_cuda_graph(spacing, capture_cuda_graph):
     """No host sync in the field, the warp (check_finite=False) or the pair: each captures in a
-    CUDA graph (a sync during capture raises), and a replay's warp is the eager warp of the
-    replay's field."""
+    CUDA graph (a sync during capture raises). Every replay draws a new field and pair, its warp
+    is the eager warp of its field, and its pair is a warp of the slice and its map."""
     images, regions, _ = _warp_inputs(4, 1, 256, 256, torch.float32, torch.int64, 0.0, 41, "cuda")
 
     def step():
@@ -882,8 +882,19 @@ def test_gpu_pair_captures_in_a_cuda_graph(spacing, capture_cuda_graph):
         return (field, *elastic_warp(images, regions, field, check_finite=False),
                 *elastic_pair(images, regions, spacing=spacing))
 
-    graph, (field, warped, ids, x_p, r_p) = capture_cuda_graph(step)
-    graph.replay()
-    expected = elastic_warp(images, regions, field.clone(), check_finite=False)
-    assert torch.equal(warped, expected[0]) and torch.equal(ids, expected[1])
-    assert x_p.shape == images.shape and (r_p != regions).any()
+    graph, outputs = capture_cuda_graph(step)
+    replays = []
+    for _ in range(2):
+        for out in outputs:  # whatever the replay does not write keeps the sentinel
+            out.fill_(math.nan if out.is_floating_point() else -7)
+        graph.replay()
+        replays.append([out.clone() for out in outputs])
+    for field, warped, ids, x_p, r_p in replays:
+        expected = elastic_warp(images, regions, field, check_finite=False)
+        assert torch.equal(warped, expected[0]) and torch.equal(ids, expected[1])
+        # the pair: a bilinear mix of the slice (border padding; weights summing to 1 within a
+        # few float32 roundings), ids of the map or -1
+        assert images.min() - 1e-6 <= x_p.min() and x_p.max() <= images.max() + 1e-6
+        assert torch.isin(r_p, torch.cat([regions.unique(), torch.tensor([-1], device="cuda")])).all()
+    assert not torch.equal(replays[0][0], replays[1][0])  # each replay draws a new field
+    assert not torch.equal(replays[0][4], replays[1][4])  # and a new pair

@@ -933,7 +933,8 @@ def test_gpu_fused_step_captures_in_a_cuda_graph(capture_cuda_graph):
     """No host sync in a fused forward + backward step: it captures in a CUDA graph (a sync during
     capture raises). With features constant in each region the sampled means are the region
     means whatever the samples, so a replay (new draws from the default generator) gives the
-    eager step's loss and, summed over each region's pixels, its gradients."""
+    eager step's loss and, summed over each region's pixels, its gradients, while the gradient
+    pixels differ from replay to replay."""
     batch, channels, size, k = 2, 16, 64, 16
     regions = blocky_regions(batch, size, size, k, seed=66).cuda()  # (B, H, W)
     regions_p = warped(regions, seed=67).cuda()
@@ -955,13 +956,19 @@ def test_gpu_fused_step_captures_in_a_cuda_graph(capture_cuda_graph):
 
     eager = step()
     graph, captured = capture_cuda_graph(step)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert_close(captured[0], eager[0], rtol=1e-5)
-    for grad, grad_eager, ids in zip(captured[1:], eager[1:], (regions, regions_p)):
-        sums, sums_eager = region_sums(grad, ids), region_sums(grad_eager, ids)
-        assert_close(sums, sums_eager, rtol=1e-5, atol_scale=1e-6)
-        assert sums_eager.abs().max() > 0
+    replays = []
+    for _ in range(2):
+        for out in captured:  # whatever the replay does not write stays NaN
+            out.fill_(math.nan)
+        graph.replay()
+        replays.append([out.clone() for out in captured])
+    for loss, *grads in replays:
+        assert_close(loss, eager[0], rtol=1e-5)
+        for grad, grad_eager, ids in zip(grads, eager[1:], (regions, regions_p)):
+            sums, sums_eager = region_sums(grad, ids), region_sums(grad_eager, ids)
+            assert_close(sums, sums_eager, rtol=1e-5, atol_scale=1e-6)
+            assert sums_eager.abs().max() > 0
+    assert not torch.equal(replays[0][1], replays[1][1])  # each replay draws new sample pixels
 
 
 @pytest.mark.gpu
