@@ -19,6 +19,14 @@ Warp (:func:`elastic_warp_triton`, :class:`ElasticWarpFunction`)
     the image gradient with float32 atomics (order not deterministic) and writes the
     displacement gradient per pixel.
 
+Coarse mode (:func:`upsample_field_triton`, :func:`elastic_warp_coarse_triton`)
+    A field given at control points ``S`` pixels apart is interpolated by Catmull-Rom splines,
+    along the columns for four node rows and then along the rows, each a chain of explicit
+    ``fma`` with weights from a table (:func:`lrc_fast.reference.elastic.catmull_rom_weights`).
+    One kernel writes the field at every pixel; the other warps as above with the displacement
+    interpolated per pixel, so the full field is never written or read. Both inline the same
+    interpolation, so they agree bit for bit.
+
 On CPU tensors the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``).
 """
 from __future__ import annotations
@@ -230,7 +238,7 @@ def catmull_rom_table(spacing: int, phases: int, device: torch.device) -> torch.
 
 @triton.jit
 def _catmull_rom_weights(w_ptr, phase, live):
-    # the four weights of row `phase` of the (S, 4) table, per pixel
+    # the four weights of row `phase` of the (phases, 4) table, per pixel
     w = w_ptr + phase * 4
     return (tl.load(w, mask=live, other=0.0), tl.load(w + 1, mask=live, other=0.0),
             tl.load(w + 2, mask=live, other=0.0), tl.load(w + 3, mask=live, other=0.0))
