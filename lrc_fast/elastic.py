@@ -28,24 +28,23 @@ than nnU-Net v1's range (``alpha`` up to 900 with ``sigma`` 9-13, up to about 16
 
 Coarse mode (``spacing=s``)
 ---------------------------
-The noise is drawn only at control points ``s`` pixels apart (``Hc = ceil((H - 1) / s) + 1``
-per axis), smoothed there as above with ``sigma / s`` nodes and scaled by ``alpha / s``, and
-interpolated to every pixel by Catmull-Rom splines (cubic, through the nodes, node indices
-clamped at the edges). A node stands for an ``s x s`` block of pixels, so ``alpha / s`` keeps the
-dense field's variance, as long as the Gaussian spans a node or more (``sigma / s`` >= about 1;
+The noise is drawn only at control points ``s`` pixels apart (``Hc = ceil((H - 1) / s) + 1`` per
+axis), smoothed there as above with ``sigma / s`` nodes and scaled by ``alpha / s``, and
+interpolated to every pixel by Catmull-Rom splines (cubic, through the nodes, node indices clamped
+at the edges). A node stands for an ``s x s`` block of pixels, so ``alpha / s`` keeps the dense
+field's variance, as long as the Gaussian spans a node or more (``sigma / s`` >= about 1;
 unsmoothed, ``sigma = 0``, the coarse field has ``s**2`` times less variance). The edges differ
 more: at ``sigma = 16``, ``s = 8`` the variance is 5.9% lower at the first pixel and 8.9% at the
-last corner (the last node lies past the last pixel). It is a different field distribution from
-the dense one: a spline of
-``s**2`` times fewer noise values. Its second-order statistics are nearly the dense field's
-while ``s <= sigma / 2``: at ``sigma = 16``, ``s = 8``, the variance away from the border is
-0.2% lower and the correlation at 16 px 0.7796 instead of 0.7788; the slope variance relative to
-the variance is 0.3% lower on average and up to 8% lower between nodes. At ``s = sigma`` these
-become 2.8%, 0.7878 and up to 33% (exact, from the field's linear map of the noise, as
-tests/test_elastic.py computes it; docs/elastic.md has the table). Its values are sums of fewer
-uniform draws, so they are a little less Gaussian. ``s = 1`` is the dense field itself. On CUDA
-the warp interpolates the field from the control grid as it goes, so the full-resolution field is
-never stored: the pair costs about one read of the image and region map and one write of each.
+last corner (the last node lies past the last pixel). It is a different field distribution from the
+dense one: a spline of ``s**2`` times fewer noise values. Its second-order statistics are nearly
+the dense field's while ``s <= sigma / 2``: at ``sigma = 16``, ``s = 8``, the variance away from
+the border is 0.2% lower and the correlation at 16 px 0.7796 instead of 0.7788; the slope variance
+relative to the variance is 0.3% lower on average and up to 8% lower between nodes. At
+``s = sigma`` these become 2.8%, 0.7878 and up to 33% (exact, from the field's linear map of the noise,
+as tests/test_elastic.py computes it; docs/elastic.md has the table). Its values are sums of fewer
+uniform draws, so they are a little less Gaussian. ``s = 1`` is the dense field itself. On CUDA the
+warp interpolates the field from the control grid as it goes, so the full-resolution field is never
+stored: the pair costs about one read of the image and region map and one write of each.
 """
 from __future__ import annotations
 
