@@ -524,6 +524,22 @@ def test_triton_upsample_matches_reference(height, width, spacing):
     assert upsample_field_triton(coarse[:0], spacing, height, width).shape == (0, 2, height, width)
 
 
+@settings(max_examples=25, deadline=None)
+@given(height=st.integers(1, 40), width=st.integers(1, 40), spacing=st.integers(1, 45),
+       seed=st.integers(0, 2 ** 16))
+def test_triton_upsample_matches_reference_on_random_shapes(height, width, spacing, seed):
+    coarse = torch.randn(1, 2, *ref.coarse_shape(height, width, spacing),
+                         generator=torch.Generator().manual_seed(seed))
+    got = upsample_field_triton(coarse, spacing, height, width)
+    expected = ref.upsample_field(coarse, spacing, height, width)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(coarse.abs().max()))
+
+
+def test_reference_upsample_gradcheck_float64():
+    coarse = torch.randn(1, 2, *ref.coarse_shape(11, 13, 4), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c: ref.upsample_field(c, 4, 11, 13), (coarse,))
+
+
 def test_spacing_one_is_the_dense_field():
     """At spacing 1 the grid is the pixels and every pixel sits on a node: the coarse field of a
     (B, 2, H, W) draw is the dense one, bit for bit, on both backends."""
