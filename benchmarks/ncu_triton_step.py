@@ -6,7 +6,8 @@ where their time goes (gpu_check runs it under ``ncu``, filtered to the Triton k
 * ``region_contrast_loss`` forward + backward, B=16, D=64, 512², K=1024, N=50, float32 (the
   setting where the InfoNCE and the sampled gather cost the most);
 * ``elastic_pair`` at B=16, 512², the default alpha and sigma: the row pass, the column pass and
-  the warp, one launch each.
+  the warp, one launch each; then the coarse pair (spacing 8): the two passes on the control grid
+  and the fused coarse warp.
 
 Run: ``python benchmarks/ncu_triton_step.py`` (CUDA only).
 """
@@ -34,10 +35,12 @@ def main() -> int:
     loss.backward()
     images = torch.rand(16, 1, FULL["size"], FULL["size"], device="cuda")
     regions = regions_q.new_zeros(16, FULL["size"], FULL["size"])
-    lrc_fast.elastic_pair(images, regions, generator=torch.Generator(device="cuda").manual_seed(0),
-                          backend="triton")
+    for spacing in (None, 8):
+        lrc_fast.elastic_pair(images, regions, generator=torch.Generator(device="cuda").manual_seed(0),
+                              backend="triton", spacing=spacing)
     torch.cuda.synchronize()
-    print(f"one loss step (fp32, K={k}) and one elastic pair (B=16), {torch.cuda.get_device_name()}")
+    print(f"one loss step (fp32, K={k}) and one elastic pair (B=16), dense and coarse, "
+          f"{torch.cuda.get_device_name()}")
     return 0
 
 
