@@ -261,8 +261,8 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
     backend : {None, 'triton', 'reference'}
         None: Triton kernels on CUDA for sides up to :data:`MAX_TRITON_FIELD_SIDE` (4096), the
         PyTorch reference otherwise. The Triton smoothing multiplies on the tensor cores in
-        ``tf32x3`` (about float32), or in ``tf32`` (about 3x less tensor-core work; field errors
-        measured on an H200: 5.1e-4 of alpha at sigma 3, 7.9e-5 at sigma 16) where
+        ``tf32x3`` (about float32), or in ``tf32`` (about 3x less tensor-core work; largest field
+        errors measured: 5.1e-4 of alpha at sigma 3 on an H200, 7.9e-5 at sigma 16 on an H100) where
         ``torch.set_float32_matmul_precision('high')`` or ``'medium'`` allows it.
     spacing : int, optional
         Control-point spacing in pixels for the coarse mode; None or 1 (the same) draw the dense

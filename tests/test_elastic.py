@@ -793,7 +793,7 @@ def test_triton_backend_rejects_float64_images():
 # mantissa bits (errors ~1e-6 of alpha). tf32 rounds both operands to 10 mantissa bits, so each
 # pass errs by at most 2**-10 * sum|w * u| <= 2**-10 (|u| <= 1, sum w = 1) and the two passes by at
 # most 2 * 2**-10 of alpha; the rounding errors of the taps partly cancel, the more the wider the
-# kernel: measured on an H200, 5.1e-4 at sigma 3 and 7.9e-5 at sigma 16. So tf32 gets the bound at
+# kernel: measured, 5.1e-4 at sigma 3 (H200) and 7.9e-5 at sigma 16 (H100). So tf32 gets the bound at
 # sigma 3 and 4x the measured error at sigma 16 (0.13 px at alpha 400), where the whole field's
 # spread is ~4 px and a truncate of 3 instead of 4 is off by 0.15 px.
 FIELD_ATOL = {("tf32x3", 3.0): 1e-5, ("tf32x3", DEFAULT_SIGMA): 1e-5,

@@ -60,8 +60,8 @@ COARSE_LAUNCH_CHOICES = ((128, 4), (256, 8), (256, 4), (512, 8))
 
 # tl.dot precision of the smoothing passes. "tf32x3" (three TF32 products, ~float32 accuracy:
 # field error ~1e-6 of alpha) is the default; "tf32" is about three times less tensor-core
-# work, with a largest field error measured on an H200 of 7.9e-5 of alpha at sigma 16 (0.03 px
-# at the defaults) and 5.1e-4 of alpha at sigma 3 (bound: 2 * 2**-10 of alpha).
+# work, with a largest field error measured of 7.9e-5 of alpha at sigma 16 on an H100 (0.03 px
+# at the defaults) and 5.1e-4 of alpha at sigma 3 on an H200 (bound: 2 * 2**-10 of alpha).
 FIELD_DOT_PRECISION = "tf32x3"
 
 
