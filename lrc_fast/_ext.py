@@ -63,6 +63,15 @@ def triton_usable(where: torch.Tensor | torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and triton_interpret())
 
 
+@torch.compiler.assume_constant_result
+def float32_matmul_exact() -> bool:
+    """Whether Triton products of float32 data keep float32 accuracy (``tl.dot`` in tf32x3):
+    unless torch has been allowed to trade float32 matmul precision for speed
+    (``torch.set_float32_matmul_precision`` 'high' or 'medium'), then tf32. The loss's logits
+    and the elastic field follow it. A compiled graph keeps the setting it was traced with."""
+    return torch.get_float32_matmul_precision() == "highest"
+
+
 def backends() -> dict[str, bool]:
     """Which backends this installation has.
 

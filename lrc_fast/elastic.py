@@ -53,7 +53,7 @@ import numbers
 
 import torch
 
-from ._ext import triton_available, triton_usable
+from ._ext import float32_matmul_exact, triton_available, triton_usable
 from .reference import elastic as _ref
 
 DEFAULT_ALPHA = 400.0
@@ -208,6 +208,14 @@ def _upsample_backend(backend, device: torch.device, height: int, width: int) ->
     return resolved
 
 
+def _field_plan(backend, device: torch.device, height: int, width: int, spacing: int):
+    """``((Hc, Wc), field backend, upsampling backend or None)`` of a field drawn at ``spacing``
+    (``(H, W)`` and no upsampling at spacing 1), resolved before the draw."""
+    grid = _ref.coarse_shape(height, width, spacing)
+    field = _field_backend(backend, device, *grid)
+    return grid, field, _upsample_backend(backend, device, height, width) if spacing > 1 else None
+
+
 def _resolve_device(generator, device) -> torch.device:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
@@ -300,10 +308,8 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
     alpha, sigma, truncate = _check_field_args(alpha, sigma, truncate)
     spacing = _check_spacing(spacing)
     device = _resolve_device(generator, device)
-    coarse_h, coarse_w = _ref.coarse_shape(height, width, spacing)  # (H, W) at spacing 1
-    field_backend = _field_backend(backend, device, coarse_h, coarse_w)
-    upsample_backend = _upsample_backend(backend, device, height, width) if spacing > 1 else None
-    uniform = _draw_uniform(batch, coarse_h, coarse_w, generator, device)  # (B, 2, Hc, Wc)
+    grid, field_backend, upsample_backend = _field_plan(backend, device, height, width, spacing)
+    uniform = _draw_uniform(batch, *grid, generator, device)  # (B, 2, Hc, Wc)
     field = _field(uniform, alpha / spacing, sigma / spacing, truncate, field_backend)
     if spacing == 1:
         return field
@@ -328,18 +334,12 @@ def _draw_uniform(batch: int, height: int, width: int, generator, device) -> tor
                       dtype=torch.float32)
 
 
-def _field_precision() -> str:
-    """``tl.dot`` precision of the Triton field: ``'tf32x3'`` (about float32) unless torch may
-    trade float32 matmul precision for speed (``torch.set_float32_matmul_precision('high')`` or
-    ``'medium'``), then ``'tf32'``, as for the loss's logits."""
-    return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-
-
 def _field(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float, backend: str) -> torch.Tensor:
     """The field of checked arguments from the draw, on the resolved backend."""
     if backend == "triton":
         from .kernels.elastic_warp import field_from_uniform_triton
-        return field_from_uniform_triton(uniform, alpha, sigma, truncate, precision=_field_precision())
+        precision = "tf32x3" if float32_matmul_exact() else "tf32"  # as the loss's logits
+        return field_from_uniform_triton(uniform, alpha, sigma, truncate, precision=precision)
     return _ref.field_from_uniform(uniform, alpha, sigma, truncate)
 
 
@@ -489,11 +489,9 @@ def elastic_pair(images: torch.Tensor, regions: torch.Tensor, alpha: float = DEF
     spacing = _check_spacing(spacing)
     device = _resolve_device(generator, images4.device)
     # every backend resolved and checked before the draw: a refused call leaves the generator as it was
-    coarse_h, coarse_w = _ref.coarse_shape(height, width, spacing)  # (H, W) at spacing 1
-    field_backend = _field_backend(backend, device, coarse_h, coarse_w)
-    upsample_backend = _upsample_backend(backend, device, height, width) if spacing > 1 else None
+    grid, field_backend, upsample_backend = _field_plan(backend, device, height, width, spacing)
     warp_backend = _warp_backend(backend, images4)
-    uniform = _draw_uniform(batch, coarse_h, coarse_w, generator, device)  # (B, 2, Hc, Wc)
+    uniform = _draw_uniform(batch, *grid, generator, device)  # (B, 2, Hc, Wc)
     if alpha == 0.0:  # the identity, exactly: no bilinear taps (0 * inf would be NaN)
         return images.clone(), regions.clone()
     field = _field(uniform, alpha / spacing, sigma / spacing, truncate, field_backend)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._ext import triton_available, triton_usable
+from ._ext import float32_matmul_exact, triton_available, triton_usable
 from .reference import region_loss as _ref
 
 _BACKENDS = (None, "triton", "reference")
@@ -172,14 +172,6 @@ def _zero_loss(feat_q, feat_p, reduction):
 # the fused path
 # ----------------------------------------------------------------------------------------------
 
-@torch.compiler.assume_constant_result
-def _float32_matmul_exact() -> bool:
-    """Whether float32 features get float32-accurate logits (tf32x3): unless torch has been
-    allowed to trade float32 matmul precision for speed (``torch.set_float32_matmul_precision``
-    'high' or 'medium'), then tf32. A compiled graph keeps the setting it was traced with."""
-    return torch.get_float32_matmul_precision() == "highest"
-
-
 def _loss_triton(feat_q, feat_p, regions_q, regions_p, *, num_regions, num_samples, temperature,
                  max_regions, subset, normalize, include_self, reduction, generator):
     """Fused Triton pipeline; draws random numbers exactly like the reference."""
@@ -191,7 +183,7 @@ def _loss_triton(feat_q, feat_p, regions_q, regions_p, *, num_regions, num_sampl
     sel, valid, slot_of = _ref.select_regions(index.counts[0], index.counts[-1], max_regions, subset,
                                               generator)  # (B, M)
     uniforms = _ref.draw_uniforms(2, batch, valid.shape[1], num_samples, generator, feat_q.device)
-    exact = feat_q.dtype == torch.float32 and _float32_matmul_exact()
+    exact = feat_q.dtype == torch.float32 and float32_matmul_exact()
     precision = "tf32x3" if exact else "tf32"
     # one autograd node: pooling (means q_k, p_k), InfoNCE per region, reduction
     return region_contrast_triton(feat_q, feat_p, index, valid, uniforms, sel, slot_of, temperature,

@@ -252,13 +252,25 @@ def _catmull_rom_sum(w0, w1, w2, w3, v0, v1, v2, v3):
 
 
 @triton.jit
-def _coarse_row(c_ptr, row, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live):
+def _coarse_row(plane_ptr, row, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live):
     # one node row (flat offset of its first node) interpolated at the pixels' columns
-    v0 = tl.load(c_ptr + row + c0, mask=live, other=0.0)
-    v1 = tl.load(c_ptr + row + c1, mask=live, other=0.0)
-    v2 = tl.load(c_ptr + row + c2, mask=live, other=0.0)
-    v3 = tl.load(c_ptr + row + c3, mask=live, other=0.0)
+    v0 = tl.load(plane_ptr + row + c0, mask=live, other=0.0)
+    v1 = tl.load(plane_ptr + row + c1, mask=live, other=0.0)
+    v2 = tl.load(plane_ptr + row + c2, mask=live, other=0.0)
+    v3 = tl.load(plane_ptr + row + c3, mask=live, other=0.0)
     return _catmull_rom_sum(wx0, wx1, wx2, wx3, v0, v1, v2, v3)
+
+
+@triton.jit
+def _coarse_plane(plane_ptr, r0, r1, r2, r3, c0, c1, c2, c3, wy0, wy1, wy2, wy3, wx0, wx1, wx2, wx3,
+                  live):
+    # one plane of the control grid at the pixels: node rows r0..r3 along the columns c0..c3,
+    # then along the rows
+    return _catmull_rom_sum(wy0, wy1, wy2, wy3,
+                            _coarse_row(plane_ptr, r0, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live),
+                            _coarse_row(plane_ptr, r1, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live),
+                            _coarse_row(plane_ptr, r2, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live),
+                            _coarse_row(plane_ptr, r3, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live))
 
 
 @triton.jit
@@ -278,17 +290,10 @@ def _coarse_field(c_ptr, w_ptr, plane, i, j, live, Hc, Wc, S):
     r2 = tl.minimum(row_k + 1, Hc - 1) * Wc
     r3 = tl.minimum(row_k + 2, Hc - 1) * Wc
     dy_ptr = c_ptr + plane * Hc * Wc
-    dy = _catmull_rom_sum(wy0, wy1, wy2, wy3,
-                          _coarse_row(dy_ptr, r0, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
-                          _coarse_row(dy_ptr, r1, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
-                          _coarse_row(dy_ptr, r2, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
-                          _coarse_row(dy_ptr, r3, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live))
-    dx_ptr = dy_ptr + Hc * Wc
-    dx = _catmull_rom_sum(wy0, wy1, wy2, wy3,
-                          _coarse_row(dx_ptr, r0, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
-                          _coarse_row(dx_ptr, r1, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
-                          _coarse_row(dx_ptr, r2, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live),
-                          _coarse_row(dx_ptr, r3, c0, col_k, c2, c3, wx0, wx1, wx2, wx3, live))
+    dy = _coarse_plane(dy_ptr, r0, r1, r2, r3, c0, col_k, c2, c3, wy0, wy1, wy2, wy3,
+                       wx0, wx1, wx2, wx3, live)
+    dx = _coarse_plane(dy_ptr + Hc * Wc, r0, r1, r2, r3, c0, col_k, c2, c3, wy0, wy1, wy2, wy3,
+                       wx0, wx1, wx2, wx3, live)
     return dy, dx
 
 
