@@ -30,8 +30,8 @@ K, dtype and layout (NCHW features, then channels_last copies; ``--quick``: K=25
 launches per step, their sum, and the step's wall time from CUDA events; the difference is time
 the GPU waited for the host (launch overhead, host-side work). On CUDA it also gives the host's
 time to issue one step (no synchronisation inside the step) and the median time of one replay of
-the step captured in a CUDA graph (the GPU's time alone; the capture fails if the step syncs). On CPU the smoke shapes, with each
-operator's self CPU time instead of kernels.
+the step captured in a CUDA graph (the GPU's time alone; the capture fails if the step syncs). On
+CPU the smoke shapes, with each operator's self CPU time instead of kernels.
 
 The table's "DRAM bound" column is :func:`traffic_bound`: how close to the floor any step could
 come on the same inputs, counting the bytes it cannot avoid moving (both region maps read, every
