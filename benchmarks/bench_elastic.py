@@ -14,7 +14,11 @@
       algorithms for the 129-tap convolution instead of taking its heuristic's pick);
       a tuned PyTorch baseline: the same warp, the smoothing as two batched fp32 GEMMs with
       banded matrices that fold scipy's reflect boundary in (built once, outside the timing);
+      the coarse mode (spacings 8 and 4) beside a plain-PyTorch pipeline of the same coarse field;
       MONAI ``Rand2DElasticd`` one sample at a time, when ``import monai`` works.
+    do_bench flushes the L2 cache before each call, which also hides the host's time to issue a
+    call of less GPU work than the flush. So the dense and coarse pairs and their PyTorch
+    baselines are also timed as calls in a row (``back_to_back_ms``).
     It prints a markdown table last and exits 1 if a check fails. Without CUDA it runs a tiny CPU
     smoke version (Triton under the interpreter).
 ``python benchmarks/bench_elastic.py --sweep``
@@ -22,14 +26,16 @@
     ``SMOOTH_BLOCK_CHOICES`` (BM, BN, BK, num_warps), each checked against the fp32 CPU oracle
     first (a shape that fails to launch is reported and skipped); a table sorted by time (the
     default shape is the first choice). Then the coarse mode's fused warp (spacing 8, control
-    grid given) for every ``COARSE_LAUNCH_CHOICES`` (pixels, num_warps), each checked equal to
-    the default launch first.
+    grid given) for every ``COARSE_LAUNCH_CHOICES`` (pixels, num_warps), each first checked
+    against the default launch (whether bit for bit is printed; a check fails only beyond one
+    float32 rounding's effect).
 ``pytest benchmarks/bench_elastic.py``
     pytest-benchmark functions for the Triton pair and the reference pair.
 """
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 
@@ -159,6 +165,19 @@ def coarse_grid_sample_pair(images, regions, gen, spacing):
     return _grid_sample_warp(images, regions, ref.upsample_field(coarse, spacing, height, width))
 
 
+def _compare_pairs(label: str, got, expected) -> str | None:
+    """Prints whether two warps are equal bit for bit; a failure message if they differ by more than
+    one float32 rounding of the field would make (image values by ~1e-6, a few region ids), which
+    still times the same work."""
+    image_err = (got[0] - expected[0]).abs().max().item()
+    ids_differ = (got[1] != expected[1]).float().mean().item()
+    print(f"check {label}: bit for bit {image_err == 0 and ids_differ == 0} (image max |difference| "
+          f"{image_err:.3g}, ids differing {ids_differ:.3g})")
+    if image_err <= 1e-4 and ids_differ <= 1e-5:
+        return None
+    return f"{label}: image {image_err:.3g}, ids {ids_differ:.3g}"
+
+
 def check_coarse(batch: int) -> list[str]:
     """The coarse mode's checks: field against the CPU oracle, pair against field then warp."""
     failures = []
@@ -177,16 +196,10 @@ def check_coarse(batch: int) -> list[str]:
                             f"by {err:.3g} px")
         pair = coarse_pair(images, regions, generator(), spacing)
         two_steps = elastic_warp(images, regions, field, backend="triton", check_finite=False)
-        image_err = (pair[0] - two_steps[0]).abs().max().item()
-        ids_differ = (pair[1] != two_steps[1]).float().mean().item()
-        print(f"check B={batch}: coarse elastic_pair (spacing {spacing}) against field then warp: bit for "
-              f"bit {image_err == 0 and ids_differ == 0} (image max |difference| {image_err:.3g}, ids "
-              f"differing {ids_differ:.3g})")
-        # bit for bit is the claim (tests/test_elastic.py checks it); a field one float32 rounding
-        # off would move a few region ids and image values by ~1e-6, which still times the same work
-        if not (image_err <= 1e-4 and ids_differ <= 1e-5):
-            failures.append(f"B={batch}: coarse elastic_pair (spacing {spacing}) differs from field "
-                            f"then warp (image {image_err:.3g}, ids {ids_differ:.3g})")
+        # bit for bit is the claim (tests/test_elastic.py checks it)
+        failure = _compare_pairs(f"B={batch}: coarse elastic_pair (spacing {spacing}) against field then "
+                                 "warp", pair, two_steps)
+        failures += [failure] if failure else []
         # the plain-PyTorch baseline: its field (fp32 GEMMs, no cuDNN TF32) against the oracle,
         # then its grid_sample warp against the reference warp of that field
         uniform = torch.rand(uniform.shape, generator=generator(3), device=DEVICE)  # its draw
@@ -294,6 +307,26 @@ def timed_ms(fn) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def back_to_back_ms(fn, calls: int = 50, repeats: int = 7) -> float:
+    """Median over ``repeats`` of the time per call of ``calls`` calls in a row, caches warm and
+    nothing between them: what a loop of such calls sees, the host's time to issue each call
+    included where it exceeds the GPU's (``timed_ms`` hides it behind its cache flush)."""
+    if not CUDA:
+        return timed_ms(fn)
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
 def _first_run(label, fn, *args, **kwargs):
     """``fn(*args, **kwargs)``, or None after printing why it failed to run (say, a launch shape
     needing more shared memory than the device has), so the sweep goes on to the other shapes."""
@@ -341,8 +374,10 @@ def sweep() -> int:
         for launch in COARSE_LAUNCH_CHOICES:
             got = _first_run(f"B={batch} coarse launch={launch}", elastic_warp_coarse_triton, images, regions,
                              grid, COARSE_SPACINGS[0], launch=launch)
-            if got is None or not (torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])):
-                print(f"CHECK FAILED B={batch} coarse launch={launch}: differs from the default launch")
+            failure = "did not run" if got is None else _compare_pairs(
+                f"B={batch} coarse launch={launch} against the default launch", got, expected)
+            if failure:
+                print(f"CHECK FAILED {failure}")
                 failed = True
                 continue
             ms = timed_ms(lambda: elastic_warp_coarse_triton(images, regions, grid, COARSE_SPACINGS[0],
@@ -408,6 +443,15 @@ def main() -> int:
                 lambda: coarse_pair(images, regions, gen, spacing))
             times[f"coarse PyTorch baseline, spacing {spacing} (GEMM grid + gathers + grid_sample)"] = \
                 timed_ms(lambda: coarse_grid_sample_pair(images, regions, gen, spacing))
+        loop = "calls in a row (caches warm, host time included)"
+        times[f"elastic_pair, {loop}"] = back_to_back_ms(lambda: triton_pair(images, regions, gen))
+        times[f"tuned PyTorch baseline, {loop}"] = back_to_back_ms(
+            lambda: gemm_grid_sample_pair(images, regions, gen))
+        spacing = COARSE_SPACINGS[0]
+        times[f"coarse elastic_pair, spacing {spacing}, {loop}"] = back_to_back_ms(
+            lambda: coarse_pair(images, regions, gen, spacing))
+        times[f"coarse PyTorch baseline, spacing {spacing}, {loop}"] = back_to_back_ms(
+            lambda: coarse_grid_sample_pair(images, regions, gen, spacing))
         monai = monai_per_sample(images, regions) if batch <= MONAI_MAX_BATCH else "not timed at this B"
         times["MONAI Rand2DElasticd, per sample"] = timed_ms(monai) if callable(monai) else monai
         fused = times["elastic_pair (noise + field + warp)"]

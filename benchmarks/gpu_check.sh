@@ -141,7 +141,7 @@ fi
 # launched once: one loss step at K=1024 and one elastic pair, dense and coarse); text in the logs
 step ncu_triton 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section WarpStateStats --section MemoryWorkloadAnalysis \
-  -k regex:"_tile_sort_kernel|_pool_fwd_kernel|_pool_bwd_kernel|_infonce_fwd_kernel|_infonce_bwd_kernel|_smooth_rows_kernel|_smooth_cols_kernel|_elastic_warp_fwd_kernel|_elastic_warp_coarse_kernel" \
+  -k regex:"_tile_sort_kernel|_pool_fwd_kernel|_pool_bwd_kernel|_infonce_fwd_kernel|_infonce_bwd_kernel|_smooth_rows_kernel|_smooth_cols_kernel|_elastic_warp_fwd_kernel|_smooth_taps_kernel|_upsample_rows_kernel|_elastic_warp_coarse_kernel" \
   $PY benchmarks/ncu_triton_step.py
 # shared-memory races (the hub extension's sort), last: it is the slowest tool
 fh_step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py --quick
@@ -150,7 +150,7 @@ for log in pytest_build pytest_gpu_felzenszwalb pytest_gpu_loss_elastic; do
   [ -f "$LOG_DIR/$log.log" ] && { echo; echo "### $log"; grep -E "passed|failed|error" "$LOG_DIR/$log.log" | tail -n 2; }
 done
 for b in bench_felzenszwalb:60 bench_felzenszwalb_phases:10 baseline_felzenszwalb_phases:10 bench_loss:37 \
-         bench_elastic:33; do  # log:lines of its table
+         bench_elastic:41; do  # log:lines of its table
   [ -f "$LOG_DIR/${b%:*}.log" ] && { echo; echo "### ${b%:*}"; tail -n "${b#*:}" "$LOG_DIR/${b%:*}.log"; }
 done
 echo

@@ -212,8 +212,11 @@ def _field_plan(backend, device: torch.device, height: int, width: int, spacing:
     """``((Hc, Wc), field backend, upsampling backend or None)`` of a field drawn at ``spacing``
     (``(H, W)`` and no upsampling at spacing 1), resolved before the draw."""
     grid = _ref.coarse_shape(height, width, spacing)
-    field = _field_backend(backend, device, *grid)
-    return grid, field, _upsample_backend(backend, device, height, width) if spacing > 1 else None
+    if spacing == 1:
+        return grid, _field_backend(backend, device, *grid), None
+    # a control grid is smoothed by direct taps (no banded matrices, so no side limit)
+    return (grid, _check_backend(backend, device, torch.float32),
+            _upsample_backend(backend, device, height, width))
 
 
 def _resolve_device(generator, device) -> torch.device:
@@ -310,7 +313,7 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
     device = _resolve_device(generator, device)
     grid, field_backend, upsample_backend = _field_plan(backend, device, height, width, spacing)
     uniform = _draw_uniform(batch, *grid, generator, device)  # (B, 2, Hc, Wc)
-    field = _field(uniform, alpha / spacing, sigma / spacing, truncate, field_backend)
+    field = _field(uniform, alpha / spacing, sigma / spacing, truncate, field_backend, spacing > 1)
     if spacing == 1:
         return field
     return _upsample(field, spacing, height, width, upsample_backend)  # (B, 2, H, W)
@@ -334,10 +337,14 @@ def _draw_uniform(batch: int, height: int, width: int, generator, device) -> tor
                       dtype=torch.float32)
 
 
-def _field(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float, backend: str) -> torch.Tensor:
-    """The field of checked arguments from the draw, on the resolved backend."""
+def _field(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float, backend: str,
+           grid: bool = False) -> torch.Tensor:
+    """The field of checked arguments from the draw, on the resolved backend; ``grid``: the
+    coarse mode's control grid (``alpha`` and ``sigma`` in nodes)."""
     if backend == "triton":
-        from .kernels.elastic_warp import field_from_uniform_triton
+        from .kernels.elastic_warp import field_from_uniform_triton, smooth_grid_triton
+        if grid:
+            return smooth_grid_triton(uniform, alpha, sigma, truncate)
         precision = "tf32x3" if float32_matmul_exact() else "tf32"  # as the loss's logits
         return field_from_uniform_triton(uniform, alpha, sigma, truncate, precision=precision)
     return _ref.field_from_uniform(uniform, alpha, sigma, truncate)
@@ -494,7 +501,7 @@ def elastic_pair(images: torch.Tensor, regions: torch.Tensor, alpha: float = DEF
     uniform = _draw_uniform(batch, *grid, generator, device)  # (B, 2, Hc, Wc)
     if alpha == 0.0:  # the identity, exactly: no bilinear taps (0 * inf would be NaN)
         return images.clone(), regions.clone()
-    field = _field(uniform, alpha / spacing, sigma / spacing, truncate, field_backend)
+    field = _field(uniform, alpha / spacing, sigma / spacing, truncate, field_backend, spacing > 1)
     if spacing == 1:  # (B, 2, H, W)
         out_images, out_regions = _warp(images4, regions, field, padding, ignore_index, warp_backend)
     elif (warp_backend == upsample_backend == "triton"

@@ -954,7 +954,10 @@ def test_gpu_fused_step_captures_in_a_cuda_graph(capture_cuda_graph):
         onehot = torch.nn.functional.one_hot(ids.clamp(min=0), k).double() * (ids >= 0)[..., None]
         return torch.einsum("bdhw,bhwk->bkd", grad.double(), onehot)
 
-    eager = step()
+    # detached: an autograd graph kept alive from the default stream keeps the leaves'
+    # AccumulateGrad nodes there, and the captured backward would then wait on the default stream
+    # (an error during capture; seen on an H200)
+    eager = [out.detach() for out in step()]
     graph, captured = capture_cuda_graph(step)
     replays = []
     for _ in range(2):

@@ -19,13 +19,17 @@ Warp (:func:`elastic_warp_triton`, :class:`ElasticWarpFunction`)
     the image gradient with float32 atomics (order not deterministic) and writes the
     displacement gradient per pixel.
 
-Coarse mode (:func:`upsample_field_triton`, :func:`elastic_warp_coarse_triton`)
-    A field given at control points ``S`` pixels apart is interpolated by Catmull-Rom splines,
-    along the columns for four node rows and then along the rows, each a chain of explicit
-    ``fma`` with weights from a table (:func:`lrc_fast.reference.elastic.catmull_rom_weights`).
-    One kernel writes the field at every pixel; the other warps as above with the displacement
-    interpolated per pixel, so the full field is never written or read. Both inline the same
-    interpolation, so they agree bit for bit.
+Coarse mode (:func:`smooth_grid_triton`, :func:`upsample_field_triton`,
+:func:`elastic_warp_coarse_triton`)
+    The control grid (``s**2`` times fewer nodes than pixels) is smoothed by direct taps, two
+    small launches. A field given at control points ``S`` pixels apart is interpolated by
+    Catmull-Rom splines in two steps, each a chain of explicit ``fma`` with weights from a table
+    (:func:`lrc_fast.reference.elastic.catmull_rom_weights`): one kernel interpolates every node
+    row along the rows, to every pixel column (``(B, 2, Hc, W)``, ``1 / S`` of a field); then,
+    per pixel, along the column through four of those rows, loads coalesced across a program.
+    One kernel writes the field at every pixel from the rows; the other warps as above with the
+    displacement interpolated per pixel, so the full field is never written or read. Both inline
+    the same second step, so they agree bit for bit.
 
 On CPU tensors the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``).
 """
@@ -51,12 +55,12 @@ PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
 SMOOTH_BLOCK_CHOICES = ((128, 64, 32, 4), (64, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8),
                         (64, 64, 64, 4), (128, 64, 64, 8), (64, 64, 16, 4))
 _WARP_BLOCK = 1024  # output pixels per program
-# (output pixels, warps) per program of the two kernels that interpolate the control grid, the
-# first the default; `bench_elastic.py --sweep` times them all. A pixel loads 8 weights and 16
-# nodes per component; at the warp's 8 pixels per thread the compiler keeps them all in flight
-# (BLOCK 1024: 255 registers and spills). One pixel per thread: 56 registers, 36 warps per SM
-# (sm_90, ptxas via benchmarks/triton_resources.py; not yet timed on a GPU).
-COARSE_LAUNCH_CHOICES = ((128, 4), (256, 8), (256, 4), (512, 8))
+_TAPS_BLOCK = 256  # control-grid nodes per program of the grid's smoothing passes
+_ROWS_BLOCK = 1024  # (node row, column) pairs per program of the upsampling's first step
+# (output pixels, warps) per program of the kernels that do the upsampling's second step (the
+# fused coarse warp, the field), the first the default; `bench_elastic.py --sweep` times them all.
+# A pixel loads 4 weights and 4 node-row values per component, coalesced.
+COARSE_LAUNCH_CHOICES = ((1024, 4), (512, 4), (256, 4), (2048, 8))
 
 # tl.dot precision of the smoothing passes. "tf32x3" (three TF32 products, ~float32 accuracy:
 # field error ~1e-6 of alpha) is the default; "tf32" is about three times less tensor-core
@@ -226,8 +230,83 @@ def _smooth_rows(uniform: torch.Tensor, sigma: float, truncate: float, precision
 
 
 # ----------------------------------------------------------------------------------------------
-# Coarse mode: Catmull-Rom upsampling of a field given at control points
+# Coarse mode: the control grid's smoothing, and Catmull-Rom upsampling in two steps
 # ----------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def gaussian_taps(n: int, sigma: float, truncate: float, device: torch.device):
+    """``(taps, index)`` of scipy's reflect-mode Gaussian along an axis of ``n`` nodes, cached per
+    device: the ``(2 r + 1,)`` float32 weights and the ``(n + 2 r,)`` int32 source node of every
+    position of the reflect-padded axis (:func:`lrc_fast.reference.elastic.reflect_indices`)."""
+    taps = gaussian_kernel1d(sigma, truncate)  # (2r+1,) float64
+    radius = (taps.numel() - 1) // 2
+    return (taps.to(device=device, dtype=torch.float32),
+            reflect_indices(n, radius).to(device=device, dtype=torch.int32))
+
+
+@triton.jit
+def _smooth_taps_kernel(src_ptr, taps_ptr, index_ptr, dst_ptr, scale, H, W, radius, tiles,
+                        ALONG_H: tl.constexpr, NOISE: tl.constexpr, BLOCK: tl.constexpr):
+    # dst = scale * the Gaussian of src along one axis (H or W), reflect boundary, as direct taps:
+    # node (i, j) sums taps[d] * src at the reflected neighbour index[i + d] (along H) or
+    # index[j + d] (along W), d = 0 .. 2 radius in order, with fma. NOISE reads src as 2 u - 1.
+    pid = tl.program_id(0)
+    plane = (pid // tiles).to(tl.int64)
+    offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat nodes of the plane
+    live = offs < H * W
+    i = offs // W
+    j = offs % W
+    src = src_ptr + plane * H * W
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for d in range(0, 2 * radius + 1):
+        if ALONG_H:
+            node = tl.load(index_ptr + i + d, mask=live, other=0) * W + j
+        else:
+            node = i * W + tl.load(index_ptr + j + d, mask=live, other=0)
+        value = tl.load(src + node, mask=live, other=0.0)
+        if NOISE:
+            value = 2.0 * value - 1.0  # exact
+        acc = tl.fma(tl.load(taps_ptr + d), value, acc)
+    tl.store(dst_ptr + plane * H * W + offs, acc * scale, mask=live)
+
+
+def smooth_grid_triton(uniform: torch.Tensor, alpha: float, sigma: float,
+                       truncate: float = 4.0) -> torch.Tensor:
+    """The control grid of the coarse mode: :func:`lrc_fast.reference.elastic.field_from_uniform`
+    by direct taps in float32.
+
+    A grid is small (``(H / s)**2`` nodes), so its two passes, along H then along W as the
+    reference, sum ``2 r + 1`` taps per node with ``fma`` instead of the dense field's banded
+    matrix products: no tensor cores, so float32 whatever torch's matmul precision.
+
+    Parameters
+    ----------
+    uniform : torch.Tensor
+        ``(B, 2, Hc, Wc)`` float32 draws in ``[0, 1)``, on CUDA (or CPU under the interpreter).
+    alpha, sigma, truncate : float
+        The grid's scale and smoothness in nodes (``alpha / s``, ``sigma / s``); ``sigma >= 0``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 2, Hc, Wc)`` float32 displacement at the nodes, in pixels.
+    """
+    uniform = uniform.contiguous()
+    batch, two, height, width = uniform.shape
+    if sigma <= 1e-15:  # no smoothing, as scipy
+        return (uniform * 2.0 - 1.0) * alpha
+    smoothed, grid = torch.empty_like(uniform), torch.empty_like(uniform)  # (B, 2, Hc, Wc)
+    if uniform.numel() == 0:
+        return grid
+    tiles = cdiv(height * width, _TAPS_BLOCK)
+    for src, dst, n, along_h, noise, scale in ((uniform, smoothed, height, True, True, 1.0),
+                                               (smoothed, grid, width, False, False, float(alpha))):
+        taps, index = gaussian_taps(n, float(sigma), float(truncate), uniform.device)
+        _smooth_taps_kernel[(batch * two * tiles,)](
+            src, taps, index, dst, scale, height, width, (taps.numel() - 1) // 2, tiles,
+            ALONG_H=along_h, NOISE=noise, BLOCK=_TAPS_BLOCK, num_warps=4)
+    return grid
+
 
 @functools.lru_cache(maxsize=16)
 def catmull_rom_table(spacing: int, phases: int, device: torch.device) -> torch.Tensor:
@@ -252,80 +331,87 @@ def _catmull_rom_sum(w0, w1, w2, w3, v0, v1, v2, v3):
 
 
 @triton.jit
-def _coarse_row(plane_ptr, row, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live):
-    # one node row (flat offset of its first node) interpolated at the pixels' columns
-    v0 = tl.load(plane_ptr + row + c0, mask=live, other=0.0)
-    v1 = tl.load(plane_ptr + row + c1, mask=live, other=0.0)
-    v2 = tl.load(plane_ptr + row + c2, mask=live, other=0.0)
-    v3 = tl.load(plane_ptr + row + c3, mask=live, other=0.0)
-    return _catmull_rom_sum(wx0, wx1, wx2, wx3, v0, v1, v2, v3)
-
-
-@triton.jit
-def _coarse_plane(plane_ptr, r0, r1, r2, r3, c0, c1, c2, c3, wy0, wy1, wy2, wy3, wx0, wx1, wx2, wx3,
-                  live):
-    # one plane of the control grid at the pixels: node rows r0..r3 along the columns c0..c3,
-    # then along the rows
-    return _catmull_rom_sum(wy0, wy1, wy2, wy3,
-                            _coarse_row(plane_ptr, r0, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live),
-                            _coarse_row(plane_ptr, r1, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live),
-                            _coarse_row(plane_ptr, r2, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live),
-                            _coarse_row(plane_ptr, r3, c0, c1, c2, c3, wx0, wx1, wx2, wx3, live))
-
-
-@triton.jit
-def _coarse_field(c_ptr, w_ptr, plane, i, j, live, Hc, Wc, S):
-    # Both components of the field at pixels (i, j) of image `plane // 2` (int64 plane of its dy)
-    # from the (Hc, Wc) control grid, spacing S: along the columns for node rows k-1 .. k+2
-    # (clamped), then along the rows, as lrc_fast.reference.elastic.upsample_field sums.
-    row_k = i // S
+def _upsample_rows_kernel(c_ptr, w_ptr, rows_ptr, Hc, Wc, W, S, tiles, BLOCK: tl.constexpr):
+    # Step 1: every node row of every plane at every pixel column, rows[n, k, j] =
+    # Catmull-Rom along the row through nodes l-1 .. l+2 (clamped), l = j // S
+    pid = tl.program_id(0)
+    plane = (pid // tiles).to(tl.int64)  # int64 plane offsets: B * 2 * Hc * W may overflow int32
+    offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat (node row, column)
+    live = offs < Hc * W
+    j = offs % W
     col_k = j // S
-    wy0, wy1, wy2, wy3 = _catmull_rom_weights(w_ptr, i - row_k * S, live)
     wx0, wx1, wx2, wx3 = _catmull_rom_weights(w_ptr, j - col_k * S, live)
-    c0 = tl.maximum(col_k - 1, 0)
-    c2 = tl.minimum(col_k + 1, Wc - 1)
-    c3 = tl.minimum(col_k + 2, Wc - 1)
-    r0 = tl.maximum(row_k - 1, 0) * Wc
-    r1 = row_k * Wc
-    r2 = tl.minimum(row_k + 1, Hc - 1) * Wc
-    r3 = tl.minimum(row_k + 2, Hc - 1) * Wc
-    dy_ptr = c_ptr + plane * Hc * Wc
-    dy = _coarse_plane(dy_ptr, r0, r1, r2, r3, c0, col_k, c2, c3, wy0, wy1, wy2, wy3,
-                       wx0, wx1, wx2, wx3, live)
-    dx = _coarse_plane(dy_ptr + Hc * Wc, r0, r1, r2, r3, c0, col_k, c2, c3, wy0, wy1, wy2, wy3,
-                       wx0, wx1, wx2, wx3, live)
-    return dy, dx
+    row = c_ptr + plane * Hc * Wc + (offs // W) * Wc
+    v0 = tl.load(row + tl.maximum(col_k - 1, 0), mask=live, other=0.0)
+    v1 = tl.load(row + col_k, mask=live, other=0.0)
+    v2 = tl.load(row + tl.minimum(col_k + 1, Wc - 1), mask=live, other=0.0)
+    v3 = tl.load(row + tl.minimum(col_k + 2, Wc - 1), mask=live, other=0.0)
+    tl.store(rows_ptr + plane * Hc * W + offs, _catmull_rom_sum(wx0, wx1, wx2, wx3, v0, v1, v2, v3),
+             mask=live)
 
 
 @triton.jit
-def _upsample_field_kernel(c_ptr, w_ptr, out_ptr, H, W, Hc, Wc, S, tiles, BLOCK: tl.constexpr):
+def _coarse_column(rows_ptr, w_ptr, plane, i, j, live, Hc, W, S):
+    # Step 2: plane `plane` (int64) of the field at pixels (i, j), Catmull-Rom along the column
+    # through node rows k-1 .. k+2 (clamped), k = i // S, of the rows of step 1. A program's
+    # pixels share their rows, so the four loads of a pixel are coalesced across the program.
+    row_k = i // S
+    wy0, wy1, wy2, wy3 = _catmull_rom_weights(w_ptr, i - row_k * S, live)
+    column = rows_ptr + plane * Hc * W + j
+    v0 = tl.load(column + tl.maximum(row_k - 1, 0) * W, mask=live, other=0.0)
+    v1 = tl.load(column + row_k * W, mask=live, other=0.0)
+    v2 = tl.load(column + tl.minimum(row_k + 1, Hc - 1) * W, mask=live, other=0.0)
+    v3 = tl.load(column + tl.minimum(row_k + 2, Hc - 1) * W, mask=live, other=0.0)
+    return _catmull_rom_sum(wy0, wy1, wy2, wy3, v0, v1, v2, v3)
+
+
+@triton.jit
+def _upsample_field_kernel(rows_ptr, w_ptr, out_ptr, H, W, Hc, S, tiles, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = (pid // tiles).to(tl.int64)  # int64 plane offsets: B * 2 * H * W may overflow int32
     hw = H * W
     offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat output pixels
     live = offs < hw
-    dy, dx = _coarse_field(c_ptr, w_ptr, b * 2, offs // W, offs % W, live, Hc, Wc, S)
-    tl.store(out_ptr + b * 2 * hw + offs, dy, mask=live)
-    tl.store(out_ptr + (b * 2 + 1) * hw + offs, dx, mask=live)
+    i = offs // W
+    j = offs % W
+    tl.store(out_ptr + b * 2 * hw + offs, _coarse_column(rows_ptr, w_ptr, b * 2, i, j, live, Hc, W, S),
+             mask=live)
+    tl.store(out_ptr + (b * 2 + 1) * hw + offs,
+             _coarse_column(rows_ptr, w_ptr, b * 2 + 1, i, j, live, Hc, W, S), mask=live)
+
+
+def _upsample_rows(coarse: torch.Tensor, spacing: int, height: int, width: int):
+    """Step 1 of the upsampling, ``(rows (B, 2, Hc, width), weights table)``, for step 2."""
+    coarse = coarse.contiguous()
+    batch, two, coarse_h, coarse_w = coarse.shape
+    rows = torch.empty((batch, two, coarse_h, width), dtype=torch.float32, device=coarse.device)
+    weights = catmull_rom_table(spacing, max(height, width), coarse.device)  # (phases, 4)
+    if rows.numel() > 0:
+        tiles = cdiv(coarse_h * width, _ROWS_BLOCK)
+        _upsample_rows_kernel[(batch * two * tiles,)](
+            coarse, weights, rows, coarse_h, coarse_w, width, spacing, tiles, BLOCK=_ROWS_BLOCK,
+            num_warps=4)
+    return rows, weights
 
 
 def upsample_field_triton(coarse: torch.Tensor, spacing: int, height: int, width: int) -> torch.Tensor:
-    """Triton twin of :func:`lrc_fast.reference.elastic.upsample_field`.
+    """Triton twin of :func:`lrc_fast.reference.elastic.upsample_field`, in its order: along the
+    rows for every node row (one kernel writes these ``(B, 2, Hc, width)`` rows), then along the
+    columns at every pixel.
 
     ``coarse`` is ``(B, 2, Hc, Wc)`` float32 (on CUDA, or CPU under the interpreter) with
     ``(Hc, Wc) = coarse_shape(height, width, spacing)``; ``height * width < 2**31``. Returns the
     ``(B, 2, height, width)`` float32 field.
     """
-    coarse = coarse.contiguous()
-    batch, _, coarse_h, coarse_w = coarse.shape
+    batch = coarse.shape[0]
     field = torch.empty((batch, 2, height, width), dtype=torch.float32, device=coarse.device)
     if batch == 0:
         return field
+    rows, weights = _upsample_rows(coarse, spacing, height, width)  # (B, 2, Hc, W)
     block, warps = COARSE_LAUNCH_CHOICES[0]
     tiles = cdiv(height * width, block)
-    weights = catmull_rom_table(spacing, max(height, width), coarse.device)  # (phases, 4)
     _upsample_field_kernel[(batch * tiles,)](
-        coarse, weights, field, height, width, coarse_h, coarse_w, spacing, tiles, BLOCK=block,
+        rows, weights, field, height, width, rows.shape[2], spacing, tiles, BLOCK=block,
         num_warps=warps)
     return field
 
@@ -423,18 +509,19 @@ def _elastic_warp_fwd_kernel(img_ptr, reg_ptr, disp_ptr, out_img_ptr, out_reg_pt
 
 
 @triton.jit
-def _elastic_warp_coarse_kernel(img_ptr, reg_ptr, c_ptr, w_ptr, out_img_ptr, out_reg_ptr,
-                                C, H, W, Hc, Wc, S, tiles, ignore_index,
+def _elastic_warp_coarse_kernel(img_ptr, reg_ptr, rows_ptr, w_ptr, out_img_ptr, out_reg_ptr,
+                                C, H, W, Hc, S, tiles, ignore_index,
                                 PADDING: tl.constexpr, BLOCK: tl.constexpr):
-    # the forward warp with the displacement interpolated from the control grid on the fly:
-    # the full-resolution field is never written or read
+    # the forward warp with the displacement interpolated on the fly from the node rows of
+    # _upsample_rows_kernel (step 2): the full-resolution field is never written or read
     pid = tl.program_id(0)
     b = (pid // tiles).to(tl.int64)
     offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat output pixels
     live = offs < H * W
     i = offs // W
     j = offs % W
-    dy, dx = _coarse_field(c_ptr, w_ptr, b * 2, i, j, live, Hc, Wc, S)
+    dy = _coarse_column(rows_ptr, w_ptr, b * 2, i, j, live, Hc, W, S)
+    dx = _coarse_column(rows_ptr, w_ptr, b * 2 + 1, i, j, live, Hc, W, S)
     _warp_pixels(img_ptr, reg_ptr, out_img_ptr, out_reg_ptr, b, C, H, W, i, j, live,
                  dy, dx, ignore_index, PADDING)
 
@@ -522,23 +609,24 @@ def elastic_warp_coarse_triton(images: torch.Tensor, regions: torch.Tensor, coar
     """Fused warp by the field :func:`upsample_field_triton` would give, without writing it.
 
     Equal bit for bit to ``elastic_warp_triton(images, regions, upsample_field_triton(coarse,
-    spacing, H, W), ...)``; no autograd. ``coarse`` is ``(B, 2, Hc, Wc)`` float32; the other
-    inputs as in :func:`elastic_warp_triton`. ``launch`` is one of
-    :data:`COARSE_LAUNCH_CHOICES` (pixels, warps per program; default the first), for tuning.
+    spacing, H, W), ...)``; no autograd. One kernel writes the node rows (step 1 of the
+    upsampling, ``(B, 2, Hc, W)``, ``1 / s`` of a field); the warp does step 2 per pixel.
+    ``coarse`` is ``(B, 2, Hc, Wc)`` float32; the other inputs as in :func:`elastic_warp_triton`.
+    ``launch`` is one of :data:`COARSE_LAUNCH_CHOICES` (pixels, warps per program; default the
+    first), for tuning.
     """
     if launch not in (None,) + COARSE_LAUNCH_CHOICES:
         raise ValueError(f"launch must be None or one of {COARSE_LAUNCH_CHOICES}, got {launch!r}.")
     images, regions, out_images, out_regions = _warp_operands(images, regions)
-    coarse = coarse.contiguous()
     batch, channels, height, width = images.shape
     if batch == 0:
         return out_images, out_regions
+    rows, weights = _upsample_rows(coarse, spacing, height, width)  # (B, 2, Hc, W)
     block, warps = launch or COARSE_LAUNCH_CHOICES[0]
     tiles = cdiv(height * width, block)
-    weights = catmull_rom_table(spacing, max(height, width), coarse.device)  # (phases, 4)
     _elastic_warp_coarse_kernel[(batch * tiles,)](
-        images, regions, coarse, weights, out_images, out_regions, channels, height, width,
-        coarse.shape[2], coarse.shape[3], spacing, tiles,
+        images, regions, rows, weights, out_images, out_regions, channels, height, width,
+        rows.shape[2], spacing, tiles,
         int(ignore_index), PADDING=PADDING_CODES[padding], BLOCK=block, num_warps=warps)
     return out_images, out_regions
 
