@@ -18,7 +18,8 @@
       MONAI ``Rand2DElasticd`` one sample at a time, when ``import monai`` works.
     do_bench flushes the L2 cache before each call, which also hides the host's time to issue a
     call of less GPU work than the flush. So the dense and coarse pairs and their PyTorch
-    baselines are also timed as calls in a row (``back_to_back_ms``).
+    baselines are also timed as calls in a row (``back_to_back_ms``), and the dense and coarse
+    pairs as CUDA graph replays (their GPU time alone).
     It prints a markdown table last and exits 1 if a check fails. Without CUDA it runs a tiny CPU
     smoke version (Triton under the interpreter).
 ``python benchmarks/bench_elastic.py --sweep``
@@ -53,7 +54,7 @@ from lrc_fast.kernels.elastic_warp import (COARSE_LAUNCH_CHOICES, SMOOTH_BLOCK_C
                                            field_from_uniform_triton)
 from lrc_fast.reference import elastic as ref  # noqa: E402
 
-from bench_loss import with_matmul_precision  # noqa: E402  (benchmarks/ is on sys.path)
+from bench_loss import graph_replay_ms, with_matmul_precision  # noqa: E402  (benchmarks/ is on sys.path)
 
 CUDA = torch.cuda.is_available()
 # Largest field error accepted against the fp32 oracle, per tl.dot precision, times alpha (see
@@ -452,6 +453,12 @@ def main() -> int:
             lambda: coarse_pair(images, regions, gen, spacing))
         times[f"coarse PyTorch baseline, spacing {spacing}, {loop}"] = back_to_back_ms(
             lambda: coarse_grid_sample_pair(images, regions, gen, spacing))
+        # the pair's GPU time alone, as a trainer that captures its step in a CUDA graph runs it
+        # (the default generator: a capture registers it)
+        for name, spacing_or_none in (("elastic_pair", None), (f"coarse elastic_pair, spacing {spacing}", spacing)):
+            replay = graph_replay_ms(lambda: elastic_pair(images, regions, backend="triton",
+                                                          spacing=spacing_or_none))
+            times[f"{name}, CUDA graph replay"] = "needs CUDA" if replay is None else replay
         monai = monai_per_sample(images, regions) if batch <= MONAI_MAX_BATCH else "not timed at this B"
         times["MONAI Rand2DElasticd, per sample"] = timed_ms(monai) if callable(monai) else monai
         fused = times["elastic_pair (noise + field + warp)"]

@@ -5,7 +5,8 @@ Paths, all run in one process on the same inputs:
 * ``fused``     -- the Triton path (``backend='triton'``), on contiguous (NCHW) features and,
   as ``fused, channels_last``, on the same features in channels_last; for float32 features also
   channels_last under ``torch.set_float32_matmul_precision('high')`` (tf32 logits, checked with
-  the tf32 tolerance);
+  the tf32 tolerance); ``fused, CUDA graph replay`` times the NCHW step captured in a CUDA graph
+  (the GPU's time alone, without the host's time to issue it; no memory column);
 * ``reference`` -- the PyTorch reference (sampled gather, ``backend='reference'``);
 * ``one-hot``   -- a dense one-hot pooling baseline (DetCon style: a ``(B, K, H*W)`` mask, bmm,
   then the same InfoNCE), skipped where its mask would not fit in free GPU memory;
@@ -128,6 +129,7 @@ def step_fn(path, feat_q, feat_p, regions_q, regions_p, num_regions, num_samples
 
 
 HIGH = "float32 matmul 'high'"  # the paths run under torch.set_float32_matmul_precision('high')
+REPLAY = "fused, CUDA graph replay"  # the fused step captured in a CUDA graph: no host time
 
 
 def with_matmul_precision(fn, setting):
@@ -332,7 +334,7 @@ def run(config, quick=False):
                     failures.append(f"{dtype} K={k}: {problem}")
                     print(f"CHECK FAILED {dtype} K={k}: {problem}", flush=True)
                     continue
-            paths = (["floor", "fused", "fused, channels_last"]
+            paths = (["floor", "fused", REPLAY, "fused, channels_last"]
                      + ([f"fused, channels_last, {HIGH}"] if high else []) + ["reference", "one-hot"]
                      if fused_ok else ["floor", "reference", "one-hot"])
             results = {}
@@ -341,6 +343,11 @@ def run(config, quick=False):
                     if path == "one-hot" else None
                 if skip:
                     results[path] = (None, None, skip)
+                    continue
+                if path == REPLAY:  # the fused step's GPU time alone (no memory column)
+                    replay = graph_replay_ms(step_fn("fused", *args))
+                    results[path] = ((replay, None, "") if isinstance(replay, float)
+                                     else (None, None, replay or "needs CUDA"))
                     continue
                 if path.startswith("fused, channels_last"):
                     fn = step_fn("fused", *cl_args)

@@ -149,8 +149,8 @@ fh_step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY b
 for log in pytest_build pytest_gpu_felzenszwalb pytest_gpu_loss_elastic; do
   [ -f "$LOG_DIR/$log.log" ] && { echo; echo "### $log"; grep -E "passed|failed|error" "$LOG_DIR/$log.log" | tail -n 2; }
 done
-for b in bench_felzenszwalb:60 bench_felzenszwalb_phases:10 baseline_felzenszwalb_phases:10 bench_loss:37 \
-         bench_elastic:41; do  # log:lines of its table
+for b in bench_felzenszwalb:60 bench_felzenszwalb_phases:10 baseline_felzenszwalb_phases:10 bench_loss:43 \
+         bench_elastic:45; do  # log:lines of its table
   [ -f "$LOG_DIR/${b%:*}.log" ] && { echo; echo "### ${b%:*}"; tail -n "${b#*:}" "$LOG_DIR/${b%:*}.log"; }
 done
 echo

@@ -43,8 +43,10 @@ relative to the variance is 0.3% lower on average and up to 8% lower between nod
 ``s = sigma`` these become 2.8%, 0.7878 and up to 33% (exact, from the field's linear map of the noise,
 as tests/test_elastic.py computes it; docs/elastic.md has the table). Its values are sums of fewer
 uniform draws, so they are a little less Gaussian. ``s = 1`` is the dense field itself. On CUDA the
-warp interpolates the field from the control grid as it goes, so the full-resolution field is never
-stored: the pair costs about one read of the image and region map and one write of each.
+grid is smoothed by direct taps, one kernel interpolates its node rows to every pixel column
+(``1 / s`` of a field), and the warp interpolates along the columns as it goes, so the
+full-resolution field is never stored: the pair costs about one read of the image and region map
+and one write of each.
 """
 from __future__ import annotations
 
@@ -270,11 +272,13 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
     truncate : float
         Kernel radius ``int(truncate * sigma + 0.5)``, > 0.
     backend : {None, 'triton', 'reference'}
-        None: Triton kernels on CUDA for sides up to :data:`MAX_TRITON_FIELD_SIDE` (4096), the
-        PyTorch reference otherwise. The Triton smoothing multiplies on the tensor cores in
+        None: Triton kernels on CUDA for sides up to :data:`MAX_TRITON_FIELD_SIDE` (4096; in the
+        coarse mode any grid, and fields with ``height * width < 2**31``), the PyTorch reference
+        otherwise. The Triton smoothing multiplies on the tensor cores in
         ``tf32x3`` (about float32), or in ``tf32`` (about 3x less tensor-core work; largest field
         errors measured: 5.1e-4 of alpha at sigma 3 on an H200, 7.9e-5 at sigma 16 on an H100) where
-        ``torch.set_float32_matmul_precision('high')`` or ``'medium'`` allows it.
+        ``torch.set_float32_matmul_precision('high')`` or ``'medium'`` allows it. A coarse
+        mode's control grid is smoothed by direct taps in float32, whatever that setting.
     spacing : int, optional
         Control-point spacing in pixels for the coarse mode; None or 1 (the same) draw the dense
         field. The noise is then ``(batch, 2, Hc, Wc)`` with ``Hc = ceil((height - 1) / s) + 1``
@@ -295,8 +299,8 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
         Negative sigma or alpha, alpha beyond float32, a kernel radius
         ``int(truncate * sigma + 0.5)`` over :data:`MAX_KERNEL_RADIUS`, a negative batch, a
         non-positive height, width or truncate, a spacing below 1, generator on another device,
-        unknown backend, or 'triton' where it cannot run or for a side over
-        :data:`MAX_TRITON_FIELD_SIDE` (of the control grid in the coarse mode).
+        unknown backend, or 'triton' where it cannot run, for a dense field with a side over
+        :data:`MAX_TRITON_FIELD_SIDE`, or for a coarse one with ``height * width >= 2**31``.
 
     Example
     -------
@@ -449,8 +453,8 @@ def elastic_pair(images: torch.Tensor, regions: torch.Tensor, alpha: float = DEF
     generator, images.device, spacing=spacing))``, bit for bit (each with the same
     ``backend``), except that ``alpha=0`` returns copies of the inputs, non-finite pixels
     included; the noise is drawn either way, so the generator advances alike. In the coarse mode
-    (``spacing > 1``) the Triton warp interpolates the field from the control grid as it warps,
-    so the full-resolution field is never stored (unless ``images`` need a gradient: the
+    (``spacing > 1``) the Triton warp interpolates the field from the grid's node rows as it
+    warps, so the full-resolution field is never stored (unless ``images`` need a gradient: the
     backward reads the field). The defaults (``alpha=400``, ``sigma=16`` px) suit
     512 x 512 CT slices at about 1 mm: each displacement component has a standard deviation of
     about 4.1 px, smooth over about 16-30 px, with negligible folding (see the module docstring).
