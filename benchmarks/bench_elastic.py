@@ -60,6 +60,9 @@ CUDA = torch.cuda.is_available()
 # Largest field error accepted against the fp32 oracle, per tl.dot precision, times alpha (see
 # tests/test_elastic.py).
 FIELD_ATOL = {"tf32x3": 1e-5, "tf32": 1e-4}
+# the coarse field's largest error, in units of alpha: float32 taps and interpolation with fma
+# (3.8e-6 px measured on an H200, 9.5e-9 of alpha; as tests/test_elastic.py's GPU test)
+COARSE_FIELD_ATOL = 2e-7
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 SIZE = 512 if CUDA else 64
 BATCHES = (16, 256) if CUDA else (2,)
@@ -167,9 +170,9 @@ def coarse_grid_sample_pair(images, regions, gen, spacing):
 
 
 def _compare_pairs(label: str, got, expected) -> str | None:
-    """Prints whether two warps are equal bit for bit; a failure message if they differ by more than
-    one float32 rounding of the field would make (image values by ~1e-6, a few region ids), which
-    still times the same work."""
+    """Prints whether two warps are equal bit for bit; a failure message only if an image value
+    differs by over 1e-4 or over 1e-5 of the region ids differ: a field a few float32 roundings
+    off moves image values by ~1e-6 and a few ids, and still times the same work."""
     image_err = (got[0] - expected[0]).abs().max().item()
     ids_differ = (got[1] != expected[1]).float().mean().item()
     print(f"check {label}: bit for bit {image_err == 0 and ids_differ == 0} (image max |difference| "
@@ -192,7 +195,7 @@ def check_coarse(batch: int) -> list[str]:
                                                SIZE, SIZE)
         err = (field[:2].cpu() - oracle).abs().max().item()
         print(f"check B={batch}: coarse field (spacing {spacing}) max |error| = {err:.3g} px")
-        if not err <= FIELD_ATOL["tf32x3"] * DEFAULT_ALPHA:
+        if not err <= COARSE_FIELD_ATOL * DEFAULT_ALPHA:
             failures.append(f"B={batch}: coarse field (spacing {spacing}) differs from the reference "
                             f"by {err:.3g} px")
         pair = coarse_pair(images, regions, generator(), spacing)

@@ -43,8 +43,8 @@ relative to the variance is 0.3% lower on average and up to 8% lower between nod
 ``s = sigma`` these become 2.8%, 0.7878 and up to 33% (exact, from the field's linear map of the noise,
 as tests/test_elastic.py computes it; docs/elastic.md has the table). Its values are sums of fewer
 uniform draws, so they are a little less Gaussian. ``s = 1`` is the dense field itself. On CUDA the
-grid is smoothed by direct taps, one kernel interpolates its node rows to every pixel column
-(``1 / s`` of a field), and the warp interpolates along the columns as it goes, so the
+grid is smoothed by direct taps, one kernel interpolates its node rows along x to every pixel
+column (``1 / s`` of a field), and the warp interpolates along y as it goes, so the
 full-resolution field is never stored: the pair costs about one read of the image and region map
 and one write of each.
 """
@@ -216,9 +216,10 @@ def _field_plan(backend, device: torch.device, height: int, width: int, spacing:
     grid = _ref.coarse_shape(height, width, spacing)
     if spacing == 1:
         return grid, _field_backend(backend, device, *grid), None
-    # a control grid is smoothed by direct taps (no banded matrices, so no side limit)
-    return (grid, _check_backend(backend, device, torch.float32),
-            _upsample_backend(backend, device, height, width))
+    # a control grid is smoothed by direct taps (no banded matrices, so no side limit) on the
+    # backend of its upsampling, whose int32 limit (H * W < 2**31) covers the grid's too
+    upsample = _upsample_backend(backend, device, height, width)
+    return grid, upsample, upsample
 
 
 def _resolve_device(generator, device) -> torch.device:
@@ -273,8 +274,8 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
         Kernel radius ``int(truncate * sigma + 0.5)``, > 0.
     backend : {None, 'triton', 'reference'}
         None: Triton kernels on CUDA for sides up to :data:`MAX_TRITON_FIELD_SIDE` (4096; in the
-        coarse mode any grid, and fields with ``height * width < 2**31``), the PyTorch reference
-        otherwise. The Triton smoothing multiplies on the tensor cores in
+        coarse mode, fields with ``height * width < 2**31``, whatever the grid's sides), the
+        PyTorch reference otherwise. The Triton smoothing multiplies on the tensor cores in
         ``tf32x3`` (about float32), or in ``tf32`` (about 3x less tensor-core work; largest field
         errors measured: 5.1e-4 of alpha at sigma 3 on an H200, 7.9e-5 at sigma 16 on an H100) where
         ``torch.set_float32_matmul_precision('high')`` or ``'medium'`` allows it. A coarse

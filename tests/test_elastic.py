@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from lrc_fast import elastic as elastic_module
 from lrc_fast.elastic import (DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp,
                               random_elastic_field)
-from lrc_fast.kernels.elastic_warp import (SMOOTH_BLOCK_CHOICES, field_from_uniform_triton,
-                                           gaussian_band_matrix, smooth_grid_triton,
-                                           upsample_field_triton)
+from lrc_fast.kernels.elastic_warp import (SMOOTH_BLOCK_CHOICES, elastic_warp_coarse_triton,
+                                           field_from_uniform_triton, gaussian_band_matrix,
+                                           smooth_grid_triton, upsample_field_triton)
 from lrc_fast.reference import elastic as ref
 
 PADDINGS = ref.PADDING_MODES
@@ -525,6 +525,20 @@ def test_triton_upsample_matches_reference(height, width, spacing):
     assert upsample_field_triton(coarse[:0], spacing, height, width).shape == (0, 2, height, width)
 
 
+def test_triton_upsample_rejects_a_grid_of_another_shape():
+    """The kernels index the grid by the shape the field's size and spacing give: any other
+    would be read out of bounds, so it is refused."""
+    images, regions = torch.rand(2, 1, 37, 91), torch.zeros(2, 37, 91, dtype=torch.int64)
+    grid = torch.zeros(2, 2, *ref.coarse_shape(37, 91, 8))  # (2, 2, 6, 13)
+    for bad in (grid[:, :, :-1], grid[:, :1], grid[0]):
+        with pytest.raises(ValueError, match="coarse must be \\(B, 2, Hc, Wc\\) = \\(B, 2, 6, 13\\)"):
+            upsample_field_triton(bad, 8, 37, 91)
+    with pytest.raises(ValueError, match="= \\(2, 2, 6, 13\\) for a 37 x 91 field at spacing 8, got \\(1, 2"):
+        elastic_warp_coarse_triton(images, regions, grid[:1], 8)
+    with pytest.raises(ValueError, match="got \\(2, 2, 6, 13\\)"):
+        elastic_warp_coarse_triton(images, regions, grid, 4)  # the grid of another spacing
+
+
 @settings(max_examples=25, deadline=None)
 @given(height=st.integers(1, 40), width=st.integers(1, 40), spacing=st.integers(1, 45),
        seed=st.integers(0, 2 ** 16))
@@ -594,6 +608,17 @@ def test_coarse_grid_has_no_side_limit_on_triton():
     got = random_elastic_field(1, 3, 8193, 4.0, 6.0, torch.Generator().manual_seed(59),
                                backend="triton", spacing=2)
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-6 * 4.0)
+
+
+def test_coarse_grid_takes_the_backend_of_its_upsampling():
+    """On CUDA (backend=None) a coarse grid is smoothed by Triton wherever its field is upsampled
+    by Triton, and both fall back to the reference past the int32 limit H * W < 2**31 (resolved
+    before any draw: no CUDA device needed)."""
+    cuda = torch.device("cuda")
+    assert elastic_module._field_plan(None, cuda, 512, 512, 8) == ((65, 65), "triton", "triton")
+    grid = ref.coarse_shape(2 ** 16, 2 ** 15, 2)
+    assert elastic_module._field_plan(None, cuda, 2 ** 16, 2 ** 15, 2) == (grid, "reference", "reference")
+    assert elastic_module._field_plan(None, cuda, 512, 512, 1) == ((512, 512), "triton", None)
 
 
 @pytest.mark.parametrize("spacing", [2, 7])
@@ -918,8 +943,9 @@ def test_gpu_coarse_pair_is_field_then_warp_and_matches_cpu(dtype, spacing):
     assert torch.equal(x_p, expected[0]) and torch.equal(r_p, expected[1])
     uniform = _uniform((8, 2, *ref.coarse_shape(512, 512, spacing)), seed=40, device="cuda")
     oracle = ref.coarse_field_from_uniform(uniform.cpu(), DEFAULT_ALPHA, DEFAULT_SIGMA, spacing, 512, 512)
-    # float32 taps and interpolation, with fma: a few roundings (as the CPU test's tolerance)
-    torch.testing.assert_close(field.cpu(), oracle, rtol=0, atol=2e-6 * DEFAULT_ALPHA)
+    # float32 taps and interpolation, with fma: a few roundings of values up to ~20 px (the
+    # benchmark's check measured 3.8e-6 px on an H200; this allows 8e-5 px)
+    torch.testing.assert_close(field.cpu(), oracle, rtol=0, atol=2e-7 * DEFAULT_ALPHA)
 
 
 @pytest.mark.gpu

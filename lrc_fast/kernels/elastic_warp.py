@@ -25,8 +25,8 @@ Coarse mode (:func:`smooth_grid_triton`, :func:`upsample_field_triton`,
     small launches. A field given at control points ``S`` pixels apart is interpolated by
     Catmull-Rom splines in two steps, each a chain of explicit ``fma`` with weights from a table
     (:func:`lrc_fast.reference.elastic.catmull_rom_weights`): one kernel interpolates every node
-    row along the rows, to every pixel column (``(B, 2, Hc, W)``, ``1 / S`` of a field); then,
-    per pixel, along the column through four of those rows, loads coalesced across a program.
+    row along W (x) to every pixel column (``(B, 2, Hc, W)``, ``1 / S`` of a field); then, per
+    pixel, along H (y) through four of those rows, loads coalesced across a program.
     One kernel writes the field at every pixel from the rows; the other warps as above with the
     displacement interpolated per pixel, so the full field is never written or read. Both inline
     the same second step, so they agree bit for bit.
@@ -41,8 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference.elastic import (catmull_rom_weights, gaussian_kernel1d, gaussian_radius,
-                                 reflect_indices)
+from ..reference.elastic import (catmull_rom_weights, coarse_shape, gaussian_kernel1d,
+                                 gaussian_radius, reflect_indices)
 from ._host import cdiv
 
 PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
@@ -333,7 +333,7 @@ def _catmull_rom_sum(w0, w1, w2, w3, v0, v1, v2, v3):
 @triton.jit
 def _upsample_rows_kernel(c_ptr, w_ptr, rows_ptr, Hc, Wc, W, S, tiles, BLOCK: tl.constexpr):
     # Step 1: every node row of every plane at every pixel column, rows[n, k, j] =
-    # Catmull-Rom along the row through nodes l-1 .. l+2 (clamped), l = j // S
+    # Catmull-Rom along W (x) through nodes l-1 .. l+2 of row k (clamped), l = j // S
     pid = tl.program_id(0)
     plane = (pid // tiles).to(tl.int64)  # int64 plane offsets: B * 2 * Hc * W may overflow int32
     offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat (node row, column)
@@ -352,7 +352,7 @@ def _upsample_rows_kernel(c_ptr, w_ptr, rows_ptr, Hc, Wc, W, S, tiles, BLOCK: tl
 
 @triton.jit
 def _coarse_column(rows_ptr, w_ptr, plane, i, j, live, Hc, W, S):
-    # Step 2: plane `plane` (int64) of the field at pixels (i, j), Catmull-Rom along the column
+    # Step 2: plane `plane` (int64) of the field at pixels (i, j), Catmull-Rom along H (y)
     # through node rows k-1 .. k+2 (clamped), k = i // S, of the rows of step 1. A program's
     # pixels share their rows, so the four loads of a pixel are coalesced across the program.
     row_k = i // S
@@ -380,6 +380,18 @@ def _upsample_field_kernel(rows_ptr, w_ptr, out_ptr, H, W, Hc, S, tiles, BLOCK: 
              _coarse_column(rows_ptr, w_ptr, b * 2 + 1, i, j, live, Hc, W, S), mask=live)
 
 
+def _check_grid(coarse: torch.Tensor, spacing: int, height: int, width: int, batch: int | None = None):
+    """ValueError unless ``coarse`` is the ``(B, 2, Hc, Wc)`` grid of a ``height x width`` field at
+    ``spacing`` (and of ``batch`` images): the kernels index it by these sizes, so another shape
+    would be read out of bounds."""
+    grid = coarse_shape(height, width, spacing)
+    if (coarse.dim() != 4 or coarse.shape[1] != 2 or tuple(coarse.shape[2:]) != grid
+            or (batch is not None and coarse.shape[0] != batch)):
+        expected = "B" if batch is None else batch
+        raise ValueError(f"coarse must be (B, 2, Hc, Wc) = ({expected}, 2, {grid[0]}, {grid[1]}) for "
+                         f"a {height} x {width} field at spacing {spacing}, got {tuple(coarse.shape)}.")
+
+
 def _upsample_rows(coarse: torch.Tensor, spacing: int, height: int, width: int):
     """Step 1 of the upsampling, ``(rows (B, 2, Hc, width), weights table)``, for step 2."""
     coarse = coarse.contiguous()
@@ -395,14 +407,15 @@ def _upsample_rows(coarse: torch.Tensor, spacing: int, height: int, width: int):
 
 
 def upsample_field_triton(coarse: torch.Tensor, spacing: int, height: int, width: int) -> torch.Tensor:
-    """Triton twin of :func:`lrc_fast.reference.elastic.upsample_field`, in its order: along the
-    rows for every node row (one kernel writes these ``(B, 2, Hc, width)`` rows), then along the
-    columns at every pixel.
+    """Triton twin of :func:`lrc_fast.reference.elastic.upsample_field`, in its order: along W
+    (x) for every node row (one kernel writes these ``(B, 2, Hc, width)`` rows), then along H (y)
+    at every pixel.
 
     ``coarse`` is ``(B, 2, Hc, Wc)`` float32 (on CUDA, or CPU under the interpreter) with
     ``(Hc, Wc) = coarse_shape(height, width, spacing)``; ``height * width < 2**31``. Returns the
-    ``(B, 2, height, width)`` float32 field.
+    ``(B, 2, height, width)`` float32 field. Raises ValueError for a grid of another shape.
     """
+    _check_grid(coarse, spacing, height, width)
     batch = coarse.shape[0]
     field = torch.empty((batch, 2, height, width), dtype=torch.float32, device=coarse.device)
     if batch == 0:
@@ -611,14 +624,15 @@ def elastic_warp_coarse_triton(images: torch.Tensor, regions: torch.Tensor, coar
     Equal bit for bit to ``elastic_warp_triton(images, regions, upsample_field_triton(coarse,
     spacing, H, W), ...)``; no autograd. One kernel writes the node rows (step 1 of the
     upsampling, ``(B, 2, Hc, W)``, ``1 / s`` of a field); the warp does step 2 per pixel.
-    ``coarse`` is ``(B, 2, Hc, Wc)`` float32; the other inputs as in :func:`elastic_warp_triton`.
-    ``launch`` is one of :data:`COARSE_LAUNCH_CHOICES` (pixels, warps per program; default the
+    ``coarse`` is ``(B, 2, Hc, Wc)`` float32 (ValueError for another shape); the other inputs as
+    in :func:`elastic_warp_triton`. ``launch`` is one of :data:`COARSE_LAUNCH_CHOICES` (pixels, warps per program; default the
     first), for tuning.
     """
     if launch not in (None,) + COARSE_LAUNCH_CHOICES:
         raise ValueError(f"launch must be None or one of {COARSE_LAUNCH_CHOICES}, got {launch!r}.")
     images, regions, out_images, out_regions = _warp_operands(images, regions)
     batch, channels, height, width = images.shape
+    _check_grid(coarse, spacing, height, width, batch)
     if batch == 0:
         return out_images, out_regions
     rows, weights = _upsample_rows(coarse, spacing, height, width)  # (B, 2, Hc, W)

@@ -201,7 +201,7 @@ def upsample_field(coarse: torch.Tensor, spacing: int, height: int, width: int) 
     Returns
     -------
     torch.Tensor
-        ``(B, 2, height, width)`` float32: along the columns first, then along the rows, each a
+        ``(B, 2, height, width)`` float32: along W (x) first, then along H (y), each a
         left-to-right sum of four weighted nodes (the Triton kernels fuse each step into
         ``fma`` instructions, so they agree to a few float32 roundings, not bit for bit).
     """
