@@ -86,6 +86,8 @@ fh_step() {  # fh_step NAME SECONDS COMMAND...: a step of the CUDA kernel, run o
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
   echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  # a copy of a checkout can carry older git metadata than its files: say when they differ
+  echo "tracked files differing from that commit: $(git diff --name-only HEAD 2>/dev/null | wc -l)"
 } | tee "$LOG_DIR/machine.log"
 
 # built in place, beside (not instead of) the main install, only when its Felzenszwalb step runs
