@@ -331,38 +331,37 @@ def _catmull_rom_sum(w0, w1, w2, w3, v0, v1, v2, v3):
 
 
 @triton.jit
+def _catmull_rom_at(line_ptr, stride, pixel, nodes, w_ptr, S, live):
+    # Catmull-Rom along one axis at `pixel`: nodes k-1 .. k+2 (clamped to [0, nodes)), k =
+    # pixel // S, of the line of nodes at line_ptr, `stride` elements apart
+    k = pixel // S
+    w0, w1, w2, w3 = _catmull_rom_weights(w_ptr, pixel - k * S, live)
+    v0 = tl.load(line_ptr + tl.maximum(k - 1, 0) * stride, mask=live, other=0.0)
+    v1 = tl.load(line_ptr + k * stride, mask=live, other=0.0)
+    v2 = tl.load(line_ptr + tl.minimum(k + 1, nodes - 1) * stride, mask=live, other=0.0)
+    v3 = tl.load(line_ptr + tl.minimum(k + 2, nodes - 1) * stride, mask=live, other=0.0)
+    return _catmull_rom_sum(w0, w1, w2, w3, v0, v1, v2, v3)
+
+
+@triton.jit
 def _upsample_rows_kernel(c_ptr, w_ptr, rows_ptr, Hc, Wc, W, S, tiles, BLOCK: tl.constexpr):
     # Step 1: every node row of every plane at every pixel column, rows[n, k, j] =
-    # Catmull-Rom along W (x) through nodes l-1 .. l+2 of row k (clamped), l = j // S
+    # Catmull-Rom along W (x) through the nodes of row k
     pid = tl.program_id(0)
     plane = (pid // tiles).to(tl.int64)  # int64 plane offsets: B * 2 * Hc * W may overflow int32
     offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat (node row, column)
     live = offs < Hc * W
-    j = offs % W
-    col_k = j // S
-    wx0, wx1, wx2, wx3 = _catmull_rom_weights(w_ptr, j - col_k * S, live)
     row = c_ptr + plane * Hc * Wc + (offs // W) * Wc
-    v0 = tl.load(row + tl.maximum(col_k - 1, 0), mask=live, other=0.0)
-    v1 = tl.load(row + col_k, mask=live, other=0.0)
-    v2 = tl.load(row + tl.minimum(col_k + 1, Wc - 1), mask=live, other=0.0)
-    v3 = tl.load(row + tl.minimum(col_k + 2, Wc - 1), mask=live, other=0.0)
-    tl.store(rows_ptr + plane * Hc * W + offs, _catmull_rom_sum(wx0, wx1, wx2, wx3, v0, v1, v2, v3),
+    tl.store(rows_ptr + plane * Hc * W + offs, _catmull_rom_at(row, 1, offs % W, Wc, w_ptr, S, live),
              mask=live)
 
 
 @triton.jit
 def _coarse_column(rows_ptr, w_ptr, plane, i, j, live, Hc, W, S):
     # Step 2: plane `plane` (int64) of the field at pixels (i, j), Catmull-Rom along H (y)
-    # through node rows k-1 .. k+2 (clamped), k = i // S, of the rows of step 1. A program's
-    # pixels share their rows, so the four loads of a pixel are coalesced across the program.
-    row_k = i // S
-    wy0, wy1, wy2, wy3 = _catmull_rom_weights(w_ptr, i - row_k * S, live)
-    column = rows_ptr + plane * Hc * W + j
-    v0 = tl.load(column + tl.maximum(row_k - 1, 0) * W, mask=live, other=0.0)
-    v1 = tl.load(column + row_k * W, mask=live, other=0.0)
-    v2 = tl.load(column + tl.minimum(row_k + 1, Hc - 1) * W, mask=live, other=0.0)
-    v3 = tl.load(column + tl.minimum(row_k + 2, Hc - 1) * W, mask=live, other=0.0)
-    return _catmull_rom_sum(wy0, wy1, wy2, wy3, v0, v1, v2, v3)
+    # through the node rows of step 1. A program's pixels share their rows, so the four loads
+    # of a pixel are coalesced across the program.
+    return _catmull_rom_at(rows_ptr + plane * Hc * W + j, W, i, Hc, w_ptr, S, live)
 
 
 @triton.jit
@@ -625,8 +624,8 @@ def elastic_warp_coarse_triton(images: torch.Tensor, regions: torch.Tensor, coar
     spacing, H, W), ...)``; no autograd. One kernel writes the node rows (step 1 of the
     upsampling, ``(B, 2, Hc, W)``, ``1 / s`` of a field); the warp does step 2 per pixel.
     ``coarse`` is ``(B, 2, Hc, Wc)`` float32 (ValueError for another shape); the other inputs as
-    in :func:`elastic_warp_triton`. ``launch`` is one of :data:`COARSE_LAUNCH_CHOICES` (pixels, warps per program; default the
-    first), for tuning.
+    in :func:`elastic_warp_triton`. ``launch`` is one of :data:`COARSE_LAUNCH_CHOICES` (pixels,
+    warps per program; default the first), for tuning.
     """
     if launch not in (None,) + COARSE_LAUNCH_CHOICES:
         raise ValueError(f"launch must be None or one of {COARSE_LAUNCH_CHOICES}, got {launch!r}.")
