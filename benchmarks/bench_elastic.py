@@ -36,7 +36,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 
@@ -55,6 +54,7 @@ from lrc_fast.kernels.elastic_warp import (COARSE_LAUNCH_CHOICES, SMOOTH_BLOCK_C
 from lrc_fast.reference import elastic as ref  # noqa: E402
 
 from bench_loss import graph_replay_ms, with_matmul_precision  # noqa: E402  (benchmarks/ is on sys.path)
+from cuda_timing import median_event_ms  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 # Largest field error accepted against the fp32 oracle, per tl.dot precision, times alpha (see
@@ -317,18 +317,11 @@ def back_to_back_ms(fn, calls: int = 50, repeats: int = 7) -> float:
     included where it exceeds the GPU's (``timed_ms`` hides it behind its cache flush)."""
     if not CUDA:
         return timed_ms(fn)
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+
+    def in_a_row():
         for _ in range(calls):
             fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
+    return median_event_ms(in_a_row, repeats) / calls
 
 
 def _first_run(label, fn, *args, **kwargs):

@@ -40,6 +40,8 @@ import lrc_fast
 from lrc_fast.data import phantom_slice, read_dicom_series, shared_data_dir, window_hu
 from lrc_fast.superpixels import _WINDOW, _segment
 
+from cuda_timing import median_event_ms  # benchmarks/ is on sys.path
+
 SIZE = 512
 # The simulator's strict path and cluster barriers against the H100 (benchmarks/RESULTS.md, "the
 # simulator against the H100"): fitted at commit 3f723fc, within 5% at 1, 2 and 4 CTAs per slice.
@@ -127,20 +129,6 @@ def cpu_rows(quick: bool) -> list[tuple[str, str, float]]:
     return rows
 
 
-def _cuda_time(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def _datasets() -> list[tuple[str, callable]]:
     """(name, make) pairs; make(n) gives n slices, spread over the whole series for real CT."""
     datasets = [("phantom", ct_like_batch)]
@@ -213,7 +201,7 @@ def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
                     ok = False
                     continue
                 # with the float64 conversion, as the public call does it in a training loop
-                ms = _cuda_time(lambda: _segment(x.double(), 1.0, 0.8, 20, "cuda", launch, window, extend), 5)
+                ms = median_event_ms(lambda: _segment(x.double(), 1.0, 0.8, 20, "cuda", launch, window, extend), 5)
                 rows.append((f"lrc_fast cuda {data_name}, {name}", f"{batch_size} x {SIZE}^2", ms,
                              batch_size / ms * 1e3))
                 r = stats.double().mean(0).cpu().tolist()
@@ -256,7 +244,7 @@ def phase_rows() -> list[tuple[str, tuple[int, int], float, np.ndarray, np.ndarr
             labels, _, _, ns = ext.felzenszwalb_cuda_timed(x, taps, 1 / 255, 20, *launch, _WINDOW, True)
             if not np.array_equal(labels.cpu().numpy(), expected):
                 raise SystemExit(f"MISMATCH: timed cuda kernel {launch} differs from cpu")
-            ms = _cuda_time(lambda: ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, *launch, _WINDOW, True), 5)
+            ms = median_event_ms(lambda: ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, *launch, _WINDOW, True), 5)
             us = ext.felzenszwalb_cuda_timed(x, taps, 1 / 255, 20, *launch, _WINDOW, True)[3].cpu().numpy() / 1e3
             rows.append((data_name, launch, ms, us[us.sum(1).argmax()], us.mean(0)))
             print(f"  {data_name} {launch}: {ms:.2f} ms per batch, slowest slice {us.sum(1).max() / 1e3:.2f} ms "
