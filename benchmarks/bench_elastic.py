@@ -19,7 +19,8 @@
     do_bench flushes the L2 cache before each call, which also hides the host's time to issue a
     call of less GPU work than the flush. So the dense and coarse pairs and their PyTorch
     baselines are also timed as calls in a row (``back_to_back_ms``), and the dense and coarse
-    pairs as CUDA graph replays (their GPU time alone).
+    pairs as CUDA graph replays (their GPU time alone), and the host's time to issue a pair is
+    timed alone (``host_ms``: calls in a row without waiting for the GPU).
     It prints a markdown table last and exits 1 if a check fails. Without CUDA it runs a tiny CPU
     smoke version (Triton under the interpreter).
 ``python benchmarks/bench_elastic.py --sweep``
@@ -30,12 +31,16 @@
     grid given) for every ``COARSE_LAUNCH_CHOICES`` (pixels, num_warps), each first checked
     against the default launch (whether bit for bit is printed; a check fails only beyond one
     float32 rounding's effect).
+``python benchmarks/bench_elastic.py --host``
+    In a fresh process at B=16: the host's time per call and the time per call in a row of the
+    dense and coarse pairs, then a cProfile of 200 coarse pairs (where the host's time goes).
 ``pytest benchmarks/bench_elastic.py``
     pytest-benchmark functions for the Triton pair and the reference pair.
 """
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 
@@ -324,6 +329,52 @@ def back_to_back_ms(fn, calls: int = 50, repeats: int = 7) -> float:
     return median_event_ms(in_a_row, repeats) / calls
 
 
+def host_ms(fn, calls: int = 50, repeats: int = 7) -> float:
+    """Median over ``repeats`` of the host's time per call to issue ``calls`` calls in a row,
+    without waiting for the GPU (the launch queue holds them): the CPU time a training loop spends
+    on each call. Without CUDA, the time of one call."""
+    if not CUDA:
+        return timed_ms(fn)
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) * 1e3 / calls)
+        torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def host_profile() -> int:
+    """``--host``: in a fresh process, B=16 (2 without CUDA), the host's time per call and the time per call in a
+    row of the dense pair and the coarse pair (spacing 8), then where the host's time of 200
+    coarse pairs goes (cProfile, the 15 functions of most own time)."""
+    import cProfile
+    import pstats
+
+    batch = BATCHES[0]
+    images, regions = make_inputs(batch)
+    gen = generator()
+    spacing = COARSE_SPACINGS[0]
+    pairs = {"elastic_pair": lambda: triton_pair(images, regions, gen),
+             f"coarse elastic_pair, spacing {spacing}": lambda: coarse_pair(images, regions, gen, spacing)}
+    print(f"B={batch}, {SIZE}x{SIZE}, {torch.cuda.get_device_name() if CUDA else 'CPU'}; ms per call (median)")
+    print("| path | host time to issue a call | calls in a row |\n|---|---|---|")
+    for name, fn in pairs.items():
+        print(f"| {name} | {host_ms(fn):.4f} | {back_to_back_ms(fn):.4f} |")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(200 if CUDA else 2):  # the interpreter takes seconds a call
+        pairs[f"coarse elastic_pair, spacing {spacing}"]()
+    profiler.disable()
+    if CUDA:
+        torch.cuda.synchronize()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    return 0
+
+
 def _first_run(label, fn, *args, **kwargs):
     """``fn(*args, **kwargs)``, or None after printing why it failed to run (say, a launch shape
     needing more shared memory than the device has), so the sweep goes on to the other shapes."""
@@ -402,6 +453,8 @@ def _sweep_table(rows, default_blocks):
 def main() -> int:
     if "--sweep" in sys.argv[1:]:
         return sweep()
+    if "--host" in sys.argv[1:]:
+        return host_profile()
     failures = []
     for batch in BATCHES:
         failures += check(batch) + check_coarse(batch)
@@ -449,6 +502,10 @@ def main() -> int:
             lambda: coarse_pair(images, regions, gen, spacing))
         times[f"coarse PyTorch baseline, spacing {spacing}, {loop}"] = back_to_back_ms(
             lambda: coarse_grid_sample_pair(images, regions, gen, spacing))
+        host = "host time to issue a call (no GPU wait)"
+        times[f"elastic_pair, {host}"] = host_ms(lambda: triton_pair(images, regions, gen))
+        times[f"coarse elastic_pair, spacing {spacing}, {host}"] = host_ms(
+            lambda: coarse_pair(images, regions, gen, spacing))
         # the pair's GPU time alone, as a trainer that captures its step in a CUDA graph runs it
         # (the default generator: a capture registers it)
         for name, spacing_or_none in (("elastic_pair", None), (f"coarse elastic_pair, spacing {spacing}", spacing)):

@@ -122,6 +122,8 @@ fi
 step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_loss.py tests/test_elastic.py
 step bench_loss 120 $PY benchmarks/bench_loss.py
 step bench_elastic 120 $PY benchmarks/bench_elastic.py
+# the host's time per elastic pair in a fresh process, and where it goes (cProfile)
+step bench_elastic_host 45 $PY benchmarks/bench_elastic.py --host
 fh_step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
 # where the fused loss step spends its time (per kernel), and the launch shapes of the field and
 # of the loss's index, dense backward and InfoNCE (logs only)
@@ -143,7 +145,7 @@ fi
 # launched once: one loss step at K=1024 and one elastic pair, dense and coarse); text in the logs
 step ncu_triton 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section WarpStateStats --section MemoryWorkloadAnalysis \
-  -k regex:"_tile_sort_kernel|_pool_fwd_kernel|_pool_bwd_kernel|_infonce_fwd_kernel|_infonce_bwd_kernel|_smooth_rows_kernel|_smooth_cols_kernel|_elastic_warp_fwd_kernel|_smooth_taps_kernel|_upsample_rows_kernel|_elastic_warp_coarse_kernel" \
+  -k regex:"_tile_sort_kernel|_pool_fwd_kernel|_pool_bwd_kernel|_infonce_fwd_kernel|_infonce_bwd_kernel|_smooth_rows_kernel|_smooth_cols_kernel|_elastic_warp_fwd_kernel|_coarse_rows_kernel|_elastic_warp_coarse_kernel" \
   $PY benchmarks/ncu_triton_step.py
 # shared-memory races (the hub extension's sort), last: it is the slowest tool
 fh_step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py --quick

@@ -6,8 +6,8 @@ where their time goes (gpu_check runs it under ``ncu``, filtered to the Triton k
 * ``region_contrast_loss`` forward + backward, B=16, D=64, 512², K=1024, N=50, float32 (the
   setting where the InfoNCE and the sampled gather cost the most);
 * ``elastic_pair`` at B=16, 512², the default alpha and sigma: the row pass, the column pass and
-  the warp, one launch each; then the coarse pair (spacing 8): the two tap passes on the control
-  grid, the interpolation of its node rows and the fused coarse warp.
+  the warp, one launch each; then the coarse pair (spacing 8): the kernel from the noise to the
+  node rows (the control grid's smoothing and the rows' interpolation) and the fused coarse warp.
 
 Run: ``python benchmarks/ncu_triton_step.py`` (CUDA only).
 """

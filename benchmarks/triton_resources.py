@@ -223,8 +223,12 @@ def coverage_workload():
                 lrc_fast.elastic_pair(images.detach().to(image_dtype), map_, padding=padding,
                                       generator=torch.Generator().manual_seed(0), backend="triton",
                                       spacing=spacing)
-        for spacing in (None, 5):  # the coarse field: the smoothing on the grid, the upsampling
+        for spacing in (None, 5):  # the coarse field: noise to node rows, the upsampling
             lrc_fast.random_elastic_field(batch, height, width, 4.0, 3.0, backend="triton", spacing=spacing)
+        grid = elastic_warp.smooth_grid_triton(  # the control grid alone
+            torch.zeros(batch, 2, *elastic_warp.coarse_shape(height, width, 5)), 0.8, 0.6)
+        for launch in elastic_warp.COARSE_LAUNCH_CHOICES:  # the warp of a given grid, as the sweep
+            elastic_warp.elastic_warp_coarse_triton(images.detach(), regions, grid, 5, launch=launch)
         if odd:  # the sweeps run at 512 x 512: their launch shapes at the aligned size only
             continue
         feat = torch.zeros(batch, channels, height, width)

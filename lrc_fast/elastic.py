@@ -42,8 +42,8 @@ the border is 0.2% lower and the correlation at 16 px 0.7796 instead of 0.7788; 
 relative to the variance is 0.3% lower on average and up to 8% lower between nodes. At
 ``s = sigma`` these become 2.8%, 0.7878 and up to 33% (exact, from the field's linear map of the noise,
 as tests/test_elastic.py computes it; docs/elastic.md has the table). Its values are sums of fewer
-uniform draws, so they are a little less Gaussian. ``s = 1`` is the dense field itself. On CUDA the
-grid is smoothed by direct taps, one kernel interpolates its node rows along x to every pixel
+uniform draws, so they are a little less Gaussian. ``s = 1`` is the dense field itself. On CUDA one
+kernel smooths the grid by direct taps and interpolates its node rows along x to every pixel
 column (``1 / s`` of a field), and the warp interpolates along y as it goes, so the
 full-resolution field is never stored: the pair costs about one read of the image and region map
 and one write of each.
@@ -211,15 +211,14 @@ def _upsample_backend(backend, device: torch.device, height: int, width: int) ->
 
 
 def _field_plan(backend, device: torch.device, height: int, width: int, spacing: int):
-    """``((Hc, Wc), field backend, upsampling backend or None)`` of a field drawn at ``spacing``
-    (``(H, W)`` and no upsampling at spacing 1), resolved before the draw."""
+    """``((Hc, Wc), backend)`` of a field drawn at ``spacing`` (``(H, W)`` at spacing 1),
+    resolved before the draw."""
     grid = _ref.coarse_shape(height, width, spacing)
     if spacing == 1:
-        return grid, _field_backend(backend, device, *grid), None
+        return grid, _field_backend(backend, device, *grid)
     # a control grid is smoothed by direct taps (no banded matrices, so no side limit) on the
     # backend of its upsampling, whose int32 limit (H * W < 2**31) covers the grid's too
-    upsample = _upsample_backend(backend, device, height, width)
-    return grid, upsample, upsample
+    return grid, _upsample_backend(backend, device, height, width)
 
 
 def _resolve_device(generator, device) -> torch.device:
@@ -316,12 +315,11 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
     alpha, sigma, truncate = _check_field_args(alpha, sigma, truncate)
     spacing = _check_spacing(spacing)
     device = _resolve_device(generator, device)
-    grid, field_backend, upsample_backend = _field_plan(backend, device, height, width, spacing)
+    grid, field_backend = _field_plan(backend, device, height, width, spacing)
     uniform = _draw_uniform(batch, *grid, generator, device)  # (B, 2, Hc, Wc)
-    field = _field(uniform, alpha / spacing, sigma / spacing, truncate, field_backend, spacing > 1)
     if spacing == 1:
-        return field
-    return _upsample(field, spacing, height, width, upsample_backend)  # (B, 2, H, W)
+        return _field(uniform, alpha, sigma, truncate, field_backend)
+    return _coarse_field(uniform, alpha, sigma, truncate, spacing, height, width, field_backend)
 
 
 def _check_field_args(alpha, sigma, truncate) -> tuple[float, float, float]:
@@ -342,25 +340,25 @@ def _draw_uniform(batch: int, height: int, width: int, generator, device) -> tor
                       dtype=torch.float32)
 
 
-def _field(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float, backend: str,
-           grid: bool = False) -> torch.Tensor:
-    """The field of checked arguments from the draw, on the resolved backend; ``grid``: the
-    coarse mode's control grid (``alpha`` and ``sigma`` in nodes)."""
+def _field(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float,
+           backend: str) -> torch.Tensor:
+    """The dense field of checked arguments from the draw, on the resolved backend."""
     if backend == "triton":
-        from .kernels.elastic_warp import field_from_uniform_triton, smooth_grid_triton
-        if grid:
-            return smooth_grid_triton(uniform, alpha, sigma, truncate)
+        from .kernels.elastic_warp import field_from_uniform_triton
         precision = "tf32x3" if float32_matmul_exact() else "tf32"  # as the loss's logits
         return field_from_uniform_triton(uniform, alpha, sigma, truncate, precision=precision)
     return _ref.field_from_uniform(uniform, alpha, sigma, truncate)
 
 
-def _upsample(coarse: torch.Tensor, spacing: int, height: int, width: int, backend: str) -> torch.Tensor:
-    """A coarse field (B, 2, Hc, Wc) at every pixel, on the resolved backend."""
-    if backend == "triton":
-        from .kernels.elastic_warp import upsample_field_triton
-        return upsample_field_triton(coarse, spacing, height, width)
-    return _ref.upsample_field(coarse, spacing, height, width)
+def _coarse_field(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float, spacing: int,
+                  height: int, width: int, backend: str) -> torch.Tensor:
+    """The coarse field (B, 2, H, W) of checked arguments from the (B, 2, Hc, Wc) draw."""
+    if backend == "triton":  # two launches: noise to node rows, node rows to pixels
+        from .kernels.elastic_warp import coarse_rows_triton, field_from_rows_triton
+        rows = coarse_rows_triton(uniform, alpha / spacing, sigma / spacing, truncate, spacing,
+                                  height, width)  # (B, 2, Hc, W)
+        return field_from_rows_triton(rows, spacing, height, width)
+    return _ref.coarse_field_from_uniform(uniform, alpha, sigma, spacing, height, width, truncate)
 
 
 def _warp(images4, regions, displacement, padding, ignore_index, backend):
@@ -501,20 +499,21 @@ def elastic_pair(images: torch.Tensor, regions: torch.Tensor, alpha: float = DEF
     spacing = _check_spacing(spacing)
     device = _resolve_device(generator, images4.device)
     # every backend resolved and checked before the draw: a refused call leaves the generator as it was
-    grid, field_backend, upsample_backend = _field_plan(backend, device, height, width, spacing)
+    grid, field_backend = _field_plan(backend, device, height, width, spacing)
     warp_backend = _warp_backend(backend, images4)
     uniform = _draw_uniform(batch, *grid, generator, device)  # (B, 2, Hc, Wc)
     if alpha == 0.0:  # the identity, exactly: no bilinear taps (0 * inf would be NaN)
         return images.clone(), regions.clone()
-    field = _field(uniform, alpha / spacing, sigma / spacing, truncate, field_backend, spacing > 1)
-    if spacing == 1:  # (B, 2, H, W)
-        out_images, out_regions = _warp(images4, regions, field, padding, ignore_index, warp_backend)
-    elif (warp_backend == upsample_backend == "triton"
-          and not (torch.is_grad_enabled() and images4.requires_grad)):
-        from .kernels.elastic_warp import elastic_warp_coarse_triton
-        out_images, out_regions = elastic_warp_coarse_triton(images4, regions, field, spacing,
-                                                             padding, ignore_index)
-    else:  # the field at every pixel, then the warp
-        field = _upsample(field, spacing, height, width, upsample_backend)  # (B, 2, H, W)
+    if (spacing > 1 and field_backend == warp_backend == "triton"
+            and not (torch.is_grad_enabled() and images4.requires_grad)):
+        # two launches: noise to node rows, then the warp interpolating the field per pixel
+        from .kernels.elastic_warp import coarse_rows_triton, warp_from_rows_triton
+        rows = coarse_rows_triton(uniform, alpha / spacing, sigma / spacing, truncate, spacing,
+                                  height, width)  # (B, 2, Hc, W)
+        out_images, out_regions = warp_from_rows_triton(images4, regions, rows, spacing, padding,
+                                                        ignore_index)
+    else:  # the field at every pixel (B, 2, H, W), then the warp
+        field = (_field(uniform, alpha, sigma, truncate, field_backend) if spacing == 1 else
+                 _coarse_field(uniform, alpha, sigma, truncate, spacing, height, width, field_backend))
         out_images, out_regions = _warp(images4, regions, field, padding, ignore_index, warp_backend)
     return (out_images.squeeze(1) if squeeze else out_images), out_regions

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from lrc_fast import elastic as elastic_module
 from lrc_fast.elastic import (DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elastic_warp,
                               random_elastic_field)
-from lrc_fast.kernels.elastic_warp import (SMOOTH_BLOCK_CHOICES, elastic_warp_coarse_triton,
-                                           field_from_uniform_triton, gaussian_band_matrix,
-                                           smooth_grid_triton, upsample_field_triton)
+from lrc_fast.kernels.elastic_warp import (SMOOTH_BLOCK_CHOICES, coarse_rows_triton,
+                                           elastic_warp_coarse_triton, field_from_uniform_triton,
+                                           gaussian_band_matrix, smooth_grid_triton,
+                                           upsample_field_triton, upsample_rows_triton)
 from lrc_fast.reference import elastic as ref
 
 PADDINGS = ref.PADDING_MODES
@@ -600,6 +601,25 @@ def test_triton_grid_smoothing_degenerate_cases():
     assert smooth_grid_triton(uniform[:0], 3.0, 2.0).shape == (0, 2, 6, 7)
 
 
+# (B, H, W, spacing, sigma): bands of 19 node rows (3 bands of a 40-row grid), one band row over
+# several 256-node chunks (a 301-node-wide grid), a 1-node grid, no smoothing
+COARSE_ROWS_CASES = [(2, 157, 49, 4, 6.0), (1, 5, 601, 2, 3.0), (2, 1, 1, 3, 4.0), (1, 37, 91, 8, 0.0)]
+
+
+@pytest.mark.parametrize("batch,height,width,spacing,sigma", COARSE_ROWS_CASES)
+def test_triton_coarse_rows_are_grid_then_rows(batch, height, width, spacing, sigma):
+    """The one-launch noise-to-node-rows kernel gives the node rows of its grid bit for bit: its
+    bands, chunks and barriers change nothing; the grid matches the reference."""
+    alpha = 5.0
+    uniform = _uniform((batch, 2, *ref.coarse_shape(height, width, spacing)), seed=60)
+    rows = coarse_rows_triton(uniform, alpha, sigma, 4.0, spacing, height, width)
+    grid = smooth_grid_triton(uniform, alpha, sigma)
+    assert torch.equal(rows, upsample_rows_triton(grid, spacing, height, width))
+    torch.testing.assert_close(grid, ref.field_from_uniform(uniform, alpha, sigma), rtol=0, atol=1e-6 * alpha)
+    with pytest.raises(ValueError, match="coarse must be \\(B, 2, Hc, Wc\\)"):
+        coarse_rows_triton(uniform[:, :, 1:], alpha, sigma, 4.0, spacing, height, width)
+
+
 def test_coarse_grid_has_no_side_limit_on_triton():
     """The dense Triton field refuses sides over 4096 (its banded matrices); a control grid is
     smoothed by taps, so a coarse field whose grid is 4097 nodes wide runs on Triton too."""
@@ -611,14 +631,14 @@ def test_coarse_grid_has_no_side_limit_on_triton():
 
 
 def test_coarse_grid_takes_the_backend_of_its_upsampling():
-    """On CUDA (backend=None) a coarse grid is smoothed by Triton wherever its field is upsampled
-    by Triton, and both fall back to the reference past the int32 limit H * W < 2**31 (resolved
-    before any draw: no CUDA device needed)."""
+    """On CUDA (backend=None) a coarse field is smoothed and upsampled by one backend: Triton,
+    or the reference past the int32 limit H * W < 2**31 of the upsampling (resolved before any
+    draw: no CUDA device needed)."""
     cuda = torch.device("cuda")
-    assert elastic_module._field_plan(None, cuda, 512, 512, 8) == ((65, 65), "triton", "triton")
+    assert elastic_module._field_plan(None, cuda, 512, 512, 8) == ((65, 65), "triton")
     grid = ref.coarse_shape(2 ** 16, 2 ** 15, 2)
-    assert elastic_module._field_plan(None, cuda, 2 ** 16, 2 ** 15, 2) == (grid, "reference", "reference")
-    assert elastic_module._field_plan(None, cuda, 512, 512, 1) == ((512, 512), "triton", None)
+    assert elastic_module._field_plan(None, cuda, 2 ** 16, 2 ** 15, 2) == (grid, "reference")
+    assert elastic_module._field_plan(None, cuda, 512, 512, 1) == ((512, 512), "triton")
 
 
 @pytest.mark.parametrize("spacing", [2, 7])
@@ -694,6 +714,7 @@ def test_coarse_triton_pair_never_writes_the_full_field(monkeypatch):
     def refuse(*args):
         raise AssertionError("the full-resolution field was built")
 
+    monkeypatch.setattr("lrc_fast.kernels.elastic_warp.field_from_rows_triton", refuse)
     monkeypatch.setattr("lrc_fast.kernels.elastic_warp.upsample_field_triton", refuse)
     monkeypatch.setattr(ref, "upsample_field", refuse)
     got = elastic_pair(images, regions, 60.0, 6.0, torch.Generator().manual_seed(46),
@@ -926,6 +947,24 @@ def test_gpu_alpha_zero_and_gradients():
         grads.append((img.grad, disp.grad))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=1e-5)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch,height,width,spacing,sigma",
+                         COARSE_ROWS_CASES + [(16, 512, 512, 8, 16.0), (3, 512, 512, 4, 16.0)])
+def test_gpu_coarse_rows_are_grid_then_rows(batch, height, width, spacing, sigma):
+    """On a GPU the barriers between the steps of the noise-to-node-rows kernel are what keep a
+    thread from reading a neighbour's node before it is written: the rows must equal those of
+    its grid bit for bit, every time, and the grid the CPU oracle."""
+    alpha = DEFAULT_ALPHA / spacing
+    uniform = _uniform((batch, 2, *ref.coarse_shape(height, width, spacing)), seed=61, device="cuda")
+    grid = smooth_grid_triton(uniform, alpha, sigma / spacing)
+    expected = upsample_rows_triton(grid, spacing, height, width)
+    for _ in range(3):
+        assert torch.equal(coarse_rows_triton(uniform, alpha, sigma / spacing, 4.0, spacing, height, width),
+                           expected)
+    oracle = ref.field_from_uniform(uniform.cpu(), alpha, sigma / spacing)
+    torch.testing.assert_close(grid.cpu(), oracle, rtol=0, atol=1e-6 * alpha)
 
 
 @pytest.mark.gpu

@@ -19,17 +19,21 @@ Warp (:func:`elastic_warp_triton`, :class:`ElasticWarpFunction`)
     the image gradient with float32 atomics (order not deterministic) and writes the
     displacement gradient per pixel.
 
-Coarse mode (:func:`smooth_grid_triton`, :func:`upsample_field_triton`,
-:func:`elastic_warp_coarse_triton`)
-    The control grid (``s**2`` times fewer nodes than pixels) is smoothed by direct taps, two
-    small launches. A field given at control points ``S`` pixels apart is interpolated by
-    Catmull-Rom splines in two steps, each a chain of explicit ``fma`` with weights from a table
-    (:func:`lrc_fast.reference.elastic.catmull_rom_weights`): one kernel interpolates every node
-    row along W (x) to every pixel column (``(B, 2, Hc, W)``, ``1 / S`` of a field); then, per
-    pixel, along H (y) through four of those rows, loads coalesced across a program.
-    One kernel writes the field at every pixel from the rows; the other warps as above with the
-    displacement interpolated per pixel, so the full field is never written or read. Both inline
-    the same second step, so they agree bit for bit.
+Coarse mode (:func:`coarse_rows_triton`, :func:`smooth_grid_triton`,
+:func:`field_from_rows_triton`, :func:`warp_from_rows_triton`)
+    A field given at control points ``S`` pixels apart is interpolated by Catmull-Rom splines in
+    two steps, each a chain of explicit ``fma`` with weights from a table
+    (:func:`lrc_fast.reference.elastic.catmull_rom_weights`): step 1 interpolates every node row
+    along W (x) to every pixel column (``(B, 2, Hc, W)``, ``1 / S`` of a field); step 2, per
+    pixel, along H (y) through four of those rows, loads coalesced across a program. One launch
+    goes from the noise to the node rows: a program owns a band of node rows of one plane,
+    smooths the noise along H then along W by direct taps (the control grid has ``S**2`` times
+    fewer nodes than pixels) and does step 1, with a barrier between the steps; each step after
+    the first reads only rows of the program's own band. A second launch does step 2: one kernel
+    writes the field at every pixel, the other warps as above with the displacement
+    interpolated per pixel, so the full field is never written or read. Both inline the same
+    step 2, so they agree bit for bit. For a given grid (:func:`upsample_field_triton`,
+    :func:`elastic_warp_coarse_triton`) a kernel of its own does step 1.
 
 On CPU tensors the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``).
 """
@@ -55,8 +59,10 @@ PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
 SMOOTH_BLOCK_CHOICES = ((128, 64, 32, 4), (64, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8),
                         (64, 64, 64, 4), (128, 64, 64, 8), (64, 64, 16, 4))
 _WARP_BLOCK = 1024  # output pixels per program
-_TAPS_BLOCK = 256  # control-grid nodes per program of the grid's smoothing passes
-_ROWS_BLOCK = 1024  # (node row, column) pairs per program of the upsampling's first step
+# nodes per chunk of the grid's smoothing passes; a program of _coarse_rows_kernel owns
+# max(1, _BAND_NODES // Wc) node rows
+_BAND_NODES = 256
+_ROWS_BLOCK = 1024  # (node row, column) pairs per chunk of the upsampling's first step
 # (output pixels, warps) per program of the kernels that do the upsampling's second step (the
 # fused coarse warp, the field), the first the default; `bench_elastic.py --sweep` times them all.
 # A pixel loads 4 weights and 4 node-row values per component, coalesced.
@@ -237,27 +243,22 @@ def _smooth_rows(uniform: torch.Tensor, sigma: float, truncate: float, precision
 def gaussian_taps(n: int, sigma: float, truncate: float, device: torch.device):
     """``(taps, index)`` of scipy's reflect-mode Gaussian along an axis of ``n`` nodes, cached per
     device: the ``(2 r + 1,)`` float32 weights and the ``(n + 2 r,)`` int32 source node of every
-    position of the reflect-padded axis (:func:`lrc_fast.reference.elastic.reflect_indices`)."""
-    taps = gaussian_kernel1d(sigma, truncate)  # (2r+1,) float64
+    position of the reflect-padded axis (:func:`lrc_fast.reference.elastic.reflect_indices`).
+    ``sigma <= 1e-15`` (no smoothing, as scipy) gives the single tap 1: ``fma(1, v, 0) = v``."""
+    taps = gaussian_kernel1d(sigma, truncate) if sigma > 1e-15 else torch.ones(1, dtype=torch.float64)
     radius = (taps.numel() - 1) // 2
     return (taps.to(device=device, dtype=torch.float32),
             reflect_indices(n, radius).to(device=device, dtype=torch.int32))
 
 
 @triton.jit
-def _smooth_taps_kernel(src_ptr, taps_ptr, index_ptr, dst_ptr, scale, H, W, radius, tiles,
-                        ALONG_H: tl.constexpr, NOISE: tl.constexpr, BLOCK: tl.constexpr):
-    # dst = scale * the Gaussian of src along one axis (H or W), reflect boundary, as direct taps:
-    # node (i, j) sums taps[d] * src at the reflected neighbour index[i + d] (along H) or
-    # index[j + d] (along W), d = 0 .. 2 radius in order, with fma. NOISE reads src as 2 u - 1.
-    pid = tl.program_id(0)
-    plane = (pid // tiles).to(tl.int64)
-    offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat nodes of the plane
-    live = offs < H * W
-    i = offs // W
-    j = offs % W
-    src = src_ptr + plane * H * W
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+def _taps_pass(src, taps_ptr, index_ptr, dst, scale, W, radius, i, j, live,
+               ALONG_H: tl.constexpr, NOISE: tl.constexpr, NODES: tl.constexpr):
+    # dst[i, j] = scale * the Gaussian of the plane src (W nodes a row) along one axis (H or W),
+    # reflect boundary, as direct taps: the sum of taps[d] * src at the reflected neighbour
+    # index[i + d] (along H) or index[j + d] (along W), d = 0 .. 2 radius in order, with fma.
+    # NOISE reads src as 2 u - 1 (one rounding, fused or not).
+    acc = tl.zeros((NODES,), dtype=tl.float32)
     for d in range(0, 2 * radius + 1):
         if ALONG_H:
             node = tl.load(index_ptr + i + d, mask=live, other=0) * W + j
@@ -265,54 +266,9 @@ def _smooth_taps_kernel(src_ptr, taps_ptr, index_ptr, dst_ptr, scale, H, W, radi
             node = i * W + tl.load(index_ptr + j + d, mask=live, other=0)
         value = tl.load(src + node, mask=live, other=0.0)
         if NOISE:
-            value = 2.0 * value - 1.0  # exact
+            value = 2.0 * value - 1.0
         acc = tl.fma(tl.load(taps_ptr + d), value, acc)
-    tl.store(dst_ptr + plane * H * W + offs, acc * scale, mask=live)
-
-
-def smooth_grid_triton(uniform: torch.Tensor, alpha: float, sigma: float,
-                       truncate: float = 4.0) -> torch.Tensor:
-    """The control grid of the coarse mode: :func:`lrc_fast.reference.elastic.field_from_uniform`
-    by direct taps in float32.
-
-    A grid is small (``(H / s)**2`` nodes), so its two passes, along H then along W as the
-    reference, sum ``2 r + 1`` taps per node with ``fma`` instead of the dense field's banded
-    matrix products: no tensor cores, so float32 whatever torch's matmul precision.
-
-    Parameters
-    ----------
-    uniform : torch.Tensor
-        ``(B, 2, Hc, Wc)`` float32 draws in ``[0, 1)``, on CUDA (or CPU under the interpreter).
-    alpha, sigma, truncate : float
-        The grid's scale and smoothness in nodes (``alpha / s``, ``sigma / s``); ``sigma >= 0``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B, 2, Hc, Wc)`` float32 displacement at the nodes, in pixels.
-    """
-    uniform = uniform.contiguous()
-    batch, two, height, width = uniform.shape
-    if sigma <= 1e-15:  # no smoothing, as scipy
-        return (uniform * 2.0 - 1.0) * alpha
-    smoothed, grid = torch.empty_like(uniform), torch.empty_like(uniform)  # (B, 2, Hc, Wc)
-    if uniform.numel() == 0:
-        return grid
-    tiles = cdiv(height * width, _TAPS_BLOCK)
-    for src, dst, n, along_h, noise, scale in ((uniform, smoothed, height, True, True, 1.0),
-                                               (smoothed, grid, width, False, False, float(alpha))):
-        taps, index = gaussian_taps(n, float(sigma), float(truncate), uniform.device)
-        _smooth_taps_kernel[(batch * two * tiles,)](
-            src, taps, index, dst, scale, height, width, (taps.numel() - 1) // 2, tiles,
-            ALONG_H=along_h, NOISE=noise, BLOCK=_TAPS_BLOCK, num_warps=4)
-    return grid
-
-
-@functools.lru_cache(maxsize=16)
-def catmull_rom_table(spacing: int, phases: int, device: torch.device) -> torch.Tensor:
-    """:func:`lrc_fast.reference.elastic.catmull_rom_weights` on ``device``, cached: the
-    ``min(spacing, phases)`` rows that pixels of sides up to ``phases`` use."""
-    return catmull_rom_weights(spacing, phases).to(device)
+    tl.store(dst + i * W + j, acc * scale, mask=live)
 
 
 @triton.jit
@@ -344,16 +300,53 @@ def _catmull_rom_at(line_ptr, stride, pixel, nodes, w_ptr, S, live):
 
 
 @triton.jit
+def _node_rows(grid, w_ptr, rows, k, j, live, Wc, W, S):
+    # Step 1 of the upsampling: rows[k, j] = Catmull-Rom along W (x) through the nodes of grid
+    # row k, at pixel column j (grid and rows: one plane each)
+    tl.store(rows + k * W + j, _catmull_rom_at(grid + k * Wc, 1, j, Wc, w_ptr, S, live), mask=live)
+
+
+@triton.jit
+def _coarse_rows_kernel(u_ptr, taps_ptr, index_h_ptr, index_w_ptr, mid_ptr, grid_ptr, w_ptr,
+                        rows_ptr, alpha, Hc, Wc, W, S, radius, band_rows, bands,
+                        ROWS: tl.constexpr, NODES: tl.constexpr, PIXELS: tl.constexpr):
+    # Noise to node rows in one launch. A program owns `band_rows` node rows of one plane and
+    # runs three steps on them, a barrier between each: the Gaussian along H of the noise (it
+    # reads the noise rows around its band, mid = its output), then along W of mid times alpha
+    # (grid), then (ROWS) step 1 of the upsampling. The last two read only the program's own
+    # rows, written by its other threads before the barrier, so no program waits for another.
+    pid = tl.program_id(0)
+    plane = (pid // bands).to(tl.int64)  # int64 plane offsets: B * 2 * Hc * W may overflow int32
+    row0 = (pid % bands) * band_rows
+    nodes = tl.minimum(band_rows, Hc - row0) * Wc
+    noise, mid = u_ptr + plane * Hc * Wc, mid_ptr + plane * Hc * Wc
+    grid = grid_ptr + plane * Hc * Wc
+    for start in range(0, nodes, NODES):
+        offs = start + tl.arange(0, NODES)  # (NODES,) flat nodes of the band
+        _taps_pass(noise, taps_ptr, index_h_ptr, mid, 1.0, Wc, radius, row0 + offs // Wc,
+                   offs % Wc, offs < nodes, ALONG_H=True, NOISE=True, NODES=NODES)
+    tl.debug_barrier()
+    for start in range(0, nodes, NODES):
+        offs = start + tl.arange(0, NODES)
+        _taps_pass(mid, taps_ptr, index_w_ptr, grid, alpha, Wc, radius, row0 + offs // Wc,
+                   offs % Wc, offs < nodes, ALONG_H=False, NOISE=False, NODES=NODES)
+    if ROWS:
+        tl.debug_barrier()
+        pixels = (nodes // Wc) * W
+        for start in range(0, pixels, PIXELS):
+            offs = start + tl.arange(0, PIXELS)  # (PIXELS,) flat (node row, column) of the band
+            _node_rows(grid, w_ptr, rows_ptr + plane * Hc * W, row0 + offs // W, offs % W,
+                       offs < pixels, Wc, W, S)
+
+
+@triton.jit
 def _upsample_rows_kernel(c_ptr, w_ptr, rows_ptr, Hc, Wc, W, S, tiles, BLOCK: tl.constexpr):
-    # Step 1: every node row of every plane at every pixel column, rows[n, k, j] =
-    # Catmull-Rom along W (x) through the nodes of row k
+    # Step 1 alone, for a given grid: every node row of every plane at every pixel column
     pid = tl.program_id(0)
     plane = (pid // tiles).to(tl.int64)  # int64 plane offsets: B * 2 * Hc * W may overflow int32
     offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat (node row, column)
-    live = offs < Hc * W
-    row = c_ptr + plane * Hc * Wc + (offs // W) * Wc
-    tl.store(rows_ptr + plane * Hc * W + offs, _catmull_rom_at(row, 1, offs % W, Wc, w_ptr, S, live),
-             mask=live)
+    _node_rows(c_ptr + plane * Hc * Wc, w_ptr, rows_ptr + plane * Hc * W, offs // W, offs % W,
+               offs < Hc * W, Wc, W, S)
 
 
 @triton.jit
@@ -379,6 +372,75 @@ def _upsample_field_kernel(rows_ptr, w_ptr, out_ptr, H, W, Hc, S, tiles, BLOCK: 
              _coarse_column(rows_ptr, w_ptr, b * 2 + 1, i, j, live, Hc, W, S), mask=live)
 
 
+def _grid_steps(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float,
+                rows_of: tuple[int, int, int] | None):
+    """Launch :func:`_coarse_rows_kernel` on a ``(B, 2, Hc, Wc)`` draw; ``rows_of`` is
+    ``(spacing, height, width)`` for the node rows, None for the grid alone. Returns
+    ``(grid, rows or None)``."""
+    uniform = uniform.contiguous()
+    batch, two, coarse_h, coarse_w = uniform.shape
+    mid, grid = torch.empty_like(uniform), torch.empty_like(uniform)  # (B, 2, Hc, Wc)
+    rows = weights = None
+    if rows_of is not None:
+        spacing, height, width = rows_of
+        rows = torch.empty((batch, two, coarse_h, width), dtype=torch.float32, device=uniform.device)
+        weights = catmull_rom_table(spacing, max(height, width), uniform.device)  # (phases, 4)
+    if uniform.numel() == 0:
+        return grid, rows
+    taps, index_h = gaussian_taps(coarse_h, float(sigma), float(truncate), uniform.device)
+    _, index_w = gaussian_taps(coarse_w, float(sigma), float(truncate), uniform.device)
+    band_rows = max(1, _BAND_NODES // coarse_w)
+    bands = cdiv(coarse_h, band_rows)
+    _coarse_rows_kernel[(batch * two * bands,)](
+        uniform, taps, index_h, index_w, mid, grid, weights if rows is not None else taps,
+        rows if rows is not None else grid, float(alpha), coarse_h, coarse_w,
+        width if rows is not None else coarse_w, spacing if rows is not None else 1,
+        (taps.numel() - 1) // 2, band_rows, bands,
+        ROWS=rows is not None, NODES=_BAND_NODES, PIXELS=_ROWS_BLOCK, num_warps=4)
+    return grid, rows
+
+
+def smooth_grid_triton(uniform: torch.Tensor, alpha: float, sigma: float,
+                       truncate: float = 4.0) -> torch.Tensor:
+    """The control grid of the coarse mode: :func:`lrc_fast.reference.elastic.field_from_uniform`
+    by direct taps in float32.
+
+    A grid is small (``(H / s)**2`` nodes), so its two passes, along H then along W as the
+    reference, sum ``2 r + 1`` taps per node with ``fma`` instead of the dense field's banded
+    matrix products: no tensor cores, so float32 whatever torch's matmul precision. One launch
+    (:func:`coarse_rows_triton` runs the same kernel and goes on to the node rows).
+
+    Parameters
+    ----------
+    uniform : torch.Tensor
+        ``(B, 2, Hc, Wc)`` float32 draws in ``[0, 1)``, on CUDA (or CPU under the interpreter).
+    alpha, sigma, truncate : float
+        The grid's scale and smoothness in nodes (``alpha / s``, ``sigma / s``); ``sigma >= 0``
+        (``<= 1e-15``: no smoothing, as scipy).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 2, Hc, Wc)`` float32 displacement at the nodes, in pixels.
+    """
+    return _grid_steps(uniform, alpha, sigma, truncate, None)[0]
+
+
+def coarse_rows_triton(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float,
+                       spacing: int, height: int, width: int) -> torch.Tensor:
+    """The node rows of the coarse field of a draw, in one launch: :func:`smooth_grid_triton`,
+    then step 1 of the upsampling (:func:`upsample_rows_triton`), with the same arithmetic.
+
+    ``uniform`` is the ``(B, 2, Hc, Wc)`` float32 draw with ``(Hc, Wc) = coarse_shape(height,
+    width, spacing)``; ``alpha``, ``sigma`` and ``truncate`` as in :func:`smooth_grid_triton`
+    (in nodes); ``height * width < 2**31``. Returns the ``(B, 2, Hc, width)`` float32 rows for
+    :func:`field_from_rows_triton` or :func:`warp_from_rows_triton`. Raises ValueError for a
+    draw of another shape.
+    """
+    _check_grid(uniform, spacing, height, width)
+    return _grid_steps(uniform, alpha, sigma, truncate, (spacing, height, width))[1]
+
+
 def _check_grid(coarse: torch.Tensor, spacing: int, height: int, width: int, batch: int | None = None):
     """ValueError unless ``coarse`` is the ``(B, 2, Hc, Wc)`` grid of a ``height x width`` field at
     ``spacing`` (and of ``batch`` images): the kernels index it by these sizes, so another shape
@@ -391,8 +453,11 @@ def _check_grid(coarse: torch.Tensor, spacing: int, height: int, width: int, bat
                          f"a {height} x {width} field at spacing {spacing}, got {tuple(coarse.shape)}.")
 
 
-def _upsample_rows(coarse: torch.Tensor, spacing: int, height: int, width: int):
-    """Step 1 of the upsampling, ``(rows (B, 2, Hc, width), weights table)``, for step 2."""
+def upsample_rows_triton(coarse: torch.Tensor, spacing: int, height: int, width: int) -> torch.Tensor:
+    """Step 1 of the upsampling of a given grid: ``(B, 2, Hc, width)`` node rows, every node row
+    interpolated along W (x) to every pixel column. ``coarse`` as in
+    :func:`upsample_field_triton` (ValueError for another shape)."""
+    _check_grid(coarse, spacing, height, width)
     coarse = coarse.contiguous()
     batch, two, coarse_h, coarse_w = coarse.shape
     rows = torch.empty((batch, two, coarse_h, width), dtype=torch.float32, device=coarse.device)
@@ -402,30 +467,43 @@ def _upsample_rows(coarse: torch.Tensor, spacing: int, height: int, width: int):
         _upsample_rows_kernel[(batch * two * tiles,)](
             coarse, weights, rows, coarse_h, coarse_w, width, spacing, tiles, BLOCK=_ROWS_BLOCK,
             num_warps=4)
-    return rows, weights
+    return rows
+
+
+def field_from_rows_triton(rows: torch.Tensor, spacing: int, height: int, width: int) -> torch.Tensor:
+    """Step 2 of the upsampling: the ``(B, 2, height, width)`` float32 field from the node rows
+    of :func:`upsample_rows_triton` or :func:`coarse_rows_triton`, along H (y) at every pixel."""
+    batch, _, coarse_h, _ = rows.shape
+    field = torch.empty((batch, 2, height, width), dtype=torch.float32, device=rows.device)
+    if batch == 0:
+        return field
+    weights = catmull_rom_table(spacing, max(height, width), rows.device)  # (phases, 4)
+    block, warps = COARSE_LAUNCH_CHOICES[0]
+    tiles = cdiv(height * width, block)
+    _upsample_field_kernel[(batch * tiles,)](
+        rows, weights, field, height, width, coarse_h, spacing, tiles, BLOCK=block,
+        num_warps=warps)
+    return field
 
 
 def upsample_field_triton(coarse: torch.Tensor, spacing: int, height: int, width: int) -> torch.Tensor:
     """Triton twin of :func:`lrc_fast.reference.elastic.upsample_field`, in its order: along W
-    (x) for every node row (one kernel writes these ``(B, 2, Hc, width)`` rows), then along H (y)
-    at every pixel.
+    (x) for every node row (:func:`upsample_rows_triton`), then along H (y) at every pixel
+    (:func:`field_from_rows_triton`).
 
     ``coarse`` is ``(B, 2, Hc, Wc)`` float32 (on CUDA, or CPU under the interpreter) with
     ``(Hc, Wc) = coarse_shape(height, width, spacing)``; ``height * width < 2**31``. Returns the
     ``(B, 2, height, width)`` float32 field. Raises ValueError for a grid of another shape.
     """
-    _check_grid(coarse, spacing, height, width)
-    batch = coarse.shape[0]
-    field = torch.empty((batch, 2, height, width), dtype=torch.float32, device=coarse.device)
-    if batch == 0:
-        return field
-    rows, weights = _upsample_rows(coarse, spacing, height, width)  # (B, 2, Hc, W)
-    block, warps = COARSE_LAUNCH_CHOICES[0]
-    tiles = cdiv(height * width, block)
-    _upsample_field_kernel[(batch * tiles,)](
-        rows, weights, field, height, width, rows.shape[2], spacing, tiles, BLOCK=block,
-        num_warps=warps)
-    return field
+    return field_from_rows_triton(upsample_rows_triton(coarse, spacing, height, width), spacing,
+                                  height, width)
+
+
+@functools.lru_cache(maxsize=16)
+def catmull_rom_table(spacing: int, phases: int, device: torch.device) -> torch.Tensor:
+    """:func:`lrc_fast.reference.elastic.catmull_rom_weights` on ``device``, cached: the
+    ``min(spacing, phases)`` rows that pixels of sides up to ``phases`` use."""
+    return catmull_rom_weights(spacing, phases).to(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -615,33 +693,53 @@ def elastic_warp_triton(images: torch.Tensor, regions: torch.Tensor, displacemen
     return out_images, out_regions
 
 
-def elastic_warp_coarse_triton(images: torch.Tensor, regions: torch.Tensor, coarse: torch.Tensor,
-                               spacing: int, padding: str = "border", ignore_index: int = -1,
-                               launch: tuple[int, int] | None = None):
-    """Fused warp by the field :func:`upsample_field_triton` would give, without writing it.
+def warp_from_rows_triton(images: torch.Tensor, regions: torch.Tensor, rows: torch.Tensor,
+                          spacing: int, padding: str = "border", ignore_index: int = -1,
+                          launch: tuple[int, int] | None = None):
+    """Fused warp by the field :func:`field_from_rows_triton` would give, without writing it.
 
-    Equal bit for bit to ``elastic_warp_triton(images, regions, upsample_field_triton(coarse,
-    spacing, H, W), ...)``; no autograd. One kernel writes the node rows (step 1 of the
-    upsampling, ``(B, 2, Hc, W)``, ``1 / s`` of a field); the warp does step 2 per pixel.
-    ``coarse`` is ``(B, 2, Hc, Wc)`` float32 (ValueError for another shape); the other inputs as
-    in :func:`elastic_warp_triton`. ``launch`` is one of :data:`COARSE_LAUNCH_CHOICES` (pixels,
+    Equal bit for bit to ``elastic_warp_triton(images, regions, field_from_rows_triton(rows,
+    spacing, H, W), ...)``; no autograd: the warp does step 2 of the upsampling per pixel.
+    ``rows`` is ``(B, 2, Hc, W)`` float32 from :func:`coarse_rows_triton` or
+    :func:`upsample_rows_triton` (ValueError for another shape); the other inputs as in
+    :func:`elastic_warp_triton`. ``launch`` is one of :data:`COARSE_LAUNCH_CHOICES` (pixels,
     warps per program; default the first), for tuning.
     """
     if launch not in (None,) + COARSE_LAUNCH_CHOICES:
         raise ValueError(f"launch must be None or one of {COARSE_LAUNCH_CHOICES}, got {launch!r}.")
     images, regions, out_images, out_regions = _warp_operands(images, regions)
     batch, channels, height, width = images.shape
-    _check_grid(coarse, spacing, height, width, batch)
+    coarse_h = coarse_shape(height, width, spacing)[0]
+    if tuple(rows.shape) != (batch, 2, coarse_h, width):
+        raise ValueError(f"rows must be (B, 2, Hc, W) = ({batch}, 2, {coarse_h}, {width}) for "
+                         f"{height} x {width} images at spacing {spacing}, got {tuple(rows.shape)}.")
     if batch == 0:
         return out_images, out_regions
-    rows, weights = _upsample_rows(coarse, spacing, height, width)  # (B, 2, Hc, W)
+    weights = catmull_rom_table(spacing, max(height, width), rows.device)  # (phases, 4)
     block, warps = launch or COARSE_LAUNCH_CHOICES[0]
     tiles = cdiv(height * width, block)
     _elastic_warp_coarse_kernel[(batch * tiles,)](
-        images, regions, rows, weights, out_images, out_regions, channels, height, width,
-        rows.shape[2], spacing, tiles,
+        images, regions, rows.contiguous(), weights, out_images, out_regions, channels, height,
+        width, coarse_h, spacing, tiles,
         int(ignore_index), PADDING=PADDING_CODES[padding], BLOCK=block, num_warps=warps)
     return out_images, out_regions
+
+
+def elastic_warp_coarse_triton(images: torch.Tensor, regions: torch.Tensor, coarse: torch.Tensor,
+                               spacing: int, padding: str = "border", ignore_index: int = -1,
+                               launch: tuple[int, int] | None = None):
+    """Fused warp by the field :func:`upsample_field_triton` would give, without writing it.
+
+    :func:`upsample_rows_triton` (``(B, 2, Hc, W)``, ``1 / s`` of a field), then
+    :func:`warp_from_rows_triton`: equal bit for bit to ``elastic_warp_triton(images, regions,
+    upsample_field_triton(coarse, spacing, H, W), ...)``; no autograd. ``coarse`` is
+    ``(B, 2, Hc, Wc)`` float32 (ValueError for another shape); the other inputs as in
+    :func:`warp_from_rows_triton`.
+    """
+    batch, _, height, width = images.shape
+    _check_grid(coarse, spacing, height, width, batch)
+    rows = upsample_rows_triton(coarse, spacing, height, width)  # (B, 2, Hc, W)
+    return warp_from_rows_triton(images, regions, rows, spacing, padding, ignore_index, launch)
 
 
 def elastic_warp_triton_backward(grad_out: torch.Tensor, images: torch.Tensor,
