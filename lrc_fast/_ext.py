@@ -7,6 +7,7 @@ interpreter (``TRITON_INTERPRET=1``), which is how the test suite checks them wi
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -40,8 +41,9 @@ def require_extension():
     return _C
 
 
+@functools.cache
 def triton_available() -> bool:
-    """True when ``triton`` imports (it does on CPU machines too)."""
+    """True when ``triton`` imports (it does on CPU machines too); asked once per process."""
     try:
         import triton  # noqa: F401
     except Exception:

@@ -77,7 +77,9 @@ MAX_KERNEL_RADIUS = 2 ** 20
 # ----------------------------------------------------------------------------------------------
 
 def _check_real(name: str, value, *, minimum: float | None = None, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    # float and int first: the numbers.Real check is an abc lookup, on every call of a pair
+    if type(value) not in (float, int) and (isinstance(value, bool)
+                                            or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
     value = float(value)
     if not math.isfinite(value):
@@ -89,7 +91,7 @@ def _check_real(name: str, value, *, minimum: float | None = None, strict: bool 
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}.")

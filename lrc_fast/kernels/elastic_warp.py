@@ -64,9 +64,10 @@ _WARP_BLOCK = 1024  # output pixels per program
 _BAND_NODES = 256
 _ROWS_BLOCK = 1024  # (node row, column) pairs per chunk of the upsampling's first step
 # (output pixels, warps) per program of the kernels that do the upsampling's second step (the
-# fused coarse warp, the field), the first the default; `bench_elastic.py --sweep` times them all.
-# A pixel loads 4 weights and 4 node-row values per component, coalesced.
-COARSE_LAUNCH_CHOICES = ((1024, 4), (512, 4), (256, 4), (2048, 8))
+# fused coarse warp, the field), the first the default; `bench_elastic.py --sweep` times them all
+# (all bit for bit equal; (256, 4) was the fastest on an H200 at B=16 and B=256, benchmarks/
+# RESULTS.md). A pixel loads 4 weights and 4 node-row values per component, coalesced.
+COARSE_LAUNCH_CHOICES = ((256, 4), (512, 4), (1024, 4), (2048, 8))
 
 # tl.dot precision of the smoothing passes. "tf32x3" (three TF32 products, ~float32 accuracy:
 # field error ~1e-6 of alpha) is the default; "tf32" is about three times less tensor-core
@@ -252,23 +253,24 @@ def gaussian_taps(n: int, sigma: float, truncate: float, device: torch.device):
 
 
 @triton.jit
-def _taps_pass(src, taps_ptr, index_ptr, dst, scale, W, radius, i, j, live,
+def _taps_pass(src, src_row, taps_ptr, index_ptr, dst, dst_row, scale, radius, i, j, live,
                ALONG_H: tl.constexpr, NOISE: tl.constexpr, NODES: tl.constexpr):
-    # dst[i, j] = scale * the Gaussian of the plane src (W nodes a row) along one axis (H or W),
-    # reflect boundary, as direct taps: the sum of taps[d] * src at the reflected neighbour
-    # index[i + d] (along H) or index[j + d] (along W), d = 0 .. 2 radius in order, with fma.
-    # NOISE reads src as 2 u - 1 (one rounding, fused or not).
+    # dst[i, j] = scale * the Gaussian of the plane src along one axis (H or W), reflect
+    # boundary, as direct taps: the sum of taps[d] * src at the reflected neighbour index[i + d]
+    # (along H) or index[j + d] (along W), d = 0 .. 2 radius in order, with fma. A row of src
+    # (dst) starts every src_row (dst_row) elements. NOISE reads src as 2 u - 1 (one rounding,
+    # fused or not).
     acc = tl.zeros((NODES,), dtype=tl.float32)
     for d in range(0, 2 * radius + 1):
         if ALONG_H:
-            node = tl.load(index_ptr + i + d, mask=live, other=0) * W + j
+            node = tl.load(index_ptr + i + d, mask=live, other=0) * src_row + j
         else:
-            node = i * W + tl.load(index_ptr + j + d, mask=live, other=0)
+            node = i * src_row + tl.load(index_ptr + j + d, mask=live, other=0)
         value = tl.load(src + node, mask=live, other=0.0)
         if NOISE:
             value = 2.0 * value - 1.0
         acc = tl.fma(tl.load(taps_ptr + d), value, acc)
-    tl.store(dst + i * W + j, acc * scale, mask=live)
+    tl.store(dst + i * dst_row + j, acc * scale, mask=live)
 
 
 @triton.jit
@@ -312,23 +314,25 @@ def _coarse_rows_kernel(u_ptr, taps_ptr, index_h_ptr, index_w_ptr, mid_ptr, grid
                         ROWS: tl.constexpr, NODES: tl.constexpr, PIXELS: tl.constexpr):
     # Noise to node rows in one launch. A program owns `band_rows` node rows of one plane and
     # runs three steps on them, a barrier between each: the Gaussian along H of the noise (it
-    # reads the noise rows around its band, mid = its output), then along W of mid times alpha
-    # (grid), then (ROWS) step 1 of the upsampling. The last two read only the program's own
-    # rows, written by its other threads before the barrier, so no program waits for another.
+    # reads the noise rows around its band) into mid, then along W of mid times alpha into grid,
+    # then (ROWS) step 1 of the upsampling. The last two read only the program's own rows,
+    # written by its other threads before the barrier, so no program waits for another. With
+    # ROWS, mid is the band's own rows of the rows output (W >= Wc elements a row), which step 1
+    # overwrites after reading only grid; otherwise a (B, 2, Hc, Wc) buffer (W = Wc).
     pid = tl.program_id(0)
     plane = (pid // bands).to(tl.int64)  # int64 plane offsets: B * 2 * Hc * W may overflow int32
     row0 = (pid % bands) * band_rows
     nodes = tl.minimum(band_rows, Hc - row0) * Wc
-    noise, mid = u_ptr + plane * Hc * Wc, mid_ptr + plane * Hc * Wc
-    grid = grid_ptr + plane * Hc * Wc
+    noise, grid = u_ptr + plane * Hc * Wc, grid_ptr + plane * Hc * Wc
+    mid = mid_ptr + plane * Hc * W
     for start in range(0, nodes, NODES):
         offs = start + tl.arange(0, NODES)  # (NODES,) flat nodes of the band
-        _taps_pass(noise, taps_ptr, index_h_ptr, mid, 1.0, Wc, radius, row0 + offs // Wc,
+        _taps_pass(noise, Wc, taps_ptr, index_h_ptr, mid, W, 1.0, radius, row0 + offs // Wc,
                    offs % Wc, offs < nodes, ALONG_H=True, NOISE=True, NODES=NODES)
     tl.debug_barrier()
     for start in range(0, nodes, NODES):
         offs = start + tl.arange(0, NODES)
-        _taps_pass(mid, taps_ptr, index_w_ptr, grid, alpha, Wc, radius, row0 + offs // Wc,
+        _taps_pass(mid, W, taps_ptr, index_w_ptr, grid, Wc, alpha, radius, row0 + offs // Wc,
                    offs % Wc, offs < nodes, ALONG_H=False, NOISE=False, NODES=NODES)
     if ROWS:
         tl.debug_barrier()
@@ -379,12 +383,16 @@ def _grid_steps(uniform: torch.Tensor, alpha: float, sigma: float, truncate: flo
     ``(grid, rows or None)``."""
     uniform = uniform.contiguous()
     batch, two, coarse_h, coarse_w = uniform.shape
-    mid, grid = torch.empty_like(uniform), torch.empty_like(uniform)  # (B, 2, Hc, Wc)
-    rows = weights = None
-    if rows_of is not None:
+    grid = torch.empty_like(uniform)  # (B, 2, Hc, Wc)
+    if rows_of is None:
+        spacing, width, weights = 1, coarse_w, None
+        rows, mid = None, torch.empty_like(uniform)  # (B, 2, Hc, Wc)
+    else:
         spacing, height, width = rows_of
-        rows = torch.empty((batch, two, coarse_h, width), dtype=torch.float32, device=uniform.device)
         weights = catmull_rom_table(spacing, max(height, width), uniform.device)  # (phases, 4)
+        # (B, 2, Hc, W), W >= Wc: also the first pass's output (see the kernel)
+        rows = mid = torch.empty((batch, two, coarse_h, width), dtype=torch.float32,
+                                 device=uniform.device)
     if uniform.numel() == 0:
         return grid, rows
     taps, index_h = gaussian_taps(coarse_h, float(sigma), float(truncate), uniform.device)
@@ -392,9 +400,8 @@ def _grid_steps(uniform: torch.Tensor, alpha: float, sigma: float, truncate: flo
     band_rows = max(1, _BAND_NODES // coarse_w)
     bands = cdiv(coarse_h, band_rows)
     _coarse_rows_kernel[(batch * two * bands,)](
-        uniform, taps, index_h, index_w, mid, grid, weights if rows is not None else taps,
-        rows if rows is not None else grid, float(alpha), coarse_h, coarse_w,
-        width if rows is not None else coarse_w, spacing if rows is not None else 1,
+        uniform, taps, index_h, index_w, mid, grid, taps if weights is None else weights,
+        mid if rows is None else rows, float(alpha), coarse_h, coarse_w, width, spacing,
         (taps.numel() - 1) // 2, band_rows, bands,
         ROWS=rows is not None, NODES=_BAND_NODES, PIXELS=_ROWS_BLOCK, num_warps=4)
     return grid, rows
