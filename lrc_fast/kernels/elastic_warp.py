@@ -240,38 +240,16 @@ def _smooth_rows(uniform: torch.Tensor, sigma: float, truncate: float, precision
 # Coarse mode: the control grid's smoothing, and Catmull-Rom upsampling in two steps
 # ----------------------------------------------------------------------------------------------
 
-_TAPS_AT_ONCE = 4  # taps loaded per step of the smoothing's loop
-
-
 @functools.lru_cache(maxsize=16)
 def gaussian_taps(n: int, sigma: float, truncate: float, device: torch.device):
-    """``(taps, index, r)`` of scipy's reflect-mode Gaussian along an axis of ``n`` nodes, cached
-    per device: the ``2 r + 1`` float32 weights and the int32 source node of each of the ``n + 2 r``
-    positions of the reflect-padded axis (:func:`lrc_fast.reference.elastic.reflect_indices`),
-    each followed by ``_TAPS_AT_ONCE - 1`` zeros (the loop's last step reads past the last tap:
-    weight 0, node 0). ``sigma <= 1e-15`` (no smoothing, as scipy) gives the single tap 1:
-    ``fma(1, v, 0) = v``."""
+    """``(taps, index)`` of scipy's reflect-mode Gaussian along an axis of ``n`` nodes, cached per
+    device: the ``(2 r + 1,)`` float32 weights and the ``(n + 2 r,)`` int32 source node of every
+    position of the reflect-padded axis (:func:`lrc_fast.reference.elastic.reflect_indices`).
+    ``sigma <= 1e-15`` (no smoothing, as scipy) gives the single tap 1: ``fma(1, v, 0) = v``."""
     taps = gaussian_kernel1d(sigma, truncate) if sigma > 1e-15 else torch.ones(1, dtype=torch.float64)
     radius = (taps.numel() - 1) // 2
-    pad = _TAPS_AT_ONCE - 1
-    taps = torch.cat([taps.to(torch.float32), torch.zeros(pad)])
-    index = torch.cat([reflect_indices(n, radius), torch.zeros(pad, dtype=torch.int64)])
-    return taps.to(device), index.to(device=device, dtype=torch.int32), radius
-
-
-@triton.jit
-def _tap(src, src_row, taps_ptr, index_ptr, i, j, d, live, ALONG_H: tl.constexpr,
-         NOISE: tl.constexpr):
-    # (weight, value) of tap d at nodes (i, j). Past the last tap the padded tables give weight 0
-    # and a finite value (of node 0 of the line), so its fma adds a zero: the sum keeps its bits.
-    if ALONG_H:
-        node = tl.load(index_ptr + i + d, mask=live, other=0) * src_row + j
-    else:
-        node = i * src_row + tl.load(index_ptr + j + d, mask=live, other=0)
-    value = tl.load(src + node, mask=live, other=0.0)
-    if NOISE:
-        value = 2.0 * value - 1.0  # one rounding, fused or not
-    return tl.load(taps_ptr + d), value
+    return (taps.to(device=device, dtype=torch.float32),
+            reflect_indices(n, radius).to(device=device, dtype=torch.int32))
 
 
 @triton.jit
@@ -280,15 +258,18 @@ def _taps_pass(src, src_row, taps_ptr, index_ptr, dst, dst_row, scale, radius, i
     # dst[i, j] = scale * the Gaussian of the plane src along one axis (H or W), reflect
     # boundary, as direct taps: the sum of taps[d] * src at the reflected neighbour index[i + d]
     # (along H) or index[j + d] (along W), d = 0 .. 2 radius in order, with fma. A row of src
-    # (dst) starts every src_row (dst_row) elements. NOISE reads src as 2 u - 1. Four taps are
-    # loaded at once (a loop step waits for its loads; the sum stays one chain, in order).
+    # (dst) starts every src_row (dst_row) elements. NOISE reads src as 2 u - 1 (one rounding,
+    # fused or not).
     acc = tl.zeros((NODES,), dtype=tl.float32)
-    for d in range(0, 2 * radius + 1, 4):  # 4 = _TAPS_AT_ONCE
-        w0, v0 = _tap(src, src_row, taps_ptr, index_ptr, i, j, d, live, ALONG_H, NOISE)
-        w1, v1 = _tap(src, src_row, taps_ptr, index_ptr, i, j, d + 1, live, ALONG_H, NOISE)
-        w2, v2 = _tap(src, src_row, taps_ptr, index_ptr, i, j, d + 2, live, ALONG_H, NOISE)
-        w3, v3 = _tap(src, src_row, taps_ptr, index_ptr, i, j, d + 3, live, ALONG_H, NOISE)
-        acc = tl.fma(w3, v3, tl.fma(w2, v2, tl.fma(w1, v1, tl.fma(w0, v0, acc))))
+    for d in range(0, 2 * radius + 1):
+        if ALONG_H:
+            node = tl.load(index_ptr + i + d, mask=live, other=0) * src_row + j
+        else:
+            node = i * src_row + tl.load(index_ptr + j + d, mask=live, other=0)
+        value = tl.load(src + node, mask=live, other=0.0)
+        if NOISE:
+            value = 2.0 * value - 1.0
+        acc = tl.fma(tl.load(taps_ptr + d), value, acc)
     tl.store(dst + i * dst_row + j, acc * scale, mask=live)
 
 
@@ -414,14 +395,14 @@ def _grid_steps(uniform: torch.Tensor, alpha: float, sigma: float, truncate: flo
                                  device=uniform.device)
     if uniform.numel() == 0:
         return grid, rows
-    taps, index_h, radius = gaussian_taps(coarse_h, float(sigma), float(truncate), uniform.device)
-    _, index_w, _ = gaussian_taps(coarse_w, float(sigma), float(truncate), uniform.device)
+    taps, index_h = gaussian_taps(coarse_h, float(sigma), float(truncate), uniform.device)
+    _, index_w = gaussian_taps(coarse_w, float(sigma), float(truncate), uniform.device)
     band_rows = max(1, _BAND_NODES // coarse_w)
     bands = cdiv(coarse_h, band_rows)
     _coarse_rows_kernel[(batch * two * bands,)](
         uniform, taps, index_h, index_w, mid, grid, taps if weights is None else weights,
         mid if rows is None else rows, float(alpha), coarse_h, coarse_w, width, spacing,
-        radius, band_rows, bands,
+        (taps.numel() - 1) // 2, band_rows, bands,
         ROWS=rows is not None, NODES=_BAND_NODES, PIXELS=_ROWS_BLOCK, num_warps=4)
     return grid, rows
 
