@@ -178,6 +178,18 @@ def test_region_index_matches_reference(tile, dtype, strided, network):
 
 
 @interpreter
+@pytest.mark.parametrize("n_tiles,num_regions", [(1, 1), (63, 37), (64, 64), (65, 65), (130, 200)])
+def test_tile_prefix_is_the_cumsum_over_tiles(n_tiles, num_regions):
+    """The index's prefix kernel, in place, equals torch's cumsum over the tiles: blocks of 64
+    tiles and 64 ids with partial edges, the carry across blocks."""
+    gen = torch.Generator().manual_seed(70)
+    hist = torch.randint(0, 1025, (2, 3, n_tiles, num_regions), generator=gen, dtype=torch.int32)
+    hist[:, 1, n_tiles // 2:] = 0  # runs of empty tiles
+    expected = hist.cumsum(2, dtype=torch.int32)
+    assert pool_kernels._tile_prefix(hist) is hist and torch.equal(hist, expected)
+
+
+@interpreter
 def test_region_index_of_empty_images():
     for shape in [(0, 5, 7), (2, 0, 7)]:
         index = pool_kernels.region_index(torch.zeros(shape, dtype=torch.int64), 3)
