@@ -722,6 +722,30 @@ def test_coarse_triton_pair_never_writes_the_full_field(monkeypatch):
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
+def test_coarse_triton_pair_is_two_launches(monkeypatch):
+    """After the draw, the coarse pair launches one kernel from the noise to the node rows and the
+    fused warp, once each: at B=16 the host's time per launch sets the pair's time."""
+    from lrc_fast.kernels import elastic_warp as kernels
+    launched = []
+
+    class Counted:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launched.append(self.name)
+            return self.kernel[grid]
+
+    for name in [n for n in dir(kernels) if n.endswith("_kernel")]:
+        monkeypatch.setattr(kernels, name, Counted(name, getattr(kernels, name)))
+    images, regions, _ = _warp_inputs(2, 1, 37, 91, torch.float32, torch.int64, 0.0, seed=47)
+    elastic_pair(images, regions, 60.0, 6.0, torch.Generator().manual_seed(48), backend="triton", spacing=4)
+    assert launched == ["_coarse_rows_kernel", "_elastic_warp_coarse_kernel"]
+    launched.clear()
+    random_elastic_field(2, 37, 91, 60.0, 6.0, backend="triton", spacing=4)
+    assert launched == ["_coarse_rows_kernel", "_upsample_field_kernel"]
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_coarse_alpha_zero_returns_copies_and_draws_the_coarse_noise(backend):
     images, regions, _ = _warp_inputs(2, 1, 37, 91, torch.float32, torch.int64, 0.0, seed=50)
