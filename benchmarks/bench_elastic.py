@@ -489,7 +489,7 @@ def main() -> int:
                 lambda: gemm_grid_sample_pair(images, regions, gen)),
         }
         for spacing in COARSE_SPACINGS:
-            times[f"coarse elastic_pair, spacing {spacing} (control grid + fused warp)"] = timed_ms(
+            times[f"coarse elastic_pair, spacing {spacing} (noise to node rows + fused warp)"] = timed_ms(
                 lambda: coarse_pair(images, regions, gen, spacing))
             times[f"coarse PyTorch baseline, spacing {spacing} (GEMM grid + gathers + grid_sample)"] = \
                 timed_ms(lambda: coarse_grid_sample_pair(images, regions, gen, spacing))

@@ -18,8 +18,9 @@ from lrc_fast.elastic import (DEFAULT_ALPHA, DEFAULT_SIGMA, elastic_pair, elasti
                               random_elastic_field)
 from lrc_fast.kernels.elastic_warp import (SMOOTH_BLOCK_CHOICES, coarse_rows_triton,
                                            elastic_warp_coarse_triton, field_from_uniform_triton,
-                                           gaussian_band_matrix, smooth_grid_triton,
-                                           upsample_field_triton, upsample_rows_triton)
+                                           field_from_rows_triton, gaussian_band_matrix,
+                                           smooth_grid_triton, upsample_field_triton,
+                                           upsample_rows_triton, warp_from_rows_triton)
 from lrc_fast.reference import elastic as ref
 
 PADDINGS = ref.PADDING_MODES
@@ -618,6 +619,23 @@ def test_triton_coarse_rows_are_grid_then_rows(batch, height, width, spacing, si
     torch.testing.assert_close(grid, ref.field_from_uniform(uniform, alpha, sigma), rtol=0, atol=1e-6 * alpha)
     with pytest.raises(ValueError, match="coarse must be \\(B, 2, Hc, Wc\\)"):
         coarse_rows_triton(uniform[:, :, 1:], alpha, sigma, 4.0, spacing, height, width)
+
+
+def test_triton_node_rows_shapes_and_strides():
+    """Node rows of another shape are refused before any kernel reads them; strided rows give the
+    field of their contiguous copy; a draw for zero pixel columns gives empty rows."""
+    uniform = _uniform((2, 2, *ref.coarse_shape(37, 91, 8)), seed=62)  # (2, 2, 6, 13)
+    rows = coarse_rows_triton(uniform, 5.0, 0.5, 4.0, 8, 37, 91)  # (2, 2, 6, 91)
+    strided = rows.transpose(2, 3).contiguous().transpose(2, 3)
+    assert torch.equal(field_from_rows_triton(strided, 8, 37, 91), field_from_rows_triton(rows, 8, 37, 91))
+    for bad in (rows[:, :, :-1], rows[..., :-1], rows[:, :1]):
+        with pytest.raises(ValueError, match="rows must be \\(B, 2, Hc, W\\) = \\(B, 2, 6, 91\\)"):
+            field_from_rows_triton(bad, 8, 37, 91)
+    images, regions = torch.rand(2, 1, 37, 91), torch.zeros(2, 37, 91, dtype=torch.int64)
+    with pytest.raises(ValueError, match="= \\(2, 2, 6, 91\\) for a 37 x 91 field at spacing 8, got \\(1, 2"):
+        warp_from_rows_triton(images, regions, rows[:1], 8)
+    empty = coarse_rows_triton(_uniform((1, 2, 3, 1), seed=63), 5.0, 0.5, 4.0, 2, 5, 0)
+    assert empty.shape == (1, 2, 3, 0)
 
 
 def test_coarse_grid_has_no_side_limit_on_triton():

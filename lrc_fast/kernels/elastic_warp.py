@@ -393,7 +393,7 @@ def _grid_steps(uniform: torch.Tensor, alpha: float, sigma: float, truncate: flo
         # (B, 2, Hc, W), W >= Wc: also the first pass's output (see the kernel)
         rows = mid = torch.empty((batch, two, coarse_h, width), dtype=torch.float32,
                                  device=uniform.device)
-    if uniform.numel() == 0:
+    if uniform.numel() == 0 or (rows is not None and rows.numel() == 0):  # no node or no column
         return grid, rows
     taps, index_h = gaussian_taps(coarse_h, float(sigma), float(truncate), uniform.device)
     _, index_w = gaussian_taps(coarse_w, float(sigma), float(truncate), uniform.device)
@@ -477,12 +477,26 @@ def upsample_rows_triton(coarse: torch.Tensor, spacing: int, height: int, width:
     return rows
 
 
+def _check_rows(rows: torch.Tensor, spacing: int, height: int, width: int, batch: int | None = None):
+    """ValueError unless ``rows`` are the ``(B, 2, Hc, width)`` node rows of a ``height x width``
+    field at ``spacing`` (of ``batch`` images): the kernels index them by these sizes."""
+    coarse_h = coarse_shape(height, width, spacing)[0]
+    if (rows.dim() != 4 or rows.shape[1:] != (2, coarse_h, width)
+            or (batch is not None and rows.shape[0] != batch)):
+        expected = "B" if batch is None else batch
+        raise ValueError(f"rows must be (B, 2, Hc, W) = ({expected}, 2, {coarse_h}, {width}) for a "
+                         f"{height} x {width} field at spacing {spacing}, got {tuple(rows.shape)}.")
+
+
 def field_from_rows_triton(rows: torch.Tensor, spacing: int, height: int, width: int) -> torch.Tensor:
     """Step 2 of the upsampling: the ``(B, 2, height, width)`` float32 field from the node rows
-    of :func:`upsample_rows_triton` or :func:`coarse_rows_triton`, along H (y) at every pixel."""
+    of :func:`upsample_rows_triton` or :func:`coarse_rows_triton`, along H (y) at every pixel.
+    Raises ValueError for rows of another shape."""
+    _check_rows(rows, spacing, height, width)
+    rows = rows.contiguous()
     batch, _, coarse_h, _ = rows.shape
     field = torch.empty((batch, 2, height, width), dtype=torch.float32, device=rows.device)
-    if batch == 0:
+    if field.numel() == 0:
         return field
     weights = catmull_rom_table(spacing, max(height, width), rows.device)  # (phases, 4)
     block, warps = COARSE_LAUNCH_CHOICES[0]
@@ -609,8 +623,9 @@ def _elastic_warp_fwd_kernel(img_ptr, reg_ptr, disp_ptr, out_img_ptr, out_reg_pt
 def _elastic_warp_coarse_kernel(img_ptr, reg_ptr, rows_ptr, w_ptr, out_img_ptr, out_reg_ptr,
                                 C, H, W, Hc, S, tiles, ignore_index,
                                 PADDING: tl.constexpr, BLOCK: tl.constexpr):
-    # the forward warp with the displacement interpolated on the fly from the node rows of
-    # _upsample_rows_kernel (step 2): the full-resolution field is never written or read
+    # the forward warp with the displacement interpolated on the fly (step 2) from the node rows
+    # of _coarse_rows_kernel or _upsample_rows_kernel: the full-resolution field is never
+    # written or read
     pid = tl.program_id(0)
     b = (pid // tiles).to(tl.int64)
     offs = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) flat output pixels
@@ -716,11 +731,9 @@ def warp_from_rows_triton(images: torch.Tensor, regions: torch.Tensor, rows: tor
         raise ValueError(f"launch must be None or one of {COARSE_LAUNCH_CHOICES}, got {launch!r}.")
     images, regions, out_images, out_regions = _warp_operands(images, regions)
     batch, channels, height, width = images.shape
-    coarse_h = coarse_shape(height, width, spacing)[0]
-    if tuple(rows.shape) != (batch, 2, coarse_h, width):
-        raise ValueError(f"rows must be (B, 2, Hc, W) = ({batch}, 2, {coarse_h}, {width}) for "
-                         f"{height} x {width} images at spacing {spacing}, got {tuple(rows.shape)}.")
-    if batch == 0:
+    _check_rows(rows, spacing, height, width, batch)
+    coarse_h = rows.shape[2]
+    if batch * height * width == 0:
         return out_images, out_regions
     weights = catmull_rom_table(spacing, max(height, width), rows.device)  # (phases, 4)
     block, warps = launch or COARSE_LAUNCH_CHOICES[0]

@@ -18,7 +18,8 @@ Region index (:func:`region_index`, :class:`RegionIndex`), on the device: two ke
 
 Views: the loss has two views (the slice and its warped copy), each with its features and
     usually its own region map. Every kernel takes both views' pointers and strides and runs both
-    in one launch (the grid's last axis is the view), so a loss step launches each kernel once:
+    in one launch (the grid's last axis is the view; the prefix over the tiles runs on one
+    (V * B, T, K) table), so a loss step launches each kernel once:
     six Triton launches in all, the index's two and the InfoNCE's two among them.
 
 Pooling forward (:class:`RegionPoolFunction`)
