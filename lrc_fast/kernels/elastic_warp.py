@@ -309,22 +309,23 @@ def _node_rows(grid, w_ptr, rows, k, j, live, Wc, W, S):
 
 
 @triton.jit
-def _coarse_rows_kernel(u_ptr, taps_ptr, index_h_ptr, index_w_ptr, mid_ptr, grid_ptr, w_ptr,
-                        rows_ptr, alpha, Hc, Wc, W, S, radius, band_rows, bands,
+def _coarse_rows_kernel(u_ptr, taps_ptr, index_h_ptr, index_w_ptr, rows_ptr, grid_ptr, w_ptr,
+                        alpha, Hc, Wc, W, S, radius, band_rows, bands,
                         ROWS: tl.constexpr, NODES: tl.constexpr, PIXELS: tl.constexpr):
     # Noise to node rows in one launch. A program owns `band_rows` node rows of one plane and
     # runs three steps on them, a barrier between each: the Gaussian along H of the noise (it
-    # reads the noise rows around its band) into mid, then along W of mid times alpha into grid,
-    # then (ROWS) step 1 of the upsampling. The last two read only the program's own rows,
-    # written by its other threads before the barrier, so no program waits for another. With
-    # ROWS, mid is the band's own rows of the rows output (W >= Wc elements a row), which step 1
-    # overwrites after reading only grid; otherwise a (B, 2, Hc, Wc) buffer (W = Wc).
+    # reads the noise rows around its band) into its own rows of rows_ptr, then along W of those
+    # times alpha into grid, then (ROWS) step 1 of the upsampling into its rows of rows_ptr again.
+    # The last two read only the program's own rows, written by its other threads before the
+    # barrier, so no program waits for another; step 1 reads only grid. rows_ptr is the
+    # (B, 2, Hc, W) node rows with ROWS (W >= Wc elements a row), else a (B, 2, Hc, Wc) scratch
+    # buffer (W = Wc).
     pid = tl.program_id(0)
     plane = (pid // bands).to(tl.int64)  # int64 plane offsets: B * 2 * Hc * W may overflow int32
     row0 = (pid % bands) * band_rows
     nodes = tl.minimum(band_rows, Hc - row0) * Wc
     noise, grid = u_ptr + plane * Hc * Wc, grid_ptr + plane * Hc * Wc
-    mid = mid_ptr + plane * Hc * W
+    mid = rows_ptr + plane * Hc * W  # the first pass's output, then (ROWS) the node rows
     for start in range(0, nodes, NODES):
         offs = start + tl.arange(0, NODES)  # (NODES,) flat nodes of the band
         _taps_pass(noise, Wc, taps_ptr, index_h_ptr, mid, W, 1.0, radius, row0 + offs // Wc,
@@ -339,8 +340,7 @@ def _coarse_rows_kernel(u_ptr, taps_ptr, index_h_ptr, index_w_ptr, mid_ptr, grid
         pixels = (nodes // Wc) * W
         for start in range(0, pixels, PIXELS):
             offs = start + tl.arange(0, PIXELS)  # (PIXELS,) flat (node row, column) of the band
-            _node_rows(grid, w_ptr, rows_ptr + plane * Hc * W, row0 + offs // W, offs % W,
-                       offs < pixels, Wc, W, S)
+            _node_rows(grid, w_ptr, mid, row0 + offs // W, offs % W, offs < pixels, Wc, W, S)
 
 
 @triton.jit
@@ -386,25 +386,23 @@ def _grid_steps(uniform: torch.Tensor, alpha: float, sigma: float, truncate: flo
     grid = torch.empty_like(uniform)  # (B, 2, Hc, Wc)
     if rows_of is None:
         spacing, width, weights = 1, coarse_w, None
-        rows, mid = None, torch.empty_like(uniform)  # (B, 2, Hc, Wc)
+        rows = torch.empty_like(uniform)  # (B, 2, Hc, Wc): the first pass's output only
     else:
         spacing, height, width = rows_of
         weights = catmull_rom_table(spacing, max(height, width), uniform.device)  # (phases, 4)
         # (B, 2, Hc, W), W >= Wc: also the first pass's output (see the kernel)
-        rows = mid = torch.empty((batch, two, coarse_h, width), dtype=torch.float32,
-                                 device=uniform.device)
-    if uniform.numel() == 0 or (rows is not None and rows.numel() == 0):  # no node or no column
-        return grid, rows
+        rows = torch.empty((batch, two, coarse_h, width), dtype=torch.float32, device=uniform.device)
+    if rows.numel() == 0:  # no node or no pixel column
+        return grid, rows if rows_of is not None else None
     taps, index_h = gaussian_taps(coarse_h, float(sigma), float(truncate), uniform.device)
     _, index_w = gaussian_taps(coarse_w, float(sigma), float(truncate), uniform.device)
     band_rows = max(1, _BAND_NODES // coarse_w)
     bands = cdiv(coarse_h, band_rows)
     _coarse_rows_kernel[(batch * two * bands,)](
-        uniform, taps, index_h, index_w, mid, grid, taps if weights is None else weights,
-        mid if rows is None else rows, float(alpha), coarse_h, coarse_w, width, spacing,
-        (taps.numel() - 1) // 2, band_rows, bands,
-        ROWS=rows is not None, NODES=_BAND_NODES, PIXELS=_ROWS_BLOCK, num_warps=4)
-    return grid, rows
+        uniform, taps, index_h, index_w, rows, grid, taps if weights is None else weights,
+        float(alpha), coarse_h, coarse_w, width, spacing, (taps.numel() - 1) // 2, band_rows, bands,
+        ROWS=rows_of is not None, NODES=_BAND_NODES, PIXELS=_ROWS_BLOCK, num_warps=4)
+    return grid, rows if rows_of is not None else None
 
 
 def smooth_grid_triton(uniform: torch.Tensor, alpha: float, sigma: float,
