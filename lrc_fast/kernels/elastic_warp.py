@@ -446,16 +446,23 @@ def coarse_rows_triton(uniform: torch.Tensor, alpha: float, sigma: float, trunca
     return _grid_steps(uniform, alpha, sigma, truncate, (spacing, height, width))[1]
 
 
+def _check_planes(tensor: torch.Tensor, name: str, sides: str, expected: tuple[int, int],
+                  spacing: int, height: int, width: int, batch: int | None):
+    """ValueError unless ``tensor`` is ``(B, 2) + expected`` (``B = batch`` when given): the
+    kernels index it by the sizes a ``height x width`` field at ``spacing`` gives, so another
+    shape would be read out of bounds."""
+    if (tensor.dim() != 4 or tuple(tensor.shape[1:]) != (2, *expected)
+            or (batch is not None and tensor.shape[0] != batch)):
+        lead = "B" if batch is None else batch
+        raise ValueError(f"{name} must be (B, 2, {sides}) = ({lead}, 2, {expected[0]}, {expected[1]}) "
+                         f"for a {height} x {width} field at spacing {spacing}, got {tuple(tensor.shape)}.")
+
+
 def _check_grid(coarse: torch.Tensor, spacing: int, height: int, width: int, batch: int | None = None):
     """ValueError unless ``coarse`` is the ``(B, 2, Hc, Wc)`` grid of a ``height x width`` field at
-    ``spacing`` (and of ``batch`` images): the kernels index it by these sizes, so another shape
-    would be read out of bounds."""
-    grid = coarse_shape(height, width, spacing)
-    if (coarse.dim() != 4 or coarse.shape[1] != 2 or tuple(coarse.shape[2:]) != grid
-            or (batch is not None and coarse.shape[0] != batch)):
-        expected = "B" if batch is None else batch
-        raise ValueError(f"coarse must be (B, 2, Hc, Wc) = ({expected}, 2, {grid[0]}, {grid[1]}) for "
-                         f"a {height} x {width} field at spacing {spacing}, got {tuple(coarse.shape)}.")
+    ``spacing`` (and of ``batch`` images)."""
+    _check_planes(coarse, "coarse", "Hc, Wc", coarse_shape(height, width, spacing), spacing, height,
+                  width, batch)
 
 
 def upsample_rows_triton(coarse: torch.Tensor, spacing: int, height: int, width: int) -> torch.Tensor:
@@ -477,13 +484,9 @@ def upsample_rows_triton(coarse: torch.Tensor, spacing: int, height: int, width:
 
 def _check_rows(rows: torch.Tensor, spacing: int, height: int, width: int, batch: int | None = None):
     """ValueError unless ``rows`` are the ``(B, 2, Hc, width)`` node rows of a ``height x width``
-    field at ``spacing`` (of ``batch`` images): the kernels index them by these sizes."""
-    coarse_h = coarse_shape(height, width, spacing)[0]
-    if (rows.dim() != 4 or rows.shape[1:] != (2, coarse_h, width)
-            or (batch is not None and rows.shape[0] != batch)):
-        expected = "B" if batch is None else batch
-        raise ValueError(f"rows must be (B, 2, Hc, W) = ({expected}, 2, {coarse_h}, {width}) for a "
-                         f"{height} x {width} field at spacing {spacing}, got {tuple(rows.shape)}.")
+    field at ``spacing`` (of ``batch`` images)."""
+    _check_planes(rows, "rows", "Hc, W", (coarse_shape(height, width, spacing)[0], width), spacing,
+                  height, width, batch)
 
 
 def field_from_rows_triton(rows: torch.Tensor, spacing: int, height: int, width: int) -> torch.Tensor:
