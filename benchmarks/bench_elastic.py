@@ -348,9 +348,9 @@ def host_ms(fn, calls: int = 50, repeats: int = 7) -> float:
 
 
 def host_profile() -> int:
-    """``--host``: in a fresh process, B=16 (2 without CUDA), the host's time per call and the time per call in a
-    row of the dense pair and the coarse pair (spacing 8), then where the host's time of 200
-    coarse pairs goes (cProfile, the 15 functions of most own time)."""
+    """``--host``: in a fresh process, B=16 (2 without CUDA), the host's time per call and the
+    time per call in a row of the dense pair and the coarse pair (spacing 8), then where the
+    host's time of 200 coarse pairs goes (cProfile, the 15 functions of most own time)."""
     import cProfile
     import pstats
 
