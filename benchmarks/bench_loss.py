@@ -2,11 +2,14 @@
 
 Paths, all run in one process on the same inputs:
 
-* ``fused``     -- the Triton path (``backend='triton'``), on contiguous (NCHW) features and,
+* ``fused``     -- the fused path (``backend='triton'``), on contiguous (NCHW) features and,
   as ``fused, channels_last``, on the same features in channels_last; for float32 features also
   channels_last under ``torch.set_float32_matmul_precision('high')`` (tf32 logits, checked with
   the tf32 tolerance); ``fused, CUDA graph replay`` times the NCHW step captured in a CUDA graph
-  (the GPU's time alone, without the host's time to issue it; no memory column);
+  (the GPU's time alone, without the host's time to issue it; no memory column). Where the
+  extension has CUDA the fused step's region index is sorted by its CUDA kernel; ``fused, tl.sort
+  index`` (and its replay) is the same step with the Triton tile sort instead, its baseline,
+  after a check that both give the same index;
 * ``reference`` -- the PyTorch reference (sampled gather, ``backend='reference'``);
 * ``one-hot``   -- a dense one-hot pooling baseline (DetCon style: a ``(B, K, H*W)`` mask, bmm,
   then the same InfoNCE), skipped where its mask would not fit in free GPU memory;
@@ -44,7 +47,8 @@ GPU): the bytes behind it for both layouts.
 
 ``--sweep``: instead of the table, kernels alone at each of their launch shapes, each shape
 checked against the default shape's result first: the region index with the pooling forward
-that searches it (``INDEX_TILE_CHOICES``), the dense feature-gradient kernel (one view;
+that searches it (``INDEX_TILE_CHOICES``; the CUDA tile sort and tl.sort side by side where the
+extension has CUDA, and the index alone per sort), the dense feature-gradient kernel (one view;
 ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`,
 beside a zero fill of one gradient) and the InfoNCE forward + backward (``(rows, warps, stages)``
 of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`).
@@ -63,7 +67,7 @@ import torch
 if not torch.cuda.is_available():  # before any @triton.jit kernel is created
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from lrc_fast._ext import triton_usable  # noqa: E402
+from lrc_fast._ext import has_cuda_extension, triton_usable  # noqa: E402
 from lrc_fast.loss import region_contrast_loss  # noqa: E402
 from lrc_fast.reference import region_loss as ref  # noqa: E402
 
@@ -130,6 +134,24 @@ def step_fn(path, feat_q, feat_p, regions_q, regions_p, num_regions, num_samples
 
 HIGH = "float32 matmul 'high'"  # the paths run under torch.set_float32_matmul_precision('high')
 REPLAY = "fused, CUDA graph replay"  # the fused step captured in a CUDA graph: no host time
+# the fused step with the Triton tile sort (tl.sort) as its region index instead of the compiled
+# CUDA kernel, the default where the extension has CUDA: the baseline of that kernel
+SORT_INDEX = "fused, tl.sort index"
+SORT_INDEX_REPLAY = "fused, tl.sort index, CUDA graph replay"
+
+
+def with_index_method(fn, method):
+    """``fn`` with the region index's default tile sort set to ``method`` while it runs."""
+    from lrc_fast.kernels import region_pool as pk
+
+    def run():
+        default = pk._index_method
+        pk._index_method = lambda regions: method
+        try:
+            return fn()
+        finally:
+            pk._index_method = default
+    return run
 
 
 def with_matmul_precision(fn, setting):
@@ -172,6 +194,20 @@ def check_fused(feat_q, feat_p, regions_q, regions_p, num_regions, num_samples,
 
 
 SECTOR_BYTES = 32  # the smallest unit the L2 reads from DRAM; HBM bursts are no smaller
+
+
+def index_differs(num_regions, regions_q, regions_p):
+    """None when the CUDA tile sort's region index equals tl.sort's (pixels, prefix table, run
+    starts where a tile holds the id), else what differs."""
+    from lrc_fast.kernels import region_pool as pk
+
+    cuda, sort = (pk.region_index(regions_q, num_regions, regions_p=regions_p, method=m) for m in ("cuda", "sort"))
+    held = torch.diff(sort.cum, dim=2, prepend=torch.zeros_like(sort.cum[:, :, :1])) > 0
+    for name, a, b in [("pixels", cuda.pixels, sort.pixels), ("cum", cuda.cum, sort.cum),
+                       ("local", cuda.local[held], sort.local[held])]:
+        if not torch.equal(a, b):
+            return f"the CUDA region index's {name} differ from tl.sort's"
+    return None
 
 
 def feature_sectors(idx: torch.Tensor, plane: int, channels: int, element_size: int,
@@ -312,6 +348,7 @@ def run(config, quick=False):
     ks = (256,) if quick else config["ks"]
     dtypes = (torch.float32,) if quick else config["dtypes"]
     fused_ok = CUDA or triton_usable("cpu")
+    cuda_index = CUDA and has_cuda_extension()  # the default index is the CUDA kernel: time tl.sort's too
     rows, failures = [], []
     for dtype in dtypes:
         for k in ks:
@@ -329,13 +366,15 @@ def run(config, quick=False):
             high = dtype == torch.float32
             if fused_ok:
                 problem = (check_fused(*args) or check_fused(*cl_args)
-                           or (high and check_fused(*cl_args, tf32=True)))
+                           or (high and check_fused(*cl_args, tf32=True))
+                           or (cuda_index and index_differs(k, regions_q, regions_p)))
                 if problem:
                     failures.append(f"{dtype} K={k}: {problem}")
                     print(f"CHECK FAILED {dtype} K={k}: {problem}", flush=True)
                     continue
-            paths = (["floor", "fused", REPLAY, "fused, channels_last"]
-                     + ([f"fused, channels_last, {HIGH}"] if high else []) + ["reference", "one-hot"]
+            paths = (["floor", "fused", REPLAY] + ([SORT_INDEX, SORT_INDEX_REPLAY] if cuda_index else [])
+                     + ["fused, channels_last"] + ([f"fused, channels_last, {HIGH}"] if high else [])
+                     + ["reference", "one-hot"]
                      if fused_ok else ["floor", "reference", "one-hot"])
             results = {}
             for path in paths:
@@ -344,14 +383,17 @@ def run(config, quick=False):
                 if skip:
                     results[path] = (None, None, skip)
                     continue
-                if path == REPLAY:  # the fused step's GPU time alone (no memory column)
-                    replay = graph_replay_ms(step_fn("fused", *args))
+                if path in (REPLAY, SORT_INDEX_REPLAY):  # the fused step's GPU time alone (no memory column)
+                    fn = step_fn("fused", *args)
+                    replay = graph_replay_ms(fn if path == REPLAY else with_index_method(fn, "sort"))
                     results[path] = ((replay, None, "") if isinstance(replay, float)
                                      else (None, None, replay or "needs CUDA"))
                     continue
                 if path.startswith("fused, channels_last"):
                     fn = step_fn("fused", *cl_args)
                     fn = with_matmul_precision(fn, "high") if path.endswith(HIGH) else fn
+                elif path == SORT_INDEX:
+                    fn = with_index_method(step_fn("fused", *args), "sort")
                 else:
                     fn = step_fn(path, *args)
                 memory = peak_extra_bytes(fn)
@@ -535,33 +577,43 @@ def sweep_cells(label, shapes, run, problem_of, failures):
 
 def sweep_index(config, quick=False):
     """The region index of both maps plus the pooling forward that searches it, at each tile of
-    INDEX_TILE_CHOICES (float32 features, no hit counts).
+    INDEX_TILE_CHOICES and each tile sort (the CUDA kernel and tl.sort where the extension has
+    CUDA; float32 features, no hit counts). Then the index alone (tile sort and prefix) at the
+    default tile, per sort.
 
-    Every tile's region counts and sample pixels are first checked equal to the first tile's (the
-    index does not depend on the tile). Returns the failures.
+    Every cell's region counts and sample pixels are first checked equal to the first cell's (the
+    index depends on neither the tile nor the sort). Returns the failures.
     """
     from lrc_fast.kernels import region_pool as pk
 
     device = "cuda" if CUDA else "cpu"
+    methods = ("cuda", "sort") if CUDA and has_cuda_extension() else (None,)  # None: the default
+    shapes = [(tile, method) for tile in pk.INDEX_TILE_CHOICES for method in methods]
     failures = []
-    print("\n| K | " + " | ".join(f"tile {tile} ms" for tile in pk.INDEX_TILE_CHOICES) + " |")
-    print("|---|" + "---|" * len(pk.INDEX_TILE_CHOICES))
+    print("\n| K | " + " | ".join(f"tile {tile}{f' {m}' if m else ''} ms" for tile, m in shapes)
+          + "".join(f" | index alone{f' {m}' if m else ''} ms" for m in methods) + " |")
+    print("|---|" + "---|" * (len(shapes) + len(methods)))
     for k in ((256,) if quick else config["ks"]):
         feat_q, feat_p, regions_q, regions_p = make_inputs(config["batch"], config["channels"],
                                                            config["size"], k, torch.float32, device)
         uniforms = torch.rand((2, config["batch"], k, config["num_samples"]), device=device)
 
-        def run(tile):
-            index = pk.region_index(regions_q, k, tile, regions_p=regions_p)
+        def run(shape):
+            tile, method = shape
+            index = pk.region_index(regions_q, k, tile, regions_p=regions_p, method=method)
             valid = (index.counts[0] > 0) & (index.counts[1] > 0)
             _, idx, _ = pk._pool_forward(feat_q, feat_p, index.pixels, index.cum, index.local, None,
                                          valid, uniforms, False, index.tile)
             return index.counts, idx
 
-        expected = run(pk.INDEX_TILE_CHOICES[0])
-        cells = sweep_cells(f"index K={k}", pk.INDEX_TILE_CHOICES, run,
+        expected = run(shapes[0])
+        cells = sweep_cells(f"index K={k}", shapes, run,
                             lambda out: None if all(map(torch.equal, out, expected))
-                            else "counts or sample pixels differ from the first tile's", failures)
+                            else "counts or sample pixels differ from the first cell's", failures)
+        cells += sweep_cells(f"index alone K={k}", methods,
+                             lambda method: pk.region_index(regions_q, k, regions_p=regions_p, method=method).cum,
+                             lambda cum: None if torch.equal(cum[:, :, -1], expected[0])
+                             else "counts differ from the first cell's", failures)
         print(f"| {k} | " + " | ".join(cells) + " |", flush=True)
     return failures
 

@@ -119,7 +119,12 @@ if [ -n "${BASELINE_BUILD:-}" ]; then
     SUMMARY+=("| baseline build | FAILED (baseline_build.log) | |")
   fi
 fi
-step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_loss.py tests/test_elastic.py
+step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_region_index.py \
+  tests/test_loss.py tests/test_elastic.py
+# the CUDA region index kernel under compute-sanitizer: out-of-bounds accesses, shared-memory races
+step sanitize_region_index 60 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_region_index.py
+step racecheck_region_index 60 compute-sanitizer --tool racecheck --error-exitcode 1 \
+  $PY benchmarks/sanitize_region_index.py --quick
 step bench_loss 120 $PY benchmarks/bench_loss.py
 step bench_elastic 120 $PY benchmarks/bench_elastic.py
 # the host's time per elastic pair in a fresh process, and where it goes (cProfile)
@@ -132,7 +137,7 @@ step bench_loss_profile 75 $PY benchmarks/bench_loss.py --profile
 [ -f .baseline/benchmarks/bench_loss.py ] && step baseline_bench_loss_profile 30 \
   env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" $PY .baseline/benchmarks/bench_loss.py --profile --quick
 step bench_elastic_sweep 60 $PY benchmarks/bench_elastic.py --sweep
-step bench_loss_sweep 60 $PY benchmarks/bench_loss.py --sweep
+step bench_loss_sweep 75 $PY benchmarks/bench_loss.py --sweep
 # where the Felzenszwalb kernel's warps wait, per SASS line (Nsight Compute, one B=16 launch); the
 # report goes to $OUT on its own (it could make the log archive too big to come back)
 REPORT_DIR=${OUT:-$LOG_DIR}
@@ -141,11 +146,11 @@ if fh_step ncu_felzenszwalb 120 ncu --set full --clock-control none --import-sou
   step ncu_felzenszwalb_details 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page details
   step ncu_felzenszwalb_source 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page source --csv --print-source sass
 fi
-# where the Triton kernels' time goes (Nsight Compute, the summary sections of each kernel, each
+# where the loss's and the elastic pair's kernels spend their time (Nsight Compute, the summary sections of each kernel, each
 # launched once: one loss step at K=1024 and one elastic pair, dense and coarse); text in the logs
 step ncu_triton 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section WarpStateStats --section MemoryWorkloadAnalysis \
-  -k regex:"_tile_sort_kernel|_tile_prefix_kernel|_pool_fwd_kernel|_pool_bwd_kernel|_infonce_fwd_kernel|_infonce_bwd_kernel|_smooth_rows_kernel|_smooth_cols_kernel|_elastic_warp_fwd_kernel|_coarse_rows_kernel|_elastic_warp_coarse_kernel" \
+  -k regex:"region_index_kernel|_tile_sort_kernel|_tile_prefix_kernel|_pool_fwd_kernel|_pool_bwd_kernel|_infonce_fwd_kernel|_infonce_bwd_kernel|_smooth_rows_kernel|_smooth_cols_kernel|_elastic_warp_fwd_kernel|_coarse_rows_kernel|_elastic_warp_coarse_kernel" \
   $PY benchmarks/ncu_triton_step.py
 # shared-memory races (the hub extension's sort), last: it is the slowest tool
 fh_step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py --quick

@@ -1,4 +1,5 @@
-// lrc_fast._C: dispatch and Python bindings of the Felzenszwalb op. Inputs are checked by
+// lrc_fast._C: dispatch and Python bindings of the Felzenszwalb op, and the module (which also
+// takes the region index's bindings, csrc/region_index.cpp). Inputs are checked by
 // the Python wrapper (lrc_fast/superpixels.py); the checks here only guard the pointers.
 #include <torch/extension.h>
 
@@ -7,6 +8,7 @@
 #include "cpu/felzenszwalb_cpu.h"
 #include "felzenszwalb_common.h"
 #include "cpu/felzenszwalb_simt.h"
+#include "region_index.h"
 #include "simt/simt.h"
 
 #ifdef WITH_CUDA
@@ -195,4 +197,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("simt_selftest", &simt::selftest, "Run one of the SIMT simulator's self-test kernels; '' when it passed",
         py::arg("name"));
   m.def("with_cuda", &lrc::with_cuda, "Whether the CUDA part was built");
+  lrc::bind_region_index(m);
 }

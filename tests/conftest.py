@@ -22,6 +22,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="module")
+def simt_ext():
+    """The compiled extension, for tests of CUDA kernels run on its SIMT simulator; the test is
+    skipped where the extension is not built or the simulator does not run (x86-64 Linux only)."""
+    from lrc_fast import _ext
+
+    if not _ext.has_cpu_extension():
+        pytest.skip("lrc_fast._C not built")
+    ext = _ext.require_extension()
+    if not ext.simt_available():
+        pytest.skip("the SIMT simulator runs on x86-64 Linux only")
+    return ext
+
+
 @pytest.fixture
 def capture_cuda_graph():
     """A function ``step -> (graph, outputs)``: see :func:`_capture_cuda_graph`."""

@@ -143,8 +143,10 @@ def grouped_pixels(index, view=0):
 @interpreter
 @pytest.mark.parametrize("tile", [16, 64, None])
 @pytest.mark.parametrize("dtype, strided", [(torch.int64, False), (torch.int32, True)])
-@pytest.mark.parametrize("network", [True, False])  # the interpreter's sort and the GPU's tl.sort
-def test_region_index_matches_reference(tile, dtype, strided, network):
+@pytest.mark.parametrize("method", ["network", "sort", "simt"])  # the interpreter's sort, tl.sort,
+def test_region_index_matches_reference(tile, dtype, strided, method, request):  # the CUDA kernel
+    if method == "simt":  # on the SIMT simulator
+        request.getfixturevalue("simt_ext")  # skips where it does not run
     g = torch.Generator().manual_seed(1)
     regions = torch.randint(-2, 11, (2, 13, 29), generator=g).to(dtype)  # ids 9, 10 are >= K
     if strided:  # not (h * W + w)-addressable: exercises the non-flat path
@@ -154,7 +156,7 @@ def test_region_index_matches_reference(tile, dtype, strided, network):
     for maps in [(regions,), (regions, regions_p)]:
         index = pool_kernels.region_index(maps[0], num_regions, tile=tile,
                                           regions_p=maps[1] if len(maps) == 2 else None,
-                                          network=network)
+                                          method=method)
         assert index.tile == (tile or 512)
         assert index.cum.shape == (len(maps), 2, -(-13 * 29 // index.tile), num_regions)
         for view, map_v in enumerate(maps):
@@ -989,8 +991,8 @@ def test_gpu_fused_step_captures_in_a_cuda_graph(capture_cuda_graph):
 @pytest.mark.gpu
 def test_gpu_region_index_and_samples_match_reference():
     regions = blocky_regions(3, 300, 333, 700, seed=62, block=5).cuda()
-    index = pool_kernels.region_index(regions, 700)  # tl.sort on CUDA
-    network = pool_kernels.region_index(regions, 700, network=True)  # the interpreter's sort
+    index = pool_kernels.region_index(regions, 700)  # the default on CUDA
+    network = pool_kernels.region_index(regions, 700, method="network")  # the interpreter's sort
     for name in ("pixels", "cum", "counts"):
         assert torch.equal(getattr(index, name), getattr(network, name)), name
     # local[v, b, t, k] is defined only where tile t holds id k (the rest is never written)

@@ -22,11 +22,8 @@ pytestmark = pytest.mark.skipif(not lrc_fast.backends()["cpu_extension"], reason
 
 
 @pytest.fixture(scope="module")
-def ext():
-    ext = lrc_fast._ext.require_extension()
-    if not ext.simt_available():
-        pytest.skip("the SIMT simulator runs on x86-64 Linux only")
-    return ext
+def ext(simt_ext):
+    return simt_ext
 
 
 # ---- the simulator itself -------------------------------------------------------------------

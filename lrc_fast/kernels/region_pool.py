@@ -4,10 +4,13 @@ Region index (:func:`region_index`, :class:`RegionIndex`), on the device: two ke
     The image is cut into tiles of ``TILE`` pixels. Each program sorts its tile's
     ``(id, lane)`` pairs, packed in int32, and writes the tile's pixels in that order: a stable
     sort by id, so each id's pixels form one run in raster order. A pixel's rank within its run
-    is its sorted position minus the run's start. On a GPU the sort is ``tl.sort`` and the run
-    starts a max-scan; under the Triton interpreter, which runs ``tl.sort`` and custom scans
-    element by element, a bitonic network of ``tl.gather`` stages and a branchless binary search
-    do the same (tests run both and compare them). At the end of
+    is its sorted position minus the run's start. Three sorts give the same bits (tests compare
+    them): on a GPU, the compiled extension's CUDA kernel when it has one
+    (``csrc/cuda/region_index_cuda.cu``: a radix sort, 8 bits of the id a pass, ranked by warps
+    with ``__match_any_sync``; the CPU tests run it on the SIMT simulator), else ``tl.sort`` with
+    a max-scan for the run starts; under the Triton interpreter, which runs ``tl.sort`` and custom
+    scans element by element, a bitonic network of ``tl.gather`` stages and a branchless binary
+    search. At the end of
     each run the program writes the run's length ``hist[v, b, t, k]`` and start
     ``local[v, b, t, k]`` (``v``: the region map). A second kernel, a prefix sum over the tiles
     in place, turns ``hist`` into ``cum``, whose last row is every region's pixel count. Region ``k``'s pixel number ``r`` in raster
@@ -55,6 +58,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._ext import has_cuda_extension, require_extension
 from ._host import cdiv, next_power_of_2
 
 # pixels per program of the region index: the tiles `bench_loss.py --sweep` times (with the
@@ -244,8 +248,17 @@ class RegionIndex(NamedTuple):
     maps: tuple  # (regions, regions_p or None): the maps indexed, the second in the first's dtype
 
 
-def _region_index(regions: torch.Tensor, regions_p: torch.Tensor | None, num_regions: int,
-                  tile: int, network: bool) -> tuple[torch.Tensor, ...]:
+# How a tile is sorted (region_index's `method`): the compiled CUDA kernel, the same kernel on the
+# CPU SIMT simulator (for tests: slow), Triton's tl.sort, or Triton's gather network.
+INDEX_METHODS = ("cuda", "simt", "sort", "network")
+
+
+def _tile_sort(regions, regions_p, num_regions, tile, method):
+    """``(pixels (V, B, HW), hist (V, B, T, K), local (V, B, T, K))`` int32 of one tile sort."""
+    if method == "cuda":
+        return require_extension().region_index_cuda(regions, regions_p, num_regions, tile)
+    if method == "simt":
+        return require_extension().region_index_simt(regions, regions_p, num_regions, tile, 0)
     batch, height, width = regions.shape
     views = 1 if regions_p is None else 2
     other = regions if regions_p is None else regions_p
@@ -256,25 +269,32 @@ def _region_index(regions: torch.Tensor, regions_p: torch.Tensor | None, num_reg
     table = (views, batch, n_tiles, num_regions)
     hist = torch.zeros(table, dtype=torch.int32, device=dev)  # (V, B, T, K)
     local = torch.empty(table, dtype=torch.int32, device=dev)  # (V, B, T, K)
-    if batch * hw == 0:
-        return pixels, hist, local, torch.zeros((views, batch, num_regions), dtype=torch.int32, device=dev)
-    _tile_sort_kernel[(n_tiles, batch, views)](
-        regions, *regions.stride(), other, *other.stride(), width, hw, num_regions, batch,
-        pixels, hist, local, n_tiles, LOG=tile.bit_length() - 1, FLAT=_flat_pixels(regions, other),
-        NETWORK=network, num_warps=max(1, min(4, tile // 256)))
+    if batch * hw > 0:
+        _tile_sort_kernel[(n_tiles, batch, views)](
+            regions, *regions.stride(), other, *other.stride(), width, hw, num_regions, batch,
+            pixels, hist, local, n_tiles, LOG=tile.bit_length() - 1, FLAT=_flat_pixels(regions, other),
+            NETWORK=method == "network", num_warps=max(1, min(4, tile // 256)))
+    return pixels, hist, local
+
+
+def _region_index(regions: torch.Tensor, regions_p: torch.Tensor | None, num_regions: int,
+                  tile: int, method: str) -> tuple[torch.Tensor, ...]:
+    pixels, hist, local = _tile_sort(regions, regions_p, num_regions, tile, method)
+    if pixels.numel() == 0:
+        return pixels, hist, local, hist.new_zeros(hist.shape[:2] + hist.shape[3:])  # (V, B, K)
     cum = _tile_prefix(hist)  # (V, B, T, K), in place: prefix over the tiles
     return pixels, cum, local, cum[:, :, -1]  # counts: a view of the last tile's prefix
 
 
 @torch.library.custom_op("lrc_fast::region_index", mutates_args=())
 def _region_index_op(regions: torch.Tensor, regions_p: torch.Tensor | None, num_regions: int,
-                     tile: int, network: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    pixels, cum, local, counts = _region_index(regions, regions_p, num_regions, tile, network)
+                     tile: int, method: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    pixels, cum, local, counts = _region_index(regions, regions_p, num_regions, tile, method)
     return pixels, cum, local, counts.clone()  # a custom op's outputs may not alias each other
 
 
 @_region_index_op.register_fake
-def _(regions, regions_p, num_regions, tile, network):
+def _(regions, regions_p, num_regions, tile, method):
     batch, height, width = regions.shape
     views = 1 if regions_p is None else 2
     table = (views, batch, cdiv(height * width, tile), num_regions)
@@ -291,15 +311,18 @@ def _one_dtype(regions: torch.Tensor, regions_p: torch.Tensor | None):
     return regions.long(), regions_p.long()
 
 
-def _sort_network(regions: torch.Tensor) -> bool:
-    """The default sort: the gather network under the interpreter (CPU tensors), tl.sort on CUDA."""
-    return not regions.is_cuda
+def _index_method(regions: torch.Tensor) -> str:
+    """The default tile sort: the CUDA kernel on CUDA tensors when the extension has one, else
+    tl.sort; the gather network under the interpreter (CPU tensors)."""
+    if not regions.is_cuda:
+        return "network"
+    return "cuda" if has_cuda_extension() else "sort"
 
 
 def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = None, *,
-                 regions_p: torch.Tensor | None = None, network: bool | None = None) -> RegionIndex:
-    """Index each image's pixels by region id on the device (two Triton kernels: the tile sort,
-    then the prefix over the tiles).
+                 regions_p: torch.Tensor | None = None, method: str | None = None) -> RegionIndex:
+    """Index each image's pixels by region id on the device (two kernels: the tile sort, then the
+    prefix over the tiles).
 
     It holds the same information as :func:`lrc_fast.reference.region_loss.region_index` (every
     region's pixels in raster order) without the global scatter: see :class:`RegionIndex` for
@@ -319,10 +342,14 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
     regions_p : torch.Tensor, optional
         A second map of the same shape and device (the warped view), any strides. When the two
         dtypes differ both maps are indexed as int64 (``maps`` holds those copies).
-    network : bool, optional
-        How each tile is sorted: a bitonic network of ``tl.gather`` stages (True) or Triton's
-        ``tl.sort`` (False). None: the network on CPU tensors (the Triton interpreter runs
-        ``tl.sort`` element by element), ``tl.sort`` on CUDA. Both give the same index.
+    method : str, optional
+        How each tile is sorted, one of :data:`INDEX_METHODS`; all give the same index:
+        ``'cuda'``, the compiled extension's CUDA kernel (CUDA tensors, an extension built with
+        CUDA); ``'simt'``, that kernel run by the CPU SIMT simulator (CPU tensors; slow, for
+        tests); ``'sort'``, Triton's ``tl.sort``; ``'network'``, a bitonic network of
+        ``tl.gather`` stages (fast under the Triton interpreter, which runs ``tl.sort`` element
+        by element). None: ``'cuda'`` on CUDA when the extension has it, else ``'sort'``;
+        ``'network'`` on CPU tensors.
 
     Returns
     -------
@@ -334,22 +361,36 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
     Raises
     ------
     ValueError
-        ``tile`` not a power of two >= 16, or ``num_regions`` above
-        :func:`max_index_regions` (``(id, lane)`` pairs are packed into int32).
+        ``tile`` not a power of two from 16 to 4096, ``num_regions`` above
+        :func:`max_index_regions` (``(id, lane)`` pairs are packed into int32), ``method`` not
+        one of :data:`INDEX_METHODS`, or not one for the maps' device and this installation.
     """
     batch, height, width = regions.shape
     regions, regions_p = _one_dtype(regions, regions_p)
     views = 1 if regions_p is None else 2
     tile = tile or _index_tile(views * batch, height * width, num_regions)
-    if tile < 16 or tile & (tile - 1):
-        raise ValueError(f"tile must be a power of two >= 16, got {tile}.")
+    if tile < 16 or tile > _MAX_TILE or tile & (tile - 1):
+        raise ValueError(f"tile must be a power of two from 16 to {_MAX_TILE}, got {tile}.")
     if num_regions > max_index_regions(tile):
         raise ValueError(f"num_regions={num_regions} is too large for the Triton region index "
                          f"(at most {max_index_regions(tile)} with {tile}-pixel tiles); use "
                          "backend='reference'.")
-    network = _sort_network(regions) if network is None else bool(network)
+    method = _index_method(regions) if method is None else _check_method(method, regions)
     index = _region_index_op if torch.compiler.is_compiling() else _region_index
-    return RegionIndex(*index(regions, regions_p, num_regions, tile, network), tile, (regions, regions_p))
+    return RegionIndex(*index(regions, regions_p, num_regions, tile, method), tile, (regions, regions_p))
+
+
+def _check_method(method, regions: torch.Tensor) -> str:
+    """``method`` when it can sort these maps here, else a ValueError saying why."""
+    if method not in INDEX_METHODS:
+        raise ValueError(f"method must be one of {INDEX_METHODS}, got {method!r}.")
+    if method == "cuda" and not (regions.is_cuda and has_cuda_extension()):
+        raise ValueError("method='cuda' needs CUDA region maps and lrc_fast._C built with CUDA; got "
+                         f"maps on {regions.device}, extension with CUDA: {has_cuda_extension()}.")
+    if method == "simt" and regions.is_cuda:
+        raise ValueError("method='simt' runs the CUDA kernel on the CPU simulator: it needs CPU "
+                         f"region maps, got maps on {regions.device}.")
+    return method
 
 
 # ----------------------------------------------------------------------------------------------

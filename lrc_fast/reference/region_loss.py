@@ -64,6 +64,47 @@ def region_index(regions: torch.Tensor, num_regions: int) -> tuple[torch.Tensor,
             counts[:, :num_regions].to(torch.int32).contiguous())
 
 
+def tile_index(regions: torch.Tensor, num_regions: int, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The region index in the fused path's tiled layout: the oracle of its tile sorts.
+
+    Each image is cut into tiles of ``tile`` pixels in raster order (the last one padded), and
+    each tile's pixels are stably sorted by key (the id when ``0 <= id < K``, else ``K``; padding
+    last), as :func:`lrc_fast.kernels.region_pool.region_index` does before its prefix over the
+    tiles.
+
+    Parameters
+    ----------
+    regions : torch.Tensor
+        ``(B, H, W)`` integer region ids.
+    num_regions : int
+        ``K``.
+    tile : int
+        Pixels per tile, >= 1.
+
+    Returns
+    -------
+    pixels : torch.Tensor
+        ``(B, H*W)`` int32: ``pixels[b, t * tile + i]`` is tile ``t``'s ``i``-th pixel in
+        (key, raster) order.
+    hist, local : torch.Tensor
+        ``(B, T, K)`` int32: id ``k``'s pixel count in tile ``t``, and where its run starts in the
+        sorted tile (the fused path writes ``local`` only where ``hist > 0``).
+    """
+    batch = regions.shape[0]
+    flat = regions.reshape(batch, -1)  # (B, HW)
+    hw = flat.shape[1]
+    n_tiles = -(-hw // tile)
+    key = torch.where((flat >= 0) & (flat < num_regions), flat, num_regions).long()
+    key = F.pad(key, (0, n_tiles * tile - hw), value=num_regions + 1).view(batch, n_tiles, tile)  # (B, T, tile)
+    order = torch.sort(key, dim=2, stable=True).indices  # (B, T, tile): padding sorts last
+    first = torch.arange(n_tiles, device=regions.device)[:, None] * tile  # (T, 1)
+    pixels = (order + first).reshape(batch, -1)[:, :hw].to(torch.int32)  # (B, HW)
+    counts = torch.zeros(batch, n_tiles, num_regions + 2, dtype=torch.int64, device=regions.device)
+    counts.scatter_add_(2, key, torch.ones_like(key))  # (B, T, K+2)
+    starts = counts.cumsum(2) - counts  # (B, T, K+2): runs in key order
+    return (pixels, counts[..., :num_regions].to(torch.int32), starts[..., :num_regions].to(torch.int32))
+
+
 def select_regions(counts_q: torch.Tensor, counts_p: torch.Tensor, max_regions: int | None,
                    subset: str, generator: torch.Generator | None):
     """The regions that enter the loss: present in both views, at most ``max_regions`` per image.

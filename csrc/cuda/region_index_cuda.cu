@@ -1,0 +1,168 @@
+// The tile sort of the loss's region index (lrc_fast/kernels/region_pool.py), the same bits as
+// the Triton `_tile_sort_kernel`, without tl.sort. One CTA of 256 threads sorts one tile: a
+// stable LSD radix sort of the tile's (key, position) pairs by key, 8 bits a pass (one pass while
+// K < 255, two while K < 65,535), each pass ranked by warps with __match_any_sync and per-warp
+// digit counters in shared memory. tl.sort runs a bitonic network (55 compare-exchange stages for
+// 1,024 keys, most across threads through shared memory); on an H200 it took 0.26 ms per loss
+// step (B=16, two 512x512 maps), a quarter of the step.
+#include "region_index_cuda.h"
+
+namespace lrc {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kRadixBits = 8;
+constexpr int kBuckets = 1 << kRadixBits;
+static_assert(kBuckets == kThreads, "the scan gives thread d the counters of digit d");
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// A CTA holds kCap positions (kCap >= tile): warp w owns positions [w * kCap / 8, (w + 1) *
+// kCap / 8) as kCap / 256 rows of 32, lane = position within the row. A warp ranks its rows in
+// order and the warps' counters are scanned in warp order, so each pass is stable.
+template <class Id, int kCap>
+__global__ void __launch_bounds__(kThreads) region_index_kernel(RegionIndexArgs a) {
+  constexpr int kChunks = kCap / kThreads;  // rows of 32 positions per thread
+  constexpr int kPerWarp = kCap / kWarps;
+  __shared__ unsigned long long sorted[kCap];   // (key << 32) | position, after each pass
+  __shared__ int32_t counts[kWarps][kBuckets];  // per warp and digit: the count, then the offset
+  __shared__ int32_t warp_sums[kWarps];
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32;
+  const unsigned lower_lanes = (1u << lane) - 1u;
+  const int tile = 1 << a.log_tile;
+  const int t = static_cast<int>(blockIdx.x) % a.n_tiles;
+  const int image = static_cast<int>(blockIdx.x) / a.n_tiles;  // v * B + b
+  const int v = image / a.B, b = image % a.B;
+  // selected, not indexed by v: a dynamic index would copy the arguments to local memory
+  const Id* map = static_cast<const Id*>(v == 0 ? a.maps[0] : a.maps[1]) + b * (v == 0 ? a.stride_b[0] : a.stride_b[1]);
+  const int64_t s_h = v == 0 ? a.stride_h[0] : a.stride_h[1];
+  const int64_t s_w = v == 0 ? a.stride_w[0] : a.stride_w[1];
+  const bool flat = s_h == a.W * s_w;  // pixel h * W + w at (h * W + w) * s_w: no division
+  const uint32_t ignored = static_cast<uint32_t>(a.K);
+  const uint32_t padding = ignored + 1u;  // past the tile or the image: sorts last, never stored
+  int key_bits = 1;
+  while ((padding >> key_bits) != 0u) ++key_bits;
+  // int64 offsets: (V * B * n_tiles) * K may pass 2**31
+  const int64_t row = (static_cast<int64_t>(image) * a.n_tiles + t) * a.K;
+  // this tile's row of counts, zeroed here (no memset launch); the barriers of the sort order
+  // these stores before the counts stored at the end
+  for (int k = tid; k < a.K; k += kThreads) a.hist[row + k] = 0;
+
+  unsigned long long item[kChunks];
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int p = warp * kPerWarp + c * 32 + lane;
+    const int pix = t * tile + p;
+    uint32_t key = padding;
+    if (p < tile && pix < a.HW) {
+      const int64_t id = __ldg(map + (flat ? pix * s_w : (pix / a.W) * s_h + (pix % a.W) * s_w));
+      key = (id >= 0 && id < a.K) ? static_cast<uint32_t>(id) : ignored;
+    }
+    item[c] = (static_cast<unsigned long long>(key) << 32) | static_cast<uint32_t>(p);
+  }
+
+  int rank[kChunks];  // within the warp's rows, among the pairs with the same digit
+  for (int shift = 32; shift < 32 + key_bits; shift += kRadixBits) {
+#pragma unroll
+    for (int i = 0; i < kBuckets / 32; ++i) counts[warp][i * 32 + lane] = 0;
+    __syncwarp();
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const int digit = static_cast<int>(item[c] >> shift) & (kBuckets - 1);
+      const unsigned peers = __match_any_sync(kFullMask, digit);
+      const int before = __popc(peers & lower_lanes);
+      const int seen = counts[warp][digit];
+      __syncwarp();  // every lane has read the digit's count before its first lane adds the row's
+      if (before == 0) counts[warp][digit] = seen + __popc(peers);
+      __syncwarp();
+      rank[c] = seen + before;
+    }
+    __syncthreads();
+    // thread d: digit d's offsets in warps 0..7, then the digit's start in the tile
+    int total = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const int n = counts[w][tid];
+      counts[w][tid] = total;
+      total += n;
+    }
+    int inclusive = total;  // over digits 0..d: a warp scan, then the warps before
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int up = __shfl_up_sync(kFullMask, inclusive, d);
+      if (lane >= d) inclusive += up;
+    }
+    if (lane == 31) warp_sums[warp] = inclusive;
+    __syncthreads();
+    int start = inclusive - total;
+    for (int w = 0; w < warp; ++w) start += warp_sums[w];
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) counts[w][tid] += start;
+    __syncthreads();
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const int digit = static_cast<int>(item[c] >> shift) & (kBuckets - 1);
+      sorted[counts[warp][digit] + rank[c]] = item[c];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) item[c] = sorted[warp * kPerWarp + c * 32 + lane];
+  }
+
+  int32_t* const out = a.pixels + static_cast<int64_t>(image) * a.HW;
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int p = warp * kPerWarp + c * 32 + lane;
+    const int pix = t * tile + p;  // padding sorts last: position p holds a pixel where pix < HW
+    if (p < tile && pix < a.HW) out[pix] = t * tile + static_cast<int32_t>(item[c] & 0xffffffffull);
+    const uint32_t key = static_cast<uint32_t>(item[c] >> 32);
+    if (key < ignored && (p == kCap - 1 || static_cast<uint32_t>(sorted[p + 1] >> 32) != key)) {
+      int lo = 0, hi = p;  // the run ends at p; it starts at the first pair with this key
+      while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (static_cast<uint32_t>(sorted[mid] >> 32) < key) {
+          lo = mid + 1;
+        } else {
+          hi = mid;
+        }
+      }
+      a.hist[row + key] = p + 1 - lo;
+      a.local[row + key] = lo;
+    }
+  }
+}
+
+template <class Id, int kCap>
+cudaError_t launch(const RegionIndexArgs& a, cudaStream_t stream) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(a.V) * static_cast<unsigned>(a.B) * static_cast<unsigned>(a.n_tiles));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  return cudaLaunchKernelEx(&cfg, region_index_kernel<Id, kCap>, a);
+}
+
+template <class Id>
+cudaError_t launch_for_tile(const RegionIndexArgs& a, cudaStream_t stream) {
+  if (a.log_tile <= 8) return launch<Id, 256>(a, stream);
+  if (a.log_tile <= 10) return launch<Id, 1024>(a, stream);
+  return launch<Id, 4096>(a, stream);
+}
+
+}  // namespace
+
+cudaError_t region_index_cuda(const RegionIndexArgs& a, cudaStream_t stream) {
+  const int64_t tile = int64_t{1} << (a.log_tile & 31);
+  // pixel numbers t * tile + p (p < tile) stay below 2**31
+  if (a.V < 1 || a.V > 2 || a.B < 0 || a.W < 1 || a.HW < 0 || a.K < 0 || a.K > 0x7ffffffd ||
+      a.log_tile < 4 || a.log_tile > 12 || a.HW + tile > 0x7fffffff || a.n_tiles != (a.HW + tile - 1) / tile)
+    return cudaErrorInvalidValue;
+  const int64_t blocks = static_cast<int64_t>(a.V) * a.B * a.n_tiles;
+  if (blocks == 0) return cudaSuccess;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+  return a.int64_ids ? launch_for_tile<int64_t>(a, stream) : launch_for_tile<int32_t>(a, stream);
+}
+
+}  // namespace lrc
