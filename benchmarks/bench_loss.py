@@ -49,8 +49,9 @@ GPU): the bytes behind it for both layouts.
 checked against the default shape's result first: the region index with the pooling forward
 that searches it (``INDEX_TILE_CHOICES``; the CUDA tile sort and tl.sort side by side where the
 extension has CUDA, and the index alone per sort), the dense feature-gradient kernel (one view;
-``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`,
-beside a zero fill of one gradient) and the InfoNCE forward + backward (``(rows, warps, stages)``
+``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`
+for NCHW gradients and of ``GRAD_BLOCK_CHOICES_CL`` for channels_last ones, beside a zero fill of
+one gradient) and the InfoNCE forward + backward (``(rows, warps, stages)``
 of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`).
 """
 from __future__ import annotations
@@ -619,38 +620,43 @@ def sweep_index(config, quick=False):
 
 
 def sweep_backward(config, quick=False):
-    """The dense backward alone at each shape of GRAD_BLOCK_CHOICES, beside one zero fill.
+    """The dense backward alone at each shape of GRAD_BLOCK_CHOICES (NCHW gradients) and of
+    GRAD_BLOCK_CHOICES_CL (channels_last), beside one zero fill of a gradient in that layout.
 
     Every shape's gradient is first checked equal (bit for bit: the same products, only the
-    tiling differs) to the default shape's; a mismatch is reported and the shape not timed.
-    Returns the failures.
+    tiling differs) to the layout's default shape's; a mismatch is reported and the shape not
+    timed. Returns the failures.
     """
     from lrc_fast.kernels import region_pool as pk
 
     device = "cuda" if CUDA else "cpu"
     failures = []
-    print("\n| dtype | K | zero fill of one gradient ms | "
-          + " | ".join(f"{shape} ms" for shape in pk.GRAD_BLOCK_CHOICES) + " |")
-    print("|---|---|---|" + "---|" * len(pk.GRAD_BLOCK_CHOICES))
-    for dtype in ((torch.float32,) if quick else config["dtypes"]):
-        for k in ((256,) if quick else config["ks"]):
-            feat, _, regions, _ = make_inputs(config["batch"], config["channels"], config["size"], k,
-                                              dtype, device)
-            index = pk.region_index(regions, k)
-            valid = index.counts[0] > 0
-            uniforms = torch.rand((1, config["batch"], k, config["num_samples"]), device=device)
-            means, _, hits = pk._pool_forward(feat, None, index.pixels, index.cum, index.local, None,
-                                              valid, uniforms, True, index.tile)
-            grad_means = torch.randn_like(means)
-            args = (grad_means, hits, regions, None, None, list(feat.shape), dtype, [False],
-                    config["num_samples"], [0])
-            (expected,) = pk._pool_backward(*args)
-            cells = [f"{time_ms(lambda: torch.zeros_like(feat), 60):.3f}"] + sweep_cells(
-                f"{dtype} K={k}", pk.GRAD_BLOCK_CHOICES,
-                lambda shape: pk._pool_backward(*args, blocks=shape)[0],
-                lambda grad: None if torch.equal(grad, expected) else "gradient differs from the default shape's",
-                failures)
-            print(f"| {str(dtype).replace('torch.', '')} | {k} | " + " | ".join(cells) + " |", flush=True)
+    for layout, choices in [("NCHW", pk.GRAD_BLOCK_CHOICES), ("channels_last", pk.GRAD_BLOCK_CHOICES_CL)]:
+        print("\n| dtype | K | layout | zero fill of one gradient ms | "
+              + " | ".join(f"{shape} ms" for shape in choices) + " |")
+        print("|---|---|---|---|" + "---|" * len(choices))
+        for dtype in ((torch.float32,) if quick else config["dtypes"]):
+            for k in ((256,) if quick else config["ks"]):
+                feat, _, regions, _ = make_inputs(config["batch"], config["channels"], config["size"], k,
+                                                  dtype, device)
+                if layout == "channels_last":
+                    feat = feat.to(memory_format=torch.channels_last)
+                index = pk.region_index(regions, k)
+                valid = index.counts[0] > 0
+                uniforms = torch.rand((1, config["batch"], k, config["num_samples"]), device=device)
+                means, _, hits = pk._pool_forward(feat, None, index.pixels, index.cum, index.local, None,
+                                                  valid, uniforms, True, index.tile)
+                grad_means = torch.randn_like(means)
+                args = (grad_means, hits, regions, None, None, list(feat.shape), dtype,
+                        [layout == "channels_last"], config["num_samples"], [0])
+                (expected,) = pk._pool_backward(*args)
+                cells = [f"{time_ms(lambda: torch.zeros_like(feat), 60):.3f}"] + sweep_cells(
+                    f"{dtype} K={k} {layout}", choices,
+                    lambda shape: pk._pool_backward(*args, blocks=shape)[0],
+                    lambda grad: None if torch.equal(grad, expected) else "gradient differs from the default shape's",
+                    failures)
+                print(f"| {str(dtype).replace('torch.', '')} | {k} | {layout} | " + " | ".join(cells) + " |",
+                      flush=True)
     return failures
 
 

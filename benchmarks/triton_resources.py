@@ -241,6 +241,9 @@ def coverage_workload():
         for blocks in region_pool.GRAD_BLOCK_CHOICES:
             region_pool._pool_backward(means, hits, regions, int32_map.long(), None, list(feat.shape),
                                        feat.dtype, [False, True], 5, [0, 1], blocks)
+        for blocks in region_pool.GRAD_BLOCK_CHOICES_CL:  # both gradients channels_last
+            region_pool._pool_backward(means, hits, regions, int32_map.long(), None, list(feat.shape),
+                                       feat.dtype, [True, True], 5, [0, 1], blocks)
         means = torch.zeros(2, batch, k, channels, requires_grad=True)
         for precision in ("tf32x3", "tf32"):
             for blocks in region_infonce.BLOCK_CHOICES:

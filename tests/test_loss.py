@@ -419,11 +419,12 @@ def test_maps_of_two_dtypes_and_mismatched_views():
 
 
 @interpreter
-@pytest.mark.parametrize("blocks", pool_kernels.GRAD_BLOCK_CHOICES)
+@pytest.mark.parametrize("blocks", sorted(set(pool_kernels.GRAD_BLOCK_CHOICES + pool_kernels.GRAD_BLOCK_CHOICES_CL)))
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_pool_backward_tiles_agree(blocks, channels_last):
-    # every tile the benchmark sweeps writes the same gradient, bit for bit; 20 channels are not
-    # a multiple of any channel step (masked last step), 37 x 91 pixels not of any pixel block
+    # every tile the benchmark sweeps (for either layout) writes the same gradient, bit for bit; 20
+    # channels are not a multiple of any channel step (masked last step), 37 x 91 pixels not of
+    # any pixel block
     batch, channels, height, width, k, n = 2, 20, 37, 91, 9, 30
     regions = blob_regions(batch, height, width, k, seed=21)
     feat = features((batch, channels, height, width), torch.bfloat16, channels_last, seed=22).detach()
