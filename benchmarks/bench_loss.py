@@ -147,7 +147,7 @@ def with_index_method(fn, method):
 
     def run():
         default = pk._index_method
-        pk._index_method = lambda regions: method
+        pk._index_method = lambda regions, tile: method
         try:
             return fn()
         finally:

@@ -312,7 +312,7 @@ def main(argv=None) -> int:
         from lrc_fast.kernels import region_infonce, region_pool
         # the choices the launchers make for CUDA tensors, not for the CPU tensors used here
         region_infonce._launch_precision = lambda tensor, precision: precision
-        region_pool._index_method = lambda regions: "sort"
+        region_pool._index_method = lambda regions, tile: "sort"
         if args.record == "coverage":
             launches = record_launches(coverage_workload)
         else:

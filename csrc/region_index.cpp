@@ -2,6 +2,7 @@
 // the Python wrapper (lrc_fast/kernels/region_pool.py); the checks here only guard the pointers.
 #include "region_index.h"
 
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -85,11 +86,15 @@ Outputs region_index_cuda(const torch::Tensor& regions, const std::optional<torc
 #endif
 }
 
-// The same CUDA kernel run by the SIMT simulator on CPU tensors; seed as felzenszwalb_simt's.
+// The same CUDA kernel run by the SIMT simulator on CPU tensors; seed as felzenszwalb_simt's. The
+// outputs start as INT32_MIN, so an element the kernel should write and does not shows.
 Outputs region_index_simt_op(const torch::Tensor& regions, const std::optional<torch::Tensor>& regions_p,
                              int64_t num_regions, int64_t tile, int64_t seed) {
   TORCH_CHECK(regions.device().is_cpu(), "region_index_simt: regions must be a CPU tensor");
   auto [outputs, args] = prepare("region_index_simt", regions, regions_p, num_regions, tile);
+  // a value the kernel never writes, so that the tests see any element it fails to write
+  for (auto* out : {&std::get<0>(outputs), &std::get<1>(outputs), &std::get<2>(outputs)})
+    out->fill_(std::numeric_limits<int32_t>::min());
   const std::string error = region_index_simt(args, static_cast<uint64_t>(seed));
   TORCH_CHECK(error.empty(), "region_index_simt: ", error);
   return outputs;

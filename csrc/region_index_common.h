@@ -18,7 +18,7 @@ struct RegionIndexArgs {
   int64_t stride_b[2], stride_h[2], stride_w[2];  // in elements
   bool int64_ids;             // the maps' dtype: int64 (true) or int32
   int32_t V, B, W, HW;        // HW = H * W < 2**31
-  int32_t K;                  // ids 0..K-1 are regions; K + 1 < 2**31
+  int32_t K;                  // ids 0..K-1 are regions; 0 <= K <= 2**31 - 3
   int32_t log_tile;           // 4 <= log_tile <= 12 (tiles of 16 to 4,096 pixels)
   int32_t n_tiles;            // ceil(HW / tile)
   int32_t* pixels;            // out (V, B, HW)

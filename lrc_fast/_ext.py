@@ -25,8 +25,10 @@ def has_cpu_extension() -> bool:
     return _C is not None
 
 
+@torch.compiler.assume_constant_result
 def has_cuda_extension() -> bool:
-    """True when ``lrc_fast._C`` was built with its CUDA part."""
+    """True when ``lrc_fast._C`` was built with its CUDA part (a constant to ``torch.compile``,
+    which cannot trace into the compiled module: the loss's region index asks it)."""
     return _C is not None and bool(_C.with_cuda())
 
 

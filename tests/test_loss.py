@@ -802,6 +802,26 @@ def test_torch_compile():
                        region_contrast_loss(feat_q, feat_p, regions, num_regions=5, generator=3))
 
 
+@pytest.mark.gpu
+def test_gpu_torch_compile_fullgraph():
+    # on CUDA the region index's sort is chosen by asking the compiled extension, which dynamo
+    # cannot trace: the answer must be a constant to it, or fullgraph fails
+    regions = blob_regions(2, 40, 52, 7, seed=55).cuda()
+    feat_q, feat_p = (features((2, 8, 40, 52), seed=s).detach().cuda().requires_grad_(True) for s in (56, 57))
+
+    def step(q, p, r):
+        return region_contrast_loss(q, p, r, num_regions=7, backend="triton")
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)  # eager's random draw
+    torch.manual_seed(9)
+    loss = compiled(feat_q, feat_p, regions)
+    grads = torch.autograd.grad(loss, [feat_q, feat_p])
+    torch.manual_seed(9)
+    eager = step(feat_q, feat_p, regions)
+    eager_grads = torch.autograd.grad(eager, [feat_q, feat_p])
+    assert torch.equal(loss, eager)
+    assert all(torch.equal(a, b) for a, b in zip(grads, eager_grads))
+
+
 # ----------------------------------------------------------------------------------------------
 # input checks
 # ----------------------------------------------------------------------------------------------

@@ -4,19 +4,25 @@ Without a GPU the kernel runs on the SIMT simulator (``method='simt'``): its own
 shared-memory counters and barriers execute, thread by thread, in thread order (seed 0) and in
 random interleavings (other seeds). Its tables must equal the Triton tile sort's and the
 reference's (:func:`lrc_fast.reference.region_loss.tile_index`), bit for bit, at every kernel
-size (one, four and sixteen rows of 32 positions per thread), with one, two and three radix passes
+size (one to sixteen rows of 32 positions per thread), with one, two and three radix passes
 (K below 255, below 65,535, above), int32 and int64 maps, any strides, one or two maps, ignored
 ids and partial last tiles. On a GPU the compiled kernel must equal the reference and both Triton
 sorts.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import lrc_fast
+from lrc_fast._ext import triton_interpret
 from lrc_fast.kernels import region_pool as pk
 from lrc_fast.reference import region_loss as ref
+
+# the simulator's tables are compared with the Triton sort's run on CPU tensors
+interpreter = pytest.mark.skipif(not triton_interpret(), reason="CPU Triton tests need TRITON_INTERPRET=1")
 
 def triton_tables(regions, regions_p, num_regions, tile):
     """(pixels, hist, local) of the Triton tile sort (the gather network on CPU tensors)."""
@@ -49,6 +55,7 @@ def random_maps(shape, num_regions, dtype, seed, blocks=False):
     return coarse.repeat_interleave(7, 1).repeat_interleave(5, 2)[:, :height, :width].contiguous().to(dtype)
 
 
+@interpreter
 @pytest.mark.parametrize("shape, num_regions, tile", [
     ((2, 9, 13), 9, 16),       # the 256-position kernel holds 16 pixels of a tile; a partial tile
     ((2, 37, 91), 300, 256),   # two radix passes, one row per thread
@@ -57,6 +64,8 @@ def random_maps(shape, num_regions, dtype, seed, blocks=False):
     ((3, 1, 1), 1, 16),        # a one-pixel image
     ((2, 3, 5), 0, 16),        # no region ids: every pixel ignored
     ((1, 64, 64), 64, 1024),   # whole tiles
+    ((2, 30, 40), 100, 512),   # two rows per thread
+    ((1, 50, 90), 1000, 2048),  # eight rows per thread, two passes
 ])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("blocks", [False, True])
@@ -67,6 +76,7 @@ def test_simt_matches_triton(simt_ext, shape, num_regions, tile, dtype, blocks):
     assert_same_tables(got, reference_tables(regions, None, num_regions, tile))
 
 
+@interpreter
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_simt_two_strided_maps_random_interleavings(simt_ext, seed):
     """Two maps, the first transposed in memory (not h * W + w addressable), under interleavings
@@ -79,6 +89,7 @@ def test_simt_two_strided_maps_random_interleavings(simt_ext, seed):
     assert_same_tables(got, reference_tables(regions, regions_p, 300, 256))
 
 
+@interpreter
 def test_simt_index_feeds_the_pooling_like_the_triton_index(simt_ext):
     """The whole index (sort, then the prefix over the tiles) through region_index."""
     regions = random_maps((2, 37, 91), 40, torch.int64, seed=5, blocks=True)
@@ -95,8 +106,25 @@ def test_region_index_rejects_bad_methods():
         pk.region_index(regions, 3, method="radix")
     with pytest.raises(ValueError, match="method='cuda' needs CUDA region maps .* got maps on cpu"):
         pk.region_index(regions, 3, method="cuda")
-    with pytest.raises(ValueError, match="tile must be a power of two from 16 to 4096, got 8192"):
-        pk.region_index(regions, 3, tile=8192)
+    with pytest.raises(ValueError, match="method='simt' takes tiles of at most 4096 pixels, got 8192"):
+        pk.region_index(regions, 3, tile=8192, method="simt")
+    with pytest.raises(ValueError, match="method='cuda' sorts int32 or int64 region maps, got torch.int16"):
+        pk.region_index(regions.short(), 3, method="cuda")
+
+
+def test_default_method_and_compile():
+    """The CUDA kernel is the default only where it applies; the query behind the choice is a
+    constant to torch.compile (it cannot trace into the compiled extension)."""
+    cuda = lrc_fast.backends()["cuda_extension"]
+    regions = torch.zeros(1, 4, 4, dtype=torch.int64)
+    assert pk._index_method(regions, 1024) == "network"  # CPU maps: the interpreter's sort
+    for dtype, tile, expected in [(torch.int64, 1024, "cuda"), (torch.int32, 4096, "cuda"),
+                                  (torch.int16, 1024, "sort"), (torch.int64, 8192, "sort")]:
+        maps = SimpleNamespace(is_cuda=True, dtype=dtype)  # what the choice reads of a CUDA map
+        assert pk._index_method(maps, tile) == (expected if cuda else "sort")
+    compiled = torch.compile(lambda x: x + int(lrc_fast._ext.has_cuda_extension()), fullgraph=True,
+                             backend="eager")
+    assert int(compiled(torch.zeros(1))) == int(cuda)
 
 
 @pytest.mark.gpu

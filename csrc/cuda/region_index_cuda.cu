@@ -54,9 +54,9 @@ __global__ void __launch_bounds__(kThreads) region_index_kernel(RegionIndexArgs 
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
     const int p = warp * kPerWarp + c * 32 + lane;
-    const int pix = t * tile + p;
     uint32_t key = padding;
-    if (p < tile && pix < a.HW) {
+    if (p < tile && t * tile + p < a.HW) {  // p < tile first: t * tile + p < HW + tile < 2**31
+      const int pix = t * tile + p;
       const int64_t id = __ldg(map + (flat ? pix * s_w : (pix / a.W) * s_h + (pix % a.W) * s_w));
       key = (id >= 0 && id < a.K) ? static_cast<uint32_t>(id) : ignored;
     }
@@ -115,8 +115,8 @@ __global__ void __launch_bounds__(kThreads) region_index_kernel(RegionIndexArgs 
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
     const int p = warp * kPerWarp + c * 32 + lane;
-    const int pix = t * tile + p;  // padding sorts last: position p holds a pixel where pix < HW
-    if (p < tile && pix < a.HW) out[pix] = t * tile + static_cast<int32_t>(item[c] & 0xffffffffull);
+    // padding sorts last: position p holds a pixel of the image where t * tile + p < HW
+    if (p < tile && t * tile + p < a.HW) out[t * tile + p] = t * tile + static_cast<int32_t>(item[c] & 0xffffffffull);
     const uint32_t key = static_cast<uint32_t>(item[c] >> 32);
     if (key < ignored && (p == kCap - 1 || static_cast<uint32_t>(sorted[p + 1] >> 32) != key)) {
       int lo = 0, hi = p;  // the run ends at p; it starts at the first pair with this key
@@ -141,14 +141,22 @@ cudaError_t launch(const RegionIndexArgs& a, cudaStream_t stream) {
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = 0;
   cfg.stream = stream;
-  return cudaLaunchKernelEx(&cfg, region_index_kernel<Id, kCap>, a);
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, region_index_kernel<Id, kCap>, a);
+  if (err != cudaSuccess) cudaGetLastError();  // clear it: a later launch check must not see it
+  return err;
 }
 
+// One kernel size per tile from 256 pixels up (the tiles bench_loss.py --sweep times); smaller
+// tiles (small images) take the 256-position kernel.
 template <class Id>
 cudaError_t launch_for_tile(const RegionIndexArgs& a, cudaStream_t stream) {
-  if (a.log_tile <= 8) return launch<Id, 256>(a, stream);
-  if (a.log_tile <= 10) return launch<Id, 1024>(a, stream);
-  return launch<Id, 4096>(a, stream);
+  switch (a.log_tile) {
+    case 9: return launch<Id, 512>(a, stream);
+    case 10: return launch<Id, 1024>(a, stream);
+    case 11: return launch<Id, 2048>(a, stream);
+    case 12: return launch<Id, 4096>(a, stream);
+    default: return launch<Id, 256>(a, stream);
+  }
 }
 
 }  // namespace

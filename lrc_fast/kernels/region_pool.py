@@ -58,7 +58,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._ext import has_cuda_extension, require_extension
+from .._ext import has_cpu_extension, has_cuda_extension, require_extension
 from ._host import cdiv, next_power_of_2
 
 # pixels per program of the region index: the tiles `bench_loss.py --sweep` times (with the
@@ -317,12 +317,17 @@ def _one_dtype(regions: torch.Tensor, regions_p: torch.Tensor | None):
     return regions.long(), regions_p.long()
 
 
-def _index_method(regions: torch.Tensor) -> str:
-    """The default tile sort: the CUDA kernel on CUDA tensors when the extension has one, else
-    tl.sort; the gather network under the interpreter (CPU tensors)."""
+_COMPILED_SORT_DTYPES = (torch.int32, torch.int64)  # the id dtypes the CUDA kernel reads
+
+
+def _index_method(regions: torch.Tensor, tile: int) -> str:
+    """The default tile sort: the CUDA kernel for CUDA int32/int64 maps and tiles of at most
+    4096 pixels when the extension has CUDA, else tl.sort; the gather network under the
+    interpreter (CPU tensors)."""
     if not regions.is_cuda:
         return "network"
-    return "cuda" if has_cuda_extension() else "sort"
+    compiled = regions.dtype in _COMPILED_SORT_DTYPES and tile <= _MAX_TILE
+    return "cuda" if compiled and has_cuda_extension() else "sort"
 
 
 def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = None, *,
@@ -342,9 +347,9 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
     num_regions : int
         ``K``.
     tile : int, optional
-        Pixels per program, a power of two >= 16 (default 1024, or the image size rounded up to
-        a power of two when smaller; larger, up to 4096, when the ``(V, B, T, K)`` int32 tables
-        would exceed 2**24 entries).
+        Pixels per program, a power of two >= 16, at most 4096 for the CUDA kernel (default
+        1024, or the image size rounded up to a power of two when smaller; larger, up to 4096,
+        when the ``(V, B, T, K)`` int32 tables would exceed 2**24 entries).
     regions_p : torch.Tensor, optional
         A second map of the same shape and device (the warped view), any strides. When the two
         dtypes differ both maps are indexed as int64 (``maps`` holds those copies).
@@ -354,8 +359,9 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
         CUDA); ``'simt'``, that kernel run by the CPU SIMT simulator (CPU tensors; slow, for
         tests); ``'sort'``, Triton's ``tl.sort``; ``'network'``, a bitonic network of
         ``tl.gather`` stages (fast under the Triton interpreter, which runs ``tl.sort`` element
-        by element). None: ``'cuda'`` on CUDA when the extension has it, else ``'sort'``;
-        ``'network'`` on CPU tensors.
+        by element). The CUDA kernel reads int32 and int64 maps only. None: ``'cuda'`` where
+        it applies and the extension has it, else ``'sort'``, on CUDA; ``'network'`` on CPU
+        tensors.
 
     Returns
     -------
@@ -367,35 +373,45 @@ def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = Non
     Raises
     ------
     ValueError
-        ``tile`` not a power of two from 16 to 4096, ``num_regions`` above
-        :func:`max_index_regions` (``(id, lane)`` pairs are packed into int32), ``method`` not
-        one of :data:`INDEX_METHODS`, or not one for the maps' device and this installation.
+        ``tile`` not a power of two >= 16, ``num_regions`` above :func:`max_index_regions`
+        (``(id, lane)`` pairs are packed into int32), ``method`` not one of
+        :data:`INDEX_METHODS`, or not one for these maps, this tile and this installation.
     """
     batch, height, width = regions.shape
     regions, regions_p = _one_dtype(regions, regions_p)
     views = 1 if regions_p is None else 2
     tile = tile or _index_tile(views * batch, height * width, num_regions)
-    if tile < 16 or tile > _MAX_TILE or tile & (tile - 1):
-        raise ValueError(f"tile must be a power of two from 16 to {_MAX_TILE}, got {tile}.")
+    if tile < 16 or tile & (tile - 1):
+        raise ValueError(f"tile must be a power of two >= 16, got {tile}.")
     if num_regions > max_index_regions(tile):
         raise ValueError(f"num_regions={num_regions} is too large for the Triton region index "
                          f"(at most {max_index_regions(tile)} with {tile}-pixel tiles); use "
                          "backend='reference'.")
-    method = _index_method(regions) if method is None else _check_method(method, regions)
+    method = _index_method(regions, tile) if method is None else _check_method(method, regions, tile)
     index = _region_index_op if torch.compiler.is_compiling() else _region_index
     return RegionIndex(*index(regions, regions_p, num_regions, tile, method), tile, (regions, regions_p))
 
 
-def _check_method(method, regions: torch.Tensor) -> str:
+def _check_method(method, regions: torch.Tensor, tile: int) -> str:
     """``method`` when it can sort these maps here, else a ValueError saying why."""
     if method not in INDEX_METHODS:
         raise ValueError(f"method must be one of {INDEX_METHODS}, got {method!r}.")
+    if method in ("cuda", "simt"):
+        if regions.dtype not in _COMPILED_SORT_DTYPES:
+            raise ValueError(f"method={method!r} sorts int32 or int64 region maps, got {regions.dtype}; "
+                             "use method='sort' (or convert the maps).")
+        if tile > _MAX_TILE:
+            raise ValueError(f"method={method!r} takes tiles of at most {_MAX_TILE} pixels, got {tile}.")
     if method == "cuda" and not (regions.is_cuda and has_cuda_extension()):
         raise ValueError("method='cuda' needs CUDA region maps and lrc_fast._C built with CUDA; got "
                          f"maps on {regions.device}, extension with CUDA: {has_cuda_extension()}.")
-    if method == "simt" and regions.is_cuda:
-        raise ValueError("method='simt' runs the CUDA kernel on the CPU simulator: it needs CPU "
-                         f"region maps, got maps on {regions.device}.")
+    if method == "simt":
+        if regions.is_cuda:
+            raise ValueError("method='simt' runs the CUDA kernel on the CPU simulator: it needs CPU "
+                             f"region maps, got maps on {regions.device}.")
+        if not (has_cpu_extension() and require_extension().simt_available()):
+            raise ValueError("method='simt' needs lrc_fast._C (the compiled extension) on x86-64 Linux, "
+                             "where its SIMT simulator runs; it is not available here.")
     return method
 
 
