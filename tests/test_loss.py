@@ -779,6 +779,20 @@ def test_empty_inputs(shape):
     assert means.shape == (shape[0], 3, 4) and not valid.any()
 
 
+def assert_compiled_equals_eager(step, feat_q, feat_p, regions):
+    """``step(q, p, r)`` compiled whole (``fullgraph``; aot_eager keeps eager's random draw) gives
+    the eager loss and gradients, bit for bit, from the same global seed."""
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    torch.manual_seed(9)
+    loss = compiled(feat_q, feat_p, regions)
+    grads = torch.autograd.grad(loss, [feat_q, feat_p])
+    torch.manual_seed(9)
+    eager = step(feat_q, feat_p, regions)
+    eager_grads = torch.autograd.grad(eager, [feat_q, feat_p])
+    assert torch.equal(loss, eager)
+    assert all(torch.equal(a, b) for a, b in zip(grads, eager_grads))
+
+
 @interpreter
 def test_torch_compile():
     regions = blob_regions(2, 8, 12, 5, seed=52)
@@ -786,15 +800,7 @@ def test_torch_compile():
     for backend in ("triton", "reference"):
         def step(q, p, r, backend=backend):  # global RNG: dynamo cannot trace torch.Generator
             return region_contrast_loss(q, p, r, num_regions=5, backend=backend)
-        compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
-        torch.manual_seed(9)
-        loss = compiled(feat_q, feat_p, regions)
-        grads = torch.autograd.grad(loss, [feat_q, feat_p])
-        torch.manual_seed(9)
-        eager = step(feat_q, feat_p, regions)
-        eager_grads = torch.autograd.grad(eager, [feat_q, feat_p])
-        assert torch.equal(loss, eager)
-        assert all(torch.equal(a, b) for a, b in zip(grads, eager_grads))
+        assert_compiled_equals_eager(step, feat_q, feat_p, regions)
     # with a generator it still runs compiled, with a graph break around the random draw
     seeded = torch.compile(lambda q, p, r, gen: region_contrast_loss(q, p, r, num_regions=5, generator=gen),
                            backend="aot_eager")
@@ -809,17 +815,8 @@ def test_gpu_torch_compile_fullgraph():
     regions = blob_regions(2, 40, 52, 7, seed=55).cuda()
     feat_q, feat_p = (features((2, 8, 40, 52), seed=s).detach().cuda().requires_grad_(True) for s in (56, 57))
 
-    def step(q, p, r):
-        return region_contrast_loss(q, p, r, num_regions=7, backend="triton")
-    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)  # eager's random draw
-    torch.manual_seed(9)
-    loss = compiled(feat_q, feat_p, regions)
-    grads = torch.autograd.grad(loss, [feat_q, feat_p])
-    torch.manual_seed(9)
-    eager = step(feat_q, feat_p, regions)
-    eager_grads = torch.autograd.grad(eager, [feat_q, feat_p])
-    assert torch.equal(loss, eager)
-    assert all(torch.equal(a, b) for a, b in zip(grads, eager_grads))
+    assert_compiled_equals_eager(lambda q, p, r: region_contrast_loss(q, p, r, num_regions=7, backend="triton"),
+                                 feat_q, feat_p, regions)
 
 
 # ----------------------------------------------------------------------------------------------
