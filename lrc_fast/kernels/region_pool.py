@@ -23,7 +23,8 @@ Views: the loss has two views (the slice and its warped copy), each with its fea
     usually its own region map. Every kernel takes both views' pointers and strides and runs both
     in one launch (the grid's last axis is the view; the prefix over the tiles runs on one
     (V * B, T, K) table), so a loss step launches each kernel once:
-    six Triton launches in all, the index's two and the InfoNCE's two among them.
+    six launches in all, the index's two and the InfoNCE's two among them (with the CUDA
+    tile sort, five Triton launches and one CUDA launch, and no zero fill of the counts).
 
 Pooling forward (:class:`RegionPoolFunction`)
     One program per (region, image, view). It turns the ``(V, B, M, N)`` uniforms into sample pixels
