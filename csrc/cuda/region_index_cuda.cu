@@ -64,7 +64,8 @@ __global__ void __launch_bounds__(kThreads) region_index_kernel(RegionIndexArgs 
   }
 
   int rank[kChunks];  // within the warp's rows, among the pairs with the same digit
-  for (int shift = 32; shift < 32 + key_bits; shift += kRadixBits) {
+  const int last_shift = 32 + (key_bits - 1) / kRadixBits * kRadixBits;
+  for (int shift = 32; shift <= last_shift; shift += kRadixBits) {
 #pragma unroll
     for (int i = 0; i < kBuckets / 32; ++i) counts[warp][i * 32 + lane] = 0;
     __syncwarp();
@@ -119,13 +120,19 @@ __global__ void __launch_bounds__(kThreads) region_index_kernel(RegionIndexArgs 
     if (p < tile && t * tile + p < a.HW) out[t * tile + p] = t * tile + static_cast<int32_t>(item[c] & 0xffffffffull);
     const uint32_t key = static_cast<uint32_t>(item[c] >> 32);
     if (key < ignored && (p == kCap - 1 || static_cast<uint32_t>(sorted[p + 1] >> 32) != key)) {
-      int lo = 0, hi = p;  // the run ends at p; it starts at the first pair with this key
-      while (lo < hi) {
-        const int mid = (lo + hi) / 2;
-        if (static_cast<uint32_t>(sorted[mid] >> 32) < key) {
-          lo = mid + 1;
-        } else {
-          hi = mid;
+      // The run ends at p; it starts at the first pair with this key. The last pass's offsets
+      // say where the pairs of the key's top digit start: the key's own start after one pass
+      // (K < 255), else the lower end of a binary search of the sorted tile.
+      int lo = counts[0][key >> (last_shift - 32)];
+      if (key_bits > kRadixBits) {
+        int hi = p;
+        while (lo < hi) {
+          const int mid = (lo + hi) / 2;
+          if (static_cast<uint32_t>(sorted[mid] >> 32) < key) {
+            lo = mid + 1;
+          } else {
+            hi = mid;
+          }
         }
       }
       a.hist[row + key] = p + 1 - lo;
