@@ -30,12 +30,6 @@ def triton_tables(regions, regions_p, num_regions, tile):
     return pk._tile_sort(regions, regions_p, num_regions, tile, method)
 
 
-def reference_tables(regions, regions_p, num_regions, tile):
-    """(pixels, hist, local) of the reference's tile index, the maps stacked as views."""
-    per_map = [ref.tile_index(m, num_regions, tile) for m in (regions,) + ((regions_p,) if regions_p is not None else ())]
-    return tuple(torch.stack(parts) for parts in zip(*per_map))
-
-
 def assert_same_tables(got, expected):
     pixels, hist, local = got
     pixels_e, hist_e, local_e = expected
@@ -73,7 +67,7 @@ def test_simt_matches_triton(simt_ext, shape, num_regions, tile, dtype, blocks):
     regions = random_maps(shape, num_regions, dtype, seed=num_regions + tile, blocks=blocks)
     got = pk._tile_sort(regions, None, num_regions, tile, "simt")
     assert_same_tables(got, triton_tables(regions, None, num_regions, tile))
-    assert_same_tables(got, reference_tables(regions, None, num_regions, tile))
+    assert_same_tables(got, ref.tile_index(regions, num_regions, tile))
 
 
 @interpreter
@@ -86,7 +80,7 @@ def test_simt_two_strided_maps_random_interleavings(simt_ext, seed):
     expected = triton_tables(regions, regions_p, 300, 256)
     got = simt_ext.region_index_simt(regions, regions_p, 300, 256, seed)
     assert_same_tables(got, expected)
-    assert_same_tables(got, reference_tables(regions, regions_p, 300, 256))
+    assert_same_tables(got, ref.tile_index(regions, 300, 256, regions_p))
 
 
 @interpreter
@@ -120,7 +114,7 @@ def test_default_method_and_compile():
     assert pk._index_method(regions, 1024) == "network"  # CPU maps: the interpreter's sort
     for dtype, tile, expected in [(torch.int64, 1024, "cuda"), (torch.int32, 4096, "cuda"),
                                   (torch.int16, 1024, "sort"), (torch.int64, 8192, "sort")]:
-        maps = SimpleNamespace(is_cuda=True, dtype=dtype)  # what the choice reads of a CUDA map
+        maps = SimpleNamespace(is_cuda=True, device=torch.device("cuda"), dtype=dtype)  # a CUDA map's
         assert pk._index_method(maps, tile) == (expected if cuda else "sort")
     compiled = torch.compile(lambda x: x + int(lrc_fast._ext.has_cuda_extension()), fullgraph=True,
                              backend="eager")
@@ -144,7 +138,7 @@ def test_gpu_cuda_matches_both_triton_sorts(shape, num_regions, tile, dtype):
     regions = random_maps(shape, num_regions, dtype, seed=7, blocks=True).cuda()
     regions_p = random_maps(shape, num_regions, dtype, seed=8).cuda()
     got = pk._tile_sort(regions, regions_p, num_regions, tile, "cuda")
-    assert_same_tables(got, reference_tables(regions, regions_p, num_regions, tile))
+    assert_same_tables(got, ref.tile_index(regions, num_regions, tile, regions_p))
     assert_same_tables(got, pk._tile_sort(regions, regions_p, num_regions, tile, "sort"))
     assert_same_tables(got, pk._tile_sort(regions, regions_p, num_regions, tile, "network"))
     assert pk._index_method(regions) == "cuda"  # the default on CUDA with this extension

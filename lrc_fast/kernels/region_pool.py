@@ -327,8 +327,27 @@ def _index_method(regions: torch.Tensor, tile: int) -> str:
     interpreter (CPU tensors)."""
     if not regions.is_cuda:
         return "network"
-    compiled = regions.dtype in _COMPILED_SORT_DTYPES and tile <= _MAX_TILE
-    return "cuda" if compiled and has_cuda_extension() else "sort"
+    return "sort" if _compiled_sort_refusal("cuda", regions, tile) else "cuda"
+
+
+def _compiled_sort_refusal(method: str, regions: torch.Tensor, tile: int) -> str | None:
+    """Why the CUDA kernel cannot sort these maps here (``method`` ``'cuda'``, or ``'simt'``: on
+    the simulator), or None when it can."""
+    if regions.dtype not in _COMPILED_SORT_DTYPES:
+        return (f"method={method!r} sorts int32 or int64 region maps, got {regions.dtype}; "
+                "use method='sort' (or convert the maps).")
+    if tile > _MAX_TILE:
+        return f"method={method!r} takes tiles of at most {_MAX_TILE} pixels, got {tile}."
+    if method == "cuda" and not (regions.is_cuda and has_cuda_extension()):
+        return ("method='cuda' needs CUDA region maps and lrc_fast._C built with CUDA; got "
+                f"maps on {regions.device}, extension with CUDA: {has_cuda_extension()}.")
+    if method == "simt" and regions.is_cuda:
+        return ("method='simt' runs the CUDA kernel on the CPU simulator: it needs CPU "
+                f"region maps, got maps on {regions.device}.")
+    if method == "simt" and not (has_cpu_extension() and require_extension().simt_available()):
+        return ("method='simt' needs lrc_fast._C (the compiled extension) on x86-64 Linux, "
+                "where its SIMT simulator runs; it is not available here.")
+    return None
 
 
 def region_index(regions: torch.Tensor, num_regions: int, tile: int | None = None, *,
@@ -397,22 +416,9 @@ def _check_method(method, regions: torch.Tensor, tile: int) -> str:
     """``method`` when it can sort these maps here, else a ValueError saying why."""
     if method not in INDEX_METHODS:
         raise ValueError(f"method must be one of {INDEX_METHODS}, got {method!r}.")
-    if method in ("cuda", "simt"):
-        if regions.dtype not in _COMPILED_SORT_DTYPES:
-            raise ValueError(f"method={method!r} sorts int32 or int64 region maps, got {regions.dtype}; "
-                             "use method='sort' (or convert the maps).")
-        if tile > _MAX_TILE:
-            raise ValueError(f"method={method!r} takes tiles of at most {_MAX_TILE} pixels, got {tile}.")
-    if method == "cuda" and not (regions.is_cuda and has_cuda_extension()):
-        raise ValueError("method='cuda' needs CUDA region maps and lrc_fast._C built with CUDA; got "
-                         f"maps on {regions.device}, extension with CUDA: {has_cuda_extension()}.")
-    if method == "simt":
-        if regions.is_cuda:
-            raise ValueError("method='simt' runs the CUDA kernel on the CPU simulator: it needs CPU "
-                             f"region maps, got maps on {regions.device}.")
-        if not (has_cpu_extension() and require_extension().simt_available()):
-            raise ValueError("method='simt' needs lrc_fast._C (the compiled extension) on x86-64 Linux, "
-                             "where its SIMT simulator runs; it is not available here.")
+    refusal = _compiled_sort_refusal(method, regions, tile) if method in ("cuda", "simt") else None
+    if refusal:
+        raise ValueError(refusal)
     return method
 
 

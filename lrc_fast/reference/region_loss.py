@@ -33,6 +33,12 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _keys(regions: torch.Tensor, num_regions: int) -> torch.Tensor:
+    """``(B, H*W)`` int64 sort keys: the id where ``0 <= id < K``, else ``K`` (ignored)."""
+    flat = regions.reshape(regions.shape[0], -1)
+    return torch.where((flat >= 0) & (flat < num_regions), flat, num_regions).long()
+
+
 def region_index(regions: torch.Tensor, num_regions: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Group each image's pixels by region id (a stable sort), with region offsets and counts.
 
@@ -54,8 +60,7 @@ def region_index(regions: torch.Tensor, num_regions: int) -> tuple[torch.Tensor,
         ``(B, K)`` int32.
     """
     batch = regions.shape[0]
-    flat = regions.reshape(batch, -1)  # (B, HW)
-    key = torch.where((flat >= 0) & (flat < num_regions), flat, num_regions).long()  # (B, HW)
+    key = _keys(regions, num_regions)  # (B, HW)
     pixels = torch.sort(key, dim=1, stable=True).indices.to(torch.int32)  # (B, HW)
     counts = torch.zeros(batch, num_regions + 1, dtype=torch.int64, device=regions.device)
     counts.scatter_add_(1, key, torch.ones_like(key))  # (B, K+1)
@@ -64,13 +69,14 @@ def region_index(regions: torch.Tensor, num_regions: int) -> tuple[torch.Tensor,
             counts[:, :num_regions].to(torch.int32).contiguous())
 
 
-def tile_index(regions: torch.Tensor, num_regions: int, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tile_index(regions: torch.Tensor, num_regions: int, tile: int,
+               regions_p: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The region index in the fused path's tiled layout: the oracle of its tile sorts.
 
     Each image is cut into tiles of ``tile`` pixels in raster order (the last one padded), and
     each tile's pixels are stably sorted by key (the id when ``0 <= id < K``, else ``K``; padding
     last), as :func:`lrc_fast.kernels.region_pool.region_index` does before its prefix over the
-    tiles.
+    tiles, for one map or two (``V`` = 1 or 2).
 
     Parameters
     ----------
@@ -80,29 +86,34 @@ def tile_index(regions: torch.Tensor, num_regions: int, tile: int) -> tuple[torc
         ``K``.
     tile : int
         Pixels per tile, >= 1.
+    regions_p : torch.Tensor, optional
+        A second ``(B, H, W)`` map (the warped view).
 
     Returns
     -------
     pixels : torch.Tensor
-        ``(B, H*W)`` int32: ``pixels[b, t * tile + i]`` is tile ``t``'s ``i``-th pixel in
+        ``(V, B, H*W)`` int32: ``pixels[v, b, t * tile + i]`` is tile ``t``'s ``i``-th pixel in
         (key, raster) order.
     hist, local : torch.Tensor
-        ``(B, T, K)`` int32: id ``k``'s pixel count in tile ``t``, and where its run starts in the
-        sorted tile (the fused path writes ``local`` only where ``hist > 0``).
+        ``(V, B, T, K)`` int32: id ``k``'s pixel count in tile ``t``, and where its run starts in
+        the sorted tile (the fused path writes ``local`` only where ``hist > 0``).
     """
-    batch = regions.shape[0]
-    flat = regions.reshape(batch, -1)  # (B, HW)
-    hw = flat.shape[1]
+    maps = regions if regions_p is None else torch.stack([regions.long(), regions_p.long()])  # (V, B, H, W)
+    views = 1 if regions_p is None else 2
+    batch = views * regions.shape[0]  # the views' images, one after another
+    key = _keys(maps.reshape(batch, *regions.shape[1:]), num_regions)  # (V*B, HW)
+    hw = key.shape[1]
     n_tiles = -(-hw // tile)
-    key = torch.where((flat >= 0) & (flat < num_regions), flat, num_regions).long()
-    key = F.pad(key, (0, n_tiles * tile - hw), value=num_regions + 1).view(batch, n_tiles, tile)  # (B, T, tile)
-    order = torch.sort(key, dim=2, stable=True).indices  # (B, T, tile): padding sorts last
+    key = F.pad(key, (0, n_tiles * tile - hw), value=num_regions + 1).view(batch, n_tiles, tile)  # (VB, T, tile)
+    order = torch.sort(key, dim=2, stable=True).indices  # (VB, T, tile): padding sorts last
     first = torch.arange(n_tiles, device=regions.device)[:, None] * tile  # (T, 1)
-    pixels = (order + first).reshape(batch, -1)[:, :hw].to(torch.int32)  # (B, HW)
+    pixels = (order + first).reshape(batch, -1)[:, :hw].to(torch.int32)  # (VB, HW)
     counts = torch.zeros(batch, n_tiles, num_regions + 2, dtype=torch.int64, device=regions.device)
-    counts.scatter_add_(2, key, torch.ones_like(key))  # (B, T, K+2)
-    starts = counts.cumsum(2) - counts  # (B, T, K+2): runs in key order
-    return (pixels, counts[..., :num_regions].to(torch.int32), starts[..., :num_regions].to(torch.int32))
+    counts.scatter_add_(2, key, torch.ones_like(key))  # (VB, T, K+2)
+    starts = counts.cumsum(2) - counts  # (VB, T, K+2): runs in key order
+    table = (views, regions.shape[0], n_tiles, num_regions)
+    return (pixels.view(views, regions.shape[0], hw), counts[..., :num_regions].to(torch.int32).view(table),
+            starts[..., :num_regions].to(torch.int32).view(table))
 
 
 def select_regions(counts_q: torch.Tensor, counts_p: torch.Tensor, max_regions: int | None,
