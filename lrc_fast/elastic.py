@@ -356,11 +356,18 @@ def _coarse_field(uniform: torch.Tensor, alpha: float, sigma: float, truncate: f
                   height: int, width: int, backend: str) -> torch.Tensor:
     """The coarse field (B, 2, H, W) of checked arguments from the (B, 2, Hc, Wc) draw."""
     if backend == "triton":  # two launches: noise to node rows, node rows to pixels
-        from .kernels.elastic_warp import coarse_rows_triton, field_from_rows_triton
-        rows = coarse_rows_triton(uniform, alpha / spacing, sigma / spacing, truncate, spacing,
-                                  height, width)  # (B, 2, Hc, W)
+        from .kernels.elastic_warp import field_from_rows_triton
+        rows = _node_rows_triton(uniform, alpha, sigma, truncate, spacing, height, width)
         return field_from_rows_triton(rows, spacing, height, width)
     return _ref.coarse_field_from_uniform(uniform, alpha, sigma, spacing, height, width, truncate)
+
+
+def _node_rows_triton(uniform: torch.Tensor, alpha: float, sigma: float, truncate: float,
+                      spacing: int, height: int, width: int) -> torch.Tensor:
+    """The (B, 2, Hc, W) node rows of the coarse field of the (B, 2, Hc, Wc) draw, in one launch;
+    ``alpha`` and ``sigma`` in pixels (the grid takes them in nodes)."""
+    from .kernels.elastic_warp import coarse_rows_triton
+    return coarse_rows_triton(uniform, alpha / spacing, sigma / spacing, truncate, spacing, height, width)
 
 
 def _warp(images4, regions, displacement, padding, ignore_index, backend):
@@ -509,9 +516,8 @@ def elastic_pair(images: torch.Tensor, regions: torch.Tensor, alpha: float = DEF
     if (spacing > 1 and field_backend == warp_backend == "triton"
             and not (torch.is_grad_enabled() and images4.requires_grad)):
         # two launches: noise to node rows, then the warp interpolating the field per pixel
-        from .kernels.elastic_warp import coarse_rows_triton, warp_from_rows_triton
-        rows = coarse_rows_triton(uniform, alpha / spacing, sigma / spacing, truncate, spacing,
-                                  height, width)  # (B, 2, Hc, W)
+        from .kernels.elastic_warp import warp_from_rows_triton
+        rows = _node_rows_triton(uniform, alpha, sigma, truncate, spacing, height, width)  # (B, 2, Hc, W)
         out_images, out_regions = warp_from_rows_triton(images4, regions, rows, spacing, padding,
                                                         ignore_index)
     else:  # the field at every pixel (B, 2, H, W), then the warp
