@@ -146,8 +146,9 @@ if fh_step ncu_felzenszwalb 120 ncu --set full --clock-control none --import-sou
   step ncu_felzenszwalb_details 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page details
   step ncu_felzenszwalb_source 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page source --csv --print-source sass
 fi
-# where the loss's and the elastic pair's kernels spend their time (Nsight Compute, the summary sections of each kernel, each
-# launched once: one loss step at K=1024 and one elastic pair, dense and coarse); text in the logs
+# where the loss's and the elastic pair's kernels spend their time (Nsight Compute, the summary
+# sections of each kernel, each launched once: one loss step at K=1024 and one elastic pair, dense
+# and coarse); text in the logs
 step ncu_triton 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section WarpStateStats --section MemoryWorkloadAnalysis \
   -k regex:"region_index_kernel|_tile_sort_kernel|_tile_prefix_kernel|_pool_fwd_kernel|_pool_bwd_kernel|_infonce_fwd_kernel|_infonce_bwd_kernel|_smooth_rows_kernel|_smooth_cols_kernel|_elastic_warp_fwd_kernel|_coarse_rows_kernel|_elastic_warp_coarse_kernel" \
