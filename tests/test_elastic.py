@@ -222,6 +222,16 @@ def test_band_matrix_applies_the_reference_smoothing():
     torch.testing.assert_close(band @ x[0] @ band.T, expected[0], rtol=0, atol=1e-7)
 
 
+def test_dense_field_holds_one_band_matrix_per_axis():
+    # docs/elastic.md counts two cache entries per dense field: a captured CUDA graph keeps
+    # reading them, so a third (K_W built only to be transposed) would be evicted sooner
+    gaussian_band_matrix.cache_clear()
+    random_elastic_field(1, 9, 14, 5.0, 2.0, backend="triton")  # not square: K_H and K_W^T
+    assert gaussian_band_matrix.cache_info().currsize == 2
+    kwt = gaussian_band_matrix(14, 2.0, 4.0, torch.device("cpu"), True)
+    assert torch.equal(kwt, gaussian_band_matrix(14, 2.0, 4.0, torch.device("cpu")).t())
+
+
 def test_empty_batch_field():
     for backend in ("reference", "triton"):
         field = random_elastic_field(0, 8, 9, 5.0, 2.0, backend=backend)
@@ -351,6 +361,18 @@ def test_triton_warp_handles_layouts_and_wild_displacements():
         # ~1e4 * 2^-24, the same in both, but FMA may move it by an ulp of 1e4
         torch.testing.assert_close(got[0], expected[0], rtol=0, atol=1e-3)
         assert torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_warp_takes_a_displacement_of_any_strides(backend):
+    # a field made as (B, 2, W, H) and transposed: the reference once failed in a .view
+    gen = torch.Generator().manual_seed(16)
+    images = torch.rand(2, 13, 17, generator=gen)
+    regions = torch.randint(-1, 6, (2, 13, 17), generator=gen)
+    displacement = (torch.randn(2, 2, 17, 13, generator=gen) * 3).transpose(-1, -2)
+    expected = elastic_warp(images, regions, displacement.contiguous(), backend=backend)
+    got = elastic_warp(images, regions, displacement, backend=backend)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 19), (2, 3, 19, 1), (0, 1, 5, 6)])

@@ -86,10 +86,9 @@ def gaussian_band_matrix(n: int, sigma: float, truncate: float, device: torch.de
     """``(n, n)`` float32 matrix ``K`` with ``(K @ v)[i]`` = scipy's reflect-mode Gaussian of ``v``.
 
     Built in float64 on the CPU (deterministic) and cached per device; ``transposed=True``
-    gives ``K^T``, contiguous (the row pass's operand), cached too.
+    gives ``K^T``, contiguous (the row pass's operand). Each call takes one cache entry: ``K^T``
+    is not built from a cached ``K``, so a dense field holds exactly two entries (one per axis).
     """
-    if transposed:
-        return gaussian_band_matrix(n, sigma, truncate, device).t().contiguous()
     weights = gaussian_kernel1d(sigma, truncate)  # (2r+1,)
     radius = (weights.numel() - 1) // 2
     padded = reflect_indices(n, radius)  # (n + 2r,)
@@ -97,6 +96,8 @@ def gaussian_band_matrix(n: int, sigma: float, truncate: float, device: torch.de
     source = padded[torch.arange(n)[:, None] + taps[None, :]]  # (n, 2r+1): index read by tap d of row i
     band = torch.zeros(n, n, dtype=torch.float64)
     band.scatter_add_(1, source, weights.expand(n, -1).contiguous())
+    if transposed:
+        band = band.t().contiguous()
     return band.to(device=device, dtype=torch.float32)
 
 

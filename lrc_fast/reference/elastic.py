@@ -281,7 +281,8 @@ def _gather_pixels(flat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, w
     b, c, hw = flat.shape
     height = hw // width
     index = rows.clamp(0, height - 1).long() * width + cols.clamp(0, width - 1).long()  # (B, H, W)
-    return flat.gather(2, index.view(b, 1, hw).expand(b, c, hw)).view(b, c, *rows.shape[1:])
+    # reshape: the coordinates take the displacement's strides, which may be any (a transposed field)
+    return flat.gather(2, index.reshape(b, 1, hw).expand(b, c, hw)).view(b, c, *rows.shape[1:])
 
 
 def warp_regions(regions: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
