@@ -117,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.size < 64:
         parser.error(f"--size must be at least 64, got {args.size}")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.seed < 2 ** 64:  # what torch.manual_seed and the phantom take
+        parser.error(f"--seed must be in [0, 2**64), got {args.seed}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out must be a folder (it is created if missing); {str(args.out)!r} is a file")
     try:
         device = torch.device(args.device)
     except RuntimeError:

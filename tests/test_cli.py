@@ -22,7 +22,9 @@ def test_info_prints_the_backends(capsys):
 
 @pytest.mark.parametrize("args, match", [
     (["demo", "--size", "32"], "--size must be at least 64"),
-    (["demo", "--seed", "-1"], "--seed must be >= 0"),
+    (["demo", "--seed", "-1"], "--seed must be in [0, 2**64), got -1"),
+    (["demo", "--seed", str(2 ** 64)], "--seed must be in [0, 2**64)"),
+    (["demo", "--out", __file__], "--out must be a folder"),
     (["demo", "--device", "foo"], "--device must be a torch device"),
     (["bogus"], "invalid choice"),
 ])

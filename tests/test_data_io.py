@@ -7,7 +7,8 @@ import pytest
 import SimpleITK as sitk
 
 from lrc_fast.data import CTDataError, array_to_image, read_dicom_series, read_image, spacing_zyx, write_image
-from lrc_fast.data.io import dicom_series_files, source_stamp, strip_volume_suffix, volume_suffix
+from lrc_fast.data.io import (detached_data_files, dicom_series_files, source_stamp, strip_volume_suffix,
+                             volume_suffix)
 
 pydicom = pytest.importorskip("pydicom")
 DICOMDIR_TESTS = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files", "dicomdirtests")
@@ -87,8 +88,9 @@ def test_truncated_file_names_it(tmp_path, suffix, keep):
     data = good.read_bytes()
     bad = tmp_path / f"truncated{suffix}"
     bad.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(CTDataError, match=f"truncated{suffix}"):
+    with pytest.raises(CTDataError, match=f"truncated{suffix}") as info:
         read_image(bad)
+    assert "No such file" not in str(info.value)  # ITK's stale errno line is left out
 
 
 def _pydicom_stack(folder):
@@ -178,3 +180,37 @@ def test_source_stamp_tracks_size_mtime_and_series_files(tmp_path):
     series = source_stamp(CT5N)
     assert series.n_files == 5
     assert series.size == sum(os.path.getsize(os.path.join(CT5N, f)) for f in os.listdir(CT5N))
+
+
+def test_source_stamp_of_a_header_counts_its_data_file(tmp_path):
+    path = write_image(array_to_image(_volume(1)), tmp_path / "v.mhd", compress=False)
+    assert detached_data_files(path) == [tmp_path / "v.raw"]
+    before = source_stamp(path)
+    data = (tmp_path / "v.raw").read_bytes()
+    (tmp_path / "v.raw").write_bytes(data[::-1])  # new voxels, same size, header untouched
+    os.utime(tmp_path / "v.raw", ns=(before.mtime_ns + 10 ** 9, before.mtime_ns + 10 ** 9))
+    assert source_stamp(path) != before and source_stamp(path).n_files == 2
+
+
+def test_detached_data_files_forms(tmp_path):
+    for k in range(1, 4):
+        (tmp_path / f"s{k:02d}.raw").write_bytes(b"x")
+    header = "NDims = 3\nElementType = MET_SHORT\nElementDataFile = {}\n"
+    (tmp_path / "a.mhd").write_text(header.format("s%02d.raw 1 3 1"))
+    (tmp_path / "b.mhd").write_text(header.format("LIST") + "s02.raw\ns03.raw\n")
+    (tmp_path / "c.mhd").write_text(header.format("LOCAL"))
+    (tmp_path / "d.nhdr").write_text("NRRD0004\ntype: short\ndata file: s01.raw\n")
+    (tmp_path / "e.mhd").write_text(header.format("missing.raw"))
+    assert [f.name for f in detached_data_files(tmp_path / "a.mhd")] == ["s01.raw", "s02.raw", "s03.raw"]
+    assert [f.name for f in detached_data_files(tmp_path / "b.mhd")] == ["s02.raw", "s03.raw"]
+    assert detached_data_files(tmp_path / "c.mhd") == detached_data_files(tmp_path / "e.mhd") == []
+    assert [f.name for f in detached_data_files(tmp_path / "d.nhdr")] == ["s01.raw"]
+    assert detached_data_files(tmp_path / "s01.raw") == []
+
+
+def test_write_image_needs_a_lower_case_ending(tmp_path):
+    # ITK reads a.MHA but writes it as a.mhd + a.zraw (and refuses .NII.GZ)
+    for name in ("a.MHA", "b.NII.GZ"):
+        with pytest.raises(ValueError, match="lower-case volume ending"):
+            write_image(array_to_image(_volume()), tmp_path / name)
+    assert list(tmp_path.iterdir()) == []

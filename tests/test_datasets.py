@@ -90,6 +90,21 @@ def test_bad_dataset_json_is_an_error(tmp_path):
         find_cases(tmp_path)
 
 
+@pytest.mark.parametrize("info, match", [
+    ({"training": [{"image": "./imagesTr/a.nii.gz"}]}, "each 'training' entry needs a path string under 'label'"),
+    ({"training": ["./imagesTr/a.nii.gz"]}, "each 'training' entry needs a path string under 'label'"),
+    ({"training": {"image": "a"}}, "'training' must be a list"),
+    ({"training": [], "test": [{"label": "x"}]}, "'test' entry needs a path string under 'image'"),
+    ({"file_ending": 3}, "'file_ending' must be a non-empty string"),
+    ({"channel_names": {"0": "CT"}}, "labelsTr: missing"),
+])
+def test_malformed_dataset_json_names_the_entry(tmp_path, info, match):
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(CTDataError, match=match):
+        find_cases(tmp_path, include_test=True)
+
+
 def test_pairs_layout_with_patterns_and_unmatched_files(tmp_path):
     ct, labels, spacing = make_phantom(1, **SMALL)
     ct = np.rint(ct).astype(np.int16)
@@ -142,6 +157,26 @@ def test_plain_layout_of_a_dicom_folder(tmp_path):
         warnings.simplefilter("error")  # every file is part of the series: nothing to report
         cases = find_cases(tmp_path / "ct")
     assert [(c.case_id, c.image) for c in cases] == [("ct", tmp_path / "ct")]
+
+
+def test_plain_layout_of_metaimage_volumes(tmp_path):
+    # LUNA16-style: each .mhd header names its .raw voxel file, which is part of the volume
+    ct, _, spacing = make_phantom(1, **SMALL)
+    for name in ("scan0.mhd", "scan1.mhd"):
+        write_image(array_to_image(np.rint(ct).astype(np.int16), spacing), tmp_path / name, compress=False)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".mhd", ".mhd", ".raw", ".raw"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing skipped
+        cases = find_cases(tmp_path, strict=True)
+    assert [c.case_id for c in cases] == ["scan0", "scan1"]
+
+
+def test_plain_layout_of_the_current_folder(tmp_path, monkeypatch):
+    pydicom = pytest.importorskip("pydicom")
+    ct5n = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files", "dicomdirtests", "98892001", "CT5N")
+    shutil.copytree(ct5n, tmp_path / "ct")
+    monkeypatch.chdir(tmp_path / "ct")
+    assert [c.case_id for c in find_cases(".")] == ["ct"]  # named after the folder, not ""
 
 
 def test_find_cases_bad_arguments(tmp_path):
@@ -266,8 +301,10 @@ def test_prepare_all_skips_bad_volumes_and_reports_at_the_end(tmp_path):
 def test_settings_validation():
     with pytest.raises(ValueError, match="dtype"):
         PreprocessSettings(dtype="int8")
-    with pytest.raises(ValueError, match="orientation"):
-        PreprocessSettings(orientation="XYZ")
+    for code in ("XYZ", "LRS", "LLL", "lps", "RAS ", 3):
+        with pytest.raises(ValueError, match="orientation must be None or three capital letters"):
+            PreprocessSettings(orientation=code)
+    assert PreprocessSettings(orientation="SPL").orientation == "SPL"
     with pytest.raises(ValueError, match="window"):
         PreprocessSettings(window=(5, 1))
     with pytest.raises(ValueError, match="not both"):
@@ -313,11 +350,28 @@ def test_slice_dataset_min_foreground(volumes):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"n_neighbors": -1}, "n_neighbors"), ({"slice_size": (0, 4)}, "size"), ({"min_foreground": 1.5}, "min_foreground")],
+    [({"n_neighbors": -1}, "n_neighbors"), ({"slice_size": (0, 4)}, "slice_size"),
+     ({"slice_size": 256}, r"slice_size must be \(H, W\): two positive ints, or None; got 256"),
+     ({"slice_size": (None, 256)}, "slice_size must be"), ({"slice_size": (64.5, 64)}, "slice_size must be"),
+     ({"min_foreground": 1.5}, "min_foreground"), ({"min_foreground": "half"}, "min_foreground must be a number"),
+     ({"min_foreground": float("nan")}, "min_foreground")],
 )
 def test_slice_dataset_rejects_bad_arguments(volumes, kwargs, match):
     with pytest.raises(ValueError, match=match):
         CTSliceDataset(volumes, **kwargs)
+
+
+def test_slice_dataset_that_keeps_no_slice_is_an_error(volumes):
+    best = max(max(v.foreground) for v in volumes)
+    assert len(CTSliceDataset(volumes, min_foreground=best)) >= 1
+    with pytest.raises(ValueError, match=f"keeps no slice: the largest foreground fraction of any slice is {best:.4g}"):
+        CTSliceDataset(volumes, min_foreground=min(1.0, best + 1e-3))
+
+
+def test_load_slice_dataset_checks_slice_options_before_preparing(msd_root, tmp_path):
+    with pytest.raises(ValueError, match="min_foreground"):
+        load_slice_dataset(msd_root, cache_dir=tmp_path / "cache", min_foreground=5, **NATIVE)
+    assert not (tmp_path / "cache").exists()  # nothing was built
 
 
 def test_slice_dataset_labelled_needs_labels(tmp_path, volumes):

@@ -29,7 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from .io import CTDataError, check_spacing, report_skipped, source_stamp
-from .preprocess import DEFAULT_ORIENTATION, DEFAULT_SPACING, Window, prepare_volume, resolve_window
+from .preprocess import (DEFAULT_ORIENTATION, DEFAULT_SPACING, Window, check_orientation, prepare_volume,
+                         resolve_window)
 
 #: Bumped when the cached content changes meaning; older entries are then rebuilt.
 CACHE_FORMAT_VERSION = 1
@@ -79,8 +80,7 @@ class PreprocessSettings:
         if self.spacing is not None:
             object.__setattr__(self, "spacing", check_spacing(self.spacing, "spacing"))
         object.__setattr__(self, "window", resolve_window(self.window))
-        if self.orientation is not None and not re.fullmatch(r"[LRAPSI]{3}", str(self.orientation)):
-            raise ValueError(f"orientation must be a 3-letter code such as 'LPS', or None; got {self.orientation!r}")
+        check_orientation(self.orientation)
         if self.dtype not in _CACHE_DTYPES:
             raise ValueError(f"dtype must be one of {_CACHE_DTYPES}; got {self.dtype!r}")
 

@@ -38,13 +38,15 @@ from .cache import PreprocessSettings, VolumeCache
 from .io import (
     VOLUME_SUFFIXES,
     CTDataError,
+    detached_data_files,
     dicom_series_files,
     dicom_series_ids,
     report_skipped,
     strip_volume_suffix,
     volume_suffix,
 )
-from .preprocess import DEFAULT_ORIENTATION, DEFAULT_SPACING, Window, crop_or_pad, slice_with_neighbors
+from .preprocess import (DEFAULT_ORIENTATION, DEFAULT_SPACING, Window, check_slice_size, crop_or_pad,
+                         slice_with_neighbors)
 
 LAYOUTS = ("auto", "plain", "pairs", "msd")
 DEFAULT_IMAGE_PATTERN = "*_ct.nii.gz"
@@ -114,6 +116,9 @@ def _scan_plain(root: Path, image_pattern: str | None, skipped: list) -> list[Ca
             cases.append(Case(strip_volume_suffix(path), path))
         else:
             loose.append(path)
+    # the voxel data files of .mhd/.nhdr headers (e.g. LUNA16's .raw) are part of those volumes
+    data_files = {f.resolve() for case in cases for f in detached_data_files(case.image)}
+    loose = [p for p in loose if p.resolve() not in data_files]
     if loose:  # files without a volume ending: DICOM slices stored directly in root?
         ids = dicom_series_ids(root)
         used = set()
@@ -128,9 +133,10 @@ def _scan_plain(root: Path, image_pattern: str | None, skipped: list) -> list[Ca
 
 def _series_cases(folder: Path, ids: Sequence[str]) -> list[Case]:
     """One case per DICOM series in ``folder``: named after the folder, numbered when several."""
+    name = folder.name or folder.resolve().name  # Path(".").name is ""
     if len(ids) == 1:
-        return [Case(folder.name, folder)]
-    return [Case(f"{folder.name}_{k}", folder, series_id=sid) for k, sid in enumerate(ids)]
+        return [Case(name, folder)]
+    return [Case(f"{name}_{k}", folder, series_id=sid) for k, sid in enumerate(ids)]
 
 
 def _scan_pairs(root: Path, image_pattern: str, label_pattern: str, skipped: list) -> list[Case]:
@@ -162,25 +168,44 @@ def _load_dataset_json(root: Path) -> dict:
     return info
 
 
+def _listed_path(root: Path, item, key: str, where: str) -> Path:
+    """``root / item[key]`` of a dataset.json entry (``item`` itself when it is a path string and
+    ``key`` is "image"), or a CTDataError naming the entry."""
+    value = item if isinstance(item, str) and key == "image" else (item.get(key) if isinstance(item, dict) else None)
+    if not isinstance(value, str) or not value:
+        raise CTDataError(root / "dataset.json", f"each {where!r} entry needs a path string under {key!r}; "
+                                                 f"got {item!r}")
+    return root / value
+
+
 def _scan_msd(root: Path, include_test: bool, skipped: list) -> list[Case]:
     info = _load_dataset_json(root)
     cases = []
     if "training" in info:
+        for name in ("training", "test"):
+            if not isinstance(info.get(name, []), list):
+                raise CTDataError(root / "dataset.json", f"{name!r} must be a list; got {type(info[name]).__name__}")
         for item in info["training"]:
-            image, label = root / item["image"], root / item["label"]
+            image = _listed_path(root, item, "image", "training")
+            label = _listed_path(root, item, "label", "training")
             missing = [str(p) for p in (image, label) if not p.exists()]
             if missing:
                 skipped.append((str(image), f"listed in dataset.json but missing: {', '.join(missing)}"))
             else:
                 cases.append(Case(strip_volume_suffix(image), image, label))
         for item in info.get("test", []) if include_test else []:
-            image = root / (item["image"] if isinstance(item, dict) else item)
+            image = _listed_path(root, item, "image", "test")
             if image.exists():
                 cases.append(Case(strip_volume_suffix(image), image))
             else:
                 skipped.append((str(image), "listed in dataset.json but missing"))
         return cases
     ending = info.get("file_ending", ".nii.gz")
+    if not isinstance(ending, str) or not ending:
+        raise CTDataError(root / "dataset.json", f"'file_ending' must be a non-empty string; got {ending!r}")
+    for folder in ("imagesTr", "labelsTr"):
+        if not (root / folder).is_dir():
+            raise CTDataError(root / folder, "missing: the 'msd' layout needs imagesTr/, labelsTr/ and dataset.json")
     for label in sorted((root / "labelsTr").glob(f"*{ending}")):
         if label.name.startswith("."):
             continue
@@ -327,7 +352,7 @@ class CTSliceDataset(Dataset):
     ------
     ValueError
         Empty ``volumes``, ``labelled`` with unlabelled volumes, bad ``n_neighbors``,
-        ``slice_size`` or ``min_foreground``.
+        ``slice_size`` or ``min_foreground``, or a ``min_foreground`` that keeps no slice.
 
     Example
     -------
@@ -348,13 +373,7 @@ class CTSliceDataset(Dataset):
         volumes = list(volumes)
         if not volumes:
             raise ValueError("volumes is empty: no usable volume was found or prepared")
-        if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 0:
-            raise ValueError(f"n_neighbors must be an int >= 0; got {n_neighbors!r}")
-        if slice_size is not None:
-            crop_or_pad(np.zeros((1, 1)), slice_size)  # validates slice_size
-            slice_size = (int(slice_size[0]), int(slice_size[1]))
-        if not 0.0 <= float(min_foreground) <= 1.0:
-            raise ValueError(f"min_foreground must be in [0, 1]; got {min_foreground!r}")
+        slice_size, min_foreground = _check_slice_options(n_neighbors, slice_size, min_foreground)
         if labelled:
             missing = [v.case_id for v in volumes if not v.has_label]
             if missing:
@@ -368,6 +387,10 @@ class CTSliceDataset(Dataset):
             np.flatnonzero(np.asarray(v.foreground) >= min_foreground) if min_foreground > 0 else np.arange(v.shape[0])
             for v in volumes
         ]
+        if not any(len(k) for k in keep):
+            best = max(float(np.max(v.foreground, initial=0.0)) for v in volumes)
+            raise ValueError(f"min_foreground={min_foreground} keeps no slice: the largest foreground fraction "
+                             f"of any slice is {best:.4g}; lower it (0 keeps every slice)")
         self._volume_of = np.concatenate([np.full(len(k), i, np.int64) for i, k in enumerate(keep)])
         self._slice_of = np.concatenate(keep).astype(np.int64)
         self._open: dict[int, tuple] = {}
@@ -410,6 +433,21 @@ class CTSliceDataset(Dataset):
             target = crop_or_pad(np.asarray(label[z], dtype=np.int64), self.slice_size)  # (H, W)
             item["label"] = torch.from_numpy(np.ascontiguousarray(target))
         return item
+
+
+def _check_slice_options(n_neighbors, slice_size, min_foreground) -> tuple[tuple[int, int] | None, float]:
+    """Check :class:`CTSliceDataset`'s slice options; ``(slice_size, min_foreground)`` normalised."""
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 0:
+        raise ValueError(f"n_neighbors must be an int >= 0; got {n_neighbors!r}")
+    if slice_size is not None:
+        slice_size = check_slice_size(slice_size, "slice_size")
+    try:
+        fraction = float(min_foreground)
+    except (TypeError, ValueError):
+        fraction = float("nan")
+    if isinstance(min_foreground, bool) or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"min_foreground must be a number in [0, 1]; got {min_foreground!r}")
+    return slice_size, fraction
 
 
 def load_slice_dataset(
@@ -463,6 +501,7 @@ def load_slice_dataset(
     >>> ds[0]["image"].shape                                                       # doctest: +SKIP
     torch.Size([1, 256, 256])
     """
+    _check_slice_options(n_neighbors, slice_size, min_foreground)  # before any volume is prepared
     if isinstance(source, (str, os.PathLike)):
         cases = find_cases(source, layout, image_pattern=image_pattern, label_pattern=label_pattern, strict=strict)
     else:

@@ -222,7 +222,7 @@ def read_dicom_series(folder: os.PathLike | str, series_id: str | None = None) -
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise CTDataError(folder, f"could not read the DICOM series: {_first_line(exc)}") from exc
+        raise CTDataError(folder, f"could not read the DICOM series: {_itk_reason(exc)}") from exc
     if len(files) > 1:
         _check_series_geometry(folder, reader, files)
     return image
@@ -296,7 +296,8 @@ def read_image(path: os.PathLike | str, series_id: str | None = None) -> sitk.Im
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise CTDataError(path, f"could not read the file (corrupt or unknown format): {_first_line(exc)}") from exc
+        raise CTDataError(path, f"could not read the file (corrupt, truncated or unknown format; "
+                                f"{path.stat().st_size} bytes): {_itk_reason(exc)}") from exc
     if volume_suffix(path) in (".nii", ".nii.gz"):
         _check_nifti_complete(path)
     return image
@@ -341,9 +342,17 @@ def _check_nifti_complete(path: Path) -> None:
         raise CTDataError(path, f"truncated: {total} bytes of voxel data and header, {needed} needed")
 
 
-def _first_line(exc: BaseException) -> str:
+def _itk_reason(exc: BaseException) -> str:
+    """The description in an ITK error: its "ITK ERROR: <Class>(<address>): <description>" line.
+
+    ITK may add a "Reason: <strerror>" line whose errno is stale (a truncated .mha reads as "No
+    such file or directory"), so that line is left out.
+    """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    # ITK messages start with a location line; the description is the last line.
+    for line in lines:
+        if "ITK ERROR:" in line:
+            description = line.split("ITK ERROR:", 1)[1].strip()
+            return description.split("): ", 1)[1] if "): " in description else description
     return lines[-1] if lines else type(exc).__name__
 
 
@@ -367,7 +376,8 @@ def write_image(image: sitk.Image, path: os.PathLike | str, compress: bool = Tru
     Raises
     ------
     ValueError
-        If ``path`` has no volume ending, or ``image`` is not a SimpleITK image.
+        If ``path`` has no volume ending (lower-case: ITK reads ``.NII`` but does not write it), or
+        ``image`` is not a SimpleITK image.
 
     Example
     -------
@@ -378,9 +388,60 @@ def write_image(image: sitk.Image, path: os.PathLike | str, compress: bool = Tru
     path = Path(path)
     if volume_suffix(path) is None:
         raise ValueError(f"path must end in one of {VOLUME_SUFFIXES}; got {str(path)!r}")
+    if not path.name.endswith(volume_suffix(path)):  # ITK picks its writer by the exact ending
+        raise ValueError(f"path must end in a lower-case volume ending (one of {VOLUME_SUFFIXES}) to be "
+                         f"written; got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), compress)
     return path
+
+
+# Header-only volume formats and the header key naming their detached voxel data file(s).
+_DETACHED_DATA_KEYS = {".mhd": ("=", ("elementdatafile",)), ".nhdr": (":", ("data file", "datafile"))}
+
+
+def detached_data_files(path: os.PathLike | str) -> list[Path]:
+    """The voxel data files a MetaImage ``.mhd`` or detached NRRD ``.nhdr`` header names.
+
+    Handles a single file name, ``LIST`` (one name a line after the key) and a numbered pattern
+    (``slice%03d.raw 1 40 1``: first, last, step); names are relative to the header's folder.
+    Only files that exist are returned; any other path, and a header with inline data
+    (``LOCAL``), gives ``[]``.
+
+    Example
+    -------
+    >>> detached_data_files("scan.nii.gz")
+    []
+    """
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix not in _DETACHED_DATA_KEYS or not path.is_file():
+        return []
+    sep, keys = _DETACHED_DATA_KEYS[suffix]
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for i, line in enumerate(lines):
+        key, found, value = line.partition(sep)
+        if not found or key.strip().lower() not in keys:
+            continue
+        parts = value.split()
+        if not parts or parts[0].upper() == "LOCAL":
+            return []
+        if parts[0].upper() == "LIST":
+            names = [name.strip() for name in lines[i + 1:] if name.strip()]
+        elif "%" in parts[0] and len(parts) >= 4:
+            try:
+                first, last, step = (int(v) for v in parts[1:4])
+                names = [parts[0] % k for k in range(first, last + (1 if step > 0 else -1), step)] if step else []
+            except (TypeError, ValueError):
+                names = []
+        else:
+            names = [value.strip()]
+        files = [path.parent / name for name in names]
+        return [f for f in files if f.is_file()]
+    return []
 
 
 @dataclass(frozen=True)
@@ -399,6 +460,9 @@ class SourceStamp:
 def source_stamp(path: os.PathLike | str, series_id: str | None = None) -> SourceStamp:
     """Size and modification time of a volume file, or of all files of a DICOM series.
 
+    A ``.mhd`` or ``.nhdr`` header counts with the data files it names
+    (:func:`detached_data_files`), so rewriting only the voxel data changes the stamp.
+
     Raises
     ------
     FileNotFoundError
@@ -409,7 +473,10 @@ def source_stamp(path: os.PathLike | str, series_id: str | None = None) -> Sourc
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    files = [Path(f) for f in dicom_series_files(path, series_id)] if path.is_dir() else [path]
+    if path.is_dir():
+        files = [Path(f) for f in dicom_series_files(path, series_id)]
+    else:
+        files = [path, *detached_data_files(path)]
     stats = [f.stat() for f in files]
     return SourceStamp(
         path=str(path.resolve()),

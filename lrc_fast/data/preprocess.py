@@ -163,12 +163,38 @@ def check_ct_intensity(array: np.ndarray, path) -> None:
         )
 
 
+def check_orientation(orientation: str | None) -> str | None:
+    """``orientation`` if it is None or a valid three-letter code, else a ValueError naming it.
+
+    A valid code has one letter of each pair L/R, A/P and S/I, in any order (``"LPS"``,
+    ``"RAS"``, ``"SPL"``); ITK accepts nothing else.
+
+    Example
+    -------
+    >>> check_orientation("RAS")
+    'RAS'
+    """
+    if orientation is None:
+        return None
+    valid = isinstance(orientation, str) and len(orientation) == 3 and all(
+        sum(letter in pair for letter in orientation) == 1 for pair in ("LR", "AP", "SI"))
+    if not valid:
+        raise ValueError(f"orientation must be None or three capital letters, one of each pair L/R, A/P and "
+                         f"S/I (e.g. 'LPS' or 'RAS'); got {orientation!r}")
+    return orientation
+
+
 def orient(image: sitk.Image, orientation: str | None) -> sitk.Image:
     """Permute/flip axes so the direction matches ``orientation`` (e.g. ``"LPS"``); exact, no resampling.
 
     ``None`` returns ``image`` unchanged.
+
+    Raises
+    ------
+    ValueError
+        ``orientation`` is not a valid code (:func:`check_orientation`).
     """
-    if orientation is None:
+    if check_orientation(orientation) is None:
         return image
     return sitk.DICOMOrient(image, orientation)
 
@@ -347,7 +373,7 @@ def prepare_volume(
         Naming the file: unreadable, not 3D, not CT, bad label values, or a label grid
         different from the image grid.
     ValueError
-        Bad ``spacing`` or ``window``.
+        Bad ``spacing``, ``window`` or ``orientation``.
 
     Example
     -------
@@ -356,6 +382,7 @@ def prepare_volume(
     ((77, 384, 384), (2.5, 1.0, 1.0))
     """
     window = resolve_window(window)
+    check_orientation(orientation)
     if spacing is not None:
         spacing = check_spacing(spacing, "spacing")
     image = read_image(image_path, series_id)
@@ -435,6 +462,23 @@ def slice_with_neighbors(volume, index: int, n_neighbors: int = 0):
     return block[rows - lo] if isinstance(block, np.ndarray) else block[torch.from_numpy(rows - lo)]
 
 
+def check_slice_size(size, name: str = "slice_size") -> tuple[int, int]:
+    """``size`` as ``(H, W)`` ints, or a ValueError naming it: two positive whole numbers needed.
+
+    Example
+    -------
+    >>> check_slice_size([256, 256.0])
+    (256, 256)
+    """
+    try:
+        ok = len(size) == 2 and all(not isinstance(s, bool) and int(s) == s and s >= 1 for s in size)
+    except (TypeError, ValueError):  # not a sequence, or items that are not numbers
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be (H, W): two positive ints, or None; got {size!r}")
+    return int(size[0]), int(size[1])
+
+
 def crop_or_pad(array, size: Sequence[int] | None, pad_value: float = 0.0):
     """Centre-crop or pad the last two axes to ``size`` = (H, W); None returns ``array``.
 
@@ -448,8 +492,7 @@ def crop_or_pad(array, size: Sequence[int] | None, pad_value: float = 0.0):
     """
     if size is None:
         return array
-    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
-        raise ValueError(f"size must be (H, W) positive ints or None; got {size!r}")
+    check_slice_size(size, "size")
     out = array
     for axis, target in zip((-2, -1), size):
         n = out.shape[axis]
