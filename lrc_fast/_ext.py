@@ -53,9 +53,20 @@ def triton_available() -> bool:
     return True
 
 
-def triton_interpret() -> bool:
-    """True when Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+def _interpret_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Triton decides between interpreter and compiler when it is imported and when each kernel is
+# defined, so a TRITON_INTERPRET set after `import lrc_fast` (which imports triton) cannot make the
+# kernels run on CPU tensors: only the value at import counts.
+_INTERPRET_AT_IMPORT = _interpret_requested()
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run in its CPU interpreter: ``TRITON_INTERPRET=1`` was set before
+    ``lrc_fast`` was imported, and still is (set or unset later, CPU tensors take the reference)."""
+    return _INTERPRET_AT_IMPORT and _interpret_requested()
 
 
 def triton_usable(where: torch.Tensor | torch.device) -> bool:

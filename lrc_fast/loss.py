@@ -320,6 +320,8 @@ def region_contrast_loss(feat_q: torch.Tensor, feat_p: torch.Tensor, regions_q: 
         regions_p = None
     if regions_p is not None:
         _check_regions("regions_p", regions_p, feat_q)
+    normalize = _check_bool("normalize", normalize)
+    include_self = _check_bool("include_self", include_self)
     generator = _resolve_generator(generator, feat_q.device)
     backend = _resolve_backend(backend, feat_q)
     if feat_q.numel() == 0:
@@ -327,9 +329,8 @@ def region_contrast_loss(feat_q: torch.Tensor, feat_p: torch.Tensor, regions_q: 
     if num_regions is None:
         num_regions = _infer_num_regions(regions_q, *(() if regions_p is None else (regions_p,)))
     options = dict(num_regions=num_regions, num_samples=num_samples, temperature=temperature,
-                   max_regions=max_regions, subset=subset, normalize=_check_bool("normalize", normalize),
-                   include_self=_check_bool("include_self", include_self), reduction=reduction,
-                   generator=generator)
+                   max_regions=max_regions, subset=subset, normalize=normalize,
+                   include_self=include_self, reduction=reduction, generator=generator)
     if backend == "triton":
         return _loss_triton(feat_q, feat_p, regions_q, regions_p, **options)
     return _ref.region_contrast_loss_reference(feat_q, feat_p, regions_q, regions_p, **options)

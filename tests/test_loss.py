@@ -690,6 +690,27 @@ def test_single_region(backend):
     assert_close(loss_self.detach(), expected.detach(), rtol=1e-5)
 
 
+@interpreter
+@pytest.mark.parametrize("options", [dict(temperature=1e-31), dict(normalize=False, temperature=1e-5)])
+def test_logits_far_below_minus_1e30_match_the_reference(options):
+    # every logit of a row under -1e30 (a tiny temperature, or large unnormalised features): the
+    # kernel's online log-sum-exp once started at -1e30 and lost such rows
+    regions = blocky_regions(2, 12, 16, 3, seed=40, block=4)
+    feat_q = features((2, 4, 12, 16), seed=41) * (1e13 if not options.get("normalize", True) else 1.0)
+    values = {}
+    for backend in ("reference", "triton"):
+        loss, grads = loss_and_grads(feat_q, -feat_q, regions, num_regions=3, reduction="none",
+                                     generator=2, backend=backend, **options)
+        values[backend] = loss
+        assert torch.isfinite(loss).all() and all(torch.isfinite(g).all() for g in grads)
+    assert_close(values["triton"], values["reference"], rtol=1e-5)
+    single = torch.zeros(1, 4, 4, dtype=torch.int64)  # K=1, anti-aligned views: loss 0, gradient 0
+    ones = torch.ones(1, 2, 4, 4)
+    loss, grads = loss_and_grads(ones.clone().requires_grad_(), (-ones).requires_grad_(), single, num_regions=1,
+                                 generator=0, backend="triton", temperature=1e-31)
+    assert float(loss) == 0.0 and all(torch.all(g == 0) for g in grads)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_all_pixels_ignored(backend, reduction):
@@ -869,6 +890,42 @@ def test_input_checks(change, error, match):
     change(args)
     with pytest.raises(error, match=match):
         region_contrast_loss(**args)
+
+
+@pytest.mark.parametrize("option, value", [("normalize", "no"), ("include_self", None)])
+def test_input_checks_on_an_empty_batch(option, value):
+    # refused as on a full batch, before the early return for inputs without pixels
+    feat = torch.randn(0, 4, 6, 7)
+    with pytest.raises(TypeError, match=f"{option} must be a bool"):
+        region_contrast_loss(feat, feat, torch.zeros(0, 6, 7, dtype=torch.int64), **{option: value})
+
+
+def test_triton_interpret_set_after_import_takes_the_reference(tmp_path):
+    # Triton chooses interpreter or compiler at import: a later TRITON_INTERPRET=1 cannot make the
+    # kernels run on CPU tensors, so the default backend stays the reference and 'triton' is refused
+    import subprocess
+    import sys
+    script = tmp_path / "late.py"
+    script.write_text(
+        "import os\n"
+        "import torch\n"
+        "import lrc_fast\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "f = torch.randn(1, 4, 6, 6)\n"
+        "r = torch.zeros(1, 6, 6, dtype=torch.long)\n"
+        "r[:, 3:] = 1\n"
+        "expected = lrc_fast.region_contrast_loss(f, f.flip(-1), r, generator=0, backend='reference')\n"
+        "assert torch.equal(lrc_fast.region_contrast_loss(f, f.flip(-1), r, generator=0), expected)\n"
+        "try:\n"
+        "    lrc_fast.region_contrast_loss(f, f, r, backend='triton')\n"
+        "except ValueError as exc:\n"
+        "    assert 'TRITON_INTERPRET=1 set before import' in str(exc), exc\n"
+        "else:\n"
+        "    raise AssertionError('backend=triton ran')\n"
+        "print('ok')\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 
 def test_input_checks_module_and_sample_mean():

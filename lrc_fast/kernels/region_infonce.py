@@ -80,7 +80,7 @@ def _infonce_fwd_kernel(mq_ptr, mp_ptr, valid_ptr, rows_ptr, lse_ptr, M, D, inv_
     in_i = i < M
     valid_i = tl.load(valid_ptr + b * M + i, mask=in_i, other=0) != 0
     q_i = _load_rows(mq_ptr, b, i, M, D, NORMALIZE, BLOCK_D)  # (BLOCK, BLOCK_D)
-    run_max = tl.full([BLOCK], -1e30, dtype=tl.float32)
+    run_max = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros([BLOCK], dtype=tl.float32)
     positive = tl.zeros([BLOCK], dtype=tl.float32)
     for j0 in range(0, M, BLOCK):
@@ -100,9 +100,12 @@ def _infonce_fwd_kernel(mq_ptr, mp_ptr, valid_ptr, rows_ptr, lse_ptr, M, D, inv_
         a = tl.where(keep_a, a, float("-inf"))
         c = tl.where(keep_c, c, float("-inf"))
         new_max = tl.maximum(run_max, tl.maximum(tl.max(a, axis=1), tl.max(c, axis=1)))
-        run_sum = (run_sum * tl.exp(run_max - new_max)
-                   + tl.sum(tl.exp(a - new_max[:, None]), axis=1)
-                   + tl.sum(tl.exp(c - new_max[:, None]), axis=1))
+        # no finite logit so far (every term 0): shift by 0, not -inf, so no -inf - -inf = NaN.
+        # A finite start such as -1e30 instead would lose rows whose logits all lie below it
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        run_sum = (run_sum * tl.exp(run_max - shift)
+                   + tl.sum(tl.exp(a - shift[:, None]), axis=1)
+                   + tl.sum(tl.exp(c - shift[:, None]), axis=1))
         run_max = new_max
     lse = run_max + tl.log(tl.maximum(run_sum, 1e-30))  # run_sum > 0 on valid rows (the positive)
     tl.store(rows_ptr + b * M + i, tl.where(valid_i, lse - positive, 0.0), mask=in_i)
