@@ -229,6 +229,8 @@ def _resolve_device(generator, device) -> torch.device:
     if device is None:
         return generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device is {device} but this torch has no CUDA device; use device='cpu'.")
     if generator is not None:
         gen_device = generator.device
         same_index = device.index is None or gen_device.index is None or device.index == gen_device.index
@@ -301,7 +303,7 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
         Negative sigma or alpha, alpha beyond float32, a kernel radius
         ``int(truncate * sigma + 0.5)`` over :data:`MAX_KERNEL_RADIUS`, a negative batch, a
         non-positive height, width or truncate, a spacing below 1, generator on another device,
-        unknown backend, or 'triton' where it cannot run, for a dense field with a side over
+        a CUDA device where torch has none, unknown backend, or 'triton' where it cannot run, for a dense field with a side over
         :data:`MAX_TRITON_FIELD_SIDE`, or for a coarse one with ``height * width >= 2**31``.
 
     Example

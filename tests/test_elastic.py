@@ -859,6 +859,8 @@ def test_elastic_warp_rejects_bad_input(change, error, match):
     ({"width": 4.0}, TypeError, "width must be an int"),
     ({"generator": 3}, TypeError, "generator must be a torch.Generator"),
     ({"device": "meta"}, ValueError, "generator lives on cpu"),
+    pytest.param({"device": "cuda", "generator": None}, ValueError, "this torch has no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is there")),
     ({"backend": "fast"}, ValueError, "backend must be"),
     ({"spacing": 0}, ValueError, "spacing must be >= 1"),
     ({"spacing": 2 ** 31}, ValueError, "spacing must be < 2\\*\\*31"),
