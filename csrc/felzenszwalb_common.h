@@ -139,8 +139,15 @@ LRC_HD double edge_cost(double img_u, double img_v) {
   return sqrt(d * d);
 }
 
-// Non-negative doubles order like their bit patterns read as unsigned integers.
+// The key of every NaN cost: the positive quiet NaN, after +inf.
+constexpr uint64_t kNaNCostBits = 0x7ff8000000000000ull;
+
+// Non-negative doubles order like their bit patterns read as unsigned integers. A NaN cost
+// (check_finite=False) becomes kNaNCostBits: which NaN the smoothing makes where NaN and +-inf
+// pixels meet depends on the order of its additions (and x86 and CUDA make different ones), and
+// its sign and payload bits would order the NaN edges differently in each backend.
 LRC_HD uint64_t cost_bits(double c) {
+  if (c != c) return kNaNCostBits;
   uint64_t b;
   memcpy(&b, &c, sizeof(b));
   return b;

@@ -188,8 +188,8 @@ LRC_HD void zero_union(const Slice& s, int32_t e, Ops& ops) {
 // ---- cost windows ----------------------------------------------------------------------
 
 // Bins of the counting sort: the top 16 bits of a non-negative double (sign, exponent and 4
-// mantissa bits) order like the costs. The clamp only matters for a NaN with its sign bit
-// set (check_finite=False); it keeps the index in range.
+// mantissa bits) order like the costs. cost_bits gives every NaN one positive key, so the clamp
+// only guards the index against a key that is not a cost_bits one.
 constexpr int32_t kCostBins = 1 << 15;
 
 LRC_HD int32_t cost_bin(uint64_t bits) {

@@ -82,6 +82,12 @@ def _check_params(scale, sigma, min_size) -> tuple[float, float, int]:
     return float(scale), float(sigma), min(int(min_size), 2**62)
 
 
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):  # bool("False") would be True
+        raise TypeError(f"{name} must be a bool, got {value!r} of type {type(value).__name__}")
+    return bool(value)
+
+
 def _check_launch(launch) -> None:
     ok = (isinstance(launch, (tuple, list)) and len(launch) == 2
           and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in launch))
@@ -247,8 +253,9 @@ def felzenszwalb(images, scale: float = 1.0, sigma: float = 0.8, min_size: int =
     Raises
     ------
     TypeError
-        ``images`` is not a numpy array or torch tensor, or not of a real dtype; a parameter has
-        the wrong type.
+        ``images`` is not a numpy array or a dense torch tensor with data (sparse and meta
+        tensors are refused), or not of a real dtype; a parameter has the wrong type
+        (``return_counts`` and ``check_finite`` must be bools).
     ValueError
         Bad shape (not 2-D or 3-D, empty, or ``(H, W, 3)``/``(H, W, 4)`` with ``H, W >= 8``,
         which looks like a colour image), NaN or Inf, negative ``scale``, ``sigma`` or
@@ -276,7 +283,12 @@ def felzenszwalb(images, scale: float = 1.0, sigma: float = 0.8, min_size: int =
     """
     if not isinstance(images, (np.ndarray, torch.Tensor)):
         raise TypeError(f"images must be a numpy array or a torch tensor, got {type(images).__name__}")
+    if isinstance(images, torch.Tensor) and (images.layout != torch.strided or images.device.type == "meta"):
+        raise TypeError(f"images must be a dense tensor with data (torch.strided, not on 'meta'), got "
+                        f"layout {images.layout} on {images.device}; convert sparse input with .to_dense()")
     scale, sigma, min_size = _check_params(scale, sigma, min_size)
+    return_counts = _check_flag("return_counts", return_counts)
+    check_finite = _check_flag("check_finite", check_finite)
     if backend is not None and backend not in _BACKENDS:
         raise ValueError(f"backend must be None or one of {_BACKENDS}, got {backend!r}")
     if launch is not None:

@@ -284,6 +284,14 @@ def test_bad_types_raise_typeerror():
         lrc_fast.felzenszwalb(np.zeros((3, 3)), min_size=2.5)
     with pytest.raises(TypeError, match="scale must be a real number"):
         lrc_fast.felzenszwalb(np.zeros((3, 3)), scale="1")
+    for flag in ("return_counts", "check_finite"):  # "False" is a true string
+        with pytest.raises(TypeError, match=f"{flag} must be a bool, got 'False'"):
+            lrc_fast.felzenszwalb(np.zeros((3, 3)), **{flag: "False"})
+    assert lrc_fast.felzenszwalb(np.zeros((3, 3)), return_counts=np.bool_(False)).shape == (3, 3)
+    with pytest.raises(TypeError, match="dense tensor with data.*sparse_coo"):
+        lrc_fast.felzenszwalb(torch.zeros(3, 3).to_sparse())
+    with pytest.raises(TypeError, match="dense tensor with data.*on meta"):
+        lrc_fast.felzenszwalb(torch.zeros(3, 3, device="meta"))
 
 
 @pytest.mark.parametrize("kwargs,match", [
