@@ -62,8 +62,9 @@ gpu-baseline:
 # Wheels the lent GPU machine (Python 3.12, no network) lacks, into .whl/ (ignored; carry it):
 # SimpleITK for lrc_fast.data, MONAI for bench_elastic's per-sample row. gpu_check installs them.
 gpu-wheels:
-	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 	  --platform manylinux2014_x86_64 -d .whl SimpleITK==2.5.7 monai==1.6.1
 
+# the stamp too: without the extension, `make test` must build it again
 clean:
-	rm -rf build *.egg-info lrc_fast/_C*.so out
+	rm -rf build *.egg-info lrc_fast/_C*.so out $(STAMP)

@@ -90,8 +90,9 @@ fh_step() {  # fh_step NAME SECONDS COMMAND...: a step of the CUDA kernel, run o
   echo "tracked files differing from that commit: $(git diff --name-only HEAD 2>/dev/null | wc -l)"
 } | tee "$LOG_DIR/machine.log"
 
-# built in place, beside (not instead of) the main install, only when its Felzenszwalb step runs
-if [ -f .baseline/setup.py ] && selected baseline_felzenszwalb_phases; then
+# built in place, beside (not instead of) the main install, only when a baseline step runs: a
+# baseline without its own lrc_fast._C would import the main tree's (the editable install's finder)
+if [ -f .baseline/setup.py ] && { selected baseline_felzenszwalb_phases || selected baseline_bench_loss_profile; }; then
   echo "baseline: $(cat .baseline/REV 2>/dev/null || echo unknown)" | tee -a "$LOG_DIR/machine.log"
   (cd .baseline && timeout $((BUDGET < 330 ? BUDGET - 30 : 300)) $PY setup.py -q build_ext --inplace) \
     > "$LOG_DIR/baseline_build.log" 2>&1 &
@@ -111,13 +112,22 @@ fi
 fh_step pytest_gpu_felzenszwalb 150 $PY -m pytest -m gpu -q -x -p no:cacheprovider tests/test_felzenszwalb.py
 fh_step bench_felzenszwalb 180 $PY benchmarks/bench_felzenszwalb.py
 fh_step bench_felzenszwalb_phases 45 $PY benchmarks/bench_felzenszwalb.py --phases
-if [ -n "${BASELINE_BUILD:-}" ]; then
-  if wait "$BASELINE_BUILD"; then
-    fh_step baseline_felzenszwalb_phases 45 env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" \
-      $PY .baseline/benchmarks/bench_felzenszwalb.py --phases
-  else
-    SUMMARY+=("| baseline build | FAILED (baseline_build.log) | |")
+baseline_built() {  # whether the baseline's extension was built (waits for its build, once)
+  if [ -z "${BASELINE_OK:-}" ]; then
+    BASELINE_OK=no
+    if [ -n "${BASELINE_BUILD:-}" ]; then
+      if wait "$BASELINE_BUILD"; then
+        BASELINE_OK=yes
+      else
+        SUMMARY+=("| baseline build | FAILED (baseline_build.log) | |")
+      fi
+    fi
   fi
+  [ "$BASELINE_OK" = yes ]
+}
+if baseline_built; then
+  fh_step baseline_felzenszwalb_phases 45 env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" \
+    $PY .baseline/benchmarks/bench_felzenszwalb.py --phases
 fi
 step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_region_index.py \
   tests/test_loss.py tests/test_elastic.py
@@ -133,8 +143,8 @@ fh_step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY be
 # where the fused loss step spends its time (per kernel), and the launch shapes of the field and
 # of the loss's index, dense backward and InfoNCE (logs only)
 step bench_loss_profile 75 $PY benchmarks/bench_loss.py --profile
-# the baseline's loss step (pure Python and Triton: no build needed), K=256 float32, same machine
-[ -f .baseline/benchmarks/bench_loss.py ] && step baseline_bench_loss_profile 30 \
+# the baseline's loss step, K=256 float32, same machine (its own extension: the CUDA tile sort)
+[ -f .baseline/benchmarks/bench_loss.py ] && baseline_built && step baseline_bench_loss_profile 30 \
   env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" $PY .baseline/benchmarks/bench_loss.py --profile --quick
 step bench_elastic_sweep 60 $PY benchmarks/bench_elastic.py --sweep
 step bench_loss_sweep 75 $PY benchmarks/bench_loss.py --sweep

@@ -299,6 +299,21 @@ def cubin_report(kernel, num_warps: int) -> dict:
                 warps=programs * num_warps, access=dict(sorted(widths.items())))
 
 
+KERNEL_MODULES = ("lrc_fast.kernels.elastic_warp", "lrc_fast.kernels.region_infonce", "lrc_fast.kernels.region_pool")
+
+
+def package_kernels() -> list[str]:
+    """The names of the package's launched Triton kernels (``@triton.jit`` functions named
+    ``*_kernel``; the other jit functions are helpers they call)."""
+    from triton.runtime.jit import JITFunction
+
+    names = []
+    for module in map(importlib.import_module, KERNEL_MODULES):
+        names += [name for name, value in vars(module).items()
+                  if isinstance(value, JITFunction) and name.endswith("_kernel")]
+    return names
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (default 90)")
@@ -332,6 +347,10 @@ def main(argv=None) -> int:
     for launch, record in zip(launches, records):
         seen.setdefault(launch.key, (launch, record))
     if args.check:
+        missing = sorted(set(package_kernels()) - {launch.fn.__name__ for launch in launches})
+        if missing:  # the recording hook or the coverage workload lost them: they would go unchecked
+            print(f"no launch recorded for {', '.join(missing)}: coverage_workload must launch every kernel")
+            return 1
         with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1) as pool:
             errors = list(pool.map(_compile_error, [record for _, record in seen.values()],
                                    [args.arch] * len(seen)))

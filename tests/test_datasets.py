@@ -353,8 +353,9 @@ def test_slice_dataset_min_foreground(volumes):
     [({"n_neighbors": -1}, "n_neighbors"), ({"slice_size": (0, 4)}, "slice_size"),
      ({"slice_size": 256}, r"slice_size must be \(H, W\): two positive ints, or None; got 256"),
      ({"slice_size": (None, 256)}, "slice_size must be"), ({"slice_size": (64.5, 64)}, "slice_size must be"),
-     ({"min_foreground": 1.5}, "min_foreground"), ({"min_foreground": "half"}, "min_foreground must be a number"),
-     ({"min_foreground": float("nan")}, "min_foreground")],
+     ({"min_foreground": 1.5}, r"min_foreground must be a number in \[0, 1\]; got 1.5"),
+     ({"min_foreground": "half"}, r"min_foreground must be a number in \[0, 1\]; got 'half'"),
+     ({"min_foreground": float("nan")}, r"min_foreground must be a number in \[0, 1\]; got nan")],
 )
 def test_slice_dataset_rejects_bad_arguments(volumes, kwargs, match):
     with pytest.raises(ValueError, match=match):

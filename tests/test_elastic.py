@@ -254,6 +254,12 @@ def test_alpha_zero_returns_input_exactly(backend, dtype, padding, region_dtype)
     assert torch.equal(r_p, regions) and r_p.dtype == region_dtype
     x3, r3 = elastic_pair(images[:, 0], regions, alpha=0.0, backend=backend)  # (B, H, W) images
     assert torch.equal(x3, images[:, 0]) and torch.equal(r3, regions)
+    # elastic_pair returns copies at alpha 0 before any warp: the warp of this padding and backend
+    # with a zero displacement must give the input too (bilinear weights 1 and 0, exact)
+    zero = torch.zeros(images.shape[0], 2, *images.shape[-2:])
+    x_w, r_w = elastic_warp(images, regions, zero, padding=padding, backend=backend)
+    assert torch.equal(x_w, images) and x_w.dtype == dtype
+    assert torch.equal(r_w, regions) and r_w.dtype == region_dtype
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])

@@ -691,19 +691,32 @@ def test_single_region(backend):
 
 
 @interpreter
-@pytest.mark.parametrize("options", [dict(temperature=1e-31), dict(normalize=False, temperature=1e-5)])
-def test_logits_far_below_minus_1e30_match_the_reference(options):
-    # every logit of a row under -1e30 (a tiny temperature, or large unnormalised features): the
-    # kernel's online log-sum-exp once started at -1e30 and lost such rows
-    regions = blocky_regions(2, 12, 16, 3, seed=40, block=4)
-    feat_q = features((2, 4, 12, 16), seed=41) * (1e13 if not options.get("normalize", True) else 1.0)
-    values = {}
+@pytest.mark.parametrize("normalize, temperature, scale", [(True, 1e-31, 1.0), (False, 1e-5, 1e13)])
+def test_logits_far_below_minus_1e30_match_the_reference(normalize, temperature, scale):
+    # Every logit of both rows under -1e30 (a tiny temperature, or large unnormalised features):
+    # the kernel's online log-sum-exp once started at -1e30 and lost such rows. Features are
+    # constant per region, so the region means are these unit vectors (times scale) exactly.
+    q = torch.tensor([[1.0, 0.0], [-0.5, 0.75 ** 0.5]])  # (K, D): q_0 . q_1 = -0.5
+    p = torch.tensor([[-0.6, -0.8], [-0.5, -0.75 ** 0.5]])  # every q . p in [-0.6, -0.39]
+    negatives_q = (q @ q.T)[~torch.eye(2, dtype=torch.bool)]  # q_k . q_k is left out (include_self=False)
+    assert float(torch.cat([(q @ p.T).flatten(), negatives_q]).max()) * scale ** 2 / temperature < -1e30
+    regions = torch.zeros(1, 4, 8, dtype=torch.int64)
+    regions[:, :, 4:] = 1
+
+    def views():
+        return tuple((m[regions[0]].permute(2, 0, 1)[None] * scale).requires_grad_() for m in (q, p))
+
+    results = {}
     for backend in ("reference", "triton"):
-        loss, grads = loss_and_grads(feat_q, -feat_q, regions, num_regions=3, reduction="none",
-                                     generator=2, backend=backend, **options)
-        values[backend] = loss
+        loss, grads = loss_and_grads(*views(), regions, num_regions=2, reduction="none", generator=2,
+                                     normalize=normalize, temperature=temperature, backend=backend)
         assert torch.isfinite(loss).all() and all(torch.isfinite(g).all() for g in grads)
-    assert_close(values["triton"], values["reference"], rtol=1e-5)
+        results[backend] = (loss, *grads)
+    # the image's loss: row k gives (its largest logit - q_k.p_k) / tau (the log of the rest is lost
+    # in float32): (-0.5 + 0.6 + q_1.p_0 + 0.5) / tau = 0.2072 / tau; the -1e30 start gave 9e30
+    assert 2.05e30 < float(results["reference"][0]) < 2.09e30
+    for got, expected in zip(results["triton"], results["reference"]):
+        assert_close(got, expected, rtol=1e-5)
     single = torch.zeros(1, 4, 4, dtype=torch.int64)  # K=1, anti-aligned views: loss 0, gradient 0
     ones = torch.ones(1, 2, 4, 4)
     loss, grads = loss_and_grads(ones.clone().requires_grad_(), (-ones).requires_grad_(), single, num_regions=1,
