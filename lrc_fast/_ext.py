@@ -7,7 +7,6 @@ interpreter (``TRITON_INTERPRET=1``), which is how the test suite checks them wi
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -43,14 +42,22 @@ def require_extension():
     return _C
 
 
-@functools.cache
-def triton_available() -> bool:
-    """True when ``triton`` imports (it does on CPU machines too); asked once per process."""
+def _import_triton() -> bool:
     try:
         import triton  # noqa: F401
     except Exception:
         return False
     return True
+
+
+# asked once, at import (torch has usually imported triton by then): a module constant rather than
+# a cached function, which torch.compile would warn about in every compiled loss
+_TRITON_AVAILABLE = _import_triton()
+
+
+def triton_available() -> bool:
+    """True when ``triton`` imports (it does on CPU machines too); asked once per process."""
+    return _TRITON_AVAILABLE
 
 
 def _interpret_requested() -> bool:
