@@ -75,7 +75,10 @@ def _check_options(num_samples, temperature, num_regions, max_regions, subset, r
     num_samples = _check_int("num_samples", num_samples, 1)
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a real number, got {temperature!r}.")
-    temperature = float(temperature)
+    try:
+        temperature = float(temperature)
+    except OverflowError:  # an int beyond float range
+        temperature = float("inf")
     if not (temperature > 0 and temperature != float("inf")):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}.")
     if 1.0 / temperature > torch.finfo(torch.float32).max:  # the logits are scaled in float32
