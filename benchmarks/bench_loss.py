@@ -46,6 +46,11 @@ D separate sectors; in channels_last one run of D values.
 ``--bound``: only that bound, at the full-size setting, on any device (no timing; it needs no
 GPU): the bytes behind it for both layouts.
 
+``--host``: the host's side of a fused step (NCHW, float32 and bfloat16, K=64 and 256; on the CPU
+the smoke shapes): the time to issue a step when the GPU is not waited for, beside the time per
+step of steps in a row, then a cProfile of 100 bfloat16 K=64 steps (the functions of most own
+time). Where the first is near the second, the step is bound by the host, not by its kernels.
+
 ``--sweep``: instead of the table, kernels alone at each of their launch shapes, each shape
 checked against the default shape's result first: the region index with the pooling forward
 that searches it (``INDEX_TILE_CHOICES``; the CUDA tile sort and tl.sort side by side where the
@@ -717,6 +722,52 @@ def sweep_infonce(config, quick=False):
     return failures
 
 
+def host_profile(config) -> int:
+    """``--host``: the host's time to issue a fused step and the time per step in a row, then where
+    the host's time goes (cProfile)."""
+    import cProfile
+    import pstats
+
+    device = "cuda" if CUDA else "cpu"
+    steps, repeats = (20, 7) if CUDA else (2, 3)
+    ks = (64, 256) if CUDA else config["ks"][-1:]
+    print("| dtype | K | host time to issue a step ms | time per step, steps in a row ms |\n|---|---|---|---|")
+    profiled = None
+    for dtype in (torch.float32, torch.bfloat16):
+        for k in ks:
+            feat_q, feat_p, regions_q, regions_p = make_inputs(
+                config["batch"], config["channels"], config["size"], k, dtype, device)
+            feat_q.requires_grad_(True)
+            feat_p.requires_grad_(True)
+            fn = step_fn("fused", feat_q, feat_p, regions_q, regions_p, k, config["num_samples"])
+            fn()  # compiled and warm
+            issue, in_a_row = [], []
+            for _ in range(repeats):
+                if CUDA:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                for _ in range(steps):
+                    fn()
+                issued = time.perf_counter()
+                if CUDA:
+                    torch.cuda.synchronize()
+                issue.append((issued - start) * 1e3 / steps)
+                in_a_row.append((time.perf_counter() - start) * 1e3 / steps)
+            print(f"| {str(dtype).removeprefix('torch.')} | {k} | {statistics.median(issue):.3f} | "
+                  f"{statistics.median(in_a_row):.3f} |", flush=True)
+            if dtype == torch.bfloat16 and k == ks[0]:
+                profiled = fn
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(100 if CUDA else 2):  # the interpreter takes a second a step
+        profiled()
+    profiler.disable()
+    if CUDA:
+        torch.cuda.synchronize()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only K=256 (on the CPU the smoke run's largest K), float32")
@@ -725,6 +776,8 @@ def main(argv=None):
                         help="only the DRAM traffic bound at the full-size setting (any device, no timing)")
     parser.add_argument("--sweep", action="store_true",
                         help="the index, the dense backward and the InfoNCE alone at each launch shape instead")
+    parser.add_argument("--host", action="store_true",
+                        help="the host's time per fused step and where it goes (cProfile) instead")
     args = parser.parse_args(argv)
     if args.bound:
         print_bounds(FULL, "cuda" if CUDA else "cpu")
@@ -734,6 +787,11 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if CUDA else "CPU (smoke run: tiny shapes, Triton interpreter)"
     print(f"device: {device}; B={config['batch']} D={config['channels']} "
           f"{config['size']}x{config['size']} N={config['num_samples']}", flush=True)
+    if args.host:
+        if not (CUDA or triton_usable("cpu")):
+            print("the fused path needs CUDA or TRITON_INTERPRET=1")
+            return 1
+        return host_profile(config)
     if args.profile:
         if not (CUDA or triton_usable("cpu")):
             print("the fused path needs CUDA or TRITON_INTERPRET=1")

@@ -2,7 +2,7 @@
 # The one script to run on a lent GPU machine (no network there):
 #   bash benchmarks/gpu_check.sh
 # Builds the extension with that machine's torch, runs `pytest -m gpu`, the benchmarks (and the
-# loss step's per-kernel profile and the launch-shape sweeps of the field and the loss, logs only),
+# loss step's per-kernel profile and host time, the launch-shape sweeps of the field and the loss, logs only),
 # Nsight Compute on one Felzenszwalb launch and on the Triton kernels of one loss step and one
 # elastic pair, and compute-sanitizer (memcheck, racecheck) on the CUDA kernel, and prints a short
 # summary last.
@@ -143,6 +143,8 @@ fh_step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY be
 # where the fused loss step spends its time (per kernel), and the launch shapes of the field and
 # of the loss's index, dense backward and InfoNCE (logs only)
 step bench_loss_profile 75 $PY benchmarks/bench_loss.py --profile
+# the host's time to issue a fused step beside the step's time in a row, and where it goes (cProfile)
+step bench_loss_host 45 $PY benchmarks/bench_loss.py --host
 # the baseline's loss step, K=256 float32, same machine (its own extension: the CUDA tile sort)
 [ -f .baseline/benchmarks/bench_loss.py ] && baseline_built && step baseline_bench_loss_profile 30 \
   env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" $PY .baseline/benchmarks/bench_loss.py --profile --quick
