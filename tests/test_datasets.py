@@ -259,6 +259,32 @@ def test_cache_reuse_and_invalidation(tmp_path):
     assert VolumeCache(tmp_path / "cache", window=(-1000, 1000), **NATIVE).prepare(case).reused
 
 
+def _prepare_some(args):
+    folder, cases = args
+    VolumeCache(folder, **NATIVE).prepare_all(cases)
+
+
+def test_concurrent_preparations_keep_every_manifest_entry(tmp_path):
+    cases = write_phantom_dataset(tmp_path / "src", 8, seed=9, layout="plain", shape=(4, 32, 32),
+                                  spacing=(10.0, 6.0, 6.0))
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(4) as pool:  # four workers, two cases each
+        pool.map(_prepare_some, [(tmp_path / "cache", cases[i::4]) for i in range(4)])
+    entries = VolumeCache(tmp_path / "cache", **NATIVE).manifest()["entries"]
+    assert sorted(e["case_id"] for e in entries.values()) == [c.case_id for c in cases]
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    from lrc_fast.data import default_cache_dir
+    monkeypatch.setenv("LRC_FAST_CACHE", "~/lrc_cache")
+    assert default_cache_dir() == Path.home() / "lrc_cache"
+    monkeypatch.delenv("LRC_FAST_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG spec says
+    assert default_cache_dir() == Path.home() / ".cache" / "lrc_fast"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "lrc_fast"
+
+
 def test_cache_rebuilds_incomplete_entries(tmp_path):
     case = _phantom_case(tmp_path)
     cache = VolumeCache(tmp_path / "cache", **NATIVE)
@@ -305,6 +331,10 @@ def test_settings_validation():
         with pytest.raises(ValueError, match="orientation must be None or three capital letters"):
             PreprocessSettings(orientation=code)
     assert PreprocessSettings(orientation="SPL").orientation == "SPL"
+    for dtype in (np.float16, np.dtype("float16"), "float16"):  # one key for all spellings
+        assert PreprocessSettings(dtype=dtype).dtype == "float16"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        PreprocessSettings(dtype=np.int16)
     with pytest.raises(ValueError, match="window"):
         PreprocessSettings(window=(5, 1))
     with pytest.raises(ValueError, match="not both"):

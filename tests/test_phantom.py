@@ -112,6 +112,9 @@ def test_phantom_slice_varies_and_has_no_equal_neighbours():
         (lambda: write_phantom_dataset("/tmp/unused", 1, seed=-5), ValueError, "seed must be >= 0"),
         (lambda: phantom_slice(0, 10), ValueError, "height"),
         (lambda: phantom_slice(10, 10, fov_mm=-1.0), ValueError, "fov_mm"),
+        (lambda: phantom_slice(10, 10, fov_mm=True), ValueError, "fov_mm must be a positive number; got True"),
+        (lambda: make_phantom((True, 1)), TypeError, r"seed must be an int \(or a non-empty tuple of ints\)"),
+        (lambda: make_phantom([]), TypeError, "non-empty tuple of ints"),
         (lambda: write_phantom_dataset("/tmp/unused", 1, layout="nifti"), ValueError, "layout"),
         (lambda: write_phantom_dataset("/tmp/unused", 0), ValueError, "n_cases"),
     ],
@@ -166,3 +169,39 @@ def test_rewriting_the_same_dataset_keeps_files(tmp_path):
     other = write_phantom_dataset(tmp_path, 1, seed=4, layout="pairs", **SMALL)  # other seed: new content
     ct, _, _ = make_phantom((4, 0), **SMALL)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(other[0].image)), np.clip(np.rint(ct), -1024, 3071))
+
+
+def test_phantom_slice_takes_numpy_numbers():
+    np.testing.assert_array_equal(phantom_slice(16, 16, seed=np.int64(2), fov_mm=np.float32(400.0)),
+                                  phantom_slice(16, 16, seed=2, fov_mm=400.0))
+
+
+def test_rewriting_with_other_arguments_leaves_only_the_new_dataset(tmp_path):
+    write_phantom_dataset(tmp_path, 3, seed=5, layout="msd", **SMALL)
+    pairs = write_phantom_dataset(tmp_path, 2, seed=5, layout="pairs", **SMALL)  # another layout
+    assert not (tmp_path / "dataset.json").exists() and not list((tmp_path / "imagesTr").iterdir())
+    assert [(c.case_id, c.image) for c in find_cases(tmp_path)] == [(c.case_id, c.image) for c in pairs]
+    fewer = write_phantom_dataset(tmp_path, 1, seed=5, layout="pairs", **SMALL)  # fewer cases
+    assert [c.case_id for c in find_cases(tmp_path)] == [c.case_id for c in fewer] == ["phantom_000"]
+    assert json.loads((tmp_path / ".lrc_phantom.json").read_text())["cases"] == ["phantom_000"]
+    (tmp_path / "notes.txt").write_text("not ours")  # files no call recorded stay
+    write_phantom_dataset(tmp_path, 1, seed=6, layout="plain", **SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [".lrc_phantom.json", "notes.txt",
+                                                                         "phantom_000.nii.gz"]
+
+
+def test_interrupted_rewrite_is_not_kept(tmp_path, monkeypatch):
+    write_phantom_dataset(tmp_path, 2, seed=7, layout="plain", **SMALL)
+    from lrc_fast.data import phantom as phantom_module
+
+    def crash(image, path):  # a write cut short: half a file, then the process dies
+        path.write_bytes(b"\x1f\x8b half a gzip stream")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(phantom_module, "write_image", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_phantom_dataset(tmp_path, 2, seed=7, layout="plain", overwrite=True, **SMALL)
+    monkeypatch.undo()
+    cases = write_phantom_dataset(tmp_path, 2, seed=7, layout="plain", **SMALL)  # an ordinary call
+    ct, _, _ = make_phantom((7, 0), **SMALL)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(cases[0].image)), np.clip(np.rint(ct), -1024, 3071))

@@ -17,6 +17,7 @@ Entries of settings no longer used stay until the folder is deleted.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -39,11 +40,13 @@ _CACHE_DTYPES = ("float16", "float32")
 
 
 def default_cache_dir() -> Path:
-    """``$LRC_FAST_CACHE``, else ``$XDG_CACHE_HOME/lrc_fast``, else ``~/.cache/lrc_fast``."""
+    """``$LRC_FAST_CACHE`` (``~`` expanded), else ``$XDG_CACHE_HOME/lrc_fast`` when that is an
+    absolute path (the XDG spec ignores relative ones), else ``~/.cache/lrc_fast``."""
     if os.environ.get("LRC_FAST_CACHE"):
-        return Path(os.environ["LRC_FAST_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lrc_fast"
+        return Path(os.environ["LRC_FAST_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # the XDG spec ignores relative paths
+    return base / "lrc_fast"
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,13 @@ class PreprocessSettings:
             object.__setattr__(self, "spacing", check_spacing(self.spacing, "spacing"))
         object.__setattr__(self, "window", resolve_window(self.window))
         check_orientation(self.orientation)
-        if self.dtype not in _CACHE_DTYPES:
+        try:
+            name = np.dtype(self.dtype).name  # "float16", np.float16 and np.dtype("float16") alike
+        except TypeError:
+            name = None
+        if name not in _CACHE_DTYPES:
             raise ValueError(f"dtype must be one of {_CACHE_DTYPES}; got {self.dtype!r}")
+        object.__setattr__(self, "dtype", name)
 
     def key(self) -> dict:
         """The settings that change the cached arrays (JSON-ready)."""
@@ -292,6 +300,10 @@ class VolumeCache:
     def _update_manifest(self, records: dict) -> None:
         if not records:
             return
+        with _locked(self.folder / "manifest.lock"):  # ranks and workers may add entries at once
+            self._merge_manifest(records)
+
+    def _merge_manifest(self, records: dict) -> None:
         manifest = self.manifest()
         for name, record in records.items():
             manifest["entries"][name] = {
@@ -306,6 +318,23 @@ class VolumeCache:
             }
         text = json.dumps(manifest, indent=1).encode()
         _atomic_write(self.folder / "manifest.json", lambda f: f.write(text))
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path`` (created if missing) while the block runs; no lock
+    where ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _reason(exc: BaseException) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,9 +331,10 @@ def _check_shape(shape, name: str, ndim: int) -> tuple[int, ...]:
 
 
 def _rng(seed) -> np.random.Generator:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer, tuple, list)):
-        raise TypeError(f"seed must be an int (or a tuple of ints); got {type(seed).__name__}")
-    if any(s < 0 for s in (seed if isinstance(seed, (tuple, list)) else (seed,))):
+    parts = seed if isinstance(seed, (tuple, list)) else (seed,)
+    if not parts or any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) for s in parts):
+        raise TypeError(f"seed must be an int (or a non-empty tuple of ints); got {seed!r}")
+    if any(s < 0 for s in parts):
         raise ValueError(f"seed must be >= 0 (numpy's SeedSequence); got {seed!r}")
     return np.random.default_rng(np.random.SeedSequence(seed))
 
@@ -358,7 +360,7 @@ def make_phantom(
     Returns
     -------
     ct : np.ndarray, (D, H, W) float32
-        HU, from about -1000 (air) to about 1000 (cortical bone).
+        HU, from about -1000 (air) to about 850-900 (cortical bone).
     labels : np.ndarray, (D, H, W) uint8
         Class ids of :data:`PHANTOM_LABELS`.
     spacing : (z, y, x) tuple of floats
@@ -428,7 +430,8 @@ def phantom_slice(height: int = 512, width: int = 512, seed: int = 0, fov_mm: fl
     ((64, 96), dtype('float32'))
     """
     height, width = _check_shape((height, width), "(height, width)", 2)
-    if not (isinstance(fov_mm, (int, float)) and np.isfinite(fov_mm) and fov_mm > 0):
+    if isinstance(fov_mm, (bool, np.bool_)) or not (isinstance(fov_mm, numbers.Real) and np.isfinite(fov_mm)
+                                                     and fov_mm > 0):
         raise ValueError(f"fov_mm must be a positive number; got {fov_mm!r}")
     rng = _rng(seed)
     pixel = float(fov_mm) / min(height, width)
@@ -482,7 +485,11 @@ def write_phantom_dataset(
     Case ``i`` uses the seed sequence ``(seed, i)``, so a larger ``n_cases`` adds cases without
     changing the first ones. A hidden record (``.lrc_phantom.json``) remembers what was
     written: calling again with the same arguments keeps existing files untouched, so a
-    volume cache built from them stays valid across runs.
+    volume cache built from them stays valid across runs. A case is taken off the record while
+    its files are written, so an interrupted call leaves nothing half-written that a later one
+    would keep. Files an earlier call recorded that this call does not write (other cases,
+    another layout or seed, its ``dataset.json``) are removed, so the folder holds this dataset
+    only.
 
     Layouts
     -------
@@ -544,36 +551,58 @@ def write_phantom_dataset(
     folder.mkdir(parents=True, exist_ok=True)
     params = {"version": PHANTOM_VERSION, "seed": int(seed), "layout": layout, "shape": list(shape), "spacing": list(spacing)}
     record = folder / _RECORD_NAME
-    written = set()
-    if not overwrite and record.exists():
+    previous = {}
+    if record.exists():
         try:
             previous = json.loads(record.read_text())
         except ValueError:
             previous = {}
-        if previous.get("params") == params:
-            written = set(previous.get("cases", []))
-    cases = []
-    for i in range(int(n_cases)):
-        case_id = f"phantom_{i:03d}"
-        if layout == "msd":
-            image_path, label_path = folder / "imagesTr" / f"{case_id}.nii.gz", folder / "labelsTr" / f"{case_id}.nii.gz"
-        elif layout == "pairs":
-            image_path, label_path = folder / f"{case_id}_ct.nii.gz", folder / f"{case_id}_label.nii.gz"
-        else:
-            image_path, label_path = folder / f"{case_id}.nii.gz", None
-        cases.append(Case(case_id, image_path, label_path))
-        if case_id in written and image_path.exists() and (label_path is None or label_path.exists()):
-            continue  # same generator and parameters: keep the file (and its mtime, for the cache)
-        written.discard(case_id)
-        ct, labels, _ = make_phantom((int(seed), i), shape, spacing)
-        write_image(phantom_image(np.clip(np.rint(ct), -1024, 3071).astype(np.int16), spacing), image_path)
-        if label_path is not None:
-            write_image(phantom_image(labels, spacing), label_path)
-        written.add(case_id)
+    written = set(previous.get("cases", [])) if previous.get("params") == params and not overwrite else set()
+    cases = [Case(f"phantom_{i:03d}", *_case_paths(folder, f"phantom_{i:03d}", layout)) for i in range(int(n_cases))]
+    _remove_unwanted(folder, previous, {p for c in cases for p in (c.image, c.label) if p is not None})
+    written &= {c.case_id for c in cases}  # an earlier call's later cases are gone
+
+    def save_record():
         record.write_text(json.dumps({"params": params, "cases": sorted(written)}))
+
+    for i, case in enumerate(cases):
+        if case.case_id in written and case.image.exists() and (case.label is None or case.label.exists()):
+            continue  # same generator and parameters: keep the file (and its mtime, for the cache)
+        written.discard(case.case_id)
+        save_record()  # off the record while its files are written
+        ct, labels, _ = make_phantom((int(seed), i), shape, spacing)
+        write_image(phantom_image(np.clip(np.rint(ct), -1024, 3071).astype(np.int16), spacing), case.image)
+        if case.label is not None:
+            write_image(phantom_image(labels, spacing), case.label)
+        written.add(case.case_id)
+    save_record()
     if layout == "msd":
         _write_msd_json(folder, cases)
     return cases
+
+
+def _case_paths(folder: Path, case_id: str, layout: str) -> tuple[Path, Path | None]:
+    """(image, label) of one phantom case in ``layout``; the label is None for "plain"."""
+    if layout == "msd":
+        return folder / "imagesTr" / f"{case_id}.nii.gz", folder / "labelsTr" / f"{case_id}.nii.gz"
+    if layout == "pairs":
+        return folder / f"{case_id}_ct.nii.gz", folder / f"{case_id}_label.nii.gz"
+    return folder / f"{case_id}.nii.gz", None
+
+
+def _remove_unwanted(folder: Path, previous: dict, keep: set) -> None:
+    """Remove the files an earlier call recorded (``previous``) that are not in ``keep``, and its
+    dataset.json when this call writes another layout: nothing that call did not write."""
+    params = previous.get("params")
+    layout = params.get("layout") if isinstance(params, dict) else None
+    if layout not in ("msd", "pairs", "plain"):
+        return
+    for case_id in previous.get("cases", []):
+        for path in _case_paths(folder, str(case_id), layout):
+            if path is not None and path not in keep:
+                path.unlink(missing_ok=True)
+    if layout == "msd" and not any(p.parent.name == "imagesTr" for p in keep):
+        (folder / "dataset.json").unlink(missing_ok=True)
 
 
 def _write_msd_json(folder: Path, cases: list) -> None:
