@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_bool
 from ._ext import float32_matmul_exact, triton_available, triton_usable
 from .reference import region_loss as _ref
 
@@ -61,13 +61,6 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False):
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}.")
     return int(value)
-
-
-def _check_bool(name: str, value) -> bool:
-    # bool(x) would take the string "False" as True
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__}).")
-    return bool(value)
 
 
 def _check_options(num_samples, temperature, num_regions, max_regions, subset, reduction, backend):
@@ -323,8 +316,8 @@ def region_contrast_loss(feat_q: torch.Tensor, feat_p: torch.Tensor, regions_q: 
         regions_p = None
     if regions_p is not None:
         _check_regions("regions_p", regions_p, feat_q)
-    normalize = _check_bool("normalize", normalize)
-    include_self = _check_bool("include_self", include_self)
+    normalize = check_bool("normalize", normalize)
+    include_self = check_bool("include_self", include_self)
     generator = _resolve_generator(generator, feat_q.device)
     backend = _resolve_backend(backend, feat_q)
     if feat_q.numel() == 0:
@@ -363,8 +356,8 @@ class RegionContrastLoss(nn.Module):
         self.num_samples, self.temperature, self.num_regions, self.max_regions = _check_options(
             num_samples, temperature, num_regions, max_regions, subset, reduction, backend)
         self.subset = subset
-        self.normalize = _check_bool("normalize", normalize)
-        self.include_self = _check_bool("include_self", include_self)
+        self.normalize = check_bool("normalize", normalize)
+        self.include_self = check_bool("include_self", include_self)
         self.reduction = reduction
         self.backend = backend
 
@@ -435,7 +428,7 @@ def region_sample_mean(feat: torch.Tensor, regions: torch.Tensor, num_samples: i
     """
     num_samples, _, num_regions, _ = _check_options(num_samples, 1.0, num_regions, None, "largest",
                                                     "mean", backend)
-    return_indices = _check_bool("return_indices", return_indices)
+    return_indices = check_bool("return_indices", return_indices)
     _check_features("feat", feat)
     _check_regions("regions", regions, feat)
     generator = _resolve_generator(generator, feat.device)

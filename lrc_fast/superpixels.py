@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ._checks import check_bool
 from ._ext import has_cuda_extension, require_extension
 
 _BACKENDS = ("cpu", "cuda", "emulate", "skimage")
@@ -80,12 +81,6 @@ def _check_params(scale, sigma, min_size) -> tuple[float, float, int]:
         raise ValueError(f"min_size must be >= 0, got {min_size}")
     # any min_size above the pixel count merges each slice into one region; int64 for the extension
     return float(scale), float(sigma), min(int(min_size), 2**62)
-
-
-def _check_flag(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):  # bool("False") would be True
-        raise TypeError(f"{name} must be a bool, got {value!r} of type {type(value).__name__}")
-    return bool(value)
 
 
 def _check_launch(launch) -> None:
@@ -287,8 +282,8 @@ def felzenszwalb(images, scale: float = 1.0, sigma: float = 0.8, min_size: int =
         raise TypeError(f"images must be a dense tensor with data (torch.strided, not on 'meta'), got "
                         f"layout {images.layout} on {images.device}; convert sparse input with .to_dense()")
     scale, sigma, min_size = _check_params(scale, sigma, min_size)
-    return_counts = _check_flag("return_counts", return_counts)
-    check_finite = _check_flag("check_finite", check_finite)
+    return_counts = check_bool("return_counts", return_counts)
+    check_finite = check_bool("check_finite", check_finite)
     if backend is not None and backend not in _BACKENDS:
         raise ValueError(f"backend must be None or one of {_BACKENDS}, got {backend!r}")
     if launch is not None:
