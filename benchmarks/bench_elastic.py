@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -59,8 +57,8 @@ from lrc_fast.kernels.elastic_warp import (COARSE_LAUNCH_CHOICES, SMOOTH_BLOCK_C
                                            field_from_uniform_triton)
 from lrc_fast.reference import elastic as ref  # noqa: E402
 
-from bench_loss import graph_replay_ms, with_matmul_precision  # noqa: E402  (benchmarks/ is on sys.path)
-from cuda_timing import median_event_ms  # noqa: E402
+from bench_loss import cpu_median_ms, graph_replay_ms, with_matmul_precision  # noqa: E402  (benchmarks/ is on sys.path)
+from cuda_timing import back_to_back_ms, host_ms  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 # Largest field error accepted against the fp32 oracle, per tl.dot precision, times alpha (see
@@ -307,52 +305,13 @@ def with_cudnn_benchmark(fn):
     return run
 
 
-def timed_ms(fn, cpu_calls: int = 3) -> float:
-    """Median ms of ``fn``: ``do_bench`` on CUDA; on the CPU smoke run, of ``cpu_calls`` calls
-    after one warm-up call."""
+def timed_ms(fn) -> float:
+    """Median ms of ``fn``: ``do_bench`` on CUDA; on the CPU smoke run, of 3 calls after a warm-up."""
     if CUDA:
         import triton.testing
 
         return triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
-    fn()
-    times = []
-    for _ in range(cpu_calls):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def back_to_back_ms(fn, calls: int = 50, repeats: int = 7) -> float | None:
-    """Median over ``repeats`` of the time per call of ``calls`` calls in a row, caches warm and
-    nothing between them: what a loop of such calls sees, the host's time to issue each call
-    included where it exceeds the GPU's (``timed_ms`` hides it behind its cache flush). None
-    without CUDA (nothing runs asynchronously there)."""
-    if not CUDA:
-        return None
-
-    def in_a_row():
-        for _ in range(calls):
-            fn()
-    return median_event_ms(in_a_row, repeats) / calls
-
-
-def host_ms(fn, calls: int = 50, repeats: int = 7) -> float | None:
-    """Median over ``repeats`` of the host's time per call to issue ``calls`` calls in a row,
-    without waiting for the GPU (the launch queue holds them): the CPU time a training loop spends
-    on each call. None without CUDA."""
-    if not CUDA:
-        return None
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) * 1e3 / calls)
-        torch.cuda.synchronize()
-    return statistics.median(times)
+    return cpu_median_ms(fn)
 
 
 def host_profile() -> int:

@@ -78,6 +78,8 @@ from lrc_fast._ext import has_cuda_extension, triton_usable  # noqa: E402
 from lrc_fast.loss import region_contrast_loss  # noqa: E402
 from lrc_fast.reference import region_loss as ref  # noqa: E402
 
+from cuda_timing import back_to_back_ms, host_ms  # noqa: E402  (benchmarks/ is on sys.path)
+
 CUDA = torch.cuda.is_available()
 FULL = dict(batch=16, channels=64, size=512, num_samples=50, ks=(64, 256, 1024),
             dtypes=(torch.float32, torch.bfloat16))
@@ -313,17 +315,22 @@ def print_bounds(config, device):
                   f"| {sampled['channels_last']:.0f} | {bound['channels_last']:.2f} |", flush=True)
 
 
-def time_ms(fn, rep_ms):
-    if CUDA:
-        from triton.testing import do_bench
-        return do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median")
+def cpu_median_ms(fn, calls: int = 3) -> float:
+    """Median wall ms of ``calls`` calls of ``fn`` after one warm-up call (the CPU smoke runs)."""
     fn()
     samples = []
-    for _ in range(3):
+    for _ in range(calls):
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
     return statistics.median(samples)
+
+
+def time_ms(fn, rep_ms):
+    if CUDA:
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median")
+    return cpu_median_ms(fn)
 
 
 def peak_extra_bytes(fn):
@@ -729,7 +736,6 @@ def host_profile(config) -> int:
     import pstats
 
     device = "cuda" if CUDA else "cpu"
-    steps, repeats = (20, 7) if CUDA else (2, 3)
     ks = (64, 256) if CUDA else config["ks"][-1:]
     print("| dtype | K | host time to issue a step ms | time per step, steps in a row ms |\n|---|---|---|---|")
     profiled = None
@@ -740,21 +746,12 @@ def host_profile(config) -> int:
             feat_q.requires_grad_(True)
             feat_p.requires_grad_(True)
             fn = step_fn("fused", feat_q, feat_p, regions_q, regions_p, k, config["num_samples"])
-            fn()  # compiled and warm
-            issue, in_a_row = [], []
-            for _ in range(repeats):
-                if CUDA:
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                for _ in range(steps):
-                    fn()
-                issued = time.perf_counter()
-                if CUDA:
-                    torch.cuda.synchronize()
-                issue.append((issued - start) * 1e3 / steps)
-                in_a_row.append((time.perf_counter() - start) * 1e3 / steps)
-            print(f"| {str(dtype).removeprefix('torch.')} | {k} | {statistics.median(issue):.3f} | "
-                  f"{statistics.median(in_a_row):.3f} |", flush=True)
+            host, in_a_row = host_ms(fn, calls=20), back_to_back_ms(fn, calls=20)
+            name = str(dtype).removeprefix("torch.")
+            if host is None:  # the CPU smoke run has no launch queue: a step's median time instead
+                print(f"| {name} | {k} | {cpu_median_ms(fn):.3f} (a step on the CPU) | needs CUDA |", flush=True)
+            else:
+                print(f"| {name} | {k} | {host:.3f} | {in_a_row:.3f} |", flush=True)
             if dtype == torch.bfloat16 and k == ks[0]:
                 profiled = fn
     profiler = cProfile.Profile()
