@@ -299,16 +299,17 @@ def cubin_report(kernel, num_warps: int) -> dict:
                 warps=programs * num_warps, access=dict(sorted(widths.items())))
 
 
-KERNEL_MODULES = ("lrc_fast.kernels.elastic_warp", "lrc_fast.kernels.region_infonce", "lrc_fast.kernels.region_pool")
-
-
 def package_kernels() -> list[str]:
-    """The names of the package's launched Triton kernels (``@triton.jit`` functions named
-    ``*_kernel``; the other jit functions are helpers they call)."""
+    """The names of the launched Triton kernels of every module of ``lrc_fast.kernels``
+    (``@triton.jit`` functions named ``*_kernel``; the other jit functions are helpers they call)."""
+    import pkgutil
+
+    import lrc_fast.kernels
     from triton.runtime.jit import JITFunction
 
     names = []
-    for module in map(importlib.import_module, KERNEL_MODULES):
+    for info in pkgutil.iter_modules(lrc_fast.kernels.__path__, "lrc_fast.kernels."):
+        module = importlib.import_module(info.name)
         names += [name for name, value in vars(module).items()
                   if isinstance(value, JITFunction) and name.endswith("_kernel")]
     return names
