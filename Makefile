@@ -31,11 +31,20 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_felzenszwalb.py
 
-# Compile-check the CUDA sources for Hopper with the machine's nvcc (no GPU needed).
-cuda-check:
+# Compile-check the CUDA sources for Hopper with the machine's nvcc (no GPU needed), then the
+# dispatch files as a CUDA build compiles them (-DWITH_CUDA: code a CPU build never sees; a name
+# clash there once broke every CUDA build). The CPU torch lacks one generated CUDA header, which an
+# empty stand-in replaces for this syntax check.
+cuda-check: setup
 	@for f in csrc/cuda/*.cu; do \
 	  echo "nvcc $$f"; nvcc -std=c++17 -O3 -arch=sm_90 -fmad=false --expt-relaxed-constexpr -c $$f -o /dev/null || exit 1; \
 	done
+	@shim=$$(mktemp -d) && mkdir -p $$shim/c10/cuda/impl && echo '#pragma once' > $$shim/c10/cuda/impl/cuda_cmake_macros.h \
+	  && inc="$$($(PY) -c 'import sysconfig; from torch.utils.cpp_extension import include_paths; print(" ".join("-isystem" + p for p in include_paths() + [sysconfig.get_paths()["include"]]))')" \
+	  && cuda_inc=$$(nvcc --dryrun -E -x cu /dev/null 2>&1 | sed -n 's/^#\$$ INCLUDES="\(-I[^"]*\)".*/\1/p') \
+	  && for f in csrc/*.cpp; do \
+	    echo "c++ -DWITH_CUDA $$f"; $(CXX) -std=c++17 -fsyntax-only -DWITH_CUDA -I$$shim $$inc $$cuda_inc -Icsrc $$f || { rm -rf $$shim; exit 1; }; \
+	  done; rm -rf $$shim
 
 # Every Triton launch variant compiled for sm_90 by the Triton of the lent GPU machines (3.6.0),
 # in its own small environment: the test suite's newer Triton accepts code 3.6 may reject and

@@ -68,7 +68,7 @@ std::tuple<Outputs, RegionIndexArgs> prepare(const char* op, const torch::Tensor
 
 // The tile sort on CUDA: (pixels, hist, local), int32, as the Triton tile sort writes them (hist
 // before the prefix over the tiles; local only where hist > 0).
-Outputs region_index_cuda(const torch::Tensor& regions, const std::optional<torch::Tensor>& regions_p,
+Outputs region_index_cuda_op(const torch::Tensor& regions, const std::optional<torch::Tensor>& regions_p,
                           int64_t num_regions, int64_t tile) {
 #ifdef WITH_CUDA
   TORCH_CHECK(regions.is_cuda(), "region_index_cuda: regions must be a CUDA tensor");
@@ -103,7 +103,7 @@ Outputs region_index_simt_op(const torch::Tensor& regions, const std::optional<t
 }  // namespace
 
 void bind_region_index(pybind11::module_& m) {
-  m.def("region_index_cuda", &region_index_cuda,
+  m.def("region_index_cuda", &region_index_cuda_op,
         "The loss's region index tile sort on CUDA: (pixels, hist, local)", pybind11::arg("regions"),
         pybind11::arg("regions_p"), pybind11::arg("num_regions"), pybind11::arg("tile"));
   m.def("region_index_simt", &region_index_simt_op,

@@ -141,4 +141,4 @@ def test_gpu_cuda_matches_both_triton_sorts(shape, num_regions, tile, dtype):
     assert_same_tables(got, ref.tile_index(regions, num_regions, tile, regions_p))
     assert_same_tables(got, pk._tile_sort(regions, regions_p, num_regions, tile, "sort"))
     assert_same_tables(got, pk._tile_sort(regions, regions_p, num_regions, tile, "network"))
-    assert pk._index_method(regions) == "cuda"  # the default on CUDA with this extension
+    assert pk._index_method(regions, tile) == "cuda"  # the default on CUDA with this extension
