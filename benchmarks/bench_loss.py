@@ -765,6 +765,16 @@ def host_profile(config) -> int:
     return 0
 
 
+def index_sort() -> str:
+    """Which tile sort the fused rows' region index uses here: a run whose extension did not
+    build (CUDA) times the Triton sort, and its table must say so."""
+    if not CUDA:
+        return "the gather network (Triton interpreter)"
+    if has_cuda_extension():
+        return "the CUDA tile sort"
+    return "tl.sort (lrc_fast._C not built with CUDA: no CUDA tile sort)"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only K=256 (on the CPU the smoke run's largest K), float32")
@@ -783,7 +793,8 @@ def main(argv=None):
     config = FULL if CUDA else SMOKE
     device = torch.cuda.get_device_name() if CUDA else "CPU (smoke run: tiny shapes, Triton interpreter)"
     print(f"device: {device}; B={config['batch']} D={config['channels']} "
-          f"{config['size']}x{config['size']} N={config['num_samples']}", flush=True)
+          f"{config['size']}x{config['size']} N={config['num_samples']}; the fused path's region "
+          f"index: {index_sort()}", flush=True)
     if args.host:
         if not (CUDA or triton_usable("cpu")):
             print("the fused path needs CUDA or TRITON_INTERPRET=1")
@@ -805,8 +816,8 @@ def main(argv=None):
         return 1 if failures else 0
     rows, failures = run(config, quick=args.quick)
     print(f"\n### region_contrast_loss forward+backward on {device}, B={config['batch']} "
-          f"D={config['channels']} {config['size']}x{config['size']} N={config['num_samples']} "
-          f"({time.time() - start:.0f} s)")
+          f"D={config['channels']} {config['size']}x{config['size']} N={config['num_samples']}, "
+          f"region index: {index_sort()} ({time.time() - start:.0f} s)")
     print(markdown(rows))
     if failures:
         print("\nCORRECTNESS CHECK FAILED:\n" + "\n".join(failures))
