@@ -766,13 +766,16 @@ def host_profile(config) -> int:
 
 
 def index_sort() -> str:
-    """Which tile sort the fused rows' region index uses here: a run whose extension did not
-    build (CUDA) times the Triton sort, and its table must say so."""
-    if not CUDA:
-        return "the gather network (Triton interpreter)"
-    if has_cuda_extension():
-        return "the CUDA tile sort"
-    return "tl.sort (lrc_fast._C not built with CUDA: no CUDA tile sort)"
+    """Which tile sort the fused rows' region index uses here, as the package chooses it for the
+    benchmark's int64 maps: a run whose extension did not build (CUDA) times the Triton sort, and
+    its table must say so."""
+    from lrc_fast.kernels import region_pool as pk
+
+    maps = torch.zeros(1, 1, 1, dtype=torch.int64, device="cuda" if CUDA else "cpu")
+    method = pk._index_method(maps, pk.INDEX_TILE_CHOICES[0])
+    if method == "sort":
+        return f"tl.sort ({pk._compiled_sort_refusal('cuda', maps, pk.INDEX_TILE_CHOICES[0])})"
+    return {"cuda": "the CUDA tile sort", "network": "the gather network (Triton interpreter)"}[method]
 
 
 def main(argv=None):
@@ -795,21 +798,15 @@ def main(argv=None):
     print(f"device: {device}; B={config['batch']} D={config['channels']} "
           f"{config['size']}x{config['size']} N={config['num_samples']}; the fused path's region "
           f"index: {index_sort()}", flush=True)
+    if (args.host or args.profile or args.sweep) and not (CUDA or triton_usable("cpu")):
+        print("the fused path needs CUDA or TRITON_INTERPRET=1")
+        return 1
     if args.host:
-        if not (CUDA or triton_usable("cpu")):
-            print("the fused path needs CUDA or TRITON_INTERPRET=1")
-            return 1
         return host_profile(config)
     if args.profile:
-        if not (CUDA or triton_usable("cpu")):
-            print("the fused path needs CUDA or TRITON_INTERPRET=1")
-            return 1
         run_profile(config, quick=args.quick)
         return 0
     if args.sweep:
-        if not (CUDA or triton_usable("cpu")):
-            print("the fused path needs CUDA or TRITON_INTERPRET=1")
-            return 1
         failures = (sweep_index(config, quick=args.quick) + sweep_backward(config, quick=args.quick)
                     + sweep_infonce(config, quick=args.quick))
         print("\nCORRECTNESS CHECK FAILED:\n" + "\n".join(failures) if failures else "")

@@ -69,7 +69,7 @@ std::tuple<Outputs, RegionIndexArgs> prepare(const char* op, const torch::Tensor
 // The tile sort on CUDA: (pixels, hist, local), int32, as the Triton tile sort writes them (hist
 // before the prefix over the tiles; local only where hist > 0).
 Outputs region_index_cuda_op(const torch::Tensor& regions, const std::optional<torch::Tensor>& regions_p,
-                          int64_t num_regions, int64_t tile) {
+                             int64_t num_regions, int64_t tile) {
 #ifdef WITH_CUDA
   TORCH_CHECK(regions.is_cuda(), "region_index_cuda: regions must be a CUDA tensor");
   std::string error;

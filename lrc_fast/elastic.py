@@ -303,8 +303,9 @@ def random_elastic_field(batch: int, height: int, width: int, alpha: float, sigm
         Negative sigma or alpha, alpha beyond float32, a kernel radius
         ``int(truncate * sigma + 0.5)`` over :data:`MAX_KERNEL_RADIUS`, a negative batch, a
         non-positive height, width or truncate, a spacing below 1, generator on another device,
-        a CUDA device where torch has none, unknown backend, or 'triton' where it cannot run, for a dense field with a side over
-        :data:`MAX_TRITON_FIELD_SIDE`, or for a coarse one with ``height * width >= 2**31``.
+        a CUDA device where torch has none, unknown backend, or 'triton' where it cannot run, for
+        a dense field with a side over :data:`MAX_TRITON_FIELD_SIDE`, or for a coarse one with
+        ``height * width >= 2**31``.
 
     Example
     -------
