@@ -173,10 +173,11 @@ def coverage_workload():
     For ``--check``: float32/bfloat16/float16 features, contiguous and channels_last, two maps
     of different integer dtypes, one strided shared map, ``max_regions`` (both subsets),
     ``include_self``/``normalize``, one image with one region and one channel and a gradient for
-    the warped view only, ``region_sample_mean``, every swept launch shape of the index,
-    the dense backward, the InfoNCE and the field, the warp with gradients and without (an
-    elastic pair, dense and coarse) under each padding, the coarse field's upsampling, and the
-    pooling's int64 gather.
+    the warped view only, images that fit one tile of the region index, images of one pixel and
+    of one column (the loss and the elastic pair), ``region_sample_mean``, every swept launch
+    shape of the index, the dense backward, the InfoNCE and the field, the warp with gradients
+    and without (an elastic pair, dense and coarse) under each padding, the coarse field's
+    upsampling, and the pooling's int64 gather.
     """
     from lrc_fast.kernels import elastic_warp, region_infonce, region_pool
 
@@ -211,6 +212,23 @@ def coverage_workload():
             one = [torch.zeros(1, 1, height, width), torch.zeros(1, 1, height, width, requires_grad=True)]
             lrc_fast.region_contrast_loss(*one, regions[:1], int32_map[:1], num_regions=1, num_samples=1,
                                           generator=0, backend="triton").backward()
+            # an image in one tile of the index (n_tiles == 1: the default for up to 1,024 pixels)
+            small = [torch.zeros(batch, channels, 20, 30, requires_grad=True) for _ in range(2)]
+            lrc_fast.region_contrast_loss(*small, regions[:, :20, :30], num_regions=k, generator=0,
+                                          backend="triton").backward()
+            for h, w in ((1, 1), (37, 1)):  # one pixel, one column: H * W, W or H equal to 1
+                for layout in (torch.contiguous_format, torch.channels_last):
+                    thin = [torch.zeros(batch, channels, h, w).to(memory_format=layout).requires_grad_(True)
+                            for _ in range(2)]
+                    lrc_fast.region_contrast_loss(*thin, regions[:, :h, :w], num_regions=k, generator=0,
+                                                  backend="triton").backward()
+                thin_images = torch.zeros(batch, 1, h, w, requires_grad=True)
+                warped, _ = lrc_fast.elastic_warp(thin_images, regions[:, :h, :w],
+                                                  torch.zeros(batch, 2, h, w), backend="triton")
+                warped.sum().backward()
+                for spacing in (None, 5):
+                    lrc_fast.elastic_pair(thin_images.detach(), regions[:, :h, :w], backend="triton",
+                                          generator=torch.Generator().manual_seed(0), spacing=spacing)
         images = torch.zeros(batch, 2, height, width, requires_grad=True)
         displacement = torch.zeros(batch, 2, height, width, requires_grad=True)
         for padding in ("border", "zeros", "reflection"):

@@ -1032,6 +1032,23 @@ def test_gpu_matches_reference(dtype, loss_rtol, channels_last, num_regions):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("height, width", [(20, 30), (32, 32), (1, 1)])
+def test_gpu_image_in_one_index_tile(height, width):
+    """Images of up to 1,024 pixels fit one tile of the region index. On a GPU Triton turns an
+    integer argument of 1 (the number of tiles) into a compile-time constant, which the pooling
+    kernel failed to compile with until the tiles' count was cast with tl.cast."""
+    regions = blob_regions(2, height, width, 5, seed=64, ignore_top_row=height > 1).cuda()
+    feat_q, feat_p = (features((2, 8, height, width), seed=s).detach().cuda().requires_grad_(True)
+                      for s in (65, 66))
+    kwargs = dict(num_regions=5, generator=7)
+    loss_ref, grads_ref = loss_and_grads(feat_q, feat_p, regions, None, backend="reference", **kwargs)
+    loss, grads = loss_and_grads(feat_q, feat_p, regions, None, backend="triton", **kwargs)
+    assert_close(loss, loss_ref, rtol=1e-4)
+    for grad, grad_ref in zip(grads, grads_ref):
+        assert_close(grad, grad_ref, rtol=1e-3 + GRAD_RTOL[torch.float32], atol_scale=1e-3)
+
+
+@pytest.mark.gpu
 def test_gpu_fused_step_captures_in_a_cuda_graph(capture_cuda_graph):
     """No host sync in a fused forward + backward step: it captures in a CUDA graph (a sync during
     capture raises). With features constant in each region the sampled means are the region

@@ -448,7 +448,9 @@ def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s
         rid = tl.load(ids_ptr + bm).to(tl.int64)
     n_take = N * (tl.load(valid_ptr + bm) != 0).to(tl.int32)  # 0 for invalid regions
     cum_col = cum_ptr + image * n_tiles * K + rid  # cum[iv, b, :, rid], stride K
-    count = tl.load(cum_col + (n_tiles - 1).to(tl.int64) * K)  # the last tile's prefix: all pixels
+    # the last tile's prefix: all pixels. tl.cast, not .to: on a GPU an n_tiles of 1 (an image in
+    # one tile) is a compile-time constant, a plain int without .to
+    count = tl.load(cum_col + tl.cast(n_tiles - 1, tl.int64) * K)
     local_col = local_ptr + image * n_tiles * K + rid
     d = tl.arange(0, BLOCK_D)
     d_mask = d < D
