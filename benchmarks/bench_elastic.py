@@ -57,8 +57,8 @@ from lrc_fast.kernels.elastic_warp import (COARSE_LAUNCH_CHOICES, SMOOTH_BLOCK_C
                                            field_from_uniform_triton)
 from lrc_fast.reference import elastic as ref  # noqa: E402
 
-from bench_loss import cpu_median_ms, graph_replay_ms, with_matmul_precision  # noqa: E402  (benchmarks/ is on sys.path)
-from cuda_timing import back_to_back_ms, host_ms  # noqa: E402
+from bench_loss import with_matmul_precision  # noqa: E402  (benchmarks/ is on sys.path)
+from cuda_timing import back_to_back_ms, cpu_median_ms, graph_replay_ms, host_ms  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 # Largest field error accepted against the fp32 oracle, per tl.dot precision, times alpha (see

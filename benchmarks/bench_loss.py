@@ -78,7 +78,8 @@ from lrc_fast._ext import has_cuda_extension, triton_usable  # noqa: E402
 from lrc_fast.loss import region_contrast_loss  # noqa: E402
 from lrc_fast.reference import region_loss as ref  # noqa: E402
 
-from cuda_timing import back_to_back_ms, host_ms  # noqa: E402  (benchmarks/ is on sys.path)
+# benchmarks/ is on sys.path
+from cuda_timing import back_to_back_ms, cpu_median_ms, graph_replay_ms, host_ms  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 FULL = dict(batch=16, channels=64, size=512, num_samples=50, ks=(64, 256, 1024),
@@ -315,17 +316,6 @@ def print_bounds(config, device):
                   f"| {sampled['channels_last']:.0f} | {bound['channels_last']:.2f} |", flush=True)
 
 
-def cpu_median_ms(fn, calls: int = 3) -> float:
-    """Median wall ms of ``calls`` calls of ``fn`` after one warm-up call (the CPU smoke runs)."""
-    fn()
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
-
-
 def time_ms(fn, rep_ms):
     if CUDA:
         from triton.testing import do_bench
@@ -512,39 +502,6 @@ def profile_step(config, dtype, k, channels_last=False):
         torch.cuda.synchronize()
         host = statistics.median(issue)
     return rows, sum(row[2] for row in rows), statistics.median(walls), host, graph_replay_ms(fn)
-
-
-_GRAPH_FAILURE: list[str] = []  # why a capture failed: later configurations do not try again
-
-
-def graph_replay_ms(fn):
-    """Median time of one replay of ``fn`` captured in a CUDA graph (L2 flushed before each, as
-    every time here): the step's GPU time without the host issuing it (what a trainer captured
-    with CUDA graphs would see), or the reason the capture failed (a GPU->CPU sync inside the step
-    makes it fail). None on CPU."""
-    if not CUDA:
-        return None
-    if _GRAPH_FAILURE:
-        return _GRAPH_FAILURE[0]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            fn()
-    except Exception as error:  # noqa: BLE001 - report why, keep the profile going
-        # a failed capture can leave the capture stream current (torch.cuda.graph exits its
-        # stream context after ending the capture); the cause is the exception's context
-        torch.cuda.set_stream(torch.cuda.default_stream())
-        cause = error.__context__ or error
-        _GRAPH_FAILURE.append(f"capture failed: {type(cause).__name__}: {cause}"[:200])
-        return _GRAPH_FAILURE[0]
-    from triton.testing import do_bench
-    return do_bench(graph.replay, warmup=10, rep=50, return_mode="median")
 
 
 def profile_markdown(rows, kernel_ms, wall_ms, host_ms, replay_ms):

@@ -1,4 +1,5 @@
-"""CUDA timing shared by the benchmark scripts: CUDA events, calls in a row, the host's issue time."""
+"""Timing shared by the benchmark scripts: CUDA events, calls in a row, the host's issue time, CUDA
+graph replays, and wall time on the CPU."""
 from __future__ import annotations
 
 import statistics
@@ -53,3 +54,47 @@ def host_ms(fn, calls: int = 50, repeats: int = 7) -> float | None:
         times.append((time.perf_counter() - start) * 1e3 / calls)
         torch.cuda.synchronize()
     return statistics.median(times)
+
+
+def cpu_median_ms(fn, calls: int = 3) -> float:
+    """Median wall ms of ``calls`` calls of ``fn`` after one warm-up call (the CPU smoke runs)."""
+    fn()
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+_GRAPH_FAILURE: list[str] = []  # why a capture failed: later configurations do not try again
+
+
+def graph_replay_ms(fn):
+    """Median time of one replay of ``fn`` captured in a CUDA graph (L2 flushed before each, as
+    every time here): the step's GPU time without the host issuing it (what a trainer captured
+    with CUDA graphs would see), or the reason the capture failed (a GPU->CPU sync inside the step
+    makes it fail). None on CPU."""
+    if not torch.cuda.is_available():
+        return None
+    if _GRAPH_FAILURE:
+        return _GRAPH_FAILURE[0]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as error:  # noqa: BLE001 - report why, keep the profile going
+        # a failed capture can leave the capture stream current (torch.cuda.graph exits its
+        # stream context after ending the capture); the cause is the exception's context
+        torch.cuda.set_stream(torch.cuda.default_stream())
+        cause = error.__context__ or error
+        _GRAPH_FAILURE.append(f"capture failed: {type(cause).__name__}: {cause}"[:200])
+        return _GRAPH_FAILURE[0]
+    from triton.testing import do_bench
+    return do_bench(graph.replay, warmup=10, rep=50, return_mode="median")
