@@ -25,8 +25,8 @@ def blocks(shape, num_regions, dtype, seed):
 
 def main(quick: bool) -> int:
     ok = True
-    cases = [((2, 9, 13), 9, 16), ((2, 37, 91), 300, 256), ((2, 30, 40), 100, 512), ((1, 64, 64), 70000, 1024),
-             ((1, 50, 90), 1000, 2048), ((2, 50, 100), 254, 4096)]
+    cases = [((2, 9, 13), 9, 16), ((2, 37, 91), 300, 256), ((2, 30, 40), 100, 512), ((1, 64, 64), 300000, 1024),
+             ((1, 50, 90), 1000, 2048), ((2, 50, 100), 511, 4096)]
     for shape, num_regions, tile in cases:
         for dtype in (torch.int32,) if quick else (torch.int32, torch.int64):
             regions = blocks(shape, num_regions, dtype, seed=tile).cuda()

@@ -5,7 +5,7 @@ shared-memory counters and barriers execute, thread by thread, in thread order (
 random interleavings (other seeds). Its tables must equal the Triton tile sort's and the
 reference's (:func:`lrc_fast.reference.region_loss.tile_index`), bit for bit, at every kernel
 size (one to sixteen rows of 32 positions per thread), with one, two and three radix passes
-(K below 255, below 65,535, above), int32 and int64 maps, any strides, one or two maps, ignored
+(K below 512, below 262,144, above), int32 and int64 maps, any strides, one or two maps, ignored
 ids and partial last tiles. On a GPU the compiled kernel must equal the reference and both Triton
 sorts.
 """
@@ -52,9 +52,11 @@ def random_maps(shape, num_regions, dtype, seed, blocks=False):
 @interpreter
 @pytest.mark.parametrize("shape, num_regions, tile", [
     ((2, 9, 13), 9, 16),       # the 256-position kernel holds 16 pixels of a tile; a partial tile
-    ((2, 37, 91), 300, 256),   # two radix passes, one row per thread
-    ((1, 37, 91), 70000, 1024),  # three passes; the tile sits in a 1,024-position kernel
-    ((2, 50, 100), 254, 4096),  # one pass at its limit (the padding key 255); sixteen rows per thread
+    ((2, 37, 91), 300, 256),   # one 9-bit pass, one row per thread
+    ((2, 37, 91), 512, 256),   # two passes of 5 bits: the ignore key 512 takes 10
+    ((1, 37, 91), 70000, 1024),  # two passes of 9 bits; the tile sits in a 1,024-position kernel
+    ((1, 37, 91), 300000, 1024),  # three passes of 7 bits
+    ((2, 50, 100), 511, 4096),  # one pass at its limit (the ignore key 511); sixteen rows per thread
     ((3, 1, 1), 1, 16),        # a one-pixel image
     ((2, 3, 5), 0, 16),        # no region ids: every pixel ignored
     ((1, 64, 64), 64, 1024),   # whole tiles
@@ -75,12 +77,12 @@ def test_simt_matches_triton(simt_ext, shape, num_regions, tile, dtype, blocks):
 def test_simt_two_strided_maps_random_interleavings(simt_ext, seed):
     """Two maps, the first transposed in memory (not h * W + w addressable), under interleavings
     that a missing barrier would let change the result."""
-    regions = random_maps((2, 91, 37), 300, torch.int32, seed=seed, blocks=True).transpose(1, 2)
-    regions_p = random_maps((2, 37, 91), 300, torch.int32, seed=seed + 10)
-    expected = triton_tables(regions, regions_p, 300, 256)
-    got = simt_ext.region_index_simt(regions, regions_p, 300, 256, seed)
+    regions = random_maps((2, 91, 37), 700, torch.int32, seed=seed, blocks=True).transpose(1, 2)
+    regions_p = random_maps((2, 37, 91), 700, torch.int32, seed=seed + 10)
+    expected = triton_tables(regions, regions_p, 700, 256)
+    got = simt_ext.region_index_simt(regions, regions_p, 700, 256, seed)  # two passes
     assert_same_tables(got, expected)
-    assert_same_tables(got, ref.tile_index(regions, 300, 256, regions_p))
+    assert_same_tables(got, ref.tile_index(regions, 700, 256, regions_p))
 
 
 @interpreter
@@ -129,7 +131,7 @@ def test_gpu_simt_method_needs_cpu_maps():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape, num_regions, tile", [
-    ((16, 512, 512), 64, 1024), ((16, 512, 512), 1024, 1024), ((3, 37, 91), 70000, 256),
+    ((16, 512, 512), 64, 1024), ((16, 512, 512), 1024, 1024), ((3, 37, 91), 300000, 256),
     ((2, 300, 333), 700, 4096), ((4, 1, 1), 1, 16), ((2, 8, 8), 5, 16)])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
 def test_gpu_cuda_matches_both_triton_sorts(shape, num_regions, tile, dtype):

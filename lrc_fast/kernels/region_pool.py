@@ -64,11 +64,13 @@ from ._host import cdiv, next_power_of_2
 
 # pixels per program of the region index: the tiles `bench_loss.py --sweep` times (with the
 # pooling that searches them); the first is the default (fewer for small images, more when the
-# tables get large, see _index_tile). Each gets tile // 256 warps (1 to 4): 8 keys per thread.
+# tables get large, see _index_tile). In Triton each gets min(4, tile // 256) warps (at least 1):
+# 8 keys per thread up to 1024 pixels, 16 and 32 at 2048 and 4096; the CUDA sort's CTA has 256
+# threads (tile / 256 keys each, at least 1).
 # In the sm_90 build (CPU compile), tl.sort and the run starts of a 256-pixel tile take one warp,
 # no barrier and 58 % of the instructions per pixel of a 1024-pixel tile, but the (V, B, T, K)
 # tables grow 4 times and the search over them by two steps.
-INDEX_TILE_CHOICES = (1024, 256, 512, 2048)
+INDEX_TILE_CHOICES = (1024, 256, 512, 2048, 4096)
 _MAX_INDEX_ENTRIES = 1 << 24  # grow the tile (up to _MAX_TILE) to keep (V, B, T, K) below this
 _MAX_TILE = 4096
 _POOL_TILE = 4096  # N x D elements gathered per loop step of the pooling forward
