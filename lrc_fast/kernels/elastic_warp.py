@@ -47,7 +47,7 @@ import triton.language as tl
 
 from ..reference.elastic import (catmull_rom_weights, coarse_shape, gaussian_kernel1d,
                                  gaussian_radius, reflect_indices)
-from ._host import cdiv
+from ._host import cdiv, on_device
 
 PADDING_CODES = {"border": 0, "zeros": 1, "reflection": 2}
 
@@ -217,9 +217,10 @@ def field_from_uniform_triton(uniform: torch.Tensor, alpha: float, sigma: float,
     rows_smoothed = _smooth_rows(uniform, sigma, truncate, precision, (bm, bn, bk, warps))
     kh = gaussian_band_matrix(height, float(sigma), float(truncate), uniform.device)  # (H, H)
     tiles_h, tiles_w = cdiv(height, bm), cdiv(width, bn)
-    _smooth_cols_kernel[(batch * two * tiles_h * tiles_w,)](
-        rows_smoothed, kh, field, float(alpha), height, width, gaussian_radius(sigma, truncate),
-        tiles_h, tiles_w, BM=bm, BN=bn, BK=bk, PRECISION=precision, num_warps=warps)
+    with on_device(field):
+        _smooth_cols_kernel[(batch * two * tiles_h * tiles_w,)](
+            rows_smoothed, kh, field, float(alpha), height, width, gaussian_radius(sigma, truncate),
+            tiles_h, tiles_w, BM=bm, BN=bn, BK=bk, PRECISION=precision, num_warps=warps)
     return field
 
 
@@ -231,9 +232,10 @@ def _smooth_rows(uniform: torch.Tensor, sigma: float, truncate: float, precision
     kwt = gaussian_band_matrix(width, float(sigma), float(truncate), uniform.device, True)  # (W, W)
     rows_smoothed = torch.empty_like(uniform)  # (B, 2, H, W)
     tiles_h, tiles_w = cdiv(height, bm), cdiv(width, bn)
-    _smooth_rows_kernel[(batch * two * tiles_h * tiles_w,)](
-        uniform, kwt, rows_smoothed, height, width, gaussian_radius(sigma, truncate), tiles_h,
-        tiles_w, BM=bm, BN=bn, BK=bk, PRECISION=precision, num_warps=warps)
+    with on_device(uniform):
+        _smooth_rows_kernel[(batch * two * tiles_h * tiles_w,)](
+            uniform, kwt, rows_smoothed, height, width, gaussian_radius(sigma, truncate), tiles_h,
+            tiles_w, BM=bm, BN=bn, BK=bk, PRECISION=precision, num_warps=warps)
     return rows_smoothed
 
 
@@ -399,10 +401,12 @@ def _grid_steps(uniform: torch.Tensor, alpha: float, sigma: float, truncate: flo
     _, index_w = gaussian_taps(coarse_w, float(sigma), float(truncate), uniform.device)
     band_rows = max(1, _BAND_NODES // coarse_w)
     bands = cdiv(coarse_h, band_rows)
-    _coarse_rows_kernel[(batch * two * bands,)](
-        uniform, taps, index_h, index_w, rows, grid, taps if weights is None else weights,
-        float(alpha), coarse_h, coarse_w, width, spacing, (taps.numel() - 1) // 2, band_rows, bands,
-        ROWS=rows_of is not None, NODES=_BAND_NODES, PIXELS=_ROWS_BLOCK, num_warps=4)
+    with on_device(uniform):
+        _coarse_rows_kernel[(batch * two * bands,)](
+            uniform, taps, index_h, index_w, rows, grid, taps if weights is None else weights,
+            float(alpha), coarse_h, coarse_w, width, spacing, (taps.numel() - 1) // 2,
+            band_rows, bands, ROWS=rows_of is not None, NODES=_BAND_NODES, PIXELS=_ROWS_BLOCK,
+            num_warps=4)
     return grid, rows if rows_of is not None else None
 
 
@@ -477,9 +481,10 @@ def upsample_rows_triton(coarse: torch.Tensor, spacing: int, height: int, width:
     weights = catmull_rom_table(spacing, max(height, width), coarse.device)  # (phases, 4)
     if rows.numel() > 0:
         tiles = cdiv(coarse_h * width, _ROWS_BLOCK)
-        _upsample_rows_kernel[(batch * two * tiles,)](
-            coarse, weights, rows, coarse_h, coarse_w, width, spacing, tiles, BLOCK=_ROWS_BLOCK,
-            num_warps=4)
+        with on_device(coarse):
+            _upsample_rows_kernel[(batch * two * tiles,)](
+                coarse, weights, rows, coarse_h, coarse_w, width, spacing, tiles, BLOCK=_ROWS_BLOCK,
+                num_warps=4)
     return rows
 
 
@@ -503,9 +508,10 @@ def field_from_rows_triton(rows: torch.Tensor, spacing: int, height: int, width:
     weights = catmull_rom_table(spacing, max(height, width), rows.device)  # (phases, 4)
     block, warps = COARSE_LAUNCH_CHOICES[0]
     tiles = cdiv(height * width, block)
-    _upsample_field_kernel[(batch * tiles,)](
-        rows, weights, field, height, width, coarse_h, spacing, tiles, BLOCK=block,
-        num_warps=warps)
+    with on_device(rows):
+        _upsample_field_kernel[(batch * tiles,)](
+            rows, weights, field, height, width, coarse_h, spacing, tiles, BLOCK=block,
+            num_warps=warps)
     return field
 
 
@@ -710,10 +716,11 @@ def elastic_warp_triton(images: torch.Tensor, regions: torch.Tensor, displacemen
     if batch == 0:
         return out_images, out_regions
     tiles = cdiv(height * width, _WARP_BLOCK)
-    _elastic_warp_fwd_kernel[(batch * tiles,)](
-        images, regions, displacement, out_images, out_regions,
-        channels, height, width, tiles, int(ignore_index),
-        PADDING=PADDING_CODES[padding], BLOCK=_WARP_BLOCK, num_warps=4)
+    with on_device(images):
+        _elastic_warp_fwd_kernel[(batch * tiles,)](
+            images, regions, displacement, out_images, out_regions,
+            channels, height, width, tiles, int(ignore_index),
+            PADDING=PADDING_CODES[padding], BLOCK=_WARP_BLOCK, num_warps=4)
     return out_images, out_regions
 
 
@@ -740,10 +747,11 @@ def warp_from_rows_triton(images: torch.Tensor, regions: torch.Tensor, rows: tor
     weights = catmull_rom_table(spacing, max(height, width), rows.device)  # (phases, 4)
     block, warps = launch or COARSE_LAUNCH_CHOICES[0]
     tiles = cdiv(height * width, block)
-    _elastic_warp_coarse_kernel[(batch * tiles,)](
-        images, regions, rows.contiguous(), weights, out_images, out_regions, channels, height,
-        width, coarse_h, spacing, tiles,
-        int(ignore_index), PADDING=PADDING_CODES[padding], BLOCK=block, num_warps=warps)
+    with on_device(images):
+        _elastic_warp_coarse_kernel[(batch * tiles,)](
+            images, regions, rows.contiguous(), weights, out_images, out_regions, channels, height,
+            width, coarse_h, spacing, tiles,
+            int(ignore_index), PADDING=PADDING_CODES[padding], BLOCK=block, num_warps=warps)
     return out_images, out_regions
 
 
@@ -775,12 +783,14 @@ def elastic_warp_triton_backward(grad_out: torch.Tensor, images: torch.Tensor,
     grad_disp = torch.empty_like(displacement) if need_displacement else None
     if batch > 0:
         tiles = cdiv(height * width, _WARP_BLOCK)
-        _elastic_warp_bwd_kernel[(batch * tiles,)](
-            grad_out, images, displacement,
-            grad_images if need_images else grad_out, grad_disp if need_displacement else grad_out,
-            channels, height, width, tiles,
-            PADDING=PADDING_CODES[padding], NEED_IMG=need_images, NEED_DISP=need_displacement,
-            BLOCK=_WARP_BLOCK, num_warps=4)
+        with on_device(grad_out):
+            _elastic_warp_bwd_kernel[(batch * tiles,)](
+                grad_out, images, displacement,
+                grad_images if need_images else grad_out,
+                grad_disp if need_displacement else grad_out,
+                channels, height, width, tiles,
+                PADDING=PADDING_CODES[padding], NEED_IMG=need_images, NEED_DISP=need_displacement,
+                BLOCK=_WARP_BLOCK, num_warps=4)
     if grad_images is not None:
         grad_images = grad_images.to(images.dtype)
     return grad_images, grad_disp

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._host import cdiv, next_power_of_2
+from ._host import cdiv, next_power_of_2, on_device
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 
@@ -198,11 +198,12 @@ def _infonce_forward(means, valid, temperature, normalize, include_self, precisi
     if batch * regions == 0:
         return rows, lse
     block, block_d, warps, stages = _launch(regions, channels, blocks)
-    _infonce_fwd_kernel[(cdiv(regions, block), batch)](
-        means_q, means_p, valid, rows, lse, regions, channels, 1.0 / temperature,
-        NORMALIZE=normalize, INCLUDE_SELF=include_self,
-        PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
-        num_warps=warps, num_stages=stages)
+    with on_device(means_q):
+        _infonce_fwd_kernel[(cdiv(regions, block), batch)](
+            means_q, means_p, valid, rows, lse, regions, channels, 1.0 / temperature,
+            NORMALIZE=normalize, INCLUDE_SELF=include_self,
+            PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
+            num_warps=warps, num_stages=stages)
     return rows, lse
 
 
@@ -215,12 +216,13 @@ def _infonce_backward(grad_rows, means, valid, lse, temperature, normalize, incl
     if batch * regions == 0:
         return d_means
     block, block_d, warps, stages = _launch(regions, channels, blocks)
-    _infonce_bwd_kernel[(cdiv(regions, block), batch)](
-        means_q, means_p, valid, lse, grad_rows, *grad_rows.stride(), d_q, d_p, regions, channels,
-        1.0 / temperature,
-        NORMALIZE=normalize, INCLUDE_SELF=include_self,
-        PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
-        num_warps=warps, num_stages=stages)
+    with on_device(means_q):
+        _infonce_bwd_kernel[(cdiv(regions, block), batch)](
+            means_q, means_p, valid, lse, grad_rows, *grad_rows.stride(), d_q, d_p, regions,
+            channels, 1.0 / temperature,
+            NORMALIZE=normalize, INCLUDE_SELF=include_self,
+            PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
+            num_warps=warps, num_stages=stages)
     return d_means
 
 

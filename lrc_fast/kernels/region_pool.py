@@ -60,7 +60,7 @@ import triton
 import triton.language as tl
 
 from .._ext import has_cpu_extension, has_cuda_extension, require_extension
-from ._host import cdiv, next_power_of_2
+from ._host import cdiv, next_power_of_2, on_device
 
 # pixels per program of the region index: the tiles `bench_loss.py --sweep` times (with the
 # pooling that searches them); the first is the default (fewer for small images, more when the
@@ -205,8 +205,9 @@ def _tile_prefix(hist: torch.Tensor) -> torch.Tensor:
     views, batch, n_tiles, num_regions = hist.shape
     bt, bk = _PREFIX_BLOCK
     if hist.numel() > 0:
-        _tile_prefix_kernel[(cdiv(num_regions, bk), views * batch)](hist, n_tiles, num_regions,
-                                                                     BT=bt, BK=bk, num_warps=4)
+        with on_device(hist):
+            _tile_prefix_kernel[(cdiv(num_regions, bk), views * batch)](hist, n_tiles, num_regions,
+                                                                         BT=bt, BK=bk, num_warps=4)
     return hist
 
 
@@ -279,10 +280,12 @@ def _tile_sort(regions, regions_p, num_regions, tile, method):
     hist = torch.zeros(table, dtype=torch.int32, device=dev)  # (V, B, T, K)
     local = torch.empty(table, dtype=torch.int32, device=dev)  # (V, B, T, K)
     if batch * hw > 0:
-        _tile_sort_kernel[(n_tiles, batch, views)](
-            regions, *regions.stride(), other, *other.stride(), width, hw, num_regions, batch,
-            pixels, hist, local, n_tiles, LOG=tile.bit_length() - 1, FLAT=_flat_pixels(regions, other),
-            NETWORK=method == "network", num_warps=max(1, min(4, tile // 256)))
+        with on_device(regions):
+            _tile_sort_kernel[(n_tiles, batch, views)](
+                regions, *regions.stride(), other, *other.stride(), width, hw, num_regions, batch,
+                pixels, hist, local, n_tiles, LOG=tile.bit_length() - 1,
+                FLAT=_flat_pixels(regions, other),
+                NETWORK=method == "network", num_warps=max(1, min(4, tile // 256)))
     return pixels, hist, local
 
 
@@ -497,13 +500,15 @@ def _pool_forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms, count_
     index_views, _, n_tiles, num_regions = cum.shape
     block_d = max(16, next_power_of_2(channels))
     block_n = max(16, min(next_power_of_2(num_samples), _POOL_TILE // block_d))
-    _pool_fwd_kernel[(regions, batch, views)](
-        feat, *feat.stride(), other, *other.stride(), width, height * width, channels,
-        pixels, cum, local, index_views, valid if ids is None else ids, valid, uniforms, means, idx, hits,
-        batch, regions, num_samples, num_regions, n_tiles, tile,
-        (n_tiles - 1).bit_length(),
-        FLAT=_flat_pixels(feat, other), WIDE=_wide_offsets(feat, other), COUNT_HITS=count_hits,
-        IDENTITY=ids is None, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
+    with on_device(feat):
+        _pool_fwd_kernel[(regions, batch, views)](
+            feat, *feat.stride(), other, *other.stride(), width, height * width, channels,
+            pixels, cum, local, index_views, valid if ids is None else ids, valid, uniforms, means,
+            idx, hits,
+            batch, regions, num_samples, num_regions, n_tiles, tile,
+            (n_tiles - 1).bit_length(),
+            FLAT=_flat_pixels(feat, other), WIDE=_wide_offsets(feat, other), COUNT_HITS=count_hits,
+            IDENTITY=ids is None, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
     return means, idx, hits
 
 
@@ -594,15 +599,17 @@ def _pool_backward(grad_means, hits, regions, regions_p, slot_of, size, dtype, c
     identity = slot_of is None
     slots = regions if identity else slot_of  # placeholder pointer when unused
     grid = (cdiv(height * width, block_p), batch, len(views))
-    _pool_bwd_kernel[grid](
-        grad_means, hits, views[0], regions, *regions.stride(), regions_other, *regions_other.stride(),
-        slots, 0 if identity else slot_of.shape[1],
-        grad_a, *grad_a.stride(), grad_b, *grad_b.stride(),
-        width, height * width, channels, batch, grad_means.shape[2], num_samples,
-        IDENTITY=identity, FLAT_R=_flat_pixels(regions, regions_other),
-        FLAT_G=_flat_pixels(grad_a, grad_b),
-        BLOCK_P=block_p, BLOCK_D=max(8, min(block_d, next_power_of_2(channels))),
-        num_warps=warps)
+    with on_device(grad_means):
+        _pool_bwd_kernel[grid](
+            grad_means, hits, views[0], regions, *regions.stride(), regions_other,
+            *regions_other.stride(),
+            slots, 0 if identity else slot_of.shape[1],
+            grad_a, *grad_a.stride(), grad_b, *grad_b.stride(),
+            width, height * width, channels, batch, grad_means.shape[2], num_samples,
+            IDENTITY=identity, FLAT_R=_flat_pixels(regions, regions_other),
+            FLAT_G=_flat_pixels(grad_a, grad_b),
+            BLOCK_P=block_p, BLOCK_D=max(8, min(block_d, next_power_of_2(channels))),
+            num_warps=warps)
     return grads
 
 
