@@ -174,10 +174,10 @@ def coverage_workload():
     of different integer dtypes, one strided shared map, ``max_regions`` (both subsets),
     ``include_self``/``normalize``, one image with one region and one channel and a gradient for
     the warped view only, images that fit one tile of the region index, images of one pixel and
-    of one column (the loss and the elastic pair), ``region_sample_mean``, every swept launch
-    shape of the index, the dense backward, the InfoNCE and the field, the warp with gradients
-    and without (an elastic pair, dense and coarse) under each padding, the coarse field's
-    upsampling, and the pooling's int64 gather.
+    of one column (the loss and the elastic pair), cropped features (any strides),
+    ``region_sample_mean``, every swept launch shape of the index, the dense backward, the
+    InfoNCE and the field, the warp with gradients and without (an elastic pair, dense and
+    coarse) under each padding, the coarse field's upsampling, and the pooling's int64 gather.
     """
     from lrc_fast.kernels import elastic_warp, region_infonce, region_pool
 
@@ -212,6 +212,11 @@ def coverage_workload():
             one = [torch.zeros(1, 1, height, width), torch.zeros(1, 1, height, width, requires_grad=True)]
             lrc_fast.region_contrast_loss(*one, regions[:1], int32_map[:1], num_regions=1, num_samples=1,
                                           generator=0, backend="triton").backward()
+            # features of any strides: a crop, whose pixels are not (h * W + w) * s_w apart
+            crops = [torch.zeros(batch, channels, height, width + 3)[..., 1:-2].requires_grad_(True)
+                     for _ in range(2)]
+            lrc_fast.region_contrast_loss(*crops, regions, num_regions=k, generator=0,
+                                          backend="triton").backward()
             # an image in one tile of the index (n_tiles == 1: the default for up to 1,024 pixels)
             small = [torch.zeros(batch, channels, 20, 30, requires_grad=True) for _ in range(2)]
             lrc_fast.region_contrast_loss(*small, regions[:, :20, :30], num_regions=k, generator=0,

@@ -505,6 +505,28 @@ def test_loss_triton_matches_reference(dtype, channels_last, separate_maps, opti
         assert float(grad.float().abs().sum()) > 0
 
 
+def _cropped_features(seed, device="cpu"):
+    """Two (2, 12, 37, 91) crops of wider maps: pixels not (h * W + w) * s_w apart."""
+    g = torch.Generator().manual_seed(seed)
+    wide = [torch.randn(2, 12, 37, 94, generator=g).to(device) for _ in range(2)]
+    return wide[0][..., 1:-2].requires_grad_(True), wide[1][..., 2:-1].requires_grad_(True)
+
+
+@interpreter
+def test_features_of_any_strides():
+    """Cropped features take the kernels' non-flat addressing; their gradients come back dense."""
+    regions = blob_regions(2, 37, 91, 9, seed=40)
+    feat_q, feat_p = _cropped_features(41)
+    kwargs = dict(num_regions=9, generator=3)
+    loss_ref, grads_ref = loss_and_grads(feat_q, feat_p, regions, backend="reference", **kwargs)
+    loss, grads = loss_and_grads(feat_q, feat_p, regions, backend="triton", **kwargs)
+    assert_close(loss, loss_ref, rtol=1e-5)
+    for grad, grad_ref in zip(grads, grads_ref):
+        assert grad.is_contiguous()
+        assert_close(grad, grad_ref, rtol=1e-5)
+        assert float(grad.abs().sum()) > 0
+
+
 @interpreter
 def test_default_backend_and_module():
     regions = blob_regions(2, 12, 20, 6, seed=12)
@@ -1043,6 +1065,18 @@ def test_gpu_image_in_one_index_tile(height, width):
     kwargs = dict(num_regions=5, generator=7)
     loss_ref, grads_ref = loss_and_grads(feat_q, feat_p, regions, None, backend="reference", **kwargs)
     loss, grads = loss_and_grads(feat_q, feat_p, regions, None, backend="triton", **kwargs)
+    assert_close(loss, loss_ref, rtol=1e-4)
+    for grad, grad_ref in zip(grads, grads_ref):
+        assert_close(grad, grad_ref, rtol=1e-3 + GRAD_RTOL[torch.float32], atol_scale=1e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_features_of_any_strides():
+    regions = blob_regions(2, 37, 91, 9, seed=40).cuda()
+    feat_q, feat_p = _cropped_features(41, "cuda")
+    kwargs = dict(num_regions=9, generator=3)
+    loss_ref, grads_ref = loss_and_grads(feat_q, feat_p, regions, backend="reference", **kwargs)
+    loss, grads = loss_and_grads(feat_q, feat_p, regions, backend="triton", **kwargs)
     assert_close(loss, loss_ref, rtol=1e-4)
     for grad, grad_ref in zip(grads, grads_ref):
         assert_close(grad, grad_ref, rtol=1e-3 + GRAD_RTOL[torch.float32], atol_scale=1e-3)
