@@ -129,7 +129,7 @@ if baseline_built; then
   fh_step baseline_felzenszwalb_phases 45 env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" \
     $PY .baseline/benchmarks/bench_felzenszwalb.py --phases
 fi
-step pytest_gpu_loss_elastic 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_region_index.py \
+step pytest_gpu_loss_elastic 180 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_region_index.py \
   tests/test_loss.py tests/test_elastic.py
 # the CUDA region index kernel under compute-sanitizer: out-of-bounds accesses, shared-memory races
 step sanitize_region_index 60 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_region_index.py
