@@ -212,21 +212,18 @@ def coverage_workload():
             one = [torch.zeros(1, 1, height, width), torch.zeros(1, 1, height, width, requires_grad=True)]
             lrc_fast.region_contrast_loss(*one, regions[:1], int32_map[:1], num_regions=1, num_samples=1,
                                           generator=0, backend="triton").backward()
-            # features of any strides: a crop, whose pixels are not (h * W + w) * s_w apart
-            crops = [torch.zeros(batch, channels, height, width + 3)[..., 1:-2].requires_grad_(True)
-                     for _ in range(2)]
-            lrc_fast.region_contrast_loss(*crops, regions, num_regions=k, generator=0,
-                                          backend="triton").backward()
-            # an image in one tile of the index (n_tiles == 1: the default for up to 1,024 pixels)
-            small = [torch.zeros(batch, channels, 20, 30, requires_grad=True) for _ in range(2)]
-            lrc_fast.region_contrast_loss(*small, regions[:, :20, :30], num_regions=k, generator=0,
-                                          backend="triton").backward()
-            for h, w in ((1, 1), (37, 1)):  # one pixel, one column: H * W, W or H equal to 1
-                for layout in (torch.contiguous_format, torch.channels_last):
-                    thin = [torch.zeros(batch, channels, h, w).to(memory_format=layout).requires_grad_(True)
-                            for _ in range(2)]
-                    lrc_fast.region_contrast_loss(*thin, regions[:, :h, :w], num_regions=k, generator=0,
-                                                  backend="triton").backward()
+            # (h, w, layout, extra columns): a crop of wider features, whose pixels are not
+            # (h * W + w) * s_w apart; an image in one tile of the index (n_tiles == 1, the default
+            # for up to 1,024 pixels); one pixel and one column (H * W, W or H equal to 1)
+            contiguous, channels_last = torch.contiguous_format, torch.channels_last
+            for h, w, layout, extra in ((height, width, contiguous, 3), (20, 30, contiguous, 0),
+                                        (1, 1, contiguous, 0), (1, 1, channels_last, 0),
+                                        (37, 1, contiguous, 0), (37, 1, channels_last, 0)):
+                feats = [torch.zeros(batch, channels, h, w + extra).to(memory_format=layout)
+                         [..., extra // 2:extra // 2 + w].requires_grad_(True) for _ in range(2)]
+                lrc_fast.region_contrast_loss(*feats, regions[:, :h, :w], num_regions=k, generator=0,
+                                              backend="triton").backward()
+            for h, w in ((1, 1), (37, 1)):
                 thin_images = torch.zeros(batch, 1, h, w, requires_grad=True)
                 warped, _ = lrc_fast.elastic_warp(thin_images, regions[:, :h, :w],
                                                   torch.zeros(batch, 2, h, w), backend="triton")

@@ -1053,6 +1053,16 @@ def test_gpu_matches_reference(dtype, loss_rtol, channels_last, num_regions):
         assert_close(grad.float(), grad_ref.float(), rtol=loss_rtol * 10 + GRAD_RTOL[dtype], atol_scale=1e-3)
 
 
+def assert_gpu_fused_matches_reference(feat_q, feat_p, regions, num_regions, generator):
+    """float32 loss and gradients of the fused path against the reference, on CUDA (tf32x3 logits)."""
+    kwargs = dict(num_regions=num_regions, generator=generator)
+    loss_ref, grads_ref = loss_and_grads(feat_q, feat_p, regions, backend="reference", **kwargs)
+    loss, grads = loss_and_grads(feat_q, feat_p, regions, backend="triton", **kwargs)
+    assert_close(loss, loss_ref, rtol=1e-4)
+    for grad, grad_ref in zip(grads, grads_ref):
+        assert_close(grad, grad_ref, rtol=1e-3 + GRAD_RTOL[torch.float32], atol_scale=1e-3)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("height, width", [(20, 30), (32, 32), (1, 1)])
 def test_gpu_image_in_one_index_tile(height, width):
@@ -1062,24 +1072,13 @@ def test_gpu_image_in_one_index_tile(height, width):
     regions = blob_regions(2, height, width, 5, seed=64, ignore_top_row=height > 1).cuda()
     feat_q, feat_p = (features((2, 8, height, width), seed=s).detach().cuda().requires_grad_(True)
                       for s in (65, 66))
-    kwargs = dict(num_regions=5, generator=7)
-    loss_ref, grads_ref = loss_and_grads(feat_q, feat_p, regions, None, backend="reference", **kwargs)
-    loss, grads = loss_and_grads(feat_q, feat_p, regions, None, backend="triton", **kwargs)
-    assert_close(loss, loss_ref, rtol=1e-4)
-    for grad, grad_ref in zip(grads, grads_ref):
-        assert_close(grad, grad_ref, rtol=1e-3 + GRAD_RTOL[torch.float32], atol_scale=1e-3)
+    assert_gpu_fused_matches_reference(feat_q, feat_p, regions, 5, 7)
 
 
 @pytest.mark.gpu
 def test_gpu_features_of_any_strides():
     regions = blob_regions(2, 37, 91, 9, seed=40).cuda()
-    feat_q, feat_p = _cropped_features(41, "cuda")
-    kwargs = dict(num_regions=9, generator=3)
-    loss_ref, grads_ref = loss_and_grads(feat_q, feat_p, regions, backend="reference", **kwargs)
-    loss, grads = loss_and_grads(feat_q, feat_p, regions, backend="triton", **kwargs)
-    assert_close(loss, loss_ref, rtol=1e-4)
-    for grad, grad_ref in zip(grads, grads_ref):
-        assert_close(grad, grad_ref, rtol=1e-3 + GRAD_RTOL[torch.float32], atol_scale=1e-3)
+    assert_gpu_fused_matches_reference(*_cropped_features(41, "cuda"), regions, 9, 3)
 
 
 @pytest.mark.gpu
