@@ -6,7 +6,9 @@ Paths, all run in one process on the same inputs:
   as ``fused, channels_last``, on the same features in channels_last; for float32 features also
   channels_last under ``torch.set_float32_matmul_precision('high')`` (tf32 logits, checked with
   the tf32 tolerance); ``fused, CUDA graph replay`` times the NCHW step captured in a CUDA graph
-  (the GPU's time alone, without the host's time to issue it; no memory column). Where the
+  (the GPU's time alone, without the host's time to issue it; no memory column), and
+  ``fused, channels_last, CUDA graph replay`` the channels_last one, beside the same step with the
+  dense backward instead of its default scatter (``dense backward``), the scatter's baseline. Where the
   extension has CUDA the fused step's region index is sorted by its CUDA kernel; ``fused, tl.sort
   index`` (and its replay) is the same step with the Triton tile sort instead, its baseline,
   after a check that both give the same index;
@@ -51,13 +53,14 @@ the smoke shapes): the time to issue a step when the GPU is not waited for, besi
 step of steps in a row, then a cProfile of 100 bfloat16 K=64 steps (the functions of most own
 time). Where the first is near the second, the step is bound by the host, not by its kernels.
 
-``--sweep``: instead of the table, kernels alone at each of their launch shapes, each shape
-checked against the default shape's result first: the region index with the pooling forward
+``--sweep``: instead of the table, kernels alone at each of their launch shapes (median ms of a
+CUDA graph replay: the GPU's time, not the host's), each shape checked against the default
+shape's result first: the region index with the pooling forward
 that searches it (``INDEX_TILE_CHOICES``; the CUDA tile sort and tl.sort side by side where the
 extension has CUDA, and the index alone per sort), the dense feature-gradient kernel (one view;
 ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`
 for NCHW gradients and of ``GRAD_BLOCK_CHOICES_CL`` for channels_last ones, beside a zero fill of
-one gradient) and the InfoNCE forward + backward (``(rows, warps, stages)``
+one gradient and the scatter backward) and the InfoNCE forward + backward (``(rows, warps, stages)``
 of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`).
 """
 from __future__ import annotations
@@ -148,6 +151,10 @@ REPLAY = "fused, CUDA graph replay"  # the fused step captured in a CUDA graph: 
 # CUDA kernel, the default where the extension has CUDA: the baseline of that kernel
 SORT_INDEX = "fused, tl.sort index"
 SORT_INDEX_REPLAY = "fused, tl.sort index, CUDA graph replay"
+# the channels_last step's GPU time, with its default backward (the scatter) and with the dense
+# one instead: the scatter's baseline
+CL_REPLAY = "fused, channels_last, CUDA graph replay"
+CL_DENSE_REPLAY = "fused, channels_last, dense backward, CUDA graph replay"
 
 
 def with_index_method(fn, method):
@@ -161,6 +168,20 @@ def with_index_method(fn, method):
             return fn()
         finally:
             pk._index_method = default
+    return run
+
+
+def with_backward_method(fn, method):
+    """``fn`` with the pooling backward forced to ``method`` (of ``BACKWARD_METHODS``) while it runs."""
+    from lrc_fast.kernels import region_pool as pk
+
+    def run():
+        default = pk._backward_method
+        pk._backward_method = lambda layouts, views: method
+        try:
+            return fn()
+        finally:
+            pk._backward_method = default
     return run
 
 
@@ -385,7 +406,8 @@ def run(config, quick=False):
                     print(f"CHECK FAILED {dtype} K={k}: {problem}", flush=True)
                     continue
             paths = (["floor", "fused", REPLAY] + ([SORT_INDEX, SORT_INDEX_REPLAY] if cuda_index else [])
-                     + ["fused, channels_last"] + ([f"fused, channels_last, {HIGH}"] if high else [])
+                     + ["fused, channels_last", CL_REPLAY, CL_DENSE_REPLAY]
+                     + ([f"fused, channels_last, {HIGH}"] if high else [])
                      + ["reference", "one-hot"]
                      if fused_ok else ["floor", "reference", "one-hot"])
             results = {}
@@ -395,9 +417,11 @@ def run(config, quick=False):
                 if skip:
                     results[path] = (None, None, skip)
                     continue
-                if path in (REPLAY, SORT_INDEX_REPLAY):  # the fused step's GPU time alone (no memory column)
-                    fn = step_fn("fused", *args)
-                    replay = graph_replay_ms(fn if path == REPLAY else with_index_method(fn, "sort"))
+                if path.endswith("CUDA graph replay"):  # the fused step's GPU time alone (no memory column)
+                    fn = step_fn("fused", *(cl_args if "channels_last" in path else args))
+                    fn = {SORT_INDEX_REPLAY: lambda f: with_index_method(f, "sort"),
+                          CL_DENSE_REPLAY: lambda f: with_backward_method(f, "dense")}.get(path, lambda f: f)(fn)
+                    replay = graph_replay_ms(fn)
                     results[path] = ((replay, None, "") if isinstance(replay, float)
                                      else (None, None, replay or "needs CUDA"))
                     continue
@@ -536,10 +560,20 @@ def run_profile(config, quick=False):
                 print(profile_markdown(rows, kernel_ms, wall_ms, host_ms, replay_ms), flush=True)
 
 
+def kernel_ms(fn) -> str:
+    """A sweep cell's time: on CUDA the median replay of ``fn`` captured in a CUDA graph, the
+    kernels' GPU time without the host's (which sets ``do_bench``'s time of a small launch);
+    where the capture fails, ``do_bench``'s time (marked). On the CPU, :func:`time_ms`."""
+    if not CUDA:
+        return f"{time_ms(fn, 60):.3f}"
+    replay = graph_replay_ms(fn)
+    return f"{replay:.4f}" if isinstance(replay, float) else f"{time_ms(fn, 60):.3f} (do_bench)"
+
+
 def sweep_cells(label, shapes, run, problem_of, failures):
     """One table cell per launch shape: ``run(shape)`` checked by ``problem_of`` (None when
-    right), then its median time; a wrong shape, or one that fails to run (say, too much shared
-    memory for the device), is added to ``failures`` and not timed."""
+    right), then its time (:func:`kernel_ms`); a wrong shape, or one that fails to run (say, too
+    much shared memory for the device), is added to ``failures`` and not timed."""
     cells = []
     for shape in shapes:
         try:
@@ -550,7 +584,7 @@ def sweep_cells(label, shapes, run, problem_of, failures):
             failures.append(f"{label} {shape}: {problem}")
             cells.append(cell)
             continue
-        cells.append(f"{time_ms(lambda: run(shape), 60):.3f}")
+        cells.append(kernel_ms(lambda: run(shape)))
     return cells
 
 
@@ -599,11 +633,12 @@ def sweep_index(config, quick=False):
 
 def sweep_backward(config, quick=False):
     """The dense backward alone at each shape of GRAD_BLOCK_CHOICES (NCHW gradients) and of
-    GRAD_BLOCK_CHOICES_CL (channels_last), beside one zero fill of a gradient in that layout.
+    GRAD_BLOCK_CHOICES_CL (channels_last), beside one zero fill of a gradient in that layout and
+    the scatter backward (its zero fill included; see BACKWARD_METHODS).
 
-    Every shape's gradient is first checked equal (bit for bit: the same products, only the
-    tiling differs) to the layout's default shape's; a mismatch is reported and the shape not
-    timed. Returns the failures.
+    Every shape's gradient, and the scatter's, is first checked equal (bit for bit: the same
+    products, only the tiling differs) to the layout's default shape's; a mismatch is reported
+    and the shape not timed. Returns the failures.
     """
     from lrc_fast.kernels import region_pool as pk
 
@@ -611,8 +646,8 @@ def sweep_backward(config, quick=False):
     failures = []
     for layout, choices in [("NCHW", pk.GRAD_BLOCK_CHOICES), ("channels_last", pk.GRAD_BLOCK_CHOICES_CL)]:
         print("\n| dtype | K | layout | zero fill of one gradient ms | "
-              + " | ".join(f"{shape} ms" for shape in choices) + " |")
-        print("|---|---|---|---|" + "---|" * len(choices))
+              + " | ".join(f"{shape} ms" for shape in choices) + " | scatter ms |")
+        print("|---|---|---|---|" + "---|" * (len(choices) + 1))
         for dtype in ((torch.float32,) if quick else config["dtypes"]):
             for k in _ks(config, quick):
                 feat, _, regions, _ = make_inputs(config["batch"], config["channels"], config["size"], k,
@@ -622,17 +657,23 @@ def sweep_backward(config, quick=False):
                 index = pk.region_index(regions, k)
                 valid = index.counts[0] > 0
                 uniforms = torch.rand((1, config["batch"], k, config["num_samples"]), device=device)
-                means, _, hits = pk._pool_forward(feat, None, index.pixels, index.cum, index.local, None,
-                                                  valid, uniforms, True, index.tile)
+                means, idx, hits = pk._pool_forward(feat, None, index.pixels, index.cum, index.local, None,
+                                                    valid, uniforms, True, index.tile)
                 grad_means = torch.randn_like(means)
-                args = (grad_means, hits, regions, None, None, list(feat.shape), dtype,
-                        [layout == "channels_last"], config["num_samples"], [0])
+                size, layouts = list(feat.shape), [layout == "channels_last"]
+                args = (grad_means, hits, regions, None, None, size, dtype, layouts, config["num_samples"], [0])
                 (expected,) = pk._pool_backward(*args)
-                cells = [f"{time_ms(lambda: torch.zeros_like(feat), 60):.3f}"] + sweep_cells(
-                    f"{dtype} K={k} {layout}", choices,
-                    lambda shape: pk._pool_backward(*args, blocks=shape)[0],
-                    lambda grad: None if torch.equal(grad, expected) else "gradient differs from the default shape's",
-                    failures)
+
+                def differs(grad):
+                    return None if torch.equal(grad, expected) else "gradient differs from the default shape's"
+
+                cells = [kernel_ms(lambda: torch.zeros_like(feat))] + sweep_cells(
+                    f"{dtype} K={k} {layout}", choices, lambda shape: pk._pool_backward(*args, blocks=shape)[0],
+                    differs, failures)
+                cells += sweep_cells(f"{dtype} K={k} {layout} scatter", ["scatter"],
+                                     lambda _: pk._pool_scatter_backward(grad_means, idx, size, dtype, layouts,
+                                                                         config["num_samples"], [0])[0],
+                                     differs, failures)
                 print(f"| {str(dtype).replace('torch.', '')} | {k} | {layout} | " + " | ".join(cells) + " |",
                       flush=True)
     return failures

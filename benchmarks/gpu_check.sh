@@ -159,11 +159,11 @@ if fh_step ncu_felzenszwalb 120 ncu --set full --clock-control none --import-sou
   step ncu_felzenszwalb_source 30 ncu --import "$REPORT_DIR/fh_kernel.ncu-rep" --page source --csv --print-source sass
 fi
 # where the loss's and the elastic pair's kernels spend their time (Nsight Compute, the summary
-# sections of each kernel, each launched once: one loss step at K=1024 and one elastic pair, dense
-# and coarse); text in the logs
+# sections of each kernel, each launched once: loss steps at K=1024 (NCHW) and K=64 (channels_last)
+# and one elastic pair, dense and coarse); text in the logs
 step ncu_triton 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section WarpStateStats --section MemoryWorkloadAnalysis \
-  -k regex:"region_index_kernel|_tile_sort_kernel|_tile_prefix_kernel|_pool_fwd_kernel|_pool_bwd_kernel|_infonce_fwd_kernel|_infonce_bwd_kernel|_smooth_rows_kernel|_smooth_cols_kernel|_elastic_warp_fwd_kernel|_coarse_rows_kernel|_elastic_warp_coarse_kernel" \
+  -k regex:"region_index_kernel|_tile_sort_kernel|_tile_prefix_kernel|_pool_fwd_kernel|_pool_bwd_kernel|_pool_scatter_kernel|_infonce_fwd_kernel|_infonce_bwd_kernel|_smooth_rows_kernel|_smooth_cols_kernel|_elastic_warp_fwd_kernel|_coarse_rows_kernel|_elastic_warp_coarse_kernel" \
   $PY benchmarks/ncu_triton_step.py
 # shared-memory races (the hub extension's sort), last: it is the slowest tool
 fh_step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py --quick

@@ -176,8 +176,9 @@ def coverage_workload():
     the warped view only, images that fit one tile of the region index, images of one pixel and
     of one column (the loss and the elastic pair), cropped features (any strides),
     ``region_sample_mean``, every swept launch shape of the index, the dense backward, the
-    InfoNCE and the field, the warp with gradients and without (an elastic pair, dense and
-    coarse) under each padding, the coarse field's upsampling, and the pooling's int64 gather.
+    scatter backward in both layouts, the InfoNCE and the field, the warp with gradients and
+    without (an elastic pair, dense and coarse) under each padding, the coarse field's
+    upsampling, and the pooling's int64 gather.
     """
     from lrc_fast.kernels import elastic_warp, region_infonce, region_pool
 
@@ -212,6 +213,11 @@ def coverage_workload():
             one = [torch.zeros(1, 1, height, width), torch.zeros(1, 1, height, width, requires_grad=True)]
             lrc_fast.region_contrast_loss(*one, regions[:1], int32_map[:1], num_regions=1, num_samples=1,
                                           generator=0, backend="triton").backward()
+            # the warped view's gradient alone, channels_last (the scatter backward's first view 1)
+            feats = [torch.zeros(batch, channels, height, width).to(memory_format=torch.channels_last)
+                     .requires_grad_(grad) for grad in (False, True)]
+            lrc_fast.region_contrast_loss(*feats, regions, num_regions=k, generator=0,
+                                          backend="triton").backward()
             # (h, w, layout, extra columns): a crop of wider features, whose pixels are not
             # (h * W + w) * s_w apart; an image in one tile of the index (n_tiles == 1, the default
             # for up to 1,024 pixels); one pixel and one column (H * W, W or H equal to 1)
@@ -256,14 +262,16 @@ def coverage_workload():
             index = region_pool.region_index(regions, k, tile, regions_p=int32_map)
             valid = index.counts[0] > 0
             uniforms = torch.zeros(2, batch, k, 5)
-            means, _, hits = region_pool._pool_forward(feat, feat, index.pixels, index.cum, index.local,
-                                                       None, valid, uniforms, True, tile)
+            means, idx, hits = region_pool._pool_forward(feat, feat, index.pixels, index.cum, index.local,
+                                                         None, valid, uniforms, True, tile)
         for blocks in region_pool.GRAD_BLOCK_CHOICES:
             region_pool._pool_backward(means, hits, regions, int32_map.long(), None, list(feat.shape),
                                        feat.dtype, [False, True], 5, [0, 1], blocks)
         for blocks in region_pool.GRAD_BLOCK_CHOICES_CL:  # both gradients channels_last
             region_pool._pool_backward(means, hits, regions, int32_map.long(), None, list(feat.shape),
                                        feat.dtype, [True, True], 5, [0, 1], blocks)
+        for layouts in ([False, False], [True, True]):  # the scatter backward the sweep times
+            region_pool._pool_scatter_backward(means, idx, list(feat.shape), feat.dtype, layouts, 5, [0, 1])
         means = torch.zeros(2, batch, k, channels, requires_grad=True)
         for precision in ("tf32x3", "tf32"):
             for blocks in region_infonce.BLOCK_CHOICES:

@@ -440,6 +440,84 @@ def test_pool_backward_tiles_agree(blocks, channels_last):
     assert torch.equal(pool_kernels._pool_backward(*args, blocks=blocks)[0], expected)
 
 
+SCATTER_CASES = [  # (dtype, channels_last, channels, samples, samples per step, views)
+    (torch.bfloat16, True, 20, 30, None, [0, 1]),  # bf16, 20 channels: one masked channel step
+    (torch.float32, False, 80, 150, None, [0, 1]),  # NCHW, D > 64 and N > 64: several steps each
+    (torch.float16, True, 12, 40, 16, [1]),  # the second view alone; 16 samples a step
+    (torch.float32, True, 12, 1, None, [0]),  # one sample a region
+]
+
+
+def assert_scatter_backward_equals_dense(dtype, channels_last, channels, n, block_n, views,
+                                         size=(2, 37, 91), k=40, device="cpu"):
+    """The scatter backward (zero fill, then each row's drawn pixels) writes the dense pass's
+    gradient bit for bit: small regions drawn N times (so pixels repeat in a row), a region left
+    out and two maps (one strided)."""
+    batch, height, width = size
+    regions = blob_regions(batch, height, width, k, seed=61).to(device)
+    regions_p = warped(regions.cpu(), seed=62).to(device).transpose(1, 2).contiguous().transpose(1, 2)
+    feats = [features((batch, channels, height, width), dtype, channels_last, seed=s).detach().to(device)
+             for s in (63, 64)]
+    index = pool_kernels.region_index(regions, k, regions_p=regions_p)
+    valid = (index.counts[0] > 0) & (index.counts[1] > 0)
+    valid[1, 3] = False
+    uniforms = torch.rand((2, batch, k, n), generator=torch.Generator().manual_seed(65)).to(device)
+    means, idx, hits = pool_kernels._pool_forward(*feats, index.pixels, index.cum, index.local, None,
+                                                  valid, uniforms, True, index.tile)
+    assert (hits > 1).any() or n == 1  # some pixel drawn twice in its region
+    grad_means = torch.randn(means.shape, generator=torch.Generator().manual_seed(66)).to(device)
+    shape, layouts = list(feats[0].shape), [channels_last, channels_last]
+    dense = pool_kernels._pool_backward(grad_means, hits, regions, regions_p, None, shape, dtype, layouts, n, views)
+    scatter = pool_kernels._pool_scatter_backward(grad_means, idx, shape, dtype, layouts, n, views, block_n)
+    for got, expected in zip(scatter, dense, strict=True):
+        assert got.stride() == expected.stride()
+        assert torch.equal(got, expected) and float(expected.float().abs().sum()) > 0
+
+
+@interpreter
+@pytest.mark.parametrize("dtype, channels_last, channels, n, block_n, views", SCATTER_CASES)
+def test_scatter_backward_equals_dense(dtype, channels_last, channels, n, block_n, views):
+    assert_scatter_backward_equals_dense(dtype, channels_last, channels, n, block_n, views)  # 37 x 91 pixels
+
+
+@interpreter
+@pytest.mark.parametrize("layouts, views, method", [
+    ([True, True], [0, 1], "scatter"), ([True, False], [0, 1], "dense"), ([True, False], [0], "scatter"),
+    ([False], [0], "dense"), ([True], [], "dense")])
+def test_backward_method_follows_the_gradients_layout(layouts, views, method):
+    assert pool_kernels._backward_method(layouts, views) == method
+
+
+@interpreter
+@pytest.mark.parametrize("channels_last, used", [(True, "_pool_scatter_backward"), (False, "_pool_backward")])
+def test_loss_takes_the_layouts_backward(monkeypatch, channels_last, used):
+    """The loss's backward runs the method its layout picks, and the forward counts hits only for
+    the dense one."""
+    calls = []
+    for name in ("_pool_backward", "_pool_scatter_backward", "_pool_forward"):
+        original = getattr(pool_kernels, name)
+        monkeypatch.setattr(pool_kernels, name,
+                            lambda *a, _f=original, _n=name, **kw: calls.append((_n, a)) or _f(*a, **kw))
+    regions = blob_regions(2, 12, 20, 6, seed=67)
+    feat_q, feat_p = (features((2, 8, 12, 20), channels_last=channels_last, seed=s) for s in (68, 69))
+    loss_and_grads(feat_q, feat_p, regions, num_regions=6, backend="triton")
+    assert [name for name, _ in calls] == ["_pool_forward", used]
+    assert calls[0][1][8] is (not channels_last)  # count_hits
+
+
+@interpreter
+def test_scatter_backward_of_empty_inputs():
+    idx = torch.full((1, 2, 0, 5), -1, dtype=torch.int32)  # no region kept
+    (grad,) = pool_kernels._pool_scatter_backward(torch.zeros(1, 2, 0, 3), idx, [2, 3, 4, 5],
+                                                  torch.bfloat16, [True], 5, [0])
+    assert grad.shape == (2, 3, 4, 5) and grad.is_contiguous(memory_format=torch.channels_last)
+    assert not grad.any()
+    no_rows = torch.full((1, 2, 4, 5), -1, dtype=torch.int32)  # every region invalid
+    (grad,) = pool_kernels._pool_scatter_backward(torch.randn(1, 2, 4, 3), no_rows, [2, 3, 4, 5],
+                                                  torch.float32, [True], 5, [0])
+    assert not grad.any()
+
+
 @interpreter
 @pytest.mark.parametrize("normalize, include_self, blocks",
                          [(True, False, None), (True, True, None), (False, False, None)]
@@ -857,6 +935,10 @@ def test_torch_compile():
         def step(q, p, r, backend=backend):  # global RNG: dynamo cannot trace torch.Generator
             return region_contrast_loss(q, p, r, num_regions=5, backend=backend)
         assert_compiled_equals_eager(step, feat_q, feat_p, regions)
+    # channels_last features: the scatter backward's custom op
+    cl_q, cl_p = (features((2, 8, 8, 12), channels_last=True, seed=s) for s in (53, 54))
+    assert_compiled_equals_eager(lambda q, p, r: region_contrast_loss(q, p, r, num_regions=5, backend="triton"),
+                                 cl_q, cl_p, regions)
     # with a generator it still runs compiled, with a graph break around the random draw
     seeded = torch.compile(lambda q, p, r, gen: region_contrast_loss(q, p, r, num_regions=5, generator=gen),
                            backend="aot_eager")
@@ -1082,7 +1164,8 @@ def test_gpu_features_of_any_strides():
 
 
 @pytest.mark.gpu
-def test_gpu_fused_step_captures_in_a_cuda_graph(capture_cuda_graph):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])  # dense, scatter backward
+def test_gpu_fused_step_captures_in_a_cuda_graph(capture_cuda_graph, layout):
     """No host sync in a fused forward + backward step: it captures in a CUDA graph (a sync during
     capture raises). With features constant in each region the sampled means are the region
     means whatever the samples, so a replay (new draws from the default generator) gives the
@@ -1095,7 +1178,8 @@ def test_gpu_fused_step_captures_in_a_cuda_graph(capture_cuda_graph):
 
     def constant_per_region(table, ids):  # (B, K, D), (B, H, W) -> (B, D, H, W)
         flat = torch.gather(table, 1, ids.clamp(min=0).flatten(1)[..., None].expand(-1, -1, channels))
-        return flat.transpose(1, 2).reshape(batch, channels, size, size).contiguous().requires_grad_(True)
+        feat = flat.transpose(1, 2).reshape(batch, channels, size, size)
+        return feat.contiguous(memory_format=layout).requires_grad_(True)
 
     feat_q, feat_p = constant_per_region(values[0], regions), constant_per_region(values[1], regions_p)
 
@@ -1125,6 +1209,15 @@ def test_gpu_fused_step_captures_in_a_cuda_graph(capture_cuda_graph):
             assert_close(sums, sums_eager, rtol=1e-5, atol_scale=1e-6)
             assert sums_eager.abs().max() > 0
     assert not torch.equal(replays[0][1], replays[1][1])  # each replay draws new sample pixels
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, channels_last, channels, n, block_n, views", SCATTER_CASES + [
+    (torch.bfloat16, True, 64, 50, None, [0, 1]), (torch.float32, True, 64, 50, None, [0, 1])])
+def test_gpu_scatter_backward_equals_dense(dtype, channels_last, channels, n, block_n, views):
+    # the benchmark's D and N, with regions of about 100 pixels (so many pixels repeat in a row)
+    assert_scatter_backward_equals_dense(dtype, channels_last, channels, n, block_n, views,
+                                         size=(2, 100, 164), k=160, device="cuda")
 
 
 @pytest.mark.gpu

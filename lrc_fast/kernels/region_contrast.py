@@ -27,16 +27,16 @@ class RegionContrastFunction(torch.autograd.Function):
                                              uniforms, tile)  # (2, B, M, D), _, (2, B, HW)
         rows, lse = infonce_forward_pass(means, valid, infonce_options)  # (B, M) each
         count = valid_count(valid) if reduction == "mean" else None  # () once, for both passes
-        ctx.save_for_backward(hits, regions, regions_p, slot_of, means, valid, lse, count)
+        ctx.save_for_backward(hits, idx, regions, regions_p, slot_of, means, valid, lse, count)
         ctx.infonce_options, ctx.reduction = infonce_options, reduction
         return reduce_rows(rows, valid, reduction, count)
 
     @staticmethod
     def backward(ctx, grad):
-        hits, regions, regions_p, slot_of, means, valid, lse, count = ctx.saved_tensors
+        hits, idx, regions, regions_p, slot_of, means, valid, lse, count = ctx.saved_tensors
         grad_rows = reduce_rows_backward(grad, valid, ctx.reduction, count)  # (B, M), expanded
         d_means = infonce_backward_pass(grad_rows, means, valid, lse, ctx.infonce_options)
-        grads = pool_backward_pass(ctx, d_means, hits, regions, regions_p, slot_of)
+        grads = pool_backward_pass(ctx, d_means, hits, idx, regions, regions_p, slot_of)
         return (*grads, *([None] * 12))
 
 

@@ -31,24 +31,30 @@ Pooling forward (:class:`RegionPoolFunction`)
     (pixel number ``min(floor(u * count), count - 1)`` of the region, the reference's
     arithmetic, with ``count`` the last entry of the region's prefix column and the pixel located
     through the index), gathers the ``N x D`` features (any strides, so
-    channels_last too), and writes their float32 mean. When the features need a gradient it
-    also counts, with int32 atomics, how often each pixel was drawn: ``hits`` ``(V, B, H*W)``
-    int32, the only state the backward needs besides the region ids.
+    channels_last too), and writes their float32 mean and the sample pixels ``idx``. When the
+    dense backward will run it also counts, with int32 atomics, how often each pixel was drawn:
+    ``hits`` ``(V, B, H*W)`` int32, the only state that backward needs besides the region ids.
 
 Pooling backward
     A pixel can only have been drawn for its own region, so
-    ``grad[b, :, pixel] = hits[b, pixel] / N * grad_mean[b, slot(region id), :]``.
-    One dense pass per view (one launch for both) writes every element of the feature
-    gradient exactly once, zeros included:
-    no separate zero fill, no atomics on the feature gradient, deterministic. It reads 4 bytes
-    of ``hits`` per pixel and, where a pixel was drawn, its region id.
+    ``grad[b, :, pixel] = hits[b, pixel] / N * grad_mean[b, slot(region id), :]``. Two ways to
+    write it, bit for bit the same, both deterministic and without atomics on the gradient
+    (``BACKWARD_METHODS``; channels_last gradients take the second):
+
+    * dense: one pass per view (one launch for both) writes every element of the feature
+      gradient exactly once, zeros included, with no separate zero fill. It reads 4 bytes of
+      ``hits`` per pixel and, where a pixel was drawn, its region id.
+    * scatter: a zero fill, then one program per (region, image, view) reads its row of the
+      forward's sample pixels ``idx``, counts each pixel's draws in the row (a pixel is only in
+      its own region's row) and writes the pixels once each. The forward then counts no hits.
 
 Index widths: pixel indices within an image are int32 (``H*W < 2**31``); everything that
 multiplies by the batch index, a stride or ``K`` is computed in int64, because ``B*D*H*W``
 or ``B*T*K`` may exceed ``2**31``.
 
 The launchers are registered as ``torch.library`` custom ops (``lrc_fast::region_index``,
-``lrc_fast::region_pool_forward``, ``lrc_fast::region_pool_backward``) so that
+``lrc_fast::region_pool_forward``, ``lrc_fast::region_pool_backward``,
+``lrc_fast::region_pool_scatter_backward``) so that
 ``torch.compile`` treats them as opaque; eager calls go to the launchers directly.
 """
 from __future__ import annotations
@@ -86,6 +92,19 @@ GRAD_BLOCK_CHOICES = ((128, 16, 4), (256, 16, 8), (128, 8, 4), (64, 16, 2), (128
 # default until a GPU sweep times the others (stop 18: the channels_last backward took 1.08x the
 # NCHW one in float32, 1.20x in bfloat16).
 GRAD_BLOCK_CHOICES_CL = ((128, 16, 4), (32, 64, 4), (64, 64, 4), (16, 64, 2), (64, 64, 8))
+# How the backward writes the feature gradient (module docstring): "dense", one pass over every
+# pixel, or "scatter", a zero fill then the drawn pixels from the sample lists. Scatter for
+# channels_last gradients, where a sample's D channels are one contiguous run of whole 32-byte
+# sectors (ideal at D=64: 256 bytes in float32, 128 in bfloat16): the zero fill runs at the
+# floor's speed and the scatter adds those runs, 26 MB for both views in float32 at K=64 (B=16,
+# N=50), 420 MB at K=1024 (2,147 MB of gradients). In NCHW a sample's D channels lie in D
+# different sectors, each partly written, so dense there. Chosen from this byte count, not yet
+# timed on a GPU: `bench_loss.py --sweep` times both in both layouts.
+BACKWARD_METHODS = ("dense", "scatter")
+# How many of its row's samples the scatter's duplicate search compares each sample with a step:
+# compiled for sm_90 by Triton 3.6 (float32, channels_last, N=50, D=64), 16 take 56 registers
+# per thread (9 programs per SM); comparing all 64 at once took 196 (2 per SM).
+_SCATTER_COMPARE = 16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -571,6 +590,46 @@ def _pool_bwd_kernel(gmeans_ptr, hits_ptr, first_view,
                  val.to(grad_a.dtype.element_ty), mask=inside[:, None] & d_mask[None, :])
 
 
+@triton.jit
+def _pool_scatter_kernel(gmeans_ptr, idx_ptr, first_view,
+                         grad_a, s_gab, s_gad, s_gah, s_gaw, grad_b, s_gbb, s_gbd, s_gbh, s_gbw,
+                         W, D, B, M, N,
+                         FLAT_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_J: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
+    m = tl.program_id(0)
+    b = tl.program_id(1)
+    v = first_view + tl.program_id(2)  # the view: gradient a or b
+    if v == 0:
+        out, s_gd, s_gh, s_gw = grad_a + b.to(tl.int64) * s_gab, s_gad, s_gah, s_gaw
+    else:
+        out, s_gd, s_gh, s_gw = grad_b + b.to(tl.int64) * s_gbb, s_gbd, s_gbh, s_gbw
+    vbm = (v.to(tl.int64) * B + b) * M + m  # row of the (V, B, M, ...) inputs
+    row = idx_ptr + vbm * N
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+        pix = tl.load(row + n, mask=n < N, other=-1)  # -1: no sample (invalid region, past N)
+        # how often the row drew each pixel, and whether an earlier sample drew it too: only the
+        # first writes, so every element is written once (no race, no atomics)
+        hits = tl.zeros([BLOCK_N], dtype=tl.int32)
+        repeat = tl.zeros([BLOCK_N], dtype=tl.int32)
+        for j0 in range(0, N, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
+            other = tl.load(row + j, mask=j < N, other=-2)
+            same = (pix[:, None] == other[None, :]).to(tl.int32)  # (BLOCK_N, BLOCK_J)
+            hits += tl.sum(same, axis=1)
+            repeat += tl.sum(same * (j[None, :] < n[:, None]).to(tl.int32), axis=1)
+        first = (pix >= 0) & (repeat == 0)
+        weight = hits.to(tl.float32)  # gradient = weight * grad_mean / N, as the dense pass
+        offs = _pixel_offsets(pix, W, s_gh, s_gw, FLAT_G, True)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            d_mask = d < D
+            g = tl.load(gmeans_ptr + vbm * D + d, mask=d_mask, other=0.0)  # (BLOCK_D,)
+            val = g[None, :] * weight[:, None] / N  # (BLOCK_N, BLOCK_D)
+            tl.store(out + offs[:, None] + d[None, :].to(tl.int64) * s_gd,
+                     val.to(grad_a.dtype.element_ty), mask=first[:, None] & d_mask[None, :])
+
+
 def _gradient_buffer(size, dtype, channels_last, device) -> torch.Tensor:
     """Uninitialised feature gradient in the features' layout (channels_last or contiguous)."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -627,30 +686,90 @@ def _(grad_means, hits, regions, regions_p, slot_of, size, dtype, channels_last,
     return [_gradient_buffer(size, dtype, channels_last[v], grad_means.device) for v in views]
 
 
+def _pool_scatter_backward(grad_means, idx, size, dtype, channels_last, num_samples, views,
+                           block_n=None):
+    """The feature gradients of ``views`` as :func:`_pool_backward`'s, bit for bit: a zero fill,
+    then one program per (region, image, view) writes the pixels its row of ``idx (V, B, M, N)``
+    drew. ``block_n``: samples written per step (by default the next power of two of ``N``,
+    16 to 64)."""
+    batch, channels, height, width = size
+    grads = [_gradient_buffer(size, dtype, channels_last[v], grad_means.device).zero_() for v in views]
+    regions = idx.shape[2]
+    if not grads or grads[0].numel() == 0 or regions * num_samples == 0:
+        return grads
+    grad_a, grad_b = grads[0], grads[-1]  # the kernel writes view first_view + program_id(2)
+    block_n = block_n or max(16, min(64, next_power_of_2(num_samples)))
+    with on_device(grad_means):
+        _pool_scatter_kernel[(regions, batch, len(views))](
+            grad_means, idx, views[0], grad_a, *grad_a.stride(), grad_b, *grad_b.stride(),
+            width, channels, batch, regions, num_samples, FLAT_G=_flat_pixels(grad_a, grad_b),
+            BLOCK_N=block_n, BLOCK_J=_SCATTER_COMPARE, BLOCK_D=max(16, min(64, next_power_of_2(channels))),
+            num_warps=4)
+    return grads
+
+
+@torch.library.custom_op("lrc_fast::region_pool_scatter_backward", mutates_args=())
+def _pool_scatter_backward_op(grad_means: torch.Tensor, idx: torch.Tensor, size: list[int],
+                              dtype: torch.dtype, channels_last: list[bool], num_samples: int,
+                              views: list[int]) -> list[torch.Tensor]:
+    return _pool_scatter_backward(grad_means, idx, size, dtype, channels_last, num_samples, views)
+
+
+@_pool_scatter_backward_op.register_fake
+def _(grad_means, idx, size, dtype, channels_last, num_samples, views):
+    return [_gradient_buffer(size, dtype, channels_last[v], grad_means.device) for v in views]
+
+
+def _backward_method(channels_last: list[bool], views: list[int]) -> str:
+    """How the gradients of ``views`` are written: ``'scatter'`` when all are channels_last, else
+    ``'dense'`` (see ``BACKWARD_METHODS``)."""
+    return "scatter" if views and all(channels_last[v] for v in views) else "dense"
+
+
 def _is_channels_last(feat: torch.Tensor) -> bool:
     return feat.is_contiguous(memory_format=torch.channels_last) and not feat.is_contiguous()
 
 
+class PoolPlan(NamedTuple):
+    """What :func:`pool_backward_pass` needs besides the saved tensors."""
+
+    size: list  # (B, D, H, W) of the features
+    dtype: torch.dtype
+    layouts: list  # channels_last or not, per view's features
+    num_samples: int
+    views: list  # the views whose features need a gradient
+    method: str  # of BACKWARD_METHODS
+
+
 def pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, ids, valid, uniforms, tile):
     """The pooling forward inside an autograd.Function whose first two inputs are the views'
-    features: ``(means, idx, hits)``; ``ctx.pool`` gets what :func:`pool_backward_pass` needs
-    besides the saved tensors (the views needing a gradient: hits are counted only for them)."""
+    features: ``(means, idx, hits)``; ``ctx.pool`` gets a :class:`PoolPlan` (``hits`` are
+    counted only when the dense backward will read them)."""
     views = [v for v, needs in enumerate(ctx.needs_input_grad[:2]) if needs]
-    forward = _pool_forward_op if torch.compiler.is_compiling() else _pool_forward
-    means, idx, hits = forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms, bool(views), tile)
     layouts = [_is_channels_last(f) for f in ((feat,) if feat_p is None else (feat, feat_p))]
-    ctx.pool = (list(feat.shape), feat.dtype, layouts, uniforms.shape[3], views)
+    method = _backward_method(layouts, views)
+    forward = _pool_forward_op if torch.compiler.is_compiling() else _pool_forward
+    means, idx, hits = forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms,
+                               bool(views) and method == "dense", tile)
+    ctx.pool = PoolPlan(list(feat.shape), feat.dtype, layouts, uniforms.shape[3], views, method)
     return means, idx, hits
 
 
-def pool_backward_pass(ctx, grad_means, hits, regions, regions_p, slot_of) -> list:
+def pool_backward_pass(ctx, grad_means, hits, idx, regions, regions_p, slot_of) -> list:
     """``[grad_feat, grad_feat_p]`` (None where not needed) from ``grad_means (V, B, M, D)``."""
-    size, dtype, layouts, num_samples, views = ctx.pool
-    backward = _pool_backward_op if torch.compiler.is_compiling() else _pool_backward
-    computed = backward(grad_means.float().contiguous(), hits, regions, regions_p, slot_of, size,
-                        dtype, layouts, num_samples, views)
+    plan = ctx.pool
+    compiling = torch.compiler.is_compiling()
+    grad_means = grad_means.float().contiguous()
+    if plan.method == "scatter":
+        backward = _pool_scatter_backward_op if compiling else _pool_scatter_backward
+        computed = backward(grad_means, idx, plan.size, plan.dtype, plan.layouts, plan.num_samples,
+                            plan.views)
+    else:
+        backward = _pool_backward_op if compiling else _pool_backward
+        computed = backward(grad_means, hits, regions, regions_p, slot_of, plan.size, plan.dtype,
+                            plan.layouts, plan.num_samples, plan.views)
     grads = [None, None]
-    for v, grad in zip(views, computed):
+    for v, grad in zip(plan.views, computed):
         grads[v] = grad
     return grads
 
@@ -660,8 +779,8 @@ class RegionPoolFunction(torch.autograd.Function):
 
     Forward: ``(means (V, B, M, D) float32, idx (V, B, M, N) int32)``; ``idx`` is not
     differentiable. Backward: each view's dense feature gradient in its dtype, channels_last when
-    its features are (contiguous otherwise). Only ``hits`` and the region maps are kept for it,
-    not the features. Gradients are not materialised: no zero tensor is built for ``idx``.
+    its features are (contiguous otherwise). Only ``hits``, ``idx`` and the region maps are kept
+    for it, not the features. Gradients are not materialised: no zero tensor is built for ``idx``.
     """
 
     @staticmethod
@@ -671,8 +790,8 @@ class RegionPoolFunction(torch.autograd.Function):
                                              uniforms, tile)
         ctx.mark_non_differentiable(idx)
         ctx.set_materialize_grads(False)
-        if ctx.pool[-1]:
-            ctx.save_for_backward(hits, regions, regions_p, slot_of)
+        if ctx.pool.views:
+            ctx.save_for_backward(hits, idx, regions, regions_p, slot_of)
         return means, idx
 
     @staticmethod
