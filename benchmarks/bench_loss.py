@@ -157,31 +157,19 @@ CL_REPLAY = "fused, channels_last, CUDA graph replay"
 CL_DENSE_REPLAY = "fused, channels_last, dense backward, CUDA graph replay"
 
 
-def with_index_method(fn, method):
-    """``fn`` with the region index's default tile sort set to ``method`` while it runs."""
+def with_pool_choice(fn, name, choice):
+    """``fn`` with the function ``name`` of :mod:`lrc_fast.kernels.region_pool` that picks a
+    method (``_index_method``: the region index's tile sort; ``_backward_method``: the pooling
+    backward) answering ``choice`` while it runs."""
     from lrc_fast.kernels import region_pool as pk
 
     def run():
-        default = pk._index_method
-        pk._index_method = lambda regions, tile: method
+        default = getattr(pk, name)
+        setattr(pk, name, lambda *args: choice)
         try:
             return fn()
         finally:
-            pk._index_method = default
-    return run
-
-
-def with_backward_method(fn, method):
-    """``fn`` with the pooling backward forced to ``method`` (of ``BACKWARD_METHODS``) while it runs."""
-    from lrc_fast.kernels import region_pool as pk
-
-    def run():
-        default = pk._backward_method
-        pk._backward_method = lambda layouts, views: method
-        try:
-            return fn()
-        finally:
-            pk._backward_method = default
+            setattr(pk, name, default)
     return run
 
 
@@ -419,8 +407,9 @@ def run(config, quick=False):
                     continue
                 if path.endswith("CUDA graph replay"):  # the fused step's GPU time alone (no memory column)
                     fn = step_fn("fused", *(cl_args if "channels_last" in path else args))
-                    fn = {SORT_INDEX_REPLAY: lambda f: with_index_method(f, "sort"),
-                          CL_DENSE_REPLAY: lambda f: with_backward_method(f, "dense")}.get(path, lambda f: f)(fn)
+                    choice = {SORT_INDEX_REPLAY: ("_index_method", "sort"),
+                              CL_DENSE_REPLAY: ("_backward_method", "dense")}.get(path)
+                    fn = with_pool_choice(fn, *choice) if choice else fn
                     replay = graph_replay_ms(fn)
                     results[path] = ((replay, None, "") if isinstance(replay, float)
                                      else (None, None, replay or "needs CUDA"))
@@ -429,7 +418,7 @@ def run(config, quick=False):
                     fn = step_fn("fused", *cl_args)
                     fn = with_matmul_precision(fn, "high") if path.endswith(HIGH) else fn
                 elif path == SORT_INDEX:
-                    fn = with_index_method(step_fn("fused", *args), "sort")
+                    fn = with_pool_choice(step_fn("fused", *args), "_index_method", "sort")
                 else:
                     fn = step_fn(path, *args)
                 memory = peak_extra_bytes(fn)
