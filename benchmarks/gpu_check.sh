@@ -141,7 +141,7 @@ step bench_elastic 120 $PY benchmarks/bench_elastic.py
 step bench_elastic_host 45 $PY benchmarks/bench_elastic.py --host
 fh_step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_felzenszwalb.py
 # where the fused loss step spends its time (per kernel), and the launch shapes of the field and
-# of the loss's index, dense backward and InfoNCE (logs only)
+# of the loss's index, backward (dense shapes and the scatter) and InfoNCE (logs only)
 step bench_loss_profile 75 $PY benchmarks/bench_loss.py --profile
 # the host's time to issue a fused step beside the step's time in a row, and where it goes (cProfile)
 step bench_loss_host 45 $PY benchmarks/bench_loss.py --host
@@ -149,7 +149,8 @@ step bench_loss_host 45 $PY benchmarks/bench_loss.py --host
 [ -f .baseline/benchmarks/bench_loss.py ] && baseline_built && step baseline_bench_loss_profile 30 \
   env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" $PY .baseline/benchmarks/bench_loss.py --profile --quick
 step bench_elastic_sweep 60 $PY benchmarks/bench_elastic.py --sweep
-step bench_loss_sweep 75 $PY benchmarks/bench_loss.py --sweep
+# each cell a capture and CUDA graph replays (about 150 cells)
+step bench_loss_sweep 120 $PY benchmarks/bench_loss.py --sweep
 # where the Felzenszwalb kernel's warps wait, per SASS line (Nsight Compute, one B=16 launch); the
 # report goes to $OUT on its own (it could make the log archive too big to come back)
 REPORT_DIR=${OUT:-$LOG_DIR}
