@@ -481,11 +481,27 @@ def test_scatter_backward_equals_dense(dtype, channels_last, channels, n, block_
 
 
 @interpreter
-@pytest.mark.parametrize("layouts, views, method", [
-    ([True, True], [0, 1], "scatter"), ([True, False], [0, 1], "dense"), ([True, False], [0], "scatter"),
-    ([False], [0], "dense"), ([True], [], "dense")])
-def test_backward_method_follows_the_gradients_layout(layouts, views, method):
-    assert pool_kernels._backward_method(layouts, views) == method
+@pytest.mark.parametrize("layouts, views, samples, method", [
+    ([True, True], [0, 1], 50, "scatter"), ([True, False], [0, 1], 50, "dense"),
+    ([True, False], [0], 50, "scatter"), ([False], [0], 50, "dense"), ([True], [], 50, "dense"),
+    ([True, True], [0, 1], 256, "scatter"), ([True, True], [0, 1], 257, "dense")])
+def test_backward_method_follows_the_gradients_layout(layouts, views, samples, method):
+    assert pool_kernels._backward_method(layouts, views, samples) == method
+
+
+@interpreter
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_returned_indices_are_the_callers_to_edit(channels_last):
+    """Editing the indices region_sample_mean returns neither breaks nor changes the backward."""
+    regions = blob_regions(2, 12, 20, 6, seed=70)
+    feat = features((2, 8, 12, 20), channels_last=channels_last, seed=71)
+    (expected,) = torch.autograd.grad(region_sample_mean(feat, regions, 5, num_regions=6, generator=2,
+                                                         backend="triton")[0].sum(), feat)
+    means, _, idx = region_sample_mean(feat, regions, 5, num_regions=6, generator=2, return_indices=True,
+                                       backend="triton")
+    idx.zero_()
+    (grad,) = torch.autograd.grad(means.sum(), feat)
+    assert torch.equal(grad, expected) and float(grad.abs().sum()) > 0
 
 
 @interpreter

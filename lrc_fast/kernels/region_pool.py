@@ -39,7 +39,7 @@ Pooling backward
     A pixel can only have been drawn for its own region, so
     ``grad[b, :, pixel] = hits[b, pixel] / N * grad_mean[b, slot(region id), :]``. Two ways to
     write it, bit for bit the same, both deterministic and without atomics on the gradient
-    (``BACKWARD_METHODS``; channels_last gradients take the second):
+    (``BACKWARD_METHODS``; the second when every gradient is channels_last and N <= 256):
 
     * dense: one pass per view (one launch for both) writes every element of the feature
       gradient exactly once, zeros included, with no separate zero fill. It reads 4 bytes of
@@ -98,13 +98,17 @@ GRAD_BLOCK_CHOICES_CL = ((128, 16, 4), (32, 64, 4), (64, 64, 4), (16, 64, 2), (6
 # sectors (ideal at D=64: 256 bytes in float32, 128 in bfloat16): the zero fill runs at the
 # floor's speed and the scatter adds those runs, 26 MB for both views in float32 at K=64 (B=16,
 # N=50), 420 MB at K=1024 (2,147 MB of gradients). In NCHW a sample's D channels lie in D
-# different sectors, each partly written, so dense there. Chosen from this byte count, not yet
-# timed on a GPU: `bench_loss.py --sweep` times both in both layouts.
+# different sectors, each partly written, so dense there, and where some view needing a gradient
+# is not channels_last. Chosen from this byte count, not yet timed on a GPU: `bench_loss.py
+# --sweep` times both in both layouts.
 BACKWARD_METHODS = ("dense", "scatter")
 # How many of its row's samples the scatter's duplicate search compares each sample with a step:
 # compiled for sm_90 by Triton 3.6 (float32, channels_last, N=50, D=64), 16 take 56 registers
 # per thread (9 programs per SM); comparing all 64 at once took 196 (2 per SM).
 _SCATTER_COMPARE = 16
+# The search costs N**2 / (64 * 16) steps a row (4 at the paper's N=50, 64 at 256, 1,024 at
+# 1,024): above this many samples a region the dense pass, whose cost does not grow with N.
+_SCATTER_MAX_SAMPLES = 256
 
 
 # ----------------------------------------------------------------------------------------------
@@ -720,10 +724,12 @@ def _(grad_means, idx, size, dtype, channels_last, num_samples, views):
     return [_gradient_buffer(size, dtype, channels_last[v], grad_means.device) for v in views]
 
 
-def _backward_method(channels_last: list[bool], views: list[int]) -> str:
-    """How the gradients of ``views`` are written: ``'scatter'`` when all are channels_last, else
-    ``'dense'`` (see ``BACKWARD_METHODS``)."""
-    return "scatter" if views and all(channels_last[v] for v in views) else "dense"
+def _backward_method(channels_last: list[bool], views: list[int], num_samples: int) -> str:
+    """How the gradients of ``views`` are written: ``'scatter'`` when every one is channels_last
+    and there are at most ``_SCATTER_MAX_SAMPLES`` samples a region, else ``'dense'`` (see
+    ``BACKWARD_METHODS``)."""
+    scatter = views and all(channels_last[v] for v in views) and num_samples <= _SCATTER_MAX_SAMPLES
+    return "scatter" if scatter else "dense"
 
 
 def _is_channels_last(feat: torch.Tensor) -> bool:
@@ -747,7 +753,7 @@ def pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, ids, valid, uniform
     counted only when the dense backward will read them)."""
     views = [v for v, needs in enumerate(ctx.needs_input_grad[:2]) if needs]
     layouts = [_is_channels_last(f) for f in ((feat,) if feat_p is None else (feat, feat_p))]
-    method = _backward_method(layouts, views)
+    method = _backward_method(layouts, views, uniforms.shape[3])
     forward = _pool_forward_op if torch.compiler.is_compiling() else _pool_forward
     means, idx, hits = forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms,
                                bool(views) and method == "dense", tile)
@@ -788,10 +794,14 @@ class RegionPoolFunction(torch.autograd.Function):
                 slot_of, tile):
         means, idx, hits = pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, ids, valid,
                                              uniforms, tile)
+        if ctx.pool.views:
+            dense = ctx.pool.method == "dense"
+            ctx.save_for_backward(hits if dense else None, None if dense else idx, regions, regions_p,
+                                  slot_of)
+            if not dense:  # the caller's own copy: editing it must not move the backward's samples
+                idx = idx.clone()
         ctx.mark_non_differentiable(idx)
         ctx.set_materialize_grads(False)
-        if ctx.pool.views:
-            ctx.save_for_backward(hits, idx, regions, regions_p, slot_of)
         return means, idx
 
     @staticmethod
@@ -824,7 +834,9 @@ def region_pool(feats: tuple[torch.Tensor, ...], index: RegionIndex, valid: torc
     uniforms : torch.Tensor
         ``(V, B, M, N)`` float32 in ``[0, 1)``, one slice per view.
     ids : torch.Tensor, optional
-        ``(B, M)`` integer id of each kept region; None when region ``m`` is id ``m``.
+        ``(B, M)`` integer id of each kept region, distinct within an image (as
+        :func:`lrc_fast.reference.region_loss.select_regions` keeps them); None when region
+        ``m`` is id ``m``.
     slot_of : torch.Tensor, optional
         ``(B, K)`` int32 position of each id among the kept regions (-1 when dropped); None
         when region ``m`` is id ``m``. Given together with ``ids``.
