@@ -106,8 +106,9 @@ BACKWARD_METHODS = ("dense", "scatter")
 # compiled for sm_90 by Triton 3.6 (float32, channels_last, N=50, D=64), 16 take 56 registers
 # per thread (9 programs per SM); comparing all 64 at once took 196 (2 per SM).
 _SCATTER_COMPARE = 16
-# The search costs N**2 / (64 * 16) steps a row (4 at the paper's N=50, 64 at 256, 1,024 at
-# 1,024): above this many samples a region the dense pass, whose cost does not grow with N.
+# The search takes ceil(N / 64) * ceil(N / 16) steps a row (4 at the paper's N=50, 64 at 256,
+# 1,024 at 1,024): above this many samples a region the dense pass, whose cost does not grow
+# with N.
 _SCATTER_MAX_SAMPLES = 256
 
 
