@@ -622,8 +622,9 @@ def sweep_index(config, quick=False):
 
 def sweep_backward(config, quick=False):
     """The dense backward alone at each shape of GRAD_BLOCK_CHOICES (NCHW gradients) and of
-    GRAD_BLOCK_CHOICES_CL (channels_last), beside one zero fill of a gradient in that layout and
-    the scatter backward (its zero fill included; see BACKWARD_METHODS).
+    GRAD_BLOCK_CHOICES_CL (channels_last), beside one zero fill of a gradient in that layout (by
+    torch, and as the scatter does it: 16-bit buffers as 32-bit words) and the scatter backward
+    (its zero fill included; see BACKWARD_METHODS).
 
     Every shape's gradient, and the scatter's, is first checked equal (bit for bit: the same
     products, only the tiling differs) to the layout's default shape's; a mismatch is reported
@@ -634,9 +635,9 @@ def sweep_backward(config, quick=False):
     device = "cuda" if CUDA else "cpu"
     failures = []
     for layout, choices in [("NCHW", pk.GRAD_BLOCK_CHOICES), ("channels_last", pk.GRAD_BLOCK_CHOICES_CL)]:
-        print("\n| dtype | K | layout | zero fill of one gradient ms | "
+        print("\n| dtype | K | layout | zero fill of one gradient ms | the same as 32-bit words ms | "
               + " | ".join(f"{shape} ms" for shape in choices) + " | scatter ms |")
-        print("|---|---|---|---|" + "---|" * (len(choices) + 1))
+        print("|---|---|---|---|---|" + "---|" * (len(choices) + 1))
         for dtype in ((torch.float32,) if quick else config["dtypes"]):
             for k in _ks(config, quick):
                 feat, _, regions, _ = make_inputs(config["batch"], config["channels"], config["size"], k,
@@ -656,7 +657,8 @@ def sweep_backward(config, quick=False):
                 def differs(grad):
                     return None if torch.equal(grad, expected) else "gradient differs from the default shape's"
 
-                cells = [kernel_ms(lambda: torch.zeros_like(feat))] + sweep_cells(
+                cells = [kernel_ms(lambda: torch.zeros_like(feat)),
+                         kernel_ms(lambda: pk._zero_gradient(size, dtype, layouts[0], device))] + sweep_cells(
                     f"{dtype} K={k} {layout}", choices, lambda shape: pk._pool_backward(*args, blocks=shape)[0],
                     differs, failures)
                 cells += sweep_cells(f"{dtype} K={k} {layout} scatter", ["scatter"],

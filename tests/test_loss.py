@@ -521,6 +521,24 @@ def test_loss_takes_the_layouts_backward(monkeypatch, channels_last, used):
     assert calls[0][1][8] is (not channels_last)  # count_hits
 
 
+@pytest.mark.parametrize("size, dtype, channels_last", [
+    ((2, 3, 5, 7), torch.bfloat16, True), ((2, 3, 5, 7), torch.float16, False),
+    ((1, 1, 1, 3), torch.bfloat16, False),  # an odd number of 16-bit elements: no 32-bit view
+    ((2, 3, 5, 7), torch.float32, True), ((0, 3, 5, 7), torch.bfloat16, True)])
+def test_zero_gradient_clears_the_whole_buffer(monkeypatch, size, dtype, channels_last):
+    """The scatter's zero fill (16-bit buffers as 32-bit words) clears every element of a buffer
+    that held anything, in the features' layout."""
+    made = pool_kernels._gradient_buffer
+
+    def dirty(*args):
+        return made(*args).fill_(math.nan)
+    monkeypatch.setattr(pool_kernels, "_gradient_buffer", dirty)
+    grad = pool_kernels._zero_gradient(size, dtype, channels_last, "cpu")
+    assert grad.dtype == dtype and grad.shape == size
+    assert grad.stride() == made(size, dtype, channels_last, "cpu").stride()
+    assert torch.equal(grad, torch.zeros(size, dtype=dtype))
+
+
 @interpreter
 def test_scatter_backward_of_empty_inputs():
     idx = torch.full((1, 2, 0, 5), -1, dtype=torch.int32)  # no region kept

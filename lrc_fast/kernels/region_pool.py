@@ -641,6 +641,18 @@ def _gradient_buffer(size, dtype, channels_last, device) -> torch.Tensor:
     return torch.empty(size, dtype=dtype, device=device, memory_format=layout)
 
 
+def _zero_gradient(size, dtype, channels_last, device) -> torch.Tensor:
+    """A zero feature gradient in the features' layout. A 16-bit buffer is filled as 32-bit words:
+    on an H200 (stop 22) torch's fill wrote float32 at 4.6 TB/s (2,147 MB in 0.463 ms) but
+    bfloat16 at 3.3 TB/s (1,074 MB in 0.322 ms)."""
+    grad = _gradient_buffer(size, dtype, channels_last, device)
+    words = grad.as_strided((grad.numel(),), (1,))  # the whole fresh buffer, dense from offset 0
+    if grad.element_size() == 2 and grad.numel() % 2 == 0:
+        words = words.view(torch.int32)
+    words.zero_()
+    return grad
+
+
 def _pool_backward(grad_means, hits, regions, regions_p, slot_of, size, dtype, channels_last,
                    num_samples, views, blocks=None):
     """The feature gradients of the views listed in ``views`` (a sub-list of [0, 1]), in order.
@@ -698,7 +710,7 @@ def _pool_scatter_backward(grad_means, idx, size, dtype, channels_last, num_samp
     drew. ``block_n``: samples written per step (by default the next power of two of ``N``,
     16 to 64)."""
     batch, channels, height, width = size
-    grads = [_gradient_buffer(size, dtype, channels_last[v], grad_means.device).zero_() for v in views]
+    grads = [_zero_gradient(size, dtype, channels_last[v], grad_means.device) for v in views]
     regions = idx.shape[2]
     if not grads or grads[0].numel() == 0 or regions * num_samples == 0:
         return grads
