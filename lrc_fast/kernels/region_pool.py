@@ -90,7 +90,8 @@ GRAD_BLOCK_CHOICES = ((128, 16, 4), (256, 16, 8), (128, 8, 4), (64, 16, 2), (128
 # write whole pixels (64 channels: 256 contiguous bytes in float32) beside the NCHW default, which
 # writes 64-byte pieces of four pixels' rows per step. The first is the default; it is the NCHW
 # default until a GPU sweep times the others (stop 18: the channels_last backward took 1.08x the
-# NCHW one in float32, 1.20x in bfloat16).
+# NCHW one in float32, 1.20x in bfloat16). Since the scatter (below), the dense pass writes
+# channels_last gradients only when the other view's are not, or above 256 samples a region.
 GRAD_BLOCK_CHOICES_CL = ((128, 16, 4), (32, 64, 4), (64, 64, 4), (16, 64, 2), (64, 64, 8))
 # How the backward writes the feature gradient (module docstring): "dense", one pass over every
 # pixel, or "scatter", a zero fill then the drawn pixels from the sample lists. Scatter for
