@@ -322,7 +322,8 @@ def cubin_report(kernel, num_warps: int) -> dict:
     allocated = -(-registers // 8) * 8  # registers are allocated per warp in units of 256
     programs = min(MAX_PROGRAMS_PER_SM, REGISTERS_PER_SM // (allocated * 32 * num_warps),
                    MAX_WARPS_PER_SM // num_warps, SHARED_PER_SM // shared if shared else MAX_PROGRAMS_PER_SM)
-    widths = collections.Counter(re.findall(r"\b((?:LDGSTS|LDG(?![A-Z])|STG|RED|ATOMG)(?:\.[A-Z0-9_]+)*)", sass))
+    # whole mnemonics only: REDUX (a warp's integer reduction) is not RED (a global reduction)
+    widths = collections.Counter(re.findall(r"\b((?:LDGSTS|LDG|STG|RED|ATOMG)(?![A-Z])(?:\.[A-Z0-9_]+)*)", sass))
     return dict(registers=registers, stack=stack, shared=shared, programs=programs,
                 warps=programs * num_warps, access=dict(sorted(widths.items())))
 
