@@ -23,20 +23,20 @@ class RegionContrastFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feat_q, feat_p, regions, regions_p, pixels, cum, local, ids, valid, uniforms,
                 slot_of, tile, infonce_options, reduction):
-        means, idx, hits = pool_forward_pass(ctx, feat_q, feat_p, pixels, cum, local, ids, valid,
-                                             uniforms, tile)  # (2, B, M, D), _, (2, B, HW)
+        means, _, samples = pool_forward_pass(ctx, feat_q, feat_p, pixels, cum, local, ids, valid,
+                                              uniforms, tile)  # (2, B, M, D), _, hits or idx
         rows, lse = infonce_forward_pass(means, valid, infonce_options)  # (B, M) each
         count = valid_count(valid) if reduction == "mean" else None  # () once, for both passes
-        ctx.save_for_backward(hits, idx, regions, regions_p, slot_of, means, valid, lse, count)
+        ctx.save_for_backward(samples, regions, regions_p, slot_of, means, valid, lse, count)
         ctx.infonce_options, ctx.reduction = infonce_options, reduction
         return reduce_rows(rows, valid, reduction, count)
 
     @staticmethod
     def backward(ctx, grad):
-        hits, idx, regions, regions_p, slot_of, means, valid, lse, count = ctx.saved_tensors
+        samples, regions, regions_p, slot_of, means, valid, lse, count = ctx.saved_tensors
         grad_rows = reduce_rows_backward(grad, valid, ctx.reduction, count)  # (B, M), expanded
         d_means = infonce_backward_pass(grad_rows, means, valid, lse, ctx.infonce_options)
-        grads = pool_backward_pass(ctx, d_means, hits, idx, regions, regions_p, slot_of)
+        grads = pool_backward_pass(ctx, d_means, samples, regions, regions_p, slot_of)
         return (*grads, *([None] * 12))
 
 

@@ -763,8 +763,9 @@ class PoolPlan(NamedTuple):
 
 def pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, ids, valid, uniforms, tile):
     """The pooling forward inside an autograd.Function whose first two inputs are the views'
-    features: ``(means, idx, hits)``; ``ctx.pool`` gets a :class:`PoolPlan` (``hits`` are
-    counted only when the dense backward will read them)."""
+    features: ``(means, idx, samples)``, ``samples`` what the backward reads (``hits`` for the
+    dense pass, counted only then; ``idx`` for the scatter); ``ctx.pool`` gets a
+    :class:`PoolPlan`."""
     views = [v for v, needs in enumerate(ctx.needs_input_grad[:2]) if needs]
     layouts = [_is_channels_last(f) for f in ((feat,) if feat_p is None else (feat, feat_p))]
     method = _backward_method(layouts, views, uniforms.shape[3])
@@ -772,21 +773,22 @@ def pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, ids, valid, uniform
     means, idx, hits = forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms,
                                bool(views) and method == "dense", tile)
     ctx.pool = PoolPlan(list(feat.shape), feat.dtype, layouts, uniforms.shape[3], views, method)
-    return means, idx, hits
+    return means, idx, hits if method == "dense" else idx
 
 
-def pool_backward_pass(ctx, grad_means, hits, idx, regions, regions_p, slot_of) -> list:
-    """``[grad_feat, grad_feat_p]`` (None where not needed) from ``grad_means (V, B, M, D)``."""
+def pool_backward_pass(ctx, grad_means, samples, regions, regions_p, slot_of) -> list:
+    """``[grad_feat, grad_feat_p]`` (None where not needed) from ``grad_means (V, B, M, D)`` and
+    the forward's ``samples``."""
     plan = ctx.pool
     compiling = torch.compiler.is_compiling()
     grad_means = grad_means.float().contiguous()
     if plan.method == "scatter":
         backward = _pool_scatter_backward_op if compiling else _pool_scatter_backward
-        computed = backward(grad_means, idx, plan.size, plan.dtype, plan.layouts, plan.num_samples,
+        computed = backward(grad_means, samples, plan.size, plan.dtype, plan.layouts, plan.num_samples,
                             plan.views)
     else:
         backward = _pool_backward_op if compiling else _pool_backward
-        computed = backward(grad_means, hits, regions, regions_p, slot_of, plan.size, plan.dtype,
+        computed = backward(grad_means, samples, regions, regions_p, slot_of, plan.size, plan.dtype,
                             plan.layouts, plan.num_samples, plan.views)
     grads = [None, None]
     for v, grad in zip(plan.views, computed):
@@ -799,21 +801,20 @@ class RegionPoolFunction(torch.autograd.Function):
 
     Forward: ``(means (V, B, M, D) float32, idx (V, B, M, N) int32)``; ``idx`` is not
     differentiable. Backward: each view's dense feature gradient in its dtype, channels_last when
-    its features are (contiguous otherwise). Only ``hits``, ``idx`` and the region maps are kept
-    for it, not the features. Gradients are not materialised: no zero tensor is built for ``idx``.
+    its features are (contiguous otherwise). Only ``hits`` (or ``idx``, see
+    :func:`pool_forward_pass`) and the region maps are kept for it, not the features. Gradients
+    are not materialised: no zero tensor is built for ``idx``.
     """
 
     @staticmethod
     def forward(ctx, feat, feat_p, regions, regions_p, pixels, cum, local, ids, valid, uniforms,
                 slot_of, tile):
-        means, idx, hits = pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, ids, valid,
-                                             uniforms, tile)
+        means, idx, samples = pool_forward_pass(ctx, feat, feat_p, pixels, cum, local, ids, valid,
+                                                uniforms, tile)
         if ctx.pool.views:
-            dense = ctx.pool.method == "dense"
-            ctx.save_for_backward(hits if dense else None, None if dense else idx, regions, regions_p,
-                                  slot_of)
-            if not dense:  # the caller's own copy: editing it must not move the backward's samples
-                idx = idx.clone()
+            ctx.save_for_backward(samples, regions, regions_p, slot_of)
+            if ctx.pool.method == "scatter":
+                idx = idx.clone()  # the caller's own: editing it must not move the backward's samples
         ctx.mark_non_differentiable(idx)
         ctx.set_materialize_grads(False)
         return means, idx
