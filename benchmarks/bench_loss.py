@@ -8,7 +8,9 @@ Paths, all run in one process on the same inputs:
   the tf32 tolerance); ``fused, CUDA graph replay`` times the NCHW step captured in a CUDA graph
   (the GPU's time alone, without the host's time to issue it; no memory column), and
   ``fused, channels_last, CUDA graph replay`` the channels_last one, beside the same step with the
-  dense backward instead of its default scatter (``dense backward``), the scatter's baseline. Where the
+  dense backward instead of its default scatter (``dense backward``), the scatter's baseline, and
+  with the InfoNCE launched at stops 13-24's fixed shape (``InfoNCE (64, 8, 3)``), the launch
+  rule's baseline. Where the
   extension has CUDA the fused step's region index is sorted by its CUDA kernel; ``fused, tl.sort
   index`` (and its replay) is the same step with the Triton tile sort instead, its baseline,
   after a check that both give the same index;
@@ -155,6 +157,22 @@ SORT_INDEX_REPLAY = "fused, tl.sort index, CUDA graph replay"
 # one instead: the scatter's baseline
 CL_REPLAY = "fused, channels_last, CUDA graph replay"
 CL_DENSE_REPLAY = "fused, channels_last, dense backward, CUDA graph replay"
+# the channels_last step with the InfoNCE's launch shape of stops 13-24, (64, 8, 3) (64 rows a
+# program, 8 warps, 3 stages, whatever the grid): the default rule's baseline
+OLD_INFONCE_SHAPE = (64, 8, 3)
+CL_OLD_INFONCE_REPLAY = f"fused, channels_last, InfoNCE {OLD_INFONCE_SHAPE}, CUDA graph replay"
+
+
+def with_patch(fn, module, name, replacement):
+    """``fn`` with ``module.name`` replaced by ``replacement`` while it runs."""
+    def run():
+        default = getattr(module, name)
+        setattr(module, name, replacement)
+        try:
+            return fn()
+        finally:
+            setattr(module, name, default)
+    return run
 
 
 def with_pool_choice(fn, name, choice):
@@ -163,14 +181,17 @@ def with_pool_choice(fn, name, choice):
     backward) answering ``choice`` while it runs."""
     from lrc_fast.kernels import region_pool as pk
 
-    def run():
-        default = getattr(pk, name)
-        setattr(pk, name, lambda *args: choice)
-        try:
-            return fn()
-        finally:
-            setattr(pk, name, default)
-    return run
+    return with_patch(fn, pk, name, lambda *args: choice)
+
+
+def with_infonce_shape(fn, blocks):
+    """``fn`` with the InfoNCE kernels launched at ``blocks`` (rows, warps, stages) wherever the
+    default rule would pick."""
+    from lrc_fast.kernels import region_infonce as ri
+
+    launch = ri._launch
+    return with_patch(fn, ri, "_launch", lambda batch, regions, channels, given: launch(
+        batch, regions, channels, given or blocks))
 
 
 def with_matmul_precision(fn, setting):
@@ -394,7 +415,7 @@ def run(config, quick=False):
                     print(f"CHECK FAILED {dtype} K={k}: {problem}", flush=True)
                     continue
             paths = (["floor", "fused", REPLAY] + ([SORT_INDEX, SORT_INDEX_REPLAY] if cuda_index else [])
-                     + ["fused, channels_last", CL_REPLAY, CL_DENSE_REPLAY]
+                     + ["fused, channels_last", CL_REPLAY, CL_DENSE_REPLAY, CL_OLD_INFONCE_REPLAY]
                      + ([f"fused, channels_last, {HIGH}"] if high else [])
                      + ["reference", "one-hot"]
                      if fused_ok else ["floor", "reference", "one-hot"])
@@ -410,6 +431,7 @@ def run(config, quick=False):
                     choice = {SORT_INDEX_REPLAY: ("_index_method", "sort"),
                               CL_DENSE_REPLAY: ("_backward_method", "dense")}.get(path)
                     fn = with_pool_choice(fn, *choice) if choice else fn
+                    fn = with_infonce_shape(fn, OLD_INFONCE_SHAPE) if path == CL_OLD_INFONCE_REPLAY else fn
                     replay = graph_replay_ms(fn)
                     results[path] = ((replay, None, "") if isinstance(replay, float)
                                      else (None, None, replay or "needs CUDA"))
@@ -556,7 +578,13 @@ def kernel_ms(fn) -> str:
     if not CUDA:
         return f"{time_ms(fn, 60):.3f}"
     replay = graph_replay_ms(fn)
-    return f"{replay:.4f}" if isinstance(replay, float) else f"{time_ms(fn, 60):.3f} (do_bench)"
+    if isinstance(replay, float):
+        return f"{replay:.4f}"
+    DO_BENCH_REASONS.add(replay)
+    return f"{time_ms(fn, 60):.3f} (do_bench)"
+
+
+DO_BENCH_REASONS: set = set()  # why sweep cells fell back to do_bench (printed after the sweep)
 
 
 def sweep_cells(label, shapes, run, problem_of, failures):
@@ -671,7 +699,8 @@ def sweep_backward(config, quick=False):
 
 
 def sweep_infonce(config, quick=False):
-    """The InfoNCE kernels (forward + backward) alone at each shape of BLOCK_CHOICES.
+    """The InfoNCE kernels (forward + backward) alone at each shape of BLOCK_CHOICES, then at the
+    default shape with ``normalize=False`` (the cost of normalising rows inside the kernels).
 
     Region means as the loss makes them (float32, B x K x D), about 10 % of the regions invalid;
     float32 features mean tf32x3 logits, bfloat16 features tf32. Every shape's rows and gradients
@@ -683,8 +712,9 @@ def sweep_infonce(config, quick=False):
 
     device = "cuda" if CUDA else "cpu"
     failures = []
-    print("\n| logits | K | " + " | ".join(f"{shape} ms" for shape in ri.BLOCK_CHOICES) + " |")
-    print("|---|---|" + "---|" * len(ri.BLOCK_CHOICES))
+    print("\n| logits | K | " + " | ".join(f"{shape} ms" for shape in ri.BLOCK_CHOICES)
+          + " | default shape, normalize=False ms |")
+    print("|---|---|" + "---|" * (len(ri.BLOCK_CHOICES) + 1))
     for precision in (("tf32x3",) if quick else ("tf32x3", "tf32")):
         for k in _ks(config, quick):
             g = torch.Generator(device=device).manual_seed(k)
@@ -694,10 +724,12 @@ def sweep_infonce(config, quick=False):
             means_p.requires_grad_(True)
             valid = torch.rand(shape[:2], generator=g, device=device) > 0.1
             upstream = torch.rand(shape[:2], generator=g, device=device)
-            means = torch.stack([means_q, means_p])  # (2, B, M, D), as the loss passes them
 
-            def step(blocks):
-                rows = ri.region_infonce(means, valid, 0.1, precision=precision, blocks=blocks)
+            def step(blocks, normalize=True):
+                # stacked inside the step: autograd runs a node's backward on the stream of its
+                # forward, so a stack made before a CUDA graph capture broke the capture (stop 25)
+                means = torch.stack([means_q, means_p])  # (2, B, M, D), as the loss passes them
+                rows = ri.region_infonce(means, valid, 0.1, normalize, precision=precision, blocks=blocks)
                 return (rows.detach(), *torch.autograd.grad(rows, [means_q, means_p], upstream))
 
             def differs(outputs):
@@ -714,6 +746,9 @@ def sweep_infonce(config, quick=False):
 
             expected = step(ri.BLOCK_CHOICES[0])
             cells = sweep_cells(f"InfoNCE {precision} K={k}", ri.BLOCK_CHOICES, step, differs, failures)
+            # the same kernels without the L2 normalisation of every row they load: what
+            # normalising once, before the kernels, could save at most (a different loss: untested)
+            cells.append(kernel_ms(lambda: step(None, normalize=False)))
             print(f"| {precision} | {k} | " + " | ".join(cells) + " |", flush=True)
     return failures
 
@@ -798,6 +833,8 @@ def main(argv=None):
     if args.sweep:
         failures = (sweep_index(config, quick=args.quick) + sweep_backward(config, quick=args.quick)
                     + sweep_infonce(config, quick=args.quick))
+        for reason in sorted(DO_BENCH_REASONS):
+            print(f"\ncells marked (do_bench): {reason}")
         print("\nCORRECTNESS CHECK FAILED:\n" + "\n".join(failures) if failures else "")
         return 1 if failures else 0
     rows, failures = run(config, quick=args.quick)

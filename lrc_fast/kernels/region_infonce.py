@@ -165,25 +165,34 @@ def _infonce_bwd_kernel(mq_ptr, mp_ptr, valid_ptr, lse_ptr, grad_ptr, s_gb, s_gm
     tl.store(dmp_ptr + out, d_p, mask=mask)
 
 
-# (rows per program, warps, pipeline stages) that `bench_loss.py --sweep` times; the first is what
-# the default rule (:func:`_launch`) picks for D <= 64 and M >= 64. Compiled for sm_90 by Triton
-# 3.6 (benchmarks/triton_resources.py) at D = 64 the default backward needs 255 registers and
-# spills 768 bytes per thread in tf32x3 (376 in tf32), one program per SM. Still, on an H200 at
-# K=1024 it was as fast as any other shape (0.85 ms forward + backward in tf32x3; (32, 4, 3)
-# 0.847 ms), and a backward split into one launch per view's gradient, which spills far less,
-# was slower (0.90 ms; tf32 0.46 ms against 0.41), so that option was removed
-# (benchmarks/RESULTS.md).
-BLOCK_CHOICES = ((64, 8, 3), (32, 4, 3), (32, 4, 1), (16, 4, 2), (16, 2, 2))
+# (rows per program, warps, pipeline stages) that `bench_loss.py --sweep` times; the first three
+# are what the default rule (:func:`_launch`) picks at D <= 64 with 64, 32 and 16 rows. On an H200
+# (stop 25, B=16, D=64, forward + backward as CUDA graph replays) the rule's shapes beat the old
+# default (64, 8, 3) at every K of the benchmark: 0.031 against 0.053 ms at K=64, 0.095 against 0.129
+# at K=256 and 0.708 against 0.852 at K=1024 in tf32x3; 0.023 / 0.056 / 0.362 against 0.029 / 0.068
+# / 0.415 in tf32 (benchmarks/RESULTS.md).
+BLOCK_CHOICES = ((64, 4, 3), (32, 4, 3), (16, 2, 2), (64, 8, 3), (16, 4, 2))
+
+# The default rule's smallest grid: it halves the rows per program (64, 32, then 16) until
+# B * ceil(M / rows) reaches this many programs, about the SM count of an H100 or H200 (132). A row
+# block streams every column block, so fewer rows mean more programs at the same work each.
+_MIN_PROGRAMS = 128
 
 
-def _launch(regions: int, channels: int, blocks) -> tuple[int, int, int, int]:
+def _launch(batch: int, regions: int, channels: int, blocks) -> tuple[int, int, int, int]:
     """``(BLOCK, BLOCK_D, num_warps, num_stages)``: ``blocks`` if given, else the default rule."""
     block_d = max(16, next_power_of_2(channels))
     if blocks is not None:
         return blocks[0], block_d, blocks[1], blocks[2]
     cap = 64 if block_d <= 64 else (32 if block_d <= 128 else 16)
     block = max(16, min(cap, next_power_of_2(regions)))
-    return block, block_d, 8 if block * block_d >= 4096 else 4, 3
+    while block > 16 and batch * cdiv(regions, block) < _MIN_PROGRAMS:
+        block //= 2
+    if block_d <= 64:
+        warps, stages = (4, 3) if block >= 32 else (2, 2)
+    else:  # timed at D = 64 only: wider rows keep the earlier rule
+        warps, stages = (8 if block * block_d >= 4096 else 4), 3
+    return block, block_d, warps, stages
 
 
 def _launch_precision(tensor: torch.Tensor, precision: str) -> str:
@@ -197,7 +206,7 @@ def _infonce_forward(means, valid, temperature, normalize, include_self, precisi
     lse = torch.empty_like(rows)  # (B, M)
     if batch * regions == 0:
         return rows, lse
-    block, block_d, warps, stages = _launch(regions, channels, blocks)
+    block, block_d, warps, stages = _launch(batch, regions, channels, blocks)
     with on_device(means_q):
         _infonce_fwd_kernel[(cdiv(regions, block), batch)](
             means_q, means_p, valid, rows, lse, regions, channels, 1.0 / temperature,
@@ -215,7 +224,7 @@ def _infonce_backward(grad_rows, means, valid, lse, temperature, normalize, incl
     d_q, d_p = d_means[0], d_means[1]
     if batch * regions == 0:
         return d_means
-    block, block_d, warps, stages = _launch(regions, channels, blocks)
+    block, block_d, warps, stages = _launch(batch, regions, channels, blocks)
     with on_device(means_q):
         _infonce_bwd_kernel[(cdiv(regions, block), batch)](
             means_q, means_p, valid, lse, grad_rows, *grad_rows.stride(), d_q, d_p, regions,
@@ -308,9 +317,9 @@ def region_infonce(means: torch.Tensor, valid: torch.Tensor, temperature: float,
         ``tl.dot`` input precision on CUDA (the interpreter always computes in float32).
     blocks : tuple of 3 ints, optional
         ``(rows per program, warps, pipeline stages)`` of both kernels, for tuning (see
-        :data:`BLOCK_CHOICES`); rows a power of two >= 16. None: 64 rows (fewer for small ``M``,
-        fewer for ``D > 64``), 8 warps at 64 x 64, 3 stages. Only the order of float32 sums
-        depends on it.
+        :data:`BLOCK_CHOICES`); rows a power of two >= 16. None: 64 rows (32 for ``64 < D <= 128``,
+        16 above), halved down to 16 while ``B * ceil(M / rows) < 128``; at ``D <= 64`` 4 warps
+        and 3 stages, or 2 and 2 at 16 rows. Only the order of float32 sums depends on it.
 
     Returns
     -------
