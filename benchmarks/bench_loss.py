@@ -700,7 +700,7 @@ def sweep_backward(config, quick=False):
 
 def sweep_infonce(config, quick=False):
     """The InfoNCE kernels (forward + backward) alone at each shape of BLOCK_CHOICES, then at the
-    default shape with ``normalize=False`` (the cost of normalising rows inside the kernels).
+    default shape with ``normalize=False`` (what normalising the region means costs).
 
     Region means as the loss makes them (float32, B x K x D), about 10 % of the regions invalid;
     float32 features mean tf32x3 logits, bfloat16 features tf32. Every shape's rows and gradients
@@ -746,8 +746,9 @@ def sweep_infonce(config, quick=False):
 
             expected = step(ri.BLOCK_CHOICES[0])
             cells = sweep_cells(f"InfoNCE {precision} K={k}", ri.BLOCK_CHOICES, step, differs, failures)
-            # the same kernels without the L2 normalisation of every row they load: what
-            # normalising once, before the kernels, could save at most (a different loss: untested)
+            # the same loss without L2 normalisation (no normalising launch, no normalisation
+            # backward): what normalising costs. Before stop 25 the kernels normalised every row
+            # they loaded, and this column measured that cost
             cells.append(kernel_ms(lambda: step(None, normalize=False)))
             print(f"| {precision} | {k} | " + " | ".join(cells) + " |", flush=True)
     return failures

@@ -1289,6 +1289,18 @@ def test_gpu_region_index_and_samples_match_reference():
     assert_close(out[0], ref_out[0], rtol=1e-5)
 
 
+@interpreter
+def test_infonce_unit_rows_match_f_normalize():
+    """The one normalising launch before the InfoNCE kernels, against F.normalize: odd D, a zero
+    row (stays 0) and more rows than one program's block."""
+    means = torch.randn(2, 3, 90, 37, generator=torch.Generator().manual_seed(8))  # (2, B, M, D)
+    means[1, 2, 5] = 0.0
+    unit = infonce_kernels._unit_rows(means)
+    torch.testing.assert_close(unit, torch.nn.functional.normalize(means, dim=-1), rtol=1e-6, atol=1e-7)
+    assert torch.all(unit[1, 2, 5] == 0)
+    assert infonce_kernels._unit_rows(means[:, :, :0]).shape == (2, 3, 0, 37)
+
+
 def test_infonce_default_launch_rule():
     """Rows per program halve from 64 until the grid has 128 programs (B * ceil(M / rows)), as
     timed on an H200 at B=16, D=64: 16 rows at K=64, 32 at K=256, 64 at K=1024."""

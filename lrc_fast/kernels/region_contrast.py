@@ -25,17 +25,17 @@ class RegionContrastFunction(torch.autograd.Function):
                 slot_of, tile, infonce_options, reduction):
         means, _, samples = pool_forward_pass(ctx, feat_q, feat_p, pixels, cum, local, ids, valid,
                                               uniforms, tile)  # (2, B, M, D), _, hits or idx
-        rows, lse = infonce_forward_pass(means, valid, infonce_options)  # (B, M) each
+        rows, lse, unit = infonce_forward_pass(means, valid, infonce_options)  # (B, M) each, (2, B, M, D)
         count = valid_count(valid) if reduction == "mean" else None  # () once, for both passes
-        ctx.save_for_backward(samples, regions, regions_p, slot_of, means, valid, lse, count)
+        ctx.save_for_backward(samples, regions, regions_p, slot_of, means, unit, valid, lse, count)
         ctx.infonce_options, ctx.reduction = infonce_options, reduction
         return reduce_rows(rows, valid, reduction, count)
 
     @staticmethod
     def backward(ctx, grad):
-        samples, regions, regions_p, slot_of, means, valid, lse, count = ctx.saved_tensors
+        samples, regions, regions_p, slot_of, means, unit, valid, lse, count = ctx.saved_tensors
         grad_rows = reduce_rows_backward(grad, valid, ctx.reduction, count)  # (B, M), expanded
-        d_means = infonce_backward_pass(grad_rows, means, valid, lse, ctx.infonce_options)
+        d_means = infonce_backward_pass(grad_rows, means, unit, valid, lse, ctx.infonce_options)
         grads = pool_backward_pass(ctx, d_means, samples, regions, regions_p, slot_of)
         return (*grads, *([None] * 12))
 
