@@ -63,7 +63,9 @@ extension has CUDA, and the index alone per sort), the dense feature-gradient ke
 ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`
 for NCHW gradients and of ``GRAD_BLOCK_CHOICES_CL`` for channels_last ones, beside a zero fill of
 one gradient and the scatter backward) and the InfoNCE forward + backward (``(rows, warps, stages)``
-of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`).
+of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`, and at the default shape without
+normalisation); last, on CUDA, an experiment: the InfoNCE backward with both gradients' zero
+fills on a second stream against one stream (:func:`sweep_overlap`).
 """
 from __future__ import annotations
 
@@ -754,6 +756,57 @@ def sweep_infonce(config, quick=False):
     return failures
 
 
+def sweep_overlap(config, quick=False):
+    """Would the channels_last backward gain from zero-filling both gradients on a second stream
+    while the InfoNCE backward runs? (An experiment: the loss runs them one after the other.)
+
+    Per dtype and K, two CUDA graph replays (ms): the InfoNCE backward then both zero fills on one
+    stream, and the same launches with the fills on a second stream (forked before, joined after).
+    The fill is bound by DRAM bandwidth and the InfoNCE by latency, so the second could approach
+    the longer of the two. CUDA only (streams); elsewhere one line says so. Returns no failures:
+    the gradients are the same launches' either way.
+    """
+    from lrc_fast.kernels import region_infonce as ri
+    from lrc_fast.kernels import region_pool as pk
+
+    if not CUDA:
+        print("\nfill / InfoNCE overlap: needs CUDA (two streams)")
+        return []
+    print("\n| dtype | K | InfoNCE backward, then both zero fills ms | the fills on a second stream ms |")
+    print("|---|---|---|---|")
+    side = torch.cuda.Stream()
+    for dtype in ((torch.float32,) if quick else config["dtypes"]):
+        for k in _ks(config, quick):
+            batch, channels, size = config["batch"], config["channels"], config["size"]
+            g = torch.Generator(device="cuda").manual_seed(k)
+            means = torch.randn((2, batch, k, channels), generator=g, device="cuda")
+            valid = torch.rand((batch, k), generator=g, device="cuda") > 0.1
+            options = (0.1, True, False, "tf32x3" if dtype == torch.float32 else "tf32", None)
+            _, lse, unit = ri.infonce_forward_pass(means, valid, options)
+            grad_rows = torch.rand((batch, k), generator=g, device="cuda")
+            shape = [batch, channels, size, size]
+
+            def fills():
+                return [pk._zero_gradient(shape, dtype, True, "cuda") for _ in range(2)]
+
+            def one_stream():
+                return ri.infonce_backward_pass(grad_rows, means, unit, valid, lse, options), fills()
+
+            def two_streams():
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    grads = fills()
+                d_means = ri.infonce_backward_pass(grad_rows, means, unit, valid, lse, options)
+                # joined, as a scatter into the buffers would need (no kernel here uses them on
+                # this stream, so they need no record_stream)
+                torch.cuda.current_stream().wait_stream(side)
+                return d_means, grads
+
+            print(f"| {str(dtype).replace('torch.', '')} | {k} | {kernel_ms(one_stream)} | "
+                  f"{kernel_ms(two_streams)} |", flush=True)
+    return []
+
+
 def host_profile(config) -> int:
     """``--host``: the host's time to issue a fused step and the time per step in a row, then where
     the host's time goes (cProfile)."""
@@ -833,7 +886,7 @@ def main(argv=None):
         return 0
     if args.sweep:
         failures = (sweep_index(config, quick=args.quick) + sweep_backward(config, quick=args.quick)
-                    + sweep_infonce(config, quick=args.quick))
+                    + sweep_infonce(config, quick=args.quick) + sweep_overlap(config, quick=args.quick))
         for reason in sorted(DO_BENCH_REASONS):
             print(f"\ncells marked (do_bench): {reason}")
         print("\nCORRECTNESS CHECK FAILED:\n" + "\n".join(failures) if failures else "")

@@ -150,7 +150,7 @@ step bench_loss_host 45 $PY benchmarks/bench_loss.py --host
   env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" $PY .baseline/benchmarks/bench_loss.py --profile --quick
 step bench_elastic_sweep 60 $PY benchmarks/bench_elastic.py --sweep
 # each cell a capture and CUDA graph replays (about 150 cells)
-step bench_loss_sweep 120 $PY benchmarks/bench_loss.py --sweep
+step bench_loss_sweep 150 $PY benchmarks/bench_loss.py --sweep
 # where the Felzenszwalb kernel's warps wait, per SASS line (Nsight Compute, one B=16 launch); the
 # report goes to $OUT on its own (it could make the log archive too big to come back)
 REPORT_DIR=${OUT:-$LOG_DIR}
