@@ -973,6 +973,9 @@ def test_torch_compile():
     cl_q, cl_p = (features((2, 8, 8, 12), channels_last=True, seed=s) for s in (53, 54))
     assert_compiled_equals_eager(lambda q, p, r: region_contrast_loss(q, p, r, num_regions=5, backend="triton"),
                                  cl_q, cl_p, regions)
+    # without normalisation the InfoNCE op hands the backward an empty placeholder, not the means
+    assert_compiled_equals_eager(lambda q, p, r: region_contrast_loss(q, p, r, num_regions=5, normalize=False,
+                                                                      backend="triton"), feat_q, feat_p, regions)
     # with a generator it still runs compiled, with a graph break around the random draw
     seeded = torch.compile(lambda q, p, r, gen: region_contrast_loss(q, p, r, num_regions=5, generator=gen),
                            backend="aot_eager")

@@ -247,6 +247,7 @@ def _infonce_forward(means, valid, temperature, normalize, include_self, precisi
 def _infonce_backward(grad_rows, means, unit, valid, lse, temperature, normalize, include_self, precision,
                       blocks=None):
     means_q, means_p = means[0], means[1]
+    unit = unit if normalize else means  # what the forward's kernel read
     batch, regions, channels = means_q.shape
     d_means = torch.empty_like(means)  # (2, B, M, D)
     d_q, d_p = d_means[0], d_means[1]
@@ -268,15 +269,16 @@ def _infonce_forward_op(means: torch.Tensor, valid: torch.Tensor, temperature: f
                         include_self: bool, precision: str,
                         blocks: list[int] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows, lse, unit = _infonce_forward(means, valid, temperature, normalize, include_self, precision, blocks)
-    # a custom op's output may not alias its input: without normalisation the rows are the means
-    return rows, lse, unit if normalize else unit.clone()
+    # a custom op's output may not alias its input, and without normalisation the backward reads
+    # the means themselves: an empty placeholder, not a copy
+    return rows, lse, unit if normalize else means.new_empty(0)
 
 
 @_infonce_forward_op.register_fake
 def _(means, valid, temperature, normalize, include_self, precision, blocks):
     shape = means.shape[1:3]
     return (means.new_empty(shape, dtype=torch.float32), means.new_empty(shape, dtype=torch.float32),
-            torch.empty_like(means))
+            torch.empty_like(means) if normalize else means.new_empty(0))
 
 
 @torch.library.custom_op("lrc_fast::region_infonce_backward", mutates_args=())
@@ -293,10 +295,11 @@ def _(grad_rows, means, unit, valid, lse, temperature, normalize, include_self, 
 
 
 def infonce_forward_pass(means, valid, options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(rows, lse, unit)``: ``rows`` and ``lse`` ``(B, M)`` float32, ``unit`` the rows the kernels
-    read (``(2, B, M, D)``: the means L2-normalised, or the means themselves without
-    normalisation), for the backward. ``options`` is ``(temperature, normalize, include_self,
-    precision, blocks)``. The custom op under ``torch.compile``."""
+    """``(rows, lse, unit)``: ``rows`` and ``lse`` ``(B, M)`` float32, ``unit`` the L2-normalised
+    means the kernels read (``(2, B, M, D)``), for the backward. Without normalisation the kernels
+    read the means themselves and ``unit`` is unused (the means, or an empty tensor under
+    ``torch.compile``). ``options`` is ``(temperature, normalize, include_self, precision,
+    blocks)``. The custom op under ``torch.compile``."""
     forward = _infonce_forward_op if torch.compiler.is_compiling() else _infonce_forward
     return forward(means, valid, *options)
 

@@ -100,8 +100,9 @@ GRAD_BLOCK_CHOICES_CL = ((128, 16, 4), (32, 64, 4), (64, 64, 4), (16, 64, 2), (6
 # floor's speed and the scatter adds those runs, 26 MB for both views in float32 at K=64 (B=16,
 # N=50), 420 MB at K=1024 (2,147 MB of gradients). In NCHW a sample's D channels lie in D
 # different sectors, each partly written, so dense there, and where some view needing a gradient
-# is not channels_last. Chosen from this byte count, not yet timed on a GPU: `bench_loss.py
-# --sweep` times both in both layouts.
+# is not channels_last. Timed on an H200 (stop 25, benchmarks/RESULTS.md): the scatter took
+# 0.10-0.15 ms off each channels_last step at K <= 256 and was slower in NCHW at every K; at bf16
+# K=1024 the dense pass was 0.045 ms faster (left: one point).
 BACKWARD_METHODS = ("dense", "scatter")
 # How many of its row's samples the scatter's duplicate search compares each sample with a step:
 # compiled for sm_90 by Triton 3.6 (float32, channels_last, N=50, D=64), 16 take 56 registers
