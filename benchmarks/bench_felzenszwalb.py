@@ -7,7 +7,8 @@ Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--sched
   timed with CUDA events (median). Prints a markdown table last; exits 1 when a correctness
   check fails.
   --schedule: only the GPU schedule's work per cost window, with and without the hub
-  extension, from its CPU emulation (rounds, edge offers and hub steps per slice; no GPU needed).
+  extension, and with the slot engine, from its CPU emulation (rounds, edge offers and hub steps
+  per slice; no GPU needed).
   --simt: the CUDA kernel's own code on the CPU SIMT simulator, for the launch shapes of B=16 with
   the hub extension on and off: its critical path (global loads, atomics and warp collectives
   waited for, summed over barrier intervals; loads issued together one wait, reductions none),
@@ -16,8 +17,9 @@ Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--sched
   run of commit 3f723fc (within 5% at 1-4 CTAs per slice there; the critical path did not track
   it). Not a timing; benchmarks/RESULTS.md has the fit.
   --phases (CUDA): the kernel's GPU time split by the same phases, at B=16 for the default
-  launch and one CTA per slice (the team's first thread reads the global timer at each phase
-  change), beside the batch time with that clock off.
+  launch and one CTA per slice, with the global rounds and with the slot engine (the team's
+  first thread reads the global timer at each phase change), beside the batch time with that
+  clock off.
   --once (CUDA): two launches of the default B=16 launch on real CT (the phantom without the
   data), for a profiler: `ncu -k fh_kernel --launch-skip 1 --launch-count 1 ...` takes the second.
 pytest-benchmark:  pytest benchmarks/bench_felzenszwalb.py
@@ -55,6 +57,9 @@ LAUNCHES = {8: [(4, 1024), (6, 1024), (8, 1024)],
             16: [(1, 1024), (2, 1024), (4, 1024), (4, 512), (6, 1024), (7, 1024), (8, 1024), (8, 512)],
             256: [(1, 512), (1, 1024), (2, 1024)]}
 ONE_WINDOW = 2**31 - 1  # the whole sorted list at once: every pending edge offered each round
+# Launch shapes timed with the slot engine (the main pass on the first CTA of each slice; the
+# other CTAs of a cluster only share the per-pixel phases, the sort and the min_size pass).
+SLOT_LAUNCHES = {16: [(1, 1024), (2, 1024), (6, 1024)], 256: [(1, 1024), (2, 1024)]}
 # Cost windows timed with the default launch (B=16, 256). Wider windows take fewer rounds now that
 # a hub frontier over 2,048 edges is cut rather than skipped (the simulator's H100 fit: 10-12% per
 # slice at 4,096, 11-16% at 8,192; RESULTS.md); 512 measured slower than 2,048 on the H100.
@@ -152,6 +157,10 @@ def schedule_rows(quick: bool) -> list[tuple[str, int, bool, list[float]]]:
                 if not torch.equal(labels, expected):
                     raise SystemExit(f"MISMATCH: emulation (window={window}, extend={extend}) differs from cpu")
                 rows.append((data_name, window, extend, stats.double().mean(0).tolist()))
+        labels, _, stats = _segment(x, 1.0, 0.8, 20, "emulate", slots=True)
+        if not torch.equal(labels, expected):
+            raise SystemExit("MISMATCH: emulation of the slot engine differs from cpu")
+        rows.append((data_name, "slot engine", False, stats.double().mean(0).tolist()))
     return rows
 
 
@@ -184,14 +193,16 @@ def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
             x = torch.from_numpy(host).cuda()
             x64 = x.double()
             default = lrc_fast.superpixels._default_launch(batch_size, x.device)
-            configs = [(launch, _WINDOW, True) for launch in LAUNCHES[batch_size]]
+            configs = [(launch, _WINDOW, True, False) for launch in LAUNCHES[batch_size]]
             if batch_size != 8:  # the other windows, and without the hub extension
-                configs += [(default, w, True) for w in WINDOWS if w != _WINDOW]
-                configs += [(default, _WINDOW, False), (default, ONE_WINDOW, False)]
-            for launch, window, extend in configs:
-                name = f"launch={launch}, window={window}, hub={'on' if extend else 'off'}"
+                configs += [(default, w, True, False) for w in WINDOWS if w != _WINDOW]
+                configs += [(default, _WINDOW, False, False), (default, ONE_WINDOW, False, False)]
+                configs += [(launch, _WINDOW, True, True) for launch in SLOT_LAUNCHES[batch_size]]
+            for launch, window, extend, slots in configs:
+                name = f"launch={launch}, " + ("slot engine" if slots else
+                                               f"window={window}, hub={'on' if extend else 'off'}")
                 try:
-                    got, _, stats = _segment(x64, 1.0, 0.8, 20, "cuda", launch, window, extend)
+                    got, _, stats = _segment(x64, 1.0, 0.8, 20, "cuda", launch, window, extend, slots=slots)
                 except RuntimeError as error:  # a shape the device rejects: report it, time the rest
                     print(f"FAILED: cuda {name} B={batch_size}: {error}")
                     ok = False
@@ -201,7 +212,8 @@ def cuda_rows(quick: bool) -> tuple[list[tuple[str, str, float, float]], bool]:
                     ok = False
                     continue
                 # with the float64 conversion, as the public call does it in a training loop
-                ms = median_event_ms(lambda: _segment(x.double(), 1.0, 0.8, 20, "cuda", launch, window, extend), 5)
+                ms = median_event_ms(
+                    lambda: _segment(x.double(), 1.0, 0.8, 20, "cuda", launch, window, extend, slots=slots), 5)
                 rows.append((f"lrc_fast cuda {data_name}, {name}", f"{batch_size} x {SIZE}^2", ms,
                              batch_size / ms * 1e3))
                 r = stats.double().mean(0).cpu().tolist()
@@ -240,14 +252,17 @@ def phase_rows() -> list[tuple[str, tuple[int, int], float, np.ndarray, np.ndarr
         x = torch.from_numpy(host).cuda().double()
         taps = lrc_fast.superpixels._taps_on(0.8, x.device)
         default = lrc_fast.superpixels._default_launch(16, x.device)
-        for launch in dict.fromkeys([default, (1, 1024)]):
-            labels, _, _, ns = ext.felzenszwalb_cuda_timed(x, taps, 1 / 255, 20, *launch, _WINDOW, True)
+        launches = list(dict.fromkeys([default, (1, 1024)]))
+        for launch, slots in [(launch, slots) for slots in (False, True) for launch in launches]:
+            labels, _, _, ns = ext.felzenszwalb_cuda_timed(x, taps, 1 / 255, 20, *launch, _WINDOW, True, slots)
             if not np.array_equal(labels.cpu().numpy(), expected):
-                raise SystemExit(f"MISMATCH: timed cuda kernel {launch} differs from cpu")
-            ms = median_event_ms(lambda: ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, *launch, _WINDOW, True), 5)
-            us = ext.felzenszwalb_cuda_timed(x, taps, 1 / 255, 20, *launch, _WINDOW, True)[3].cpu().numpy() / 1e3
-            rows.append((data_name, launch, ms, us[us.sum(1).argmax()], us.mean(0)))
-            print(f"  {data_name} {launch}: {ms:.2f} ms per batch, slowest slice {us.sum(1).max() / 1e3:.2f} ms "
+                raise SystemExit(f"MISMATCH: timed cuda kernel {launch} (slots {slots}) differs from cpu")
+            ms = median_event_ms(
+                lambda: ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, *launch, _WINDOW, True, slots), 5)
+            us = ext.felzenszwalb_cuda_timed(x, taps, 1 / 255, 20, *launch, _WINDOW, True, slots)[3].cpu().numpy() / 1e3
+            name = f"{data_name}, slot engine" if slots else data_name
+            rows.append((name, launch, ms, us[us.sum(1).argmax()], us.mean(0)))
+            print(f"  {name} {launch}: {ms:.2f} ms per batch, slowest slice {us.sum(1).max() / 1e3:.2f} ms "
                   "by the phase clock", flush=True)
     return rows
 
@@ -271,7 +286,7 @@ def main() -> int:
               "| offers / edge min_size | hub steps |")
         print("|---|---|---|---|---|---|---|---|")
         for data_name, window, extend, st in schedule_rows(args.quick):
-            shown = "all" if window == ONE_WINDOW else window
+            shown = "all" if window == ONE_WINDOW else window  # or "slot engine"
             print(f"| {data_name} | {shown} | {'on' if extend else 'off'} | {st[0]:.0f} | {st[1]:.0f} "
                   f"| {st[2] / edges:.2f} | {st[3] / edges:.2f} | {st[4]:.0f} |")
         return 0

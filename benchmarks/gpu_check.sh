@@ -111,7 +111,7 @@ elif selected fh_smoke; then
 fi
 fh_step pytest_gpu_felzenszwalb 150 $PY -m pytest -m gpu -q -x -p no:cacheprovider tests/test_felzenszwalb.py
 fh_step bench_felzenszwalb 180 $PY benchmarks/bench_felzenszwalb.py
-fh_step bench_felzenszwalb_phases 45 $PY benchmarks/bench_felzenszwalb.py --phases
+fh_step bench_felzenszwalb_phases 60 $PY benchmarks/bench_felzenszwalb.py --phases
 baseline_built() {  # whether the baseline's extension was built (waits for its build, once)
   if [ -z "${BASELINE_OK:-}" ]; then
     BASELINE_OK=no

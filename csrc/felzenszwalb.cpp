@@ -36,7 +36,7 @@ void check_launch(const char* op, int64_t cluster, int64_t threads, int64_t wind
 // felzenszwalb_cuda, and with time_phases also the GPU time of each kernel phase per slice.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> run_cuda(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
-    int64_t threads, int64_t window, bool extend, bool time_phases, const char* op) {
+    int64_t threads, int64_t window, bool extend, bool slots, bool time_phases, const char* op) {
 #ifdef WITH_CUDA
   TORCH_CHECK(image.is_cuda() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 && image.is_contiguous(),
               op, ": image must be a contiguous (B, H, W) float64 CUDA tensor");
@@ -73,6 +73,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> run_cuda(
     a.threads = static_cast<int32_t>(threads);
     a.window = static_cast<int32_t>(window);
     a.extend = extend;
+    a.slots = slots;
     a.labels = labels.data_ptr<int64_t>();
     a.counts = counts.data_ptr<int64_t>();
     a.stats = stats.data_ptr<int64_t>();
@@ -93,11 +94,13 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> run_cuda(
 
 // Same contract as felzenszwalb_cpu, on CUDA tensors: image (B, H, W) float64 and weights on
 // the image's device. cluster: CTAs per slice (thread-block cluster on sm_90); threads: per CTA;
-// window: minimum edges per cost window of the schedule; extend: run the hub extension.
+// window: minimum edges per cost window of the schedule; extend: run the hub extension; slots:
+// run the main pass on the slot engine.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
-    int64_t threads, int64_t window, bool extend) {
-  auto out = run_cuda(image, weights, k, min_size, cluster, threads, window, extend, false, "felzenszwalb_cuda");
+    int64_t threads, int64_t window, bool extend, bool slots) {
+  auto out =
+      run_cuda(image, weights, k, min_size, cluster, threads, window, extend, slots, false, "felzenszwalb_cuda");
   return {std::get<0>(out), std::get<1>(out), std::get<2>(out)};
 }
 
@@ -106,8 +109,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda(
 // by the team's first thread with the global timer. For benchmarks.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cuda_timed(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
-    int64_t threads, int64_t window, bool extend) {
-  return run_cuda(image, weights, k, min_size, cluster, threads, window, extend, true, "felzenszwalb_cuda_timed");
+    int64_t threads, int64_t window, bool extend, bool slots) {
+  return run_cuda(image, weights, k, min_size, cluster, threads, window, extend, slots, true,
+                  "felzenszwalb_cuda_timed");
 }
 
 // The most slices (teams of `cluster` CTAs of `threads` threads) the current CUDA device runs at
@@ -134,7 +138,7 @@ int64_t felzenszwalb_cuda_max_active_teams(int64_t cluster, int64_t threads) {
 // felzenszwalb_simt_phases()).
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_simt(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, int64_t cluster,
-    int64_t threads, int64_t window, bool extend, int64_t seed) {
+    int64_t threads, int64_t window, bool extend, int64_t seed, bool slots) {
   TORCH_CHECK(image.device().is_cpu() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 &&
                   image.is_contiguous(),
               "felzenszwalb_simt: image must be a contiguous (B, H, W) float64 CPU tensor");
@@ -156,7 +160,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> felzenszw
       weights.numel() ? weights.data_ptr<double>() : nullptr,
       weights.numel() ? static_cast<int32_t>(weights.numel() / 2) : -1, k,
       fh::clamp_min_size(min_size, H * W), static_cast<int32_t>(cluster),
-      static_cast<int32_t>(threads), static_cast<int32_t>(window), extend, labels.data_ptr<int64_t>(),
+      static_cast<int32_t>(threads), static_cast<int32_t>(window), extend, slots, labels.data_ptr<int64_t>(),
       counts.data_ptr<int64_t>(), stats.data_ptr<int64_t>(), workspace.data_ptr(), static_cast<uint64_t>(seed),
       profile.data_ptr<int64_t>());
   TORCH_CHECK(error.empty(), "felzenszwalb_simt: ", error);
@@ -177,20 +181,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lrc_fast compiled extension";
   m.def("felzenszwalb_cpu", &lrc::felzenszwalb_cpu, "Felzenszwalb on CPU (exact, or the GPU schedule emulated)",
         py::arg("image"), py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("schedule"),
-        py::arg("window"), py::arg("extend"));
+        py::arg("window"), py::arg("extend"), py::arg("slots") = false);
   m.def("felzenszwalb_cuda", &lrc::felzenszwalb_cuda, "Felzenszwalb on CUDA", py::arg("image"), py::arg("weights"),
         py::arg("k"), py::arg("min_size"), py::arg("cluster"), py::arg("threads"), py::arg("window"),
-        py::arg("extend"));
+        py::arg("extend"), py::arg("slots") = false);
   m.def("felzenszwalb_cuda_timed", &lrc::felzenszwalb_cuda_timed,
         "felzenszwalb_cuda plus the GPU nanoseconds of each kernel phase per slice", py::arg("image"),
         py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("cluster"), py::arg("threads"),
-        py::arg("window"), py::arg("extend"));
+        py::arg("window"), py::arg("extend"), py::arg("slots") = false);
   m.def("felzenszwalb_cuda_max_active_teams", &lrc::felzenszwalb_cuda_max_active_teams,
         "How many slices of this launch shape the current CUDA device runs at once", py::arg("cluster"),
         py::arg("threads"));
   m.def("felzenszwalb_simt", &lrc::felzenszwalb_simt, "The CUDA Felzenszwalb kernel run by the CPU SIMT simulator",
         py::arg("image"), py::arg("weights"), py::arg("k"), py::arg("min_size"), py::arg("cluster"),
-        py::arg("threads"), py::arg("window"), py::arg("extend"), py::arg("seed"));
+        py::arg("threads"), py::arg("window"), py::arg("extend"), py::arg("seed"), py::arg("slots") = false);
   m.def("felzenszwalb_simt_phases", &lrc::fh_simt_phases,
         "Names of the Felzenszwalb kernel's phases, in the order of felzenszwalb_simt's profile columns 5..");
   m.def("simt_available", &lrc::simt_available, "Whether the SIMT simulator runs on this platform");

@@ -725,6 +725,252 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
   return steps;
 }
 
+// ---- slot engine (main pass) -------------------------------------------------------------
+// The rounds above keep every root's state in global memory, so each phase of a round waits on
+// chains of dependent global loads and atomics (about 18 us a round on an H200), and the hub
+// extension exists to cut the number of rounds. The slot engine runs the main pass on one CTA
+// with the state of the current window's roots in shared memory instead:
+// - a window is a run of whole cost bins of at most kSlotEdges live edges; a bin larger than
+//   that is split by the next 12 bits of the cost (sub-bins, slot_sub_bin) into sub-windows, and
+//   a sub-bin that is still too large hands the rest of the pass, from the start of its bin, to
+//   the global rounds (any prefix of the order may precede them: every edge decided here joined
+//   its endpoints or froze one of them, so they drop it);
+// - each window's roots are looked up once (global union-find) and entered in a hash table of
+//   kSlots entries (the slot of a root is its entry), with their size and internal difference;
+// - the window is then drained by rounds of deterministic reservations on the slots (offer,
+//   reserve, commit, as main_offer / reserve / main_commit, but with a local union-find over
+//   slots, and every edge of the window decided before the next window is loaded);
+// - the slots' outcome goes back to global memory (a merged root points at the root of the
+//   slot it merged into; sizes, internal differences, frozen marks), and the table is cleared.
+// Real abdominal CT (512^2, 1536-edge windows, CPU model): about 270 windows and 1,500-1,700
+// rounds per slice, every window within the table, no sub-bin over the cap. The state of one
+// window fits the shared memory of one CTA (kSlotBytes).
+constexpr int32_t kSlotLog = 12;
+constexpr int32_t kSlots = 1 << kSlotLog;       // table entries; a window has <= 2 * kSlotEdges roots
+constexpr int32_t kSlotEdges = 1536;            // edges per window
+constexpr int32_t kSubBinShift = 36;            // sub-bin: cost bits 36..47, below the bin's 16
+constexpr int32_t kSubBins = 1 << 12;
+constexpr int16_t kDeadEdge = -1;               // a window edge whose endpoints were already joined
+static_assert(2 * kSlotEdges < kSlots, "the table always has a free entry");
+
+// The slot engine's arrays, carved from one block of kSlotBytes (shared memory on the GPU).
+struct SlotTable {
+  int32_t* root;      // (kSlots,) the global root of the entry, -1 when empty
+  int16_t* up;        // (kSlots,) local union-find over entries
+  int32_t* size;      // (kSlots,) component size at local roots; negative = frozen
+  double* cint;       // (kSlots,)
+  uint64_t* mincost;  // (kSlots,) minimum offered cost bits, kNoCost when none
+  int32_t* minidx;    // (kSlots,) minimum edge at that cost, kNoEdge when none
+  int32_t* edge;      // (kSlotEdges,) the window's edges
+  uint64_t* cost;     // (kSlotEdges,) their cost bits
+  int16_t* end_a;     // (kSlotEdges,) the entries of their endpoints' roots, or kDeadEdge
+  int16_t* end_b;
+  int16_t* list[2];   // (kSlotEdges,) window edges pending, by round parity
+  int16_t* ra;        // (kSlotEdges,) the local roots of list[...] entries, as phase A found them
+  int16_t* rb;
+  int32_t* sub_end;   // (kSubBins,) sub-bins of a large bin: counts, then ends
+  int32_t* ctrl;      // (8,) append counters by round, the window's edge count, ...
+};
+
+constexpr size_t kSlotBytes = kSlots * (4 + 2 + 4 + 8 + 8 + 4) + kSlotEdges * (4 + 8 + 2 + 2 + 2 + 2 + 2 + 2) +
+                              kSubBins * 4 + 8 * 4;
+
+// The arrays in `base` (8-byte aligned, kSlotBytes), widest first so each stays aligned.
+LRC_HD SlotTable slot_table(char* base) {
+  SlotTable t;
+  char* p = base;
+  auto take = [&p](size_t bytes) {
+    char* q = p;
+    p += bytes;
+    return q;
+  };
+  t.cint = reinterpret_cast<double*>(take(8 * kSlots));
+  t.mincost = reinterpret_cast<uint64_t*>(take(8 * kSlots));
+  t.cost = reinterpret_cast<uint64_t*>(take(8 * kSlotEdges));
+  t.root = reinterpret_cast<int32_t*>(take(4 * kSlots));
+  t.size = reinterpret_cast<int32_t*>(take(4 * kSlots));
+  t.minidx = reinterpret_cast<int32_t*>(take(4 * kSlots));
+  t.edge = reinterpret_cast<int32_t*>(take(4 * kSlotEdges));
+  t.sub_end = reinterpret_cast<int32_t*>(take(4 * kSubBins));
+  t.ctrl = reinterpret_cast<int32_t*>(take(4 * 8));
+  t.up = reinterpret_cast<int16_t*>(take(2 * kSlots));
+  t.end_a = reinterpret_cast<int16_t*>(take(2 * kSlotEdges));
+  t.end_b = reinterpret_cast<int16_t*>(take(2 * kSlotEdges));
+  t.list[0] = reinterpret_cast<int16_t*>(take(2 * kSlotEdges));
+  t.list[1] = reinterpret_cast<int16_t*>(take(2 * kSlotEdges));
+  t.ra = reinterpret_cast<int16_t*>(take(2 * kSlotEdges));
+  t.rb = reinterpret_cast<int16_t*>(take(2 * kSlotEdges));
+  return t;
+}
+
+// The first index of ends[0, n) whose value exceeds x (ends non-decreasing, ends[n - 1] > x).
+template <class Ops>
+LRC_HD int32_t first_end_after(const int32_t* ends, int32_t n, int32_t x, Ops& ops) {
+  int32_t lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const int32_t mid = lo + (hi - lo) / 2;
+    if (ops.ld(ends + mid) > x)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
+// The end of the next window from `pos` over runs whose ends are ends[0, n_ends) (non-decreasing,
+// the last one `total`): `total` when at most kSlotEdges items are left, else the last run end
+// at most kSlotEdges after pos, or `pos` itself when the run at pos alone is longer. With the
+// cost bins' ends (bin_end, from a bin boundary) it is the next window of whole bins; with a
+// large bin's sub-bin ends (relative to the bin), its next sub-window.
+template <class Ops>
+LRC_HD int32_t slot_window_end(const int32_t* ends, int32_t n_ends, int32_t pos, int32_t total, Ops& ops) {
+  if (total - pos <= kSlotEdges) return total;
+  const int32_t first = first_end_after(ends, n_ends, pos + kSlotEdges, ops);
+  const int32_t end = first > 0 ? ops.ld(ends + first - 1) : 0;
+  return end > pos ? end : pos;
+}
+
+// The end of the bin that starts at pos (pos < live).
+template <class Ops>
+LRC_HD int32_t bin_end_after(const int32_t* bin_end, int32_t pos, Ops& ops) {
+  return ops.ld(bin_end + first_end_after(bin_end, kCostBins, pos, ops));
+}
+
+LRC_HD int32_t sub_bin(uint64_t bits) { return static_cast<int32_t>((bits >> kSubBinShift) & (kSubBins - 1)); }
+
+// The entry of global root r: found, or claimed (an empty entry, compare-and-swap).
+template <class SOps>
+LRC_HD int16_t slot_insert(const SlotTable& t, int32_t r, SOps& sops) {
+  for (int32_t i = hash_slot(r, kSlotLog);; i = (i + 1) & (kSlots - 1)) {
+    const int32_t old = sops.cas_i32(t.root + i, -1, r);
+    if (old == -1 || old == r) return static_cast<int16_t>(i);
+  }
+}
+
+// Window edge j is sorted edge e: its cost, and the entries of its endpoints' roots (kDeadEdge
+// when the edge is internal already).
+template <class Ops, class SOps>
+LRC_HD void slot_load_edge(const Slice& s, const SlotTable& t, int32_t j, int32_t e, Ops& ops, SOps& sops) {
+  int32_t a, b;
+  double img_u, img_v;
+  edge_endpoints(s.g, e, a, b);
+  load_edge(s, a, b, img_u, img_v, ops);
+  sops.st(t.edge + j, e);
+  sops.st(t.cost + j, cost_bits(edge_cost(img_u, img_v)));
+  if (a == b) {
+    sops.st(t.end_a + j, kDeadEdge);
+    return;
+  }
+  sops.st(t.end_a + j, slot_insert(t, a, sops));
+  sops.st(t.end_b + j, slot_insert(t, b, sops));
+}
+
+// Entry i of a window's table: its root's size and internal difference from global memory.
+template <class Ops, class SOps>
+LRC_HD void slot_init(const Slice& s, const SlotTable& t, int32_t i, Ops& ops, SOps& sops) {
+  const int32_t r = sops.ld(t.root + i);
+  if (r < 0) return;
+  int32_t size;
+  double cint;
+  {
+    LRC_INDEPENDENT_LOADS;
+    size = ops.ld(s.csize + r);
+    cint = ops.ld(s.cint + r);
+  }
+  sops.st(t.up + i, static_cast<int16_t>(i));
+  sops.st(t.size + i, size);
+  sops.st(t.cint + i, cint);
+  sops.st(t.mincost + i, kNoCost);
+  sops.st(t.minidx + i, kNoEdge);
+}
+
+template <class SOps>
+LRC_HD int32_t slot_find(const SlotTable& t, int32_t x, SOps& sops) {
+  int32_t p = sops.ld(t.up + x);
+  while (p != x) {
+    const int32_t gp = sops.ld(t.up + p);
+    if (gp != p) sops.st(t.up + x, static_cast<int16_t>(gp));  // path halving, as find_root
+    x = gp;
+    p = sops.ld(t.up + x);
+  }
+  return x;
+}
+
+// Phase A on window edge j: drop it (false) or offer its cost to both local roots (ra, rb).
+template <class SOps>
+LRC_HD bool slot_offer(const SlotTable& t, int32_t j, int32_t& ra, int32_t& rb, SOps& sops) {
+  const int32_t ea = sops.ld(t.end_a + j);
+  if (ea == kDeadEdge) return false;
+  const int32_t a = slot_find(t, ea, sops), b = slot_find(t, sops.ld(t.end_b + j), sops);
+  if (a == b || sops.ld(t.size + a) < 0 || sops.ld(t.size + b) < 0) return false;
+  const uint64_t c = sops.ld(t.cost + j);
+  if (c < sops.ld(t.mincost + a)) sops.red_min_u64(t.mincost + a, c);
+  if (c < sops.ld(t.mincost + b)) sops.red_min_u64(t.mincost + b, c);
+  ra = a;
+  rb = b;
+  return true;
+}
+
+// Phase B: among the window edges at a local root's minimum cost, the smallest edge wins.
+template <class SOps>
+LRC_HD void slot_reserve(const SlotTable& t, int32_t j, int32_t a, int32_t b, SOps& sops) {
+  const uint64_t c = sops.ld(t.cost + j);
+  const int32_t e = sops.ld(t.edge + j);
+  if (sops.ld(t.mincost + a) == c && e < sops.ld(t.minidx + a)) sops.red_min_i32(t.minidx + a, e);
+  if (sops.ld(t.mincost + b) == c && e < sops.ld(t.minidx + b)) sops.red_min_i32(t.minidx + b, e);
+}
+
+// Phase C, as main_commit on entries: a merge links the entry of the larger global root under
+// the other's (as the global rounds link roots).
+template <class SOps>
+LRC_HD void slot_commit(const Slice& s, const SlotTable& t, int32_t j, int32_t a, int32_t b, SOps& sops) {
+  const int32_t e = sops.ld(t.edge + j);
+  const bool own_a = sops.ld(t.minidx + a) == e, own_b = sops.ld(t.minidx + b) == e;
+  if (!own_a && !own_b) return;
+  const double c = bits_cost(sops.ld(t.cost + j));
+  const int32_t size_a = sops.ld(t.size + a), size_b = sops.ld(t.size + b);
+  const float ta = own_a ? threshold(sops.ld(t.cint + a), size_a, s.k) : 0.0f;
+  const float tb = own_b ? threshold(sops.ld(t.cint + b), size_b, s.k) : 0.0f;
+  if (own_a && own_b && c < static_cast<double>(ta < tb ? ta : tb)) {
+    const bool a_low = sops.ld(t.root + a) < sops.ld(t.root + b);
+    const int32_t lo = a_low ? a : b, hi = a_low ? b : a;
+    sops.st(t.up + hi, static_cast<int16_t>(lo));
+    sops.st(t.size + lo, size_a + size_b);
+    sops.st(t.cint + lo, c);
+  } else {
+    if (own_a && !(c < static_cast<double>(ta))) sops.st(t.size + a, -size_a);
+    if (own_b && !(c < static_cast<double>(tb))) sops.st(t.size + b, -size_b);
+  }
+  if (own_a) {
+    sops.st(t.mincost + a, kNoCost);
+    sops.st(t.minidx + a, kNoEdge);
+  }
+  if (own_b) {
+    sops.st(t.mincost + b, kNoCost);
+    sops.st(t.minidx + b, kNoEdge);
+  }
+}
+
+// After the window: entry i's outcome into global memory. A merged entry's root points at the
+// global root of its local root; a local root stores its size (negative when frozen) and
+// internal difference. Reads other entries' roots, so the table is cleared after a barrier.
+template <class Ops, class SOps>
+LRC_HD void slot_store(const Slice& s, const SlotTable& t, int32_t i, Ops& ops, SOps& sops) {
+  const int32_t r = sops.ld(t.root + i);
+  if (r < 0) return;
+  int32_t x = i, p = sops.ld(t.up + i);
+  while (p != x) {  // read-only walk: no one writes `up` now
+    x = p;
+    p = sops.ld(t.up + x);
+  }
+  if (x != i) {
+    ops.st(s.parent + r, sops.ld(t.root + x));
+    return;
+  }
+  ops.st(s.csize + r, sops.ld(t.size + i));
+  ops.st(s.cint + r, sops.ld(t.cint + i));
+}
+
 // ---- min_size pass ---------------------------------------------------------------------
 
 template <class Ops>

@@ -166,7 +166,7 @@ def _default_launch(batch: int, device: torch.device) -> tuple[int, int]:
 
 def _segment(images64: torch.Tensor, scale: float, sigma: float, min_size: int, backend: str,
              launch: tuple[int, int] | None = None, window: int = _WINDOW, extend: bool = True,
-             seed: int = 0):
+             seed: int = 0, slots: bool = False):
     """Run a compiled backend on a (B, H, W) float64 tensor: (labels, counts, stats).
 
     Backends: "cpu", "emulate", "cuda" (see the module docstring) and "simt": the CUDA kernel's
@@ -175,6 +175,9 @@ def _segment(images64: torch.Tensor, scale: float, sigma: float, min_size: int, 
     threads in order, any other seed in a random interleaving).
     ``window`` is the minimum number of edges per cost window of the schedule's main pass;
     ``extend`` runs the hub extension after each main-pass round (both: felzenszwalb_schedule.h).
+    ``slots`` runs the main pass on the slot engine instead (felzenszwalb_schedule.h, "slot
+    engine"): one CTA, each window's roots in shared memory, every window drained before the
+    next; ``window`` and ``extend`` then apply only where it hands the pass to the global rounds.
     ``stats`` (B, 5) int64 describes the schedule's work: rounds of the main and the min_size
     pass, the edges offered in phase A of each pass, and the edges the hub extension decided.
     "cuda", "simt" and "emulate" give the same stats for the same ``window`` and ``extend``;
@@ -185,12 +188,12 @@ def _segment(images64: torch.Tensor, scale: float, sigma: float, min_size: int, 
     if backend == "cuda":
         cluster, threads = launch if launch is not None else _default_launch(images64.shape[0], images64.device)
         return ext.felzenszwalb_cuda(images64, _taps_on(sigma, images64.device), k, min_size, cluster, threads,
-                                     window, extend)
+                                     window, extend, slots)
     taps = _taps_on(sigma, torch.device("cpu"))
     if backend == "simt":
         cluster, threads = launch if launch is not None else (1, 256)
-        return ext.felzenszwalb_simt(images64, taps, k, min_size, cluster, threads, window, extend, seed)[:3]
-    return ext.felzenszwalb_cpu(images64, taps, k, min_size, backend == "emulate", window, extend)
+        return ext.felzenszwalb_simt(images64, taps, k, min_size, cluster, threads, window, extend, seed, slots)[:3]
+    return ext.felzenszwalb_cpu(images64, taps, k, min_size, backend == "emulate", window, extend, slots)
 
 
 def _skimage_loop(images64: np.ndarray, scale: float, sigma: float, min_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import lrc_fast
 from lrc_fast.data import phantom_slice, window_hu
 from lrc_fast.superpixels import _WINDOW, _segment, _torch_as_float64, gaussian_taps
 
-from fh_helpers import assert_valid_segmentation, has_ties, jitter_until_tie_free, tie_free
+from fh_helpers import assert_valid_segmentation, edge_costs, has_ties, jitter_until_tie_free, tie_free
 
 pytestmark = pytest.mark.skipif(not lrc_fast.backends()["cpu_extension"], reason="lrc_fast._C not built")
 
@@ -178,6 +178,8 @@ def test_property_backends_agree_and_match_skimage(h, w, scale, sigma, min_size,
     image = rng.random((h, w))
     cpu = ours(image, "cpu", scale, sigma, min_size)
     np.testing.assert_array_equal(ours(image, "emulate", scale, sigma, min_size), cpu)
+    x = _torch_as_float64(torch.from_numpy(image))[None]
+    np.testing.assert_array_equal(_segment(x, scale, sigma, min_size, "emulate", slots=True)[0][0].numpy(), cpu)
     assert_valid_segmentation(cpu, min_size)
     if not has_ties(image, sigma):
         np.testing.assert_array_equal(cpu, sk(image, scale, sigma, min_size))
@@ -234,6 +236,71 @@ def test_emulation_wide_windows_cut_the_frontier():
         np.testing.assert_array_equal(labels[0].numpy(), expected)
         rounds[window] = int(stats[0, 0])
     assert rounds[8192] < 0.75 * rounds[2048]
+
+
+def _ramp(h: int, w: int) -> np.ndarray:
+    """A plane: every edge of one direction costs (almost) the same, so one cost sub-bin of the
+    slot engine holds thousands of edges."""
+    i, j = np.mgrid[0:h, 0:w]
+    return (i + 2.0 * j) / (h + 2.0 * w)
+
+
+def _sub_bin_sizes(image: np.ndarray, sigma: float = 0.8) -> np.ndarray:
+    """Edges per (cost bin, sub-bin), the slot engine's 28-bit key, over the nonzero costs."""
+    costs = edge_costs(np.asarray(image, dtype=np.float64), sigma)
+    keys = costs[costs > 0].view(np.uint64) >> np.uint64(36)
+    return np.unique(keys, return_counts=True)[1]
+
+
+@pytest.mark.parametrize("extend", [True, False])
+def test_slot_engine_emulation_is_exact(extend):
+    """The slot engine (each window's roots in a table, drained before the next) makes the
+    sequential decisions: CT-like plateaus and ties, random, degenerate and parameter corners."""
+    rng = np.random.default_rng(11)
+    hu = np.round(rng.normal(40, 30, (60, 80)))
+    hu[:, :20] = -1000
+    cases = [(window_hu(phantom_slice(96, 128, seed=3)), 1.0, 20), (window_hu(hu), 1.0, 20),
+             (rng.random((37, 91)), 1.0, 5), (rng.random((1, 1)), 1.0, 20), (rng.random((1, 57)), 1.0, 0),
+             (rng.random((57, 1)), 1000.0, 20), (rng.random((30, 30)), 0.0, 20)]
+    for image, scale, min_size in cases:
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))[None]
+        labels, counts, stats = _segment(x, scale, 0.8, min_size, "emulate", extend=extend, slots=True)
+        np.testing.assert_array_equal(labels[0].numpy(), ours(image, "cpu", scale=scale, min_size=min_size))
+        assert counts[0] == labels.max() + 1
+        assert stats[0, 4] == 0  # no hub extension: every window fit the table
+
+
+def test_slot_engine_splits_large_bins():
+    """A 512x512 slice has cost bins of more than kSlotEdges (1,536) edges: they are split by
+    sub-bin, every sub-bin fits, and the global rounds never run (their window has no effect)."""
+    windowed = window_hu(phantom_slice(512, 512, seed=5))
+    x = torch.from_numpy(np.ascontiguousarray(windowed, dtype=np.float64))[None]
+    costs = edge_costs(windowed.astype(np.float64), 0.8)
+    assert np.unique(costs[costs > 0].view(np.uint64) >> np.uint64(48), return_counts=True)[1].max() > 1536
+    assert _sub_bin_sizes(windowed).max() <= 1536
+    expected = ours(windowed, "cpu")
+    stats = {}
+    for window in (1, _WINDOW):
+        labels, _, stats[window] = _segment(x, 1.0, 0.8, 20, "emulate", window=window, slots=True)
+        np.testing.assert_array_equal(labels[0].numpy(), expected)
+    assert torch.equal(stats[1], stats[_WINDOW])
+    _, _, plain = _segment(x, 1.0, 0.8, 20, "emulate")
+    assert stats[1][0, 0] > 2 * plain[0, 0]  # more rounds than the global ones (each far cheaper)
+
+
+@pytest.mark.parametrize("extend", [True, False])
+def test_slot_engine_hands_a_tied_bin_to_the_global_rounds(extend):
+    """A sub-bin of more than 1,536 edges (a plane's tied costs) hands the rest of the pass, from
+    the start of its cost bin, to the global rounds: exact, and now their window matters."""
+    image = _ramp(64, 96)
+    assert _sub_bin_sizes(image).max() > 1536
+    x = torch.from_numpy(image)[None]
+    expected = ours(image, "cpu", min_size=5)
+    stats = {}
+    for window in (1, _WINDOW):
+        labels, _, stats[window] = _segment(x, 1.0, 0.8, 5, "emulate", window=window, extend=extend, slots=True)
+        np.testing.assert_array_equal(labels[0].numpy(), expected)
+    assert not torch.equal(stats[1], stats[_WINDOW])
 
 
 def test_non_finite_input_without_check_backends_agree():
@@ -387,15 +454,16 @@ def _gpu_cases():
 
 
 def _cuda_vs_cpu(batch: np.ndarray, launch=None, sigma=0.8, scale=1.0, min_size=20, rounds=True, window=None,
-                 extend=True):
+                 extend=True, slots=False):
     window = _WINDOW if window is None else window
     cpu_lab, cpu_cnt = lrc_fast.felzenszwalb(batch, scale, sigma, min_size, return_counts=True)
     x64 = _torch_as_float64(torch.from_numpy(batch).cuda())
-    gpu_lab, gpu_cnt, gpu_stats = _segment(x64, scale, sigma, min_size, "cuda", launch, window, extend)
+    gpu_lab, gpu_cnt, gpu_stats = _segment(x64, scale, sigma, min_size, "cuda", launch, window, extend, slots=slots)
     np.testing.assert_array_equal(gpu_lab.cpu().numpy(), cpu_lab)
     np.testing.assert_array_equal(gpu_cnt.cpu().numpy(), cpu_cnt)
     if rounds:  # the kernel runs exactly the emulated schedule: same rounds, same edges offered
-        _, _, emu_stats = _segment(x64.cpu(), scale, sigma, min_size, "emulate", window=window, extend=extend)
+        _, _, emu_stats = _segment(x64.cpu(), scale, sigma, min_size, "emulate", window=window, extend=extend,
+                                   slots=slots)
         np.testing.assert_array_equal(gpu_stats.cpu().numpy(), emu_stats.numpy())
 
 
@@ -404,6 +472,25 @@ def _cuda_vs_cpu(batch: np.ndarray, launch=None, sigma=0.8, scale=1.0, min_size=
 def test_cuda_equals_cpu(case):
     name, batch = _gpu_cases()[case]
     _cuda_vs_cpu(batch, rounds=batch.shape[-1] <= 512)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", range(9))
+def test_cuda_slot_engine_equals_cpu(case):
+    """The slot engine (its table in dynamic shared memory) on every case, with 1 and 6 CTAs."""
+    name, batch = _gpu_cases()[case]
+    for launch in [(1, 1024), (6, 1024)]:
+        _cuda_vs_cpu(batch, launch=launch, rounds=batch.shape[-1] <= 512, slots=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("launch", [(1, 256), (2, 512), (4, 1024)])
+def test_cuda_slot_engine_hands_over(launch):
+    """A plane's tied costs overflow a sub-bin; the team's global rounds take the pass on."""
+    i, j = np.mgrid[0:64, 0:96]
+    plane = ((i + 2.0 * j) / 256)[None]
+    for extend in (True, False):
+        _cuda_vs_cpu(plane, launch=launch, min_size=5, extend=extend, slots=True)
 
 
 @pytest.mark.gpu

@@ -43,12 +43,12 @@ def test_selftest_unknown_name(ext):
 # ---- the Felzenszwalb kernel on the simulator --------------------------------------------------
 
 def _check_kernel(batch: np.ndarray, launch=(1, 256), seed=0, sigma=0.8, scale=1.0, min_size=20, window=_WINDOW,
-                  extend=True):
+                  extend=True, slots=False):
     """Kernel labels == exact CPU labels; kernel schedule stats == emulation stats."""
     x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float64))
-    labels, counts, stats = _segment(x, scale, sigma, min_size, "simt", launch, window, extend, seed)
+    labels, counts, stats = _segment(x, scale, sigma, min_size, "simt", launch, window, extend, seed, slots)
     cpu_labels, cpu_counts, _ = _segment(x, scale, sigma, min_size, "cpu")
-    _, _, emu_stats = _segment(x, scale, sigma, min_size, "emulate", window=window, extend=extend)
+    _, _, emu_stats = _segment(x, scale, sigma, min_size, "emulate", window=window, extend=extend, slots=slots)
     np.testing.assert_array_equal(labels.numpy(), cpu_labels.numpy())
     np.testing.assert_array_equal(counts.numpy(), cpu_counts.numpy())
     np.testing.assert_array_equal(stats.numpy(), emu_stats.numpy())
@@ -79,14 +79,15 @@ def test_kernel_launch_shapes_and_interleavings(ext, launch, seed):
 @given(h=st.integers(1, 40), w=st.integers(1, 40), levels=st.sampled_from([0, 4, 50]), scale=st.floats(0, 500),
        sigma=st.sampled_from([0.0, 0.5, 0.8, 2.0]), min_size=st.integers(0, 60), window=st.sampled_from([1, 3, 2048]),
        extend=st.booleans(), launch=st.sampled_from([(1, 256), (2, 256), (3, 256), (1, 512)]),
-       seed=st.integers(0, 3), data_seed=st.integers(0, 2**31))
-def test_kernel_property(ext, h, w, levels, scale, sigma, min_size, window, extend, launch, seed, data_seed):
-    """Any small slice (ties when quantised to a few levels), parameters, window, launch, interleaving."""
+       seed=st.integers(0, 3), data_seed=st.integers(0, 2**31), slots=st.booleans())
+def test_kernel_property(ext, h, w, levels, scale, sigma, min_size, window, extend, launch, seed, data_seed, slots):
+    """Any small slice (ties when quantised to a few levels), parameters, window, launch, interleaving,
+    either main-pass engine."""
     image = np.random.default_rng(data_seed).random((1, h, w))
     if levels:
         image = np.round(image * levels) / levels
     _check_kernel(image, launch=launch, seed=seed, sigma=sigma, scale=scale, min_size=min_size, window=window,
-                  extend=extend)
+                  extend=extend, slots=slots)
 
 
 @pytest.mark.parametrize("launch,seeds", [((1, 256), range(20, 80)), ((2, 256), range(0, 6))])
@@ -151,6 +152,48 @@ def test_kernel_profile_phases(ext, launch):
         for phase in ("pixels", "sort", "main offer", "main commit", "labels"):
             assert (profile[:, 5 + names.index(phase)] > 0).all(), phase
         assert torch.equal(labels, lrc_fast.felzenszwalb(x, backend="cpu"))
+
+
+# ---- the slot engine: the main pass on one CTA, its windows' roots in shared memory ---------------
+
+@pytest.mark.parametrize("launch,seed", [((1, 256), 0), ((1, 1024), 3), ((2, 512), 5), ((6, 256), 4),
+                                         ((8, 256), 9)])
+def test_kernel_slot_engine(ext, launch, seed):
+    """The first CTA drains every window on its table (no hub extension, no global rounds) while the
+    cluster's other CTAs wait; the table's shared atomics and appends in any interleaving."""
+    rng = np.random.default_rng(seed)
+    stats = _check_kernel(_phantoms(96, 128, [0, 1]), launch=launch, seed=seed, slots=True)
+    assert (stats[:, 0] > 1).all() and (stats[:, 4] == 0).all()
+    _check_kernel(rng.random((2, 37, 91)), launch=launch, seed=seed, min_size=5, slots=True)
+    _check_kernel(rng.random((1, 1, 1)), launch=launch, seed=seed, slots=True)
+
+
+def test_kernel_slot_engine_sub_bins(ext):
+    """A 512x512 slice: cost bins of more than kSlotEdges edges, sorted by sub-bin on the CTA."""
+    _check_kernel(_phantoms(512, 512, [5]), launch=(6, 1024), seed=1, slots=True)
+
+
+@pytest.mark.parametrize("extend", [True, False])
+def test_kernel_slot_engine_hands_over(ext, extend):
+    """A plane's tied costs overflow a sub-bin: the whole team takes the pass on from that bin."""
+    i, j = np.mgrid[0:64, 0:96]
+    plane = ((i + 2.0 * j) / 256)[None]
+    for launch, seed in [((1, 256), 2), ((2, 512), 0)]:
+        stats = _check_kernel(plane, launch=launch, seed=seed, min_size=5, extend=extend, slots=True)
+        assert (stats[:, 4] > 0).all() == extend  # the hub extension of the global rounds ran
+
+
+def test_kernel_profile_slot_phases(ext):
+    """The slot engine's phases carry the main pass's cost with it on, and nothing without it."""
+    names = ext.felzenszwalb_simt_phases()
+    x = torch.from_numpy(_phantoms(48, 64, [1]))
+    taps = lrc_fast.superpixels._taps_on(0.8, x.device)
+    slot = [names.index(n) + 5 for n in ("slot load", "slot rounds", "slot store")]
+    main = [names.index(n) + 5 for n in ("main reserve", "main commit", "hub gather", "hub sort", "hub extend")]
+    for slots in (True, False):
+        profile = ext.felzenszwalb_simt(x, taps, 1 / 255, 20, 1, 256, _WINDOW, True, 0, slots)[3]
+        assert (profile[0, slot] > 0).all() == slots
+        assert (profile[0, main] > 0).any() != slots
 
 
 def test_kernel_integer_hu_ties(ext):

@@ -167,13 +167,14 @@ struct SerialOps {
 // One pass (main or min_size) of the round schedule, executed phase by phase like the CUDA
 // kernel does between barriers: each round offers the edges the previous one kept, plus the
 // next cost window of the sorted live edges when few are left (fh::refill_below); in the main
-// pass with `extend`, each round ends with the hub extension. Returns the number of rounds and
-// adds the edges offered in phase A to stats[0] and the edges the hub extension decided to
-// stats[1].
+// pass with `extend`, each round ends with the hub extension. The first window starts at `start`
+// (a bin boundary; every edge before it decided). Returns the number of rounds and adds the
+// edges offered in phase A to stats[0] and the edges the hub extension decided to stats[1].
 template <bool kMain>
 int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const std::vector<int32_t>& bin_end,
-                   int32_t width, bool extend, std::vector<int32_t>& list_in, std::vector<int32_t>& list_out,
-                   std::vector<uint32_t>& ra, std::vector<uint32_t>& rb, int64_t* stats) {
+                   int32_t start, int32_t width, bool extend, std::vector<int32_t>& list_in,
+                   std::vector<int32_t>& list_out, std::vector<uint32_t>& ra, std::vector<uint32_t>& rb,
+                   int64_t* stats) {
   SerialOps ops;
   const int32_t live = bin_end[fh::kCostBins - 1];
   std::vector<std::tuple<uint64_t, int32_t, int32_t>> frontier;  // (cost bits, edge, outside endpoint)
@@ -181,7 +182,7 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
   std::vector<int32_t> f_edge, f_outside, heap_edge(fh::kHeapCap), heap_outside(fh::kHeapCap);
   std::vector<int32_t> absorbed(fh::kAbsorbedCap), near_slots(fh::kNearHubCap), hist(fh::kAbsorbedCap);
   const int32_t refill = fh::refill_below(width);
-  int32_t rounds = 0, loaded = 0, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
+  int32_t rounds = 0, loaded = start, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
   while (true) {
     const int32_t chunk = loaded;
     if (n_active <= refill && loaded < live) loaded = fh::window_end(bin_end.data(), loaded, width, ops);
@@ -257,10 +258,81 @@ int32_t run_rounds(const fh::Slice& s, const std::vector<int32_t>& sorted, const
   return rounds;
 }
 
+// The slot engine (fh::SlotTable), phase by phase as the kernel's CTA runs it: windows of whole
+// bins, a large bin split into sub-windows by sub-bin, each window loaded, drained by rounds on
+// the table, and stored back. Returns the position in `sorted` from which the global rounds take
+// over (the number of live edges when the slot engine decided every edge); adds its rounds to
+// work[0] and its phase A offers to work[1]. `order` (E,) holds a large bin's edges by sub-bin.
+int32_t run_slots(const fh::Slice& s, const std::vector<int32_t>& sorted, const std::vector<int32_t>& bin_end,
+                  std::vector<int32_t>& order, int64_t* work) {
+  SerialOps ops;
+  std::vector<uint64_t> block((fh::kSlotBytes + 7) / 8);
+  const fh::SlotTable t = fh::slot_table(reinterpret_cast<char*>(block.data()));
+  std::fill(t.root, t.root + fh::kSlots, -1);
+  // Loads, drains and stores the window src[0, n).
+  auto drain = [&](const int32_t* src, int32_t n) {
+    for (int32_t j = 0; j < n; ++j) fh::slot_load_edge(s, t, j, src[j], ops, ops);
+    for (int32_t i = 0; i < fh::kSlots; ++i) fh::slot_init(s, t, i, ops, ops);
+    int32_t n_in = n;
+    for (int32_t round = 0;; ++round) {
+      const int16_t* in = t.list[(round + 1) & 1];
+      int16_t* out = t.list[round & 1];
+      int32_t n_out = 0;
+      work[1] += n_in;
+      for (int32_t i = 0; i < n_in; ++i) {  // phase A
+        const int32_t j = round == 0 ? i : in[i];
+        int32_t a, b;
+        if (!fh::slot_offer(t, j, a, b, ops)) continue;
+        out[n_out] = static_cast<int16_t>(j);
+        t.ra[n_out] = static_cast<int16_t>(a);
+        t.rb[n_out] = static_cast<int16_t>(b);
+        ++n_out;
+      }
+      if (n_out == 0) break;
+      ++work[0];
+      for (int32_t i = 0; i < n_out; ++i) fh::slot_reserve(t, out[i], t.ra[i], t.rb[i], ops);  // phase B
+      for (int32_t i = 0; i < n_out; ++i) fh::slot_commit(s, t, out[i], t.ra[i], t.rb[i], ops);  // phase C
+      n_in = n_out;
+    }
+    for (int32_t i = 0; i < fh::kSlots; ++i) fh::slot_store(s, t, i, ops, ops);
+    std::fill(t.root, t.root + fh::kSlots, -1);
+  };
+  const int32_t live = bin_end[fh::kCostBins - 1];
+  int32_t pos = 0;
+  while (pos < live) {
+    const int32_t end = fh::slot_window_end(bin_end.data(), fh::kCostBins, pos, live, ops);
+    if (end > pos) {
+      drain(sorted.data() + pos, end - pos);
+      pos = end;
+      continue;
+    }
+    // A bin of more than kSlotEdges edges: counting sort by sub-bin into order[pos, bin end).
+    const int32_t bend = fh::bin_end_after(bin_end.data(), pos, ops), n = bend - pos;
+    std::fill(t.sub_end, t.sub_end + fh::kSubBins, 0);
+    for (int32_t i = pos; i < bend; ++i) ++t.sub_end[fh::sub_bin(fh::edge_cost_bits(s, sorted[i], ops))];
+    int32_t sum = 0;
+    for (int32_t b = 0; b < fh::kSubBins; ++b) {
+      const int32_t c = t.sub_end[b];
+      t.sub_end[b] = sum;
+      sum += c;
+    }
+    for (int32_t i = pos; i < bend; ++i)
+      order[pos + t.sub_end[fh::sub_bin(fh::edge_cost_bits(s, sorted[i], ops))]++] = sorted[i];
+    for (int32_t r0 = 0; r0 < n;) {
+      const int32_t r1 = fh::slot_window_end(t.sub_end, fh::kSubBins, r0, n, ops);
+      if (r1 == r0) return pos;  // a sub-bin over the cap: the global rounds take this bin on
+      drain(order.data() + pos + r0, r1 - r0);
+      r0 = r1;
+    }
+    pos = bend;
+  }
+  return live;
+}
+
 // Emulation of the GPU backend on one slice, including its labelling phases. stats: (5,) as
 // felzenszwalb_cpu returns them.
 int64_t segment_schedule(const double* img, const Geometry& g, double k, bool zero_merge, int32_t min_size,
-                         int32_t width, bool extend, int64_t* out, int64_t* stats) {
+                         int32_t width, bool extend, bool slots, int64_t* out, int64_t* stats) {
   const int32_t n = g.num_pixels(), E = g.num_edges();
   std::vector<int32_t> parent(n), csize(n, 1), minidx(n, fh::kNoEdge), resv(n, fh::kNoEdge);
   std::vector<double> cint(n, 0.0);
@@ -294,10 +366,15 @@ int64_t segment_schedule(const double* img, const Geometry& g, double k, bool ze
   std::vector<int32_t> list_in(E), list_out(E);
   std::vector<uint32_t> ra(E), rb(E);
   int64_t main_work[2] = {0, 0}, small_work[2] = {0, 0};
-  stats[0] = run_rounds<true>(s, sorted, bin_end, width, extend, list_in, list_out, ra, rb, main_work);
+  int32_t start = 0;
+  int64_t slot_work[2] = {0, 0};
+  if (slots) start = run_slots(s, sorted, bin_end, list_in, slot_work);
+  stats[0] = slot_work[0] + run_rounds<true>(s, sorted, bin_end, start, width, extend, list_in, list_out, ra, rb,
+                                             main_work);
+  main_work[0] += slot_work[1];
   for (int32_t p = 0; p < n; ++p) csize[p] = std::abs(csize[p]);  // unfreeze
   if (min_size > 1)
-    stats[1] = run_rounds<false>(s, sorted, bin_end, fh::kSmallPassWindow, false, list_in, list_out, ra, rb,
+    stats[1] = run_rounds<false>(s, sorted, bin_end, 0, fh::kSmallPassWindow, false, list_in, list_out, ra, rb,
                                  small_work);
   stats[2] = main_work[0];
   stats[3] = small_work[0];
@@ -322,7 +399,7 @@ void check_window(const char* op, int64_t window) {
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, bool schedule,
-    int64_t window, bool extend) {
+    int64_t window, bool extend, bool slots) {
   TORCH_CHECK(image.device().is_cpu() && image.dim() == 3 && image.scalar_type() == torch::kFloat64 &&
                   image.is_contiguous(),
               "felzenszwalb_cpu: image must be a contiguous (B, H, W) float64 CPU tensor");
@@ -352,7 +429,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
     for (int64_t b = b0; b < b1; ++b) {
       smooth_slice(img + b * n, tmp.data(), smooth.data(), g, w_centre, radius);
       cnt[b] = schedule ? segment_schedule(smooth.data(), g, k, zero_merge, ms, static_cast<int32_t>(window), extend,
-                                           lab + b * n, st + 5 * b)
+                                           slots, lab + b * n, st + 5 * b)
                         : segment_exact(smooth.data(), g, k, ms, *scratch, lab + b * n);
     }
   });

@@ -25,6 +25,6 @@ void check_window(const char* op, int64_t window);
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> felzenszwalb_cpu(
     const torch::Tensor& image, const torch::Tensor& weights, double k, int64_t min_size, bool schedule,
-    int64_t window, bool extend);
+    int64_t window, bool extend, bool slots);
 
 }  // namespace lrc

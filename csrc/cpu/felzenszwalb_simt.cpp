@@ -19,9 +19,10 @@
 namespace lrc {
 
 namespace {
-const char* const kPhaseNames[] = {"pixels",        "sort",         "main offer",   "main reserve",
-                                   "main commit",   "hub gather",   "hub sort",     "hub extend",
-                                   "small offer",   "small reserve", "small commit", "labels"};
+const char* const kPhaseNames[] = {"pixels",      "sort",        "main offer",    "main reserve",
+                                   "main commit", "hub gather",  "hub sort",      "hub extend",
+                                   "slot load",   "slot rounds", "slot store",    "small offer",
+                                   "small reserve", "small commit", "labels"};
 static_assert(sizeof(kPhaseNames) / sizeof(kPhaseNames[0]) == kPhases, "one name per phase");
 static_assert(kPhases <= simt::kMaxPhases, "the simulator profiles at most kMaxPhases phases");
 }  // namespace
@@ -30,7 +31,7 @@ std::vector<std::string> fh_simt_phases() { return {std::begin(kPhaseNames), std
 
 std::string fh_simt(const double* image, int32_t B, int32_t H, int32_t W, const double* weights, int32_t radius,
                     double k, int32_t min_size, int32_t cluster, int32_t threads, int32_t window, bool extend,
-                    int64_t* labels, int64_t* counts, int64_t* stats, void* workspace, uint64_t seed,
+                    bool slots, int64_t* labels, int64_t* counts, int64_t* stats, void* workspace, uint64_t seed,
                     int64_t* profile) {
   if (!simt::available()) return "the SIMT simulator runs on x86-64 Linux only";
   FhCudaArgs a;
@@ -46,6 +47,7 @@ std::string fh_simt(const double* image, int32_t B, int32_t H, int32_t W, const 
   a.threads = threads;
   a.window = window;
   a.extend = extend;
+  a.slots = slots;
   a.labels = labels;
   a.counts = counts;
   a.stats = stats;

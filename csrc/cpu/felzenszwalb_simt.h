@@ -22,7 +22,7 @@ std::vector<std::string> fh_simt_phases();
 
 std::string fh_simt(const double* image, int32_t B, int32_t H, int32_t W, const double* weights, int32_t radius,
                     double k, int32_t min_size, int32_t cluster, int32_t threads, int32_t window, bool extend,
-                    int64_t* labels, int64_t* counts, int64_t* stats, void* workspace, uint64_t seed,
+                    bool slots, int64_t* labels, int64_t* counts, int64_t* stats, void* workspace, uint64_t seed,
                     int64_t* profile);
 
 // Scratch bytes fh_simt needs (those of fh_cuda).

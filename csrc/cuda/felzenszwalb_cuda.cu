@@ -107,6 +107,7 @@ struct Params {
   int32_t cluster;
   int32_t window;
   bool extend;
+  bool slots;
   int64_t* labels;
   int64_t* counts;
   int64_t* stats;
@@ -152,6 +153,9 @@ enum Phase : int {
   kPhaseHubGather,
   kPhaseHubSort,
   kPhaseHubExtend,
+  kPhaseSlotLoad,    // slot engine: windows, sub-bins, loading the table
+  kPhaseSlotRounds,  // slot engine: offer, reserve, commit on the table
+  kPhaseSlotStore,   // slot engine: the table back to global memory
   kPhaseSmallOffer,
   kPhaseSmallReserve,
   kPhaseSmallCommit,
@@ -219,12 +223,14 @@ __device__ inline void finish_clock(int64_t* out) {
 
 // ctrl (32 int32 per slice): [0..2] append counters of the rounds, [3] hub frontier count,
 // [4..11] per-CTA totals of a team-wide scan, [12..13] the hub key (uint64), [14..15] the end
-// of the next cost window and [16..19] its bound (uint64), each in two slots by step parity.
+// of the next cost window and [16..19] its bound (uint64), each in two slots by step parity,
+// [20] where the slot engine handed the main pass to the global rounds.
 constexpr int kFrontierCount = 3;
 constexpr int kCtaTotals = 4;
 constexpr int kHubKey = 12;
 constexpr int kNextEnd = 14;
 constexpr int kNextBound = 16;
+constexpr int kHandover = 20;
 
 // Adds one to table[key] for every lane with key >= 0, one atomic per distinct key in the
 // warp, and returns each lane's old value plus its rank among the lanes with the same key.
@@ -424,29 +430,30 @@ __device__ int32_t hub_extend_cta(const fh::Slice& s, int32_t hub, const int32_t
 }
 
 // One pass of rounds (main when kMain, else min_size): each offers the edges the previous one
-// kept, plus the next cost window when few are left (fh::refill_below). Returns the number of
+// kept, plus the next cost window when few are left (fh::refill_below), from `start` (a bin boundary
+// with every edge before it decided). Returns the number of
 // rounds, adds the edges offered in phase A to `offers` and those decided by the hub extension to
 // `hub_steps` (on rank 0). `step` counts every phase A of the kernel (also those that find nothing
 // pending) and picks its append counter, ctrl[step % 3]: the counter of the next step is zeroed
 // during this step's phase A, when nobody reads it any more, so that a step can follow one whose
 // phase A found nothing without another barrier.
 template <bool kMain>
-__device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& team, int32_t width, bool extend,
-                              int32_t& step, int64_t& offers, int64_t& hub_steps) {
+__device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& team, int32_t start, int32_t width,
+                              bool extend, int32_t& step, int64_t& offers, int64_t& hub_steps) {
   DeviceOps ops;
   const int32_t offer = kMain ? kPhaseMainOffer : kPhaseSmallOffer;  // then reserve, commit
   const int32_t lane = threadIdx.x & 31;
   enter_phase(offer);
   const int32_t live = __ldcg(w.bin_end + fh::kCostBins - 1);
   const int32_t refill = fh::refill_below(width);
-  int32_t rounds = 0, loaded = 0, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
+  int32_t rounds = 0, loaded = start, n_active = 0;  // sorted[0, loaded) was offered; n_active still pending
   uint64_t end_bound = fh::kNoCost;  // where the edges not loaded yet begin
   // The window after `loaded` and its bound: computed here by every warp for the first refill;
   // for each later one by the team's last warp (the scout) during the phase A after the refill
   // before it, where it usually has no offers to make, and read back with the append counter.
   // Two slots by step parity: a step without commits has only one barrier, so the scout may
   // already write the next step's window while others still read this step's.
-  int32_t next_end = warp_window_end(w.bin_end, 0, width, live);
+  int32_t next_end = warp_window_end(w.bin_end, start, width, live);
   uint64_t next_bound = fh::window_bound(s, w.sorted, next_end, live, ops);
   const bool scout = team.rank >= team.size - 32;
   for (;; ++step) {
@@ -577,6 +584,192 @@ __device__ inline int32_t cta_exclusive_scan(int32_t x, int32_t& total) {
   __syncthreads();
   return before + v - x;
 }
+
+// ---- slot engine (felzenszwalb_schedule.h): the main pass on one CTA, state in shared memory
+
+// The slot engine's memory operations on its table: shared memory, written by other threads
+// between barriers (volatile), and shared atomics.
+struct SharedOps {
+  template <class T>
+  __device__ T ld(const T* p) const {
+    return *const_cast<const volatile T*>(p);
+  }
+  template <class T>
+  __device__ void st(T* p, T v) const {
+    *const_cast<volatile T*>(p) = v;
+  }
+  __device__ void red_min_u64(uint64_t* p, uint64_t v) const {
+    LRC_UNUSED_RESULTS;
+    atomicMin(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
+  }
+  __device__ void red_min_i32(int32_t* p, int32_t v) const {
+    LRC_UNUSED_RESULTS;
+    atomicMin(p, v);
+  }
+  __device__ int32_t cas_i32(int32_t* p, int32_t expected, int32_t v) const { return atomicCAS(p, expected, v); }
+};
+
+// The next window from pos (a bin boundary below live; bins before `from` end at or before pos),
+// for a whole warp (every lane calls it): the first bin ending after pos + kSlotEdges, found 32
+// bins at a time from `from` (a window spans few bins: usually one load), gives the window's end,
+// the end of the bin before it. Returns that end, or pos when the bin at pos alone is larger (then
+// `first` is that bin and `first_end` its end).
+__device__ int32_t warp_slot_window(const int32_t* bin_end, int32_t from, int32_t pos, int32_t& first,
+                                    int32_t& first_end) {
+  const int32_t target = pos + fh::kSlotEdges, lane = threadIdx.x & 31;
+  int32_t last = from > 0 ? __ldcg(bin_end + from - 1) : 0;  // bin_end[b0 - 1]
+  for (int32_t b0 = from;; b0 += 32) {
+    const int32_t b = b0 + lane;
+    // the last bin ends at live > target, so some lane finds it
+    const int32_t v = b < fh::kCostBins ? __ldcg(bin_end + b) : fh::kNoEdge;
+    const unsigned hit = __ballot_sync(0xffffffffu, v > target);
+    int32_t left = __shfl_up_sync(0xffffffffu, v, 1);
+    if (lane == 0) left = last;
+    if (hit != 0) {
+      const int f = __ffs(static_cast<int>(hit)) - 1;
+      first = b0 + f;
+      first_end = __shfl_sync(0xffffffffu, v, f);
+      const int32_t end = __shfl_sync(0xffffffffu, left, f);
+      return end > pos ? end : pos;
+    }
+    last = __shfl_sync(0xffffffffu, v, 31);
+  }
+}
+
+// Loads the window src[0, n) into the table, drains it by rounds and stores it back (every
+// thread of the CTA calls it). `step` counts rounds over the pass: the append counter of a round
+// is t.ctrl[step % 3], zeroed during the previous round's phase A, and the pending lists
+// alternate by step parity. Adds its rounds and phase A offers.
+__device__ void slot_drain(const fh::Slice& s, const fh::SlotTable& t, const int32_t* src, int32_t n,
+                           int32_t& step, int32_t& rounds, int64_t& offers) {
+  DeviceOps ops;
+  SharedOps sops;
+  const int32_t tid = threadIdx.x, nt = blockDim.x, lane = tid & 31;
+  enter_phase(kPhaseSlotLoad);
+  for (int32_t j = tid; j < n; j += nt) fh::slot_load_edge(s, t, j, __ldcg(src + j), ops, sops);
+  __syncthreads();
+  for (int32_t i = tid; i < fh::kSlots; i += nt) fh::slot_init(s, t, i, ops, sops);
+  __syncthreads();
+  enter_phase(kPhaseSlotRounds);
+  for (int32_t n_in = n, first = 1;; ++step, first = 0) {
+    const int16_t* in = t.list[(step + 1) & 1];
+    int16_t* out = t.list[step & 1];
+    int32_t* counter = t.ctrl + step % 3;
+    if (tid == 0) sops.st(t.ctrl + (step + 1) % 3, 0);
+    offers += n_in;
+    for (int32_t base = tid - lane; base < n_in; base += nt) {  // phase A, warp-uniform
+      const int32_t i = base + lane;
+      int32_t j = 0, a = 0, b = 0;
+      bool keep = false;
+      if (i < n_in) {
+        j = first ? i : sops.ld(in + i);
+        keep = fh::slot_offer(t, j, a, b, sops);
+      }
+      const unsigned mask = __ballot_sync(0xffffffffu, keep);
+      if (mask == 0) continue;
+      const int leader = __ffs(static_cast<int>(mask)) - 1;
+      int32_t at = 0;
+      if (lane == leader) at = atomicAdd(counter, __popc(mask));
+      at = __shfl_sync(0xffffffffu, at, leader);
+      if (keep) {
+        const int32_t pos = at + __popc(mask & ((1u << lane) - 1u));
+        sops.st(out + pos, static_cast<int16_t>(j));
+        sops.st(t.ra + pos, static_cast<int16_t>(a));
+        sops.st(t.rb + pos, static_cast<int16_t>(b));
+      }
+    }
+    __syncthreads();
+    const int32_t n_out = sops.ld(counter);
+    if (n_out == 0) {
+      ++step;
+      break;
+    }
+    ++rounds;
+    for (int32_t i = tid; i < n_out; i += nt) fh::slot_reserve(t, sops.ld(out + i), sops.ld(t.ra + i), sops.ld(t.rb + i), sops);
+    __syncthreads();
+    for (int32_t i = tid; i < n_out; i += nt)
+      fh::slot_commit(s, t, sops.ld(out + i), sops.ld(t.ra + i), sops.ld(t.rb + i), sops);
+    __syncthreads();
+    n_in = n_out;
+  }
+  enter_phase(kPhaseSlotStore);
+  for (int32_t i = tid; i < fh::kSlots; i += nt) fh::slot_store(s, t, i, ops, sops);
+  __syncthreads();
+  for (int32_t i = tid; i < fh::kSlots; i += nt) sops.st(t.root + i, -1);
+  __syncthreads();
+}
+
+// The main pass on the slot engine, by every thread of the team's first CTA, with the table in
+// `smem` (fh::kSlotBytes of dynamic shared memory). Returns the position in w.sorted from which
+// the global rounds take over (the number of live edges when none is left); adds its rounds and
+// phase A offers. A bin of more than kSlotEdges edges is counting-sorted by sub-bin into
+// w.list[0] (its sub-bins counted in shared memory, each edge's sub-bin kept in w.ra in between).
+__device__ int32_t slot_pass(const fh::Slice& s, const Work& w, char* smem, int32_t& rounds, int64_t& offers) {
+  DeviceOps ops;
+  SharedOps sops;
+  const fh::SlotTable t = fh::slot_table(smem);
+  const int32_t tid = threadIdx.x, nt = blockDim.x;
+  enter_phase(kPhaseSlotLoad);
+  for (int32_t i = tid; i < fh::kSlots; i += nt) sops.st(t.root + i, -1);
+  if (tid < 3) sops.st(t.ctrl + tid, 0);
+  __syncthreads();
+  const int32_t live = __ldcg(w.bin_end + fh::kCostBins - 1);
+  int32_t* order = w.list[0];
+  uint32_t* sub_of = w.ra;
+  int32_t pos = 0, bin = 0, step = 0;  // bins before `bin` end at or before pos
+  while (pos < live) {
+    int32_t first = 0, first_end = live;
+    const int32_t end = live - pos <= fh::kSlotEdges ? live : warp_slot_window(w.bin_end, bin, pos, first, first_end);
+    if (end > pos) {
+      slot_drain(s, t, w.sorted + pos, end - pos, step, rounds, offers);
+      pos = end;
+      bin = first;
+      continue;
+    }
+    // The bin at pos has more than kSlotEdges edges: counting sort by sub-bin into order[pos, bend).
+    enter_phase(kPhaseSlotLoad);
+    const int32_t bend = first_end, n = bend - pos;
+    for (int32_t b = tid; b < fh::kSubBins; b += nt) sops.st(t.sub_end + b, 0);
+    __syncthreads();
+    for (int32_t i = pos + tid; i < bend; i += nt) {
+      const int32_t sub = fh::sub_bin(fh::edge_cost_bits(s, __ldcg(w.sorted + i), ops));
+      __stcg(sub_of + i, static_cast<uint32_t>(sub));
+      LRC_UNUSED_RESULTS;
+      atomicAdd(t.sub_end + sub, 1);
+    }
+    __syncthreads();
+    const int32_t per = fh::kSubBins / nt, b0 = tid * per;  // nt divides kSubBins
+    int32_t mine = 0, total = 0;
+    for (int32_t b = b0; b < b0 + per; ++b) mine += sops.ld(t.sub_end + b);
+    int32_t before = cta_exclusive_scan(mine, total);
+    for (int32_t b = b0; b < b0 + per; ++b) {
+      const int32_t c = sops.ld(t.sub_end + b);
+      sops.st(t.sub_end + b, before);
+      before += c;
+    }
+    __syncthreads();
+    for (int32_t i = pos + tid; i < bend; i += nt) {
+      int32_t e, sub;
+      {
+        LRC_INDEPENDENT_LOADS;
+        e = __ldcg(w.sorted + i);
+        sub = static_cast<int32_t>(__ldcg(sub_of + i));
+      }
+      __stcg(order + pos + atomicAdd(t.sub_end + sub, 1), e);
+    }
+    __syncthreads();  // sub_end: the end of every sub-bin
+    for (int32_t r0 = 0; r0 < n;) {
+      const int32_t r1 = fh::slot_window_end(t.sub_end, fh::kSubBins, r0, n, sops);
+      if (r1 == r0) return pos;  // a sub-bin over the cap: the global rounds take this bin on
+      slot_drain(s, t, order + pos + r0, r1 - r0, step, rounds, offers);
+      r0 = r1;
+    }
+    pos = bend;
+    bin = first + 1;
+  }
+  return live;
+}
+
 
 // The contiguous part [lo, hi) of 0..n-1 that this thread scans in a team-wide scan.
 __device__ inline void team_chunk(int32_t n, const Team& team, int32_t& lo, int32_t& hi) {
@@ -746,9 +939,23 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   enter_phase(kPhaseSort);
   sort_live_edges(s, w, team);
 
-  int32_t step = 0;
+  int32_t step = 0, start = 0, rounds_main = 0;
   int64_t offers_main = 0, offers_small = 0, hub_steps = 0;
-  const int32_t rounds_main = run_rounds<true>(s, w, team, P.window, P.extend, step, offers_main, hub_steps);
+  if (P.slots) {  // the slot engine on the first CTA; the others wait at the barrier
+    if (team.cta == 0) {
+#ifdef LRC_SIMT
+      char* smem = simt::dynamic_shared(fh::kSlotBytes);
+#else
+      extern __shared__ __align__(16) char dynamic_smem[];
+      char* smem = dynamic_smem;
+#endif
+      start = slot_pass(s, w, smem, rounds_main, offers_main);
+      if (threadIdx.x == 0) __stcg(w.ctrl + kHandover, start);
+    }
+    team.sync();
+    start = __ldcg(w.ctrl + kHandover);
+  }
+  rounds_main += run_rounds<true>(s, w, team, start, P.window, P.extend, step, offers_main, hub_steps);
   enter_phase(kPhasePixels);
   for (int32_t p = team.rank; p < n; p += team.size) {  // unfreeze
     const int32_t c = ops.ld(s.csize + p);
@@ -756,7 +963,7 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
   }
   team.sync();
   const int32_t rounds_small =
-      P.min_size > 1 ? run_rounds<false>(s, w, team, fh::kSmallPassWindow, false, step, offers_small, hub_steps)
+      P.min_size > 1 ? run_rounds<false>(s, w, team, 0, fh::kSmallPassWindow, false, step, offers_small, hub_steps)
                      : 0;
 
   enter_phase(kPhaseLabels);
@@ -811,6 +1018,12 @@ cudaError_t launch(const Params& p, int32_t B, cudaStream_t stream) {
   cudaLaunchAttribute attr;
   cudaLaunchConfig_t cfg = team_config(B, p.cluster, kThreads, &attr);
   cfg.stream = stream;
+  if (p.slots) {  // the slot engine's table; beyond 48 KB it must be asked for
+    cfg.dynamicSmemBytes = fh::kSlotBytes;
+    const cudaError_t err = cudaFuncSetAttribute(fh_kernel<kThreads>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(fh::kSlotBytes));
+    if (err != cudaSuccess) return err;
+  }
   cudaError_t err = cudaLaunchKernelEx(&cfg, fh_kernel<kThreads>, p);
   if (err != cudaSuccess) return err;
   return cudaGetLastError();
@@ -886,6 +1099,7 @@ cudaError_t fh_cuda(const FhCudaArgs& a, cudaStream_t stream) {
   p.cluster = a.cluster;
   p.window = a.window;
   p.extend = a.extend;
+  p.slots = a.slots;
   p.labels = a.labels;
   p.counts = a.counts;
   p.stats = a.stats;

@@ -22,6 +22,7 @@ struct FhCudaArgs {
   int32_t threads;        // threads per CTA: 256, 512 or 1024
   int32_t window;         // minimum edges per cost window of the schedule (>= 1)
   bool extend;            // run the hub extension after each main-pass round
+  bool slots = false;     // run the main pass on the slot engine (one CTA, shared memory)
   int64_t* labels;        // out (B, H, W)
   int64_t* counts;        // out (B,)
   int64_t* stats;         // out (B, 5): rounds and edge offers of the main and min_size passes,

@@ -13,7 +13,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "simt.h"
 
@@ -192,6 +194,22 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) 
   *value = attr == cudaDevAttrComputeCapabilityMajor ? 9 : 0;
   return cudaSuccess;
 }
+
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+template <class Kernel>
+inline cudaError_t cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}
+
+namespace simt {
+// The kernel's dynamic shared memory (`extern __shared__` on a GPU): one buffer per CTA, that is
+// per OS thread, of at least `bytes`, uninitialised as on a GPU (whatever the last CTA left).
+inline char* dynamic_shared(size_t bytes) {
+  static thread_local std::vector<char> buffer;
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  return buffer.data();
+}
+}  // namespace simt
 
 namespace simt {
 // The message of the last failed launch on this OS thread ("" after a good one).
