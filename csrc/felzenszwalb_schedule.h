@@ -736,7 +736,8 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
 //   the global rounds (any prefix of the order may precede them: every edge decided here joined
 //   its endpoints or froze one of them, so they drop it);
 // - each window's roots are looked up once (global union-find) and entered in a hash table of
-//   kSlots entries (the slot of a root is its entry), with their size and internal difference;
+//   kSlots entries (the slot of a root is its entry) by the thread that claims the entry, with
+//   their size and internal difference;
 // - the window is then drained by rounds of deterministic reservations on the slots (offer,
 //   reserve, commit, as main_offer / reserve / main_commit, but with a local union-find over
 //   slots, and every edge of the window decided before the next window is loaded);
@@ -838,17 +839,29 @@ LRC_HD int32_t bin_end_after(const int32_t* bin_end, int32_t pos, Ops& ops) {
 
 LRC_HD int32_t sub_bin(uint64_t bits) { return static_cast<int32_t>((bits >> kSubBinShift) & (kSubBins - 1)); }
 
-// The entry of global root r: found, or claimed (an empty entry, compare-and-swap).
+// The entry of global root r: found, or claimed from an empty one (compare-and-swap; `claimed`).
 template <class SOps>
-LRC_HD int16_t slot_insert(const SlotTable& t, int32_t r, SOps& sops) {
+LRC_HD int16_t slot_insert(const SlotTable& t, int32_t r, bool& claimed, SOps& sops) {
   for (int32_t i = hash_slot(r, kSlotLog);; i = (i + 1) & (kSlots - 1)) {
     const int32_t old = sops.cas_i32(t.root + i, -1, r);
-    if (old == -1 || old == r) return static_cast<int16_t>(i);
+    claimed = old == -1;
+    if (claimed || old == r) return static_cast<int16_t>(i);
   }
 }
 
+// Entry i, just claimed: its root's size and internal difference, no local parent, no offer.
+template <class SOps>
+LRC_HD void slot_fill(const SlotTable& t, int32_t i, int32_t size, double cint, SOps& sops) {
+  sops.st(t.up + i, static_cast<int16_t>(i));
+  sops.st(t.size + i, size);
+  sops.st(t.cint + i, cint);
+  sops.st(t.mincost + i, kNoCost);
+  sops.st(t.minidx + i, kNoEdge);
+}
+
 // Window edge j is sorted edge e: its cost, and the entries of its endpoints' roots (kDeadEdge
-// when the edge is internal already).
+// when the edge is internal already). The thread that claims an entry fills it; the roots' sizes
+// and internal differences are loaded together before the claims, whoever will fill them.
 template <class Ops, class SOps>
 LRC_HD void slot_load_edge(const Slice& s, const SlotTable& t, int32_t j, int32_t e, Ops& ops, SOps& sops) {
   int32_t a, b;
@@ -861,27 +874,19 @@ LRC_HD void slot_load_edge(const Slice& s, const SlotTable& t, int32_t j, int32_
     sops.st(t.end_a + j, kDeadEdge);
     return;
   }
-  sops.st(t.end_a + j, slot_insert(t, a, sops));
-  sops.st(t.end_b + j, slot_insert(t, b, sops));
-}
-
-// Entry i of a window's table: its root's size and internal difference from global memory.
-template <class Ops, class SOps>
-LRC_HD void slot_init(const Slice& s, const SlotTable& t, int32_t i, Ops& ops, SOps& sops) {
-  const int32_t r = sops.ld(t.root + i);
-  if (r < 0) return;
-  int32_t size;
-  double cint;
+  int32_t size_a, size_b;
+  double cint_a, cint_b;
   {
-    LRC_INDEPENDENT_LOADS;
-    size = ops.ld(s.csize + r);
-    cint = ops.ld(s.cint + r);
+    LRC_INDEPENDENT_LOADS;  // one group for both pairs
+    load_pair<int32_t>(s.csize, a, b, size_a, size_b, ops);
+    load_pair<double>(s.cint, a, b, cint_a, cint_b, ops);
   }
-  sops.st(t.up + i, static_cast<int16_t>(i));
-  sops.st(t.size + i, size);
-  sops.st(t.cint + i, cint);
-  sops.st(t.mincost + i, kNoCost);
-  sops.st(t.minidx + i, kNoEdge);
+  bool new_a, new_b;
+  const int16_t ia = slot_insert(t, a, new_a, sops), ib = slot_insert(t, b, new_b, sops);
+  if (new_a) slot_fill(t, ia, size_a, cint_a, sops);
+  if (new_b) slot_fill(t, ib, size_b, cint_b, sops);
+  sops.st(t.end_a + j, ia);
+  sops.st(t.end_b + j, ib);
 }
 
 template <class SOps>

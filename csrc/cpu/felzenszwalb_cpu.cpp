@@ -269,12 +269,21 @@ int32_t run_slots(const fh::Slice& s, const std::vector<int32_t>& sorted, const 
   std::vector<uint64_t> block((fh::kSlotBytes + 7) / 8);
   const fh::SlotTable t = fh::slot_table(reinterpret_cast<char*>(block.data()));
   std::fill(t.root, t.root + fh::kSlots, -1);
-  // Loads, drains and stores the window src[0, n).
+  // Loads, drains and stores the window src[0, n). Checks what makes the windows exact: each
+  // costs strictly more than the one before (a cost never straddles two windows), and each round
+  // decides an edge (the smallest pending edge is its roots' minimum), so a window drains in at
+  // most n rounds.
+  uint64_t last_max = 0;
+  bool first_window = true;
   auto drain = [&](const int32_t* src, int32_t n) {
     for (int32_t j = 0; j < n; ++j) fh::slot_load_edge(s, t, j, src[j], ops, ops);
-    for (int32_t i = 0; i < fh::kSlots; ++i) fh::slot_init(s, t, i, ops, ops);
+    const uint64_t lo = *std::min_element(t.cost, t.cost + n), hi = *std::max_element(t.cost, t.cost + n);
+    TORCH_CHECK(first_window || lo > last_max, "slot engine: a window's costs do not follow the last window's");
+    first_window = false;
+    last_max = hi;
     int32_t n_in = n;
     for (int32_t round = 0;; ++round) {
+      TORCH_CHECK(round <= n, "slot engine: a window of ", n, " edges did not drain in ", n, " rounds");
       const int16_t* in = t.list[(round + 1) & 1];
       int16_t* out = t.list[round & 1];
       int32_t n_out = 0;

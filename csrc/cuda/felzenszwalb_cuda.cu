@@ -648,8 +648,6 @@ __device__ void slot_drain(const fh::Slice& s, const fh::SlotTable& t, const int
   enter_phase(kPhaseSlotLoad);
   for (int32_t j = tid; j < n; j += nt) fh::slot_load_edge(s, t, j, __ldcg(src + j), ops, sops);
   __syncthreads();
-  for (int32_t i = tid; i < fh::kSlots; i += nt) fh::slot_init(s, t, i, ops, sops);
-  __syncthreads();
   enter_phase(kPhaseSlotRounds);
   for (int32_t n_in = n, first = 1;; ++step, first = 0) {
     const int16_t* in = t.list[(step + 1) & 1];

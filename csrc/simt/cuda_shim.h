@@ -79,14 +79,38 @@ inline void __stcg(T* p, T v) {
   __atomic_store(p, &v, __ATOMIC_RELAXED);
 }
 
+namespace simt {
+// The kernel's dynamic shared memory (`extern __shared__` on a GPU): one buffer per CTA, that is
+// per OS thread, uninitialised as on a GPU (whatever the last CTA left).
+inline std::vector<char>& dynamic_shared_buffer() {
+  static thread_local std::vector<char> buffer;
+  return buffer;
+}
+inline char* dynamic_shared(size_t bytes) {
+  std::vector<char>& buffer = dynamic_shared_buffer();
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  return buffer.data();
+}
+// An atomic's operation for the profile: a global one, or one on the dynamic shared memory
+// (not counted, as the kernel's plain shared-memory accesses are not).
+inline void atomic_op(const void* p) {
+  const std::vector<char>& buffer = dynamic_shared_buffer();
+  const char* c = static_cast<const char*>(p);
+  if (!buffer.empty() && c >= buffer.data() && c < buffer.data() + buffer.size())
+    shared_op();
+  else
+    memory_op(true, true);
+}
+}  // namespace simt
+
 template <class T>
 inline T simt_atomic_add(T* p, T v) {
-  ::simt::memory_op(true, true);
+  ::simt::atomic_op(p);
   return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 template <class T, class Better>
 inline T simt_atomic_update(T* p, T v, Better better) {
-  ::simt::memory_op(true, true);
+  ::simt::atomic_op(p);
   T old = __atomic_load_n(p, __ATOMIC_RELAXED);
   while (better(v, old) && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
   }
@@ -107,11 +131,11 @@ inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v)
   return simt_atomic_update(p, v, [](unsigned long long a, unsigned long long b) { return a > b; });
 }
 inline int atomicOr(int* p, int v) {
-  ::simt::memory_op(true, true);
+  ::simt::atomic_op(p);
   return __atomic_fetch_or(p, v, __ATOMIC_RELAXED);
 }
 inline int atomicCAS(int* p, int expected, int v) {
-  ::simt::memory_op(true, true);
+  ::simt::atomic_op(p);
   __atomic_compare_exchange_n(p, &expected, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
   return expected;
 }
@@ -200,16 +224,6 @@ template <class Kernel>
 inline cudaError_t cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int) {
   return cudaSuccess;
 }
-
-namespace simt {
-// The kernel's dynamic shared memory (`extern __shared__` on a GPU): one buffer per CTA, that is
-// per OS thread, of at least `bytes`, uninitialised as on a GPU (whatever the last CTA left).
-inline char* dynamic_shared(size_t bytes) {
-  static thread_local std::vector<char> buffer;
-  if (buffer.size() < bytes) buffer.resize(bytes);
-  return buffer.data();
-}
-}  // namespace simt
 
 namespace simt {
 // The message of the last failed launch on this OS thread ("" after a good one).

@@ -498,6 +498,13 @@ void memory_op(bool waits, bool atomic) {
   suspend();
 }
 
+void shared_op() {
+  Cta* c = tl_cta;
+  if (c == nullptr || !c->randomised || (c->rng.next() & 7) != 0) return;
+  make_runnable(*c, c->current);
+  suspend();
+}
+
 namespace {
 Fiber* current_fiber() { return tl_cta == nullptr ? nullptr : &tl_cta->fibers[tl_cta->current]; }
 }  // namespace
@@ -586,6 +593,7 @@ uint32_t match_any(uint32_t, uint64_t) { return 0; }
 uint64_t shfl(uint32_t, uint64_t, int) { return 0; }
 uint64_t shfl_up(uint32_t, uint64_t, unsigned) { return 0; }
 void memory_op(bool, bool) {}
+void shared_op() {}
 void begin_independent_loads() {}
 void end_independent_loads() {}
 void begin_unused_results() {}

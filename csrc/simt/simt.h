@@ -90,6 +90,9 @@ uint64_t shfl_up(uint32_t mask, uint64_t value, unsigned delta);
 // Counts one global memory operation: a load (waits), a store (does not wait) or an atomic
 // (`atomic`; waits). With a seed, may switch threads.
 void memory_op(bool waits = true, bool atomic = false);
+// An atomic on shared memory: not counted in Profile (shared memory is not what it models, and
+// its plain loads and stores are not counted either). With a seed, may switch threads.
+void shared_op();
 // The scopes of Profile: between begin and end, a thread's loads count as one wait
 // (independent loads) or its atomics as none (unused results). They nest.
 void begin_independent_loads();
