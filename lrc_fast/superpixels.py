@@ -178,6 +178,7 @@ def _segment(images64: torch.Tensor, scale: float, sigma: float, min_size: int, 
     ``slots`` runs the main pass on the slot engine instead (felzenszwalb_schedule.h, "slot
     engine"): one CTA, each window's roots in shared memory, every window drained before the
     next; ``window`` and ``extend`` then apply only where it hands the pass to the global rounds.
+    On CUDA it needs 224 KB of shared memory per CTA (sm_90: H100, H200).
     ``stats`` (B, 5) int64 describes the schedule's work: rounds of the main and the min_size
     pass, the edges offered in phase A of each pass, and the edges the hub extension decided.
     "cuda", "simt" and "emulate" give the same stats for the same ``window`` and ``extend``;
