@@ -10,7 +10,7 @@ Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--sched
   extension, and with the slot engine, from its CPU emulation (rounds, edge offers and hub steps
   per slice; no GPU needed).
   --simt: the CUDA kernel's own code on the CPU SIMT simulator, for the launch shapes of B=16 with
-  the hub extension on and off: its critical path (global loads, atomics and warp collectives
+  the hub extension on and off, and with the slot engine: its critical path (global loads, atomics and warp collectives
   waited for, summed over barrier intervals; loads issued together one wait, reductions none),
   the strict path (every load and atomic one wait), barriers, and the path by kernel phase, per
   slice, and an estimate: the strict path and the cluster barriers weighted as fitted to the H100
@@ -164,23 +164,25 @@ def schedule_rows(quick: bool) -> list[tuple[str, int, bool, list[float]]]:
     return rows
 
 
-def simt_rows(quick: bool) -> list[tuple[str, tuple[int, int], bool, np.ndarray]]:
-    """The kernel's cost profile per slice on the SIMT simulator, for each B=16 launch shape."""
+def simt_rows(quick: bool) -> list[tuple[str, tuple[int, int], str, np.ndarray]]:
+    """The kernel's cost profile per slice on the SIMT simulator, for each B=16 launch shape with
+    the hub extension on and off, and for the slot engine's launch shapes."""
     ext = lrc_fast._ext.require_extension()
     n = 1 if quick else 4
     rows = []
+    engines = [(launch, True, False) for launch in LAUNCHES[16]] + [(launch, False, False) for launch in LAUNCHES[16]]
+    engines += [(launch, True, True) for launch in SLOT_LAUNCHES[16]]
     for data_name, make in _datasets():
         x = torch.from_numpy(make(16)[np.linspace(0, 15, n).astype(int)]).double()
         expected = lrc_fast.felzenszwalb(x, backend="cpu")
-        for extend in (True, False):
-            for launch in LAUNCHES[16]:
-                labels, _, _, profile = ext.felzenszwalb_simt(x, lrc_fast.superpixels._taps_on(0.8, x.device),
-                                                              1 / 255, 20, *launch, _WINDOW, extend, 0)
-                if not torch.equal(labels, expected):
-                    raise SystemExit(f"MISMATCH: simulated kernel {launch} (hub {extend}) differs from cpu")
-                rows.append((data_name, launch, extend, profile.numpy()))
-                print(f"  {data_name} {launch} hub={'on' if extend else 'off'}: critical path "
-                      f"{profile[:, 0].max().item()} ops", flush=True)
+        for launch, extend, slots in engines:
+            engine = "slot engine" if slots else f"hub {'on' if extend else 'off'}"
+            labels, _, _, profile = ext.felzenszwalb_simt(x, lrc_fast.superpixels._taps_on(0.8, x.device),
+                                                          1 / 255, 20, *launch, _WINDOW, extend, 0, slots)
+            if not torch.equal(labels, expected):
+                raise SystemExit(f"MISMATCH: simulated kernel {launch} ({engine}) differs from cpu")
+            rows.append((data_name, launch, engine, profile.numpy()))
+            print(f"  {data_name} {launch} {engine}: critical path {profile[:, 0].max().item()} ops", flush=True)
     return rows
 
 
@@ -321,25 +323,25 @@ def main() -> int:
         names = lrc_fast._ext.require_extension().felzenszwalb_simt_phases()
         print(f"\n### CUDA kernel on the SIMT simulator, {SIZE}x{SIZE} slices, window {_WINDOW} "
               "(labels checked; per slice)")
-        print("| data | launch | hub extension | critical path, max | mean | strict path, max "
+        print("| data | launch | main pass | critical path, max | mean | strict path, max "
               "| cluster barriers, max | CTA barriers, max | H100 fit, ms |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for data_name, launch, extend, p in rows:
+        for data_name, launch, engine, p in rows:
             fit = US_PER_STRICT_OP * p[:, 4].max() / 1e3 + US_PER_CLUSTER_BARRIER * p[:, 1].max() / 1e3
-            print(f"| {data_name} | {launch} | {'on' if extend else 'off'} | {p[:, 0].max()} | {p[:, 0].mean():.0f} "
+            print(f"| {data_name} | {launch} | {engine} | {p[:, 0].max()} | {p[:, 0].mean():.0f} "
                   f"| {p[:, 4].max()} | {p[:, 1].max()} | {p[:, 2].max()} | {fit:.1f} |")
         print(f"\nH100 fit: {US_PER_STRICT_OP} µs per strict-path operation + {US_PER_CLUSTER_BARRIER} µs per "
               "cluster barrier (fitted to the slowest slice of B=16 batches at 1-4 CTAs, commit 3f723fc; "
               "blind to shared memory and CTA barriers; benchmarks/RESULTS.md)")
         n = len(names)
         for title, first in (("critical path", 5), ("strict path (what the H100 fit weights)", 5 + n)):
-            print(f"\n### The {title} by phase (mean per slice, hub extension on)")
-            print("| data | launch | " + " | ".join(names) + " |")
-            print("|---|---|" + "---|" * n)
-            for data_name, launch, extend, p in rows:
-                if extend:
-                    print(f"| {data_name} | {launch} | " + " | ".join(f"{v:.0f}" for v in p[:, first:first + n].mean(0))
-                          + " |")
+            print(f"\n### The {title} by phase (mean per slice; hub extension on, and the slot engine)")
+            print("| data | launch | main pass | " + " | ".join(names) + " |")
+            print("|---|---|---|" + "---|" * n)
+            for data_name, launch, engine, p in rows:
+                if engine != "hub off":
+                    print(f"| {data_name} | {launch} | {engine} | "
+                          + " | ".join(f"{v:.0f}" for v in p[:, first:first + n].mean(0)) + " |")
         return 0
     cpu = [] if args.skip_cpu else cpu_rows(args.quick)
     gpu, ok = cuda_rows(args.quick) if torch.cuda.is_available() else ([], True)
