@@ -64,12 +64,13 @@ struct Slice {
   uint64_t* hub;      // (size << 32) | root of the largest component merged this round, or 0
 };
 
-template <class Ops>
-LRC_HD int32_t find_root(int32_t* parent, int32_t x, Ops& ops) {
+// The root of x in a union-find forest (int32 pixels, or the slot engine's int16 entries).
+template <class T, class Ops>
+LRC_HD int32_t find_root(T* parent, int32_t x, Ops& ops) {
   int32_t p = ops.ld(parent + x);
   while (p != x) {
     const int32_t gp = ops.ld(parent + p);
-    if (gp != p) ops.st(parent + x, gp);  // path halving; only ever points at an ancestor
+    if (gp != p) ops.st(parent + x, static_cast<T>(gp));  // path halving; only ever points at an ancestor
     x = gp;
     p = ops.ld(parent + x);
   }
@@ -136,8 +137,8 @@ LRC_HD void load_edge(const Slice& s, int32_t& u, int32_t& v, double& img_u, dou
 // The root of x without writing anything. For the pass that stores every pixel's root into
 // parent[]: there, another thread's path halving could read parent[x] before that store and
 // write an older ancestor back after it.
-template <class Ops>
-LRC_HD int32_t root_of(const int32_t* parent, int32_t x, Ops& ops) {
+template <class T, class Ops>
+LRC_HD int32_t root_of(const T* parent, int32_t x, Ops& ops) {
   int32_t p = ops.ld(parent + x);
   while (p != x) {
     x = p;
@@ -731,7 +732,7 @@ LRC_HD int32_t hub_extend(const Slice& s, int32_t hub, const HubEdges& frontier,
 // extension exists to cut the number of rounds. The slot engine runs the main pass on one CTA
 // with the state of the current window's roots in shared memory instead:
 // - a window is a run of whole cost bins of at most kSlotEdges live edges; a bin larger than
-//   that is split by the next 12 bits of the cost (sub-bins, slot_sub_bin) into sub-windows, and
+//   that is split by the next 12 bits of the cost (sub-bins, sub_bin) into sub-windows, and
 //   a sub-bin that is still too large hands the rest of the pass, from the start of its bin, to
 //   the global rounds (any prefix of the order may precede them: every edge decided here joined
 //   its endpoints or froze one of them, so they drop it);
@@ -770,11 +771,11 @@ struct SlotTable {
   int16_t* ra;        // (kSlotEdges,) the local roots of list[...] entries, as phase A found them
   int16_t* rb;
   int32_t* sub_end;   // (kSubBins,) sub-bins of a large bin: counts, then ends
-  int32_t* ctrl;      // (8,) append counters by round, the window's edge count, ...
+  int32_t* ctrl;      // (3,) the rounds' append counters, by round % 3
 };
 
 constexpr size_t kSlotBytes = kSlots * (4 + 2 + 4 + 8 + 8 + 4) + kSlotEdges * (4 + 8 + 2 + 2 + 2 + 2 + 2 + 2) +
-                              kSubBins * 4 + 8 * 4;
+                              kSubBins * 4 + 3 * 4;
 
 // The arrays in `base` (8-byte aligned, kSlotBytes), widest first so each stays aligned.
 LRC_HD SlotTable slot_table(char* base) {
@@ -793,7 +794,7 @@ LRC_HD SlotTable slot_table(char* base) {
   t.minidx = reinterpret_cast<int32_t*>(take(4 * kSlots));
   t.edge = reinterpret_cast<int32_t*>(take(4 * kSlotEdges));
   t.sub_end = reinterpret_cast<int32_t*>(take(4 * kSubBins));
-  t.ctrl = reinterpret_cast<int32_t*>(take(4 * 8));
+  t.ctrl = reinterpret_cast<int32_t*>(take(4 * 3));
   t.up = reinterpret_cast<int16_t*>(take(2 * kSlots));
   t.end_a = reinterpret_cast<int16_t*>(take(2 * kSlotEdges));
   t.end_b = reinterpret_cast<int16_t*>(take(2 * kSlotEdges));
@@ -889,24 +890,12 @@ LRC_HD void slot_load_edge(const Slice& s, const SlotTable& t, int32_t j, int32_
   sops.st(t.end_b + j, ib);
 }
 
-template <class SOps>
-LRC_HD int32_t slot_find(const SlotTable& t, int32_t x, SOps& sops) {
-  int32_t p = sops.ld(t.up + x);
-  while (p != x) {
-    const int32_t gp = sops.ld(t.up + p);
-    if (gp != p) sops.st(t.up + x, static_cast<int16_t>(gp));  // path halving, as find_root
-    x = gp;
-    p = sops.ld(t.up + x);
-  }
-  return x;
-}
-
 // Phase A on window edge j: drop it (false) or offer its cost to both local roots (ra, rb).
 template <class SOps>
 LRC_HD bool slot_offer(const SlotTable& t, int32_t j, int32_t& ra, int32_t& rb, SOps& sops) {
   const int32_t ea = sops.ld(t.end_a + j);
   if (ea == kDeadEdge) return false;
-  const int32_t a = slot_find(t, ea, sops), b = slot_find(t, sops.ld(t.end_b + j), sops);
+  const int32_t a = find_root(t.up, ea, sops), b = find_root(t.up, sops.ld(t.end_b + j), sops);
   if (a == b || sops.ld(t.size + a) < 0 || sops.ld(t.size + b) < 0) return false;
   const uint64_t c = sops.ld(t.cost + j);
   if (c < sops.ld(t.mincost + a)) sops.red_min_u64(t.mincost + a, c);
@@ -963,11 +952,7 @@ template <class Ops, class SOps>
 LRC_HD void slot_store(const Slice& s, const SlotTable& t, int32_t i, Ops& ops, SOps& sops) {
   const int32_t r = sops.ld(t.root + i);
   if (r < 0) return;
-  int32_t x = i, p = sops.ld(t.up + i);
-  while (p != x) {  // read-only walk: no one writes `up` now
-    x = p;
-    p = sops.ld(t.up + x);
-  }
+  const int32_t x = root_of(t.up, i, sops);  // no one writes `up` now
   if (x != i) {
     ops.st(s.parent + r, sops.ld(t.root + x));
     return;

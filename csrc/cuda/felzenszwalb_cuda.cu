@@ -254,9 +254,11 @@ __device__ inline void warp_count(int32_t key, int32_t* table) {
   atomicAdd(table + key, __popc(peers));
 }
 
-// Appends the kept items of a warp with one atomic; every lane of the warp must call it.
-__device__ inline void warp_append(bool keep, int32_t e, uint32_t a, uint32_t b, int32_t* counter, const Work& w,
-                                   int32_t* out) {
+// Appends the kept items (e, a, b) of a warp to out, ra and rb with one atomic on the counter
+// (global memory for the global rounds, shared memory for the slot engine); every lane of the
+// warp must call it.
+template <class E, class R>
+__device__ inline void warp_append(bool keep, E e, R a, R b, int32_t* counter, E* out, R* ra, R* rb) {
   const unsigned mask = __ballot_sync(0xffffffffu, keep);
   if (mask == 0) return;
   const int lane = threadIdx.x & 31;
@@ -267,8 +269,8 @@ __device__ inline void warp_append(bool keep, int32_t e, uint32_t a, uint32_t b,
   if (keep) {
     const int32_t pos = base + __popc(mask & ((1u << lane) - 1u));
     out[pos] = e;
-    w.ra[pos] = a;
-    w.rb[pos] = b;
+    ra[pos] = a;
+    rb[pos] = b;
   }
 }
 
@@ -484,7 +486,7 @@ __device__ int32_t run_rounds(const fh::Slice& s, const Work& w, const Team& tea
         e = i < n_active ? __ldcg(active + i) : __ldcg(w.sorted + chunk + (i - n_active));
         keep = kMain ? fh::main_offer(s, e, a, b, ops) : fh::small_offer(s, e, a, b, ops);
       }
-      warp_append(keep, e, a, b, counter, w, out);
+      warp_append(keep, e, a, b, counter, out, w.ra, w.rb);
     }
     if (look_ahead && scout) {
       const int32_t end = warp_window_end(w.bin_end, loaded, width, live);
@@ -663,18 +665,8 @@ __device__ void slot_drain(const fh::Slice& s, const fh::SlotTable& t, const int
         j = first ? i : sops.ld(in + i);
         keep = fh::slot_offer(t, j, a, b, sops);
       }
-      const unsigned mask = __ballot_sync(0xffffffffu, keep);
-      if (mask == 0) continue;
-      const int leader = __ffs(static_cast<int>(mask)) - 1;
-      int32_t at = 0;
-      if (lane == leader) at = atomicAdd(counter, __popc(mask));
-      at = __shfl_sync(0xffffffffu, at, leader);
-      if (keep) {
-        const int32_t pos = at + __popc(mask & ((1u << lane) - 1u));
-        sops.st(out + pos, static_cast<int16_t>(j));
-        sops.st(t.ra + pos, static_cast<int16_t>(a));
-        sops.st(t.rb + pos, static_cast<int16_t>(b));
-      }
+      warp_append(keep, static_cast<int16_t>(j), static_cast<int16_t>(a), static_cast<int16_t>(b), counter, out,
+                  t.ra, t.rb);
     }
     __syncthreads();
     const int32_t n_out = sops.ld(counter);
