@@ -9,8 +9,8 @@ Paths, all run in one process on the same inputs:
   (the GPU's time alone, without the host's time to issue it; no memory column), and
   ``fused, channels_last, CUDA graph replay`` the channels_last one, beside the same step with the
   dense backward instead of its default scatter (``dense backward``), the scatter's baseline, and
-  with the InfoNCE launched at stops 13-24's fixed shape (``InfoNCE (64, 8, 3)``), the launch
-  rule's baseline. Where the
+  with the InfoNCE's column blocks as wide as its row blocks (``InfoNCE columns = rows``, the
+  tiles before stop 27), the narrower columns' baseline. Where the
   extension has CUDA the fused step's region index is sorted by its CUDA kernel; ``fused, tl.sort
   index`` (and its replay) is the same step with the Triton tile sort instead, its baseline,
   after a check that both give the same index;
@@ -62,8 +62,8 @@ that searches it (``INDEX_TILE_CHOICES``; the CUDA tile sort and tl.sort side by
 extension has CUDA, and the index alone per sort), the dense feature-gradient kernel (one view;
 ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`
 for NCHW gradients and of ``GRAD_BLOCK_CHOICES_CL`` for channels_last ones, beside a zero fill of
-one gradient and the scatter backward) and the InfoNCE forward + backward (``(rows, warps, stages)``
-of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`, and at the default shape without
+one gradient and the scatter backward) and the InfoNCE forward + backward (``(rows, columns, warps,
+stages)`` of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`, and at the default shape without
 normalisation); last, on CUDA, an experiment: the InfoNCE backward with both gradients' zero
 fills on a second stream against one stream (:func:`sweep_overlap`).
 """
@@ -159,10 +159,9 @@ SORT_INDEX_REPLAY = "fused, tl.sort index, CUDA graph replay"
 # one instead: the scatter's baseline
 CL_REPLAY = "fused, channels_last, CUDA graph replay"
 CL_DENSE_REPLAY = "fused, channels_last, dense backward, CUDA graph replay"
-# the channels_last step with the InfoNCE's launch shape of stops 13-24, (64, 8, 3) (64 rows a
-# program, 8 warps, 3 stages, whatever the grid): the default rule's baseline
-OLD_INFONCE_SHAPE = (64, 8, 3)
-CL_OLD_INFONCE_REPLAY = f"fused, channels_last, InfoNCE {OLD_INFONCE_SHAPE}, CUDA graph replay"
+# the channels_last step with the InfoNCE's column blocks as wide as its row blocks (its tiles
+# until stop 27): the baseline of the default rule's narrower columns
+CL_SQUARE_INFONCE_REPLAY = "fused, channels_last, InfoNCE columns = rows, CUDA graph replay"
 
 
 def with_patch(fn, module, name, replacement):
@@ -186,14 +185,17 @@ def with_pool_choice(fn, name, choice):
     return with_patch(fn, pk, name, lambda *args: choice)
 
 
-def with_infonce_shape(fn, blocks):
-    """``fn`` with the InfoNCE kernels launched at ``blocks`` (rows, warps, stages) wherever the
-    default rule would pick."""
+def with_square_infonce_tiles(fn):
+    """``fn`` with the InfoNCE kernels' column blocks as wide as the default rule's row blocks."""
     from lrc_fast.kernels import region_infonce as ri
 
     launch = ri._launch
-    return with_patch(fn, ri, "_launch", lambda batch, regions, channels, given: launch(
-        batch, regions, channels, given or blocks))
+
+    def square(batch, regions, channels, given):
+        rows, columns, block_d, warps, stages = launch(batch, regions, channels, given)
+        return rows, (columns if given else rows), block_d, warps, stages
+
+    return with_patch(fn, ri, "_launch", square)
 
 
 def with_matmul_precision(fn, setting):
@@ -417,7 +419,7 @@ def run(config, quick=False):
                     print(f"CHECK FAILED {dtype} K={k}: {problem}", flush=True)
                     continue
             paths = (["floor", "fused", REPLAY] + ([SORT_INDEX, SORT_INDEX_REPLAY] if cuda_index else [])
-                     + ["fused, channels_last", CL_REPLAY, CL_DENSE_REPLAY, CL_OLD_INFONCE_REPLAY]
+                     + ["fused, channels_last", CL_REPLAY, CL_DENSE_REPLAY, CL_SQUARE_INFONCE_REPLAY]
                      + ([f"fused, channels_last, {HIGH}"] if high else [])
                      + ["reference", "one-hot"]
                      if fused_ok else ["floor", "reference", "one-hot"])
@@ -433,7 +435,7 @@ def run(config, quick=False):
                     choice = {SORT_INDEX_REPLAY: ("_index_method", "sort"),
                               CL_DENSE_REPLAY: ("_backward_method", "dense")}.get(path)
                     fn = with_pool_choice(fn, *choice) if choice else fn
-                    fn = with_infonce_shape(fn, OLD_INFONCE_SHAPE) if path == CL_OLD_INFONCE_REPLAY else fn
+                    fn = with_square_infonce_tiles(fn) if path == CL_SQUARE_INFONCE_REPLAY else fn
                     replay = graph_replay_ms(fn)
                     results[path] = ((replay, None, "") if isinstance(replay, float)
                                      else (None, None, replay or "needs CUDA"))

@@ -211,12 +211,18 @@ def test_kernel_wrappers_reject_bad_arguments():
         infonce_kernels.region_infonce(means[0], valid, 0.1)
     with pytest.raises(ValueError, match="precision must be one of"):
         infonce_kernels.region_infonce(means, valid, 0.1, precision="fp8")
-    with pytest.raises(TypeError, match="blocks must be a tuple of 3 ints"):
-        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(16, 4))
-    with pytest.raises(ValueError, match=r"blocks: rows must be a power of two >= 16.*\(24, 4, 2\)"):
-        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(24, 4, 2))
-    with pytest.raises(ValueError, match="blocks: rows must be"):
-        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(16, 3, 2))
+    with pytest.raises(TypeError, match="blocks must be a tuple of 4 ints"):
+        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(16, 4, 2))  # the old 3-tuple
+    with pytest.raises(ValueError, match=r"blocks: rows and columns must be powers of two >= 16.*\(24, 16, 4, 2\)"):
+        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(24, 16, 4, 2))
+    with pytest.raises(ValueError, match=r"blocks: rows and columns.*\(16, 8, 4, 2\)"):
+        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(16, 8, 4, 2))
+    with pytest.raises(ValueError, match=r"blocks: rows and columns.*\(16, 48, 4, 2\)"):
+        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(16, 48, 4, 2))
+    with pytest.raises(ValueError, match="blocks: rows and columns"):
+        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(16, 16, 3, 2))
+    with pytest.raises(ValueError, match="blocks: rows and columns"):
+        infonce_kernels.region_infonce(means, valid, 0.1, blocks=(16, 16, 4, 0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -555,10 +561,12 @@ def test_scatter_backward_of_empty_inputs():
 @interpreter
 @pytest.mark.parametrize("normalize, include_self, blocks",
                          [(True, False, None), (True, True, None), (False, False, None)]
-                         + [(True, False, shape) for shape in infonce_kernels.BLOCK_CHOICES])
+                         + [(True, False, shape) for shape in infonce_kernels.BLOCK_CHOICES]
+                         + [(True, True, (16, 64, 2, 2))])  # columns wider than rows
 def test_infonce_kernel_matches_reference(normalize, include_self, blocks):
     g = torch.Generator().manual_seed(6)
-    batch, regions, channels = 2, 70, 24  # two row blocks of 64 (five of 16 by default), D padded to 32
+    # two row blocks of 64 (five of 16 by default), column blocks ending part-way; D padded to 32
+    batch, regions, channels = 2, 70, 24
     # unnormalised means are scaled so that the logits stay O(1/tau), as after normalisation
     scale = 1.0 if normalize else 0.2
     means_q = (scale * torch.randn(batch, regions, channels, generator=g)).requires_grad_(True)
@@ -1306,16 +1314,17 @@ def test_infonce_unit_rows_match_f_normalize():
 
 def test_infonce_default_launch_rule():
     """Rows per program halve from 64 until the grid has 128 programs (B * ceil(M / rows)), as
-    timed on an H200 at B=16, D=64: 16 rows at K=64, 32 at K=256, 64 at K=1024."""
+    timed on an H200 at B=16, D=64: 16 rows at K=64, 32 at K=256, 64 at K=1024; 32 columns
+    beside 64 rows, else 16 (the widest tiles whose backward spilled at most 16 bytes on sm_90)."""
     launch = infonce_kernels._launch
-    assert launch(16, 64, 64, None) == (16, 64, 2, 2)
-    assert launch(16, 256, 64, None) == (32, 64, 4, 3)
-    assert launch(16, 1024, 64, None) == (64, 64, 4, 3)
-    assert launch(2, 70, 24, None) == (16, 32, 2, 2)  # never below 16 rows
-    assert launch(256, 40, 64, None) == (64, 64, 4, 3)  # rows a power of two >= M, capped at 64
-    assert launch(16, 1024, 128, None) == (32, 128, 8, 3)  # wider rows: capped at 32, the earlier rule
-    assert launch(16, 1024, 64, (16, 4, 2)) == (16, 64, 4, 2)
-    assert infonce_kernels.BLOCK_CHOICES[:3] == tuple(launch(16, k, 64, None)[:1] + launch(16, k, 64, None)[2:]
+    assert launch(16, 64, 64, None) == (16, 16, 64, 2, 2)
+    assert launch(16, 256, 64, None) == (32, 16, 64, 4, 3)
+    assert launch(16, 1024, 64, None) == (64, 32, 64, 4, 3)
+    assert launch(2, 70, 24, None) == (16, 16, 32, 2, 2)  # never below 16 rows
+    assert launch(256, 40, 64, None) == (64, 32, 64, 4, 3)  # rows a power of two >= M, capped at 64
+    assert launch(16, 1024, 128, None) == (32, 16, 128, 8, 3)  # wider rows: capped at 32, the earlier rule
+    assert launch(16, 1024, 64, (16, 64, 4, 2)) == (16, 64, 64, 4, 2)
+    assert infonce_kernels.BLOCK_CHOICES[:3] == tuple(launch(16, k, 64, None)[:2] + launch(16, k, 64, None)[3:]
                                                       for k in (1024, 256, 64))
 
 

@@ -14,9 +14,9 @@ Normalisation (:func:`_unit_rows_kernel`)
     row block, so normalising at each load repeated the work for every row block of the grid.
 
 Forward (:func:`_infonce_fwd_kernel`)
-    One program per (image, block of ``BLOCK`` rows). It streams the column blocks of ``p`` and
-    ``q``, computes both logit tiles with ``tl.dot`` and keeps an online log-sum-exp. It writes
-    the per-region loss and ``lse``. Nothing ``(M, M)``-sized is stored.
+    One program per (image, block of ``BLOCK`` rows). It streams the column blocks (``BLOCK_N``
+    regions each) of ``p`` and ``q``, computes both logit tiles with ``tl.dot`` and keeps an online
+    log-sum-exp. It writes the per-region loss and ``lse``. Nothing ``(M, M)``-sized is stored.
 
 Backward (:func:`_infonce_bwd_kernel`)
     With ``g[k]`` the incoming gradient of ``loss[k]`` and ``P = e^{a - lse}``, ``Q = e^{c - lse}``
@@ -25,9 +25,12 @@ Backward (:func:`_infonce_bwd_kernel`)
         dq[t] = ( sum_u g_t P[t,u] p_u + sum_u (g_t Q[t,u] + g_u Q[u,t]) q_u - g_t p_t ) / tau
         dp[t] = ( sum_u g_u P[u,t] q_u - g_t q_t ) / tau
 
-    One program per (image, block ``t``) makes a single pass over the blocks ``u``. It
-    recomputes ``a[t,u]``, ``c[t,u]`` (``= c[u,t]``) and ``a[u,t]`` and accumulates ``dq[t]``
-    and ``dp[t]`` in registers. This is deterministic: no atomics, no ``(M, M)`` buffer. The
+    Two programs per (image, block ``t``), one per view, each make a single pass over the column
+    blocks ``u``: the first recomputes ``a[t,u]`` and ``c[t,u]`` (``= c[u,t]``) and accumulates
+    ``dq[t]``, the second recomputes ``a[u,t]`` and accumulates ``dp[t]``, in registers. This is
+    deterministic: no atomics, no ``(M, M)`` buffer. One program used to do both; split, each
+    holds one accumulator and fewer tiles (compiled for sm_90 at 64 rows, the backward went from
+    824 bytes of spilled registers per thread to none, see :data:`BLOCK_CHOICES`). The
     gradient then goes through the normalisation: ``dm = (dy - y (y . dy)) / max(|m|, eps)``
     (``dy / eps`` below eps, as autograd of ``F.normalize``).
 
@@ -84,8 +87,8 @@ def _normalize_backward(ptr, b, rows, M, D, dy, BLOCK_D: tl.constexpr):
 
 @triton.jit
 def _infonce_fwd_kernel(uq_ptr, up_ptr, valid_ptr, rows_ptr, lse_ptr, M, D, inv_tau,
-                        INCLUDE_SELF: tl.constexpr,
-                        PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+                        INCLUDE_SELF: tl.constexpr, PRECISION: tl.constexpr,
+                        BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) rows
     b = tl.program_id(1)
     in_i = i < M
@@ -94,12 +97,12 @@ def _infonce_fwd_kernel(uq_ptr, up_ptr, valid_ptr, rows_ptr, lse_ptr, M, D, inv_
     run_max = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros([BLOCK], dtype=tl.float32)
     positive = tl.zeros([BLOCK], dtype=tl.float32)
-    for j0 in range(0, M, BLOCK):
-        j = j0 + tl.arange(0, BLOCK)  # (BLOCK,) columns
+    for j0 in range(0, M, BLOCK_N):
+        j = j0 + tl.arange(0, BLOCK_N)  # (BLOCK_N,) columns
         valid_j = tl.load(valid_ptr + b * M + j, mask=j < M, other=0) != 0
         p_j = _load_rows(up_ptr, b, j, M, D, BLOCK_D)
         q_j = _load_rows(uq_ptr, b, j, M, D, BLOCK_D)
-        a = tl.dot(q_i, tl.trans(p_j), input_precision=PRECISION) * inv_tau  # (BLOCK, BLOCK)
+        a = tl.dot(q_i, tl.trans(p_j), input_precision=PRECISION) * inv_tau  # (BLOCK, BLOCK_N)
         c = tl.dot(q_i, tl.trans(q_j), input_precision=PRECISION) * inv_tau
         diagonal = i[:, None] == j[None, :]
         positive += tl.sum(tl.where(diagonal, a, 0.0), axis=1)
@@ -124,65 +127,81 @@ def _infonce_fwd_kernel(uq_ptr, up_ptr, valid_ptr, rows_ptr, lse_ptr, M, D, inv_
 
 
 @triton.jit
+def _row_terms(valid_ptr, lse_ptr, grad_ptr, s_gb, s_gm, b, rows, M):
+    # (valid, lse, g) of these rows of image b; g is 0 on invalid rows
+    inside = rows < M
+    valid = tl.load(valid_ptr + b * M + rows, mask=inside, other=0) != 0
+    lse = tl.load(lse_ptr + b * M + rows, mask=inside, other=0.0)
+    g = tl.where(valid, tl.load(grad_ptr + b * s_gb + rows * s_gm, mask=inside, other=0.0), 0.0)
+    return valid, lse, g
+
+
+@triton.jit
 def _infonce_bwd_kernel(mq_ptr, mp_ptr, uq_ptr, up_ptr, valid_ptr, lse_ptr, grad_ptr, s_gb, s_gm,
                         dmq_ptr, dmp_ptr, M, D, inv_tau,
-                        NORMALIZE: tl.constexpr, INCLUDE_SELF: tl.constexpr,
-                        PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+                        NORMALIZE: tl.constexpr, INCLUDE_SELF: tl.constexpr, PRECISION: tl.constexpr,
+                        BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) this program's regions
     b = tl.program_id(1)
-    in_t = t < M
-    valid_t = tl.load(valid_ptr + b * M + t, mask=in_t, other=0) != 0
-    lse_t = tl.load(lse_ptr + b * M + t, mask=in_t, other=0.0)
-    g_t = tl.where(valid_t, tl.load(grad_ptr + b * s_gb + t * s_gm, mask=in_t, other=0.0), 0.0)
-    q_t = _load_rows(uq_ptr, b, t, M, D, BLOCK_D)  # (BLOCK, BLOCK_D)
-    p_t = _load_rows(up_ptr, b, t, M, D, BLOCK_D)
-    acc_q = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
-    acc_p = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
-    for u0 in range(0, M, BLOCK):
-        u = u0 + tl.arange(0, BLOCK)  # (BLOCK,) the other regions
-        in_u = u < M
-        valid_u = tl.load(valid_ptr + b * M + u, mask=in_u, other=0) != 0
-        lse_u = tl.load(lse_ptr + b * M + u, mask=in_u, other=0.0)
-        g_u = tl.where(valid_u, tl.load(grad_ptr + b * s_gb + u * s_gm, mask=in_u, other=0.0), 0.0)
-        q_u = _load_rows(uq_ptr, b, u, M, D, BLOCK_D)
-        p_u = _load_rows(up_ptr, b, u, M, D, BLOCK_D)
-        keep_a = valid_t[:, None] & valid_u[None, :]  # (BLOCK, BLOCK)
-        if INCLUDE_SELF:
-            keep_c = keep_a
-        else:
-            keep_c = keep_a & (t[:, None] != u[None, :])
-        # row t against column u of q p^T: a[t, u]
-        a = tl.dot(q_t, tl.trans(p_u), input_precision=PRECISION) * inv_tau
-        w = tl.exp(tl.where(keep_a, a - lse_t[:, None], float("-inf"))) * g_t[:, None]
-        acc_q = tl.dot(w, p_u, acc_q, input_precision=PRECISION)
-        # q q^T is symmetric: c[t, u] serves row t (normaliser lse_t) and row u (lse_u)
-        c = tl.dot(q_t, tl.trans(q_u), input_precision=PRECISION) * inv_tau
-        w = (tl.exp(tl.where(keep_c, c - lse_t[:, None], float("-inf"))) * g_t[:, None]
-             + tl.exp(tl.where(keep_c, c - lse_u[None, :], float("-inf"))) * g_u[None, :])
-        acc_q = tl.dot(w, q_u, acc_q, input_precision=PRECISION)
-        # row u against column t of q p^T: a[u, t], laid out as [t, u]
-        a = tl.dot(p_t, tl.trans(q_u), input_precision=PRECISION) * inv_tau
-        w = tl.exp(tl.where(keep_a, a - lse_u[None, :], float("-inf"))) * g_u[None, :]
-        acc_p = tl.dot(w, q_u, acc_p, input_precision=PRECISION)
-    d_q = (acc_q - g_t[:, None] * p_t) * inv_tau  # the positive a[t, t] enters with sign -1
-    d_p = (acc_p - g_t[:, None] * q_t) * inv_tau
+    valid_t, lse_t, g_t = _row_terms(valid_ptr, lse_ptr, grad_ptr, s_gb, s_gm, b, t, M)
+    acc = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    if tl.program_id(2) == 0:  # dq[t]
+        q_t = _load_rows(uq_ptr, b, t, M, D, BLOCK_D)  # (BLOCK, BLOCK_D)
+        for u0 in range(0, M, BLOCK_N):
+            u = u0 + tl.arange(0, BLOCK_N)  # (BLOCK_N,) the other regions
+            valid_u, lse_u, g_u = _row_terms(valid_ptr, lse_ptr, grad_ptr, s_gb, s_gm, b, u, M)
+            q_u = _load_rows(uq_ptr, b, u, M, D, BLOCK_D)
+            p_u = _load_rows(up_ptr, b, u, M, D, BLOCK_D)
+            keep_a = valid_t[:, None] & valid_u[None, :]  # (BLOCK, BLOCK_N)
+            if INCLUDE_SELF:
+                keep_c = keep_a
+            else:
+                keep_c = keep_a & (t[:, None] != u[None, :])
+            # row t against column u of q p^T: a[t, u]
+            a = tl.dot(q_t, tl.trans(p_u), input_precision=PRECISION) * inv_tau
+            w = tl.exp(tl.where(keep_a, a - lse_t[:, None], float("-inf"))) * g_t[:, None]
+            acc = tl.dot(w, p_u, acc, input_precision=PRECISION)
+            # q q^T is symmetric: c[t, u] serves row t (normaliser lse_t) and row u (lse_u)
+            c = tl.dot(q_t, tl.trans(q_u), input_precision=PRECISION) * inv_tau
+            w = (tl.exp(tl.where(keep_c, c - lse_t[:, None], float("-inf"))) * g_t[:, None]
+                 + tl.exp(tl.where(keep_c, c - lse_u[None, :], float("-inf"))) * g_u[None, :])
+            acc = tl.dot(w, q_u, acc, input_precision=PRECISION)
+        # the positive a[t, t] enters with sign -1
+        d = (acc - g_t[:, None] * _load_rows(up_ptr, b, t, M, D, BLOCK_D)) * inv_tau
+        m_ptr, out_ptr = mq_ptr, dmq_ptr
+    else:  # dp[t]
+        p_t = _load_rows(up_ptr, b, t, M, D, BLOCK_D)
+        for u0 in range(0, M, BLOCK_N):
+            u = u0 + tl.arange(0, BLOCK_N)
+            valid_u, lse_u, g_u = _row_terms(valid_ptr, lse_ptr, grad_ptr, s_gb, s_gm, b, u, M)
+            q_u = _load_rows(uq_ptr, b, u, M, D, BLOCK_D)
+            keep_a = valid_t[:, None] & valid_u[None, :]
+            # row u against column t of q p^T: a[u, t], laid out as [t, u]
+            a = tl.dot(p_t, tl.trans(q_u), input_precision=PRECISION) * inv_tau
+            w = tl.exp(tl.where(keep_a, a - lse_u[None, :], float("-inf"))) * g_u[None, :]
+            acc = tl.dot(w, q_u, acc, input_precision=PRECISION)
+        d = (acc - g_t[:, None] * _load_rows(uq_ptr, b, t, M, D, BLOCK_D)) * inv_tau
+        m_ptr, out_ptr = mp_ptr, dmp_ptr
     if NORMALIZE:
-        d_q = _normalize_backward(mq_ptr, b, t, M, D, d_q, BLOCK_D)
-        d_p = _normalize_backward(mp_ptr, b, t, M, D, d_p, BLOCK_D)
-    d = tl.arange(0, BLOCK_D)
-    out = (b.to(tl.int64) * M + t)[:, None] * D + d[None, :]
-    mask = in_t[:, None] & (d < D)[None, :]
-    tl.store(dmq_ptr + out, d_q, mask=mask)
-    tl.store(dmp_ptr + out, d_p, mask=mask)
+        d = _normalize_backward(m_ptr, b, t, M, D, d, BLOCK_D)
+    dd = tl.arange(0, BLOCK_D)
+    out = (b.to(tl.int64) * M + t)[:, None] * D + dd[None, :]
+    tl.store(out_ptr + out, d, mask=(t < M)[:, None] & (dd < D)[None, :])
 
 
-# (rows per program, warps, pipeline stages) that `bench_loss.py --sweep` times; the first three
-# are what the default rule (:func:`_launch`) picks at D <= 64 with 64, 32 and 16 rows. On an H200
-# (stop 25, B=16, D=64, forward + backward as CUDA graph replays) the rule's shapes beat the old
-# default (64, 8, 3) at every K of the benchmark: 0.031 against 0.053 ms at K=64, 0.095 against 0.129
-# at K=256 and 0.708 against 0.852 at K=1024 in tf32x3; 0.023 / 0.056 / 0.362 against 0.029 / 0.068
-# / 0.415 in tf32 (benchmarks/RESULTS.md).
-BLOCK_CHOICES = ((64, 4, 3), (32, 4, 3), (16, 2, 2), (64, 8, 3), (16, 4, 2))
+# (rows per program, columns per step, warps, pipeline stages) that `bench_loss.py --sweep` times;
+# the first three are what the default rule (:func:`_launch`) picks at D <= 64 with 64, 32 and 16
+# rows. Stop 25 timed rows, warps and stages on an H200 (B=16, D=64, forward + backward as CUDA
+# graph replays), with the columns equal to the rows and the backward before its split by view:
+# the rule's rows beat 64 rows and 8 warps at every K, 0.031 against 0.053 ms at K=64, 0.095
+# against 0.129 at K=256 and 0.708 against 0.852 at K=1024 in tf32x3 (benchmarks/RESULTS.md).
+# Columns narrower than the rows are not timed yet. They shrink every (rows, columns) logit tile a
+# program holds: compiled for sm_90 (Triton 3.6, tf32x3, D=64), the backward with square tiles
+# and both views in one program spilled 824 bytes per thread at 64 rows (1 program per SM) and
+# 392 at 32; split by view, it spills none at (64, 32, 4, 3) (2 per SM) and 16 bytes at
+# (32, 16, 4, 3) (benchmarks/RESULTS.md, stop 27).
+BLOCK_CHOICES = ((64, 32, 4, 3), (32, 16, 4, 3), (16, 16, 2, 2), (64, 64, 4, 3), (64, 16, 4, 3),
+                 (32, 32, 4, 3))
 
 # The default rule's smallest grid: it halves the rows per program (64, 32, then 16) until
 # B * ceil(M / rows) reaches this many programs, about the SM count of an H100 or H200 (132). A row
@@ -190,20 +209,25 @@ BLOCK_CHOICES = ((64, 4, 3), (32, 4, 3), (16, 2, 2), (64, 8, 3), (16, 4, 2))
 _MIN_PROGRAMS = 128
 
 
-def _launch(batch: int, regions: int, channels: int, blocks) -> tuple[int, int, int, int]:
-    """``(BLOCK, BLOCK_D, num_warps, num_stages)``: ``blocks`` if given, else the default rule."""
+def _launch(batch: int, regions: int, channels: int, blocks) -> tuple[int, int, int, int, int]:
+    """``(BLOCK, BLOCK_N, BLOCK_D, num_warps, num_stages)``: ``blocks`` if given, else the default
+    rule."""
     block_d = max(16, next_power_of_2(channels))
     if blocks is not None:
-        return blocks[0], block_d, blocks[1], blocks[2]
+        rows, columns, warps, stages = blocks
+        return rows, columns, block_d, warps, stages
     cap = 64 if block_d <= 64 else (32 if block_d <= 128 else 16)
     block = max(16, min(cap, next_power_of_2(regions)))
     while block > 16 and batch * cdiv(regions, block) < _MIN_PROGRAMS:
         block //= 2
+    # 32 columns beside 64 rows, else 16: at D=64 on sm_90 the widest whose tf32x3 backward spills
+    # at most 16 bytes per thread (BLOCK_CHOICES' comment)
+    columns = 32 if block == 64 else 16
     if block_d <= 64:
         warps, stages = (4, 3) if block >= 32 else (2, 2)
     else:  # timed at D = 64 only: wider rows keep the earlier rule
         warps, stages = (8 if block * block_d >= 4096 else 4), 3
-    return block, block_d, warps, stages
+    return block, columns, block_d, warps, stages
 
 
 def _launch_precision(tensor: torch.Tensor, precision: str) -> str:
@@ -234,13 +258,12 @@ def _infonce_forward(means, valid, temperature, normalize, include_self, precisi
     lse = torch.empty_like(rows)  # (B, M)
     if batch * regions == 0:
         return rows, lse, unit
-    block, block_d, warps, stages = _launch(batch, regions, channels, blocks)
+    block, columns, block_d, warps, stages = _launch(batch, regions, channels, blocks)
     with on_device(unit_q):
         _infonce_fwd_kernel[(cdiv(regions, block), batch)](
             unit_q, unit_p, valid, rows, lse, regions, channels, 1.0 / temperature,
-            INCLUDE_SELF=include_self,
-            PRECISION=_launch_precision(unit_q, precision), BLOCK=block, BLOCK_D=block_d,
-            num_warps=warps, num_stages=stages)
+            INCLUDE_SELF=include_self, PRECISION=_launch_precision(unit_q, precision),
+            BLOCK=block, BLOCK_N=columns, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
     return rows, lse, unit
 
 
@@ -253,14 +276,14 @@ def _infonce_backward(grad_rows, means, unit, valid, lse, temperature, normalize
     d_q, d_p = d_means[0], d_means[1]
     if batch * regions == 0:
         return d_means
-    block, block_d, warps, stages = _launch(batch, regions, channels, blocks)
+    block, columns, block_d, warps, stages = _launch(batch, regions, channels, blocks)
     with on_device(means_q):
-        _infonce_bwd_kernel[(cdiv(regions, block), batch)](
+        # grid axis 2: 0 computes d_q, 1 d_p (one launch, twice the programs of the forward)
+        _infonce_bwd_kernel[(cdiv(regions, block), batch, 2)](
             means_q, means_p, unit[0], unit[1], valid, lse, grad_rows, *grad_rows.stride(), d_q, d_p,
             regions, channels, 1.0 / temperature,
-            NORMALIZE=normalize, INCLUDE_SELF=include_self,
-            PRECISION=_launch_precision(means_q, precision), BLOCK=block, BLOCK_D=block_d,
-            num_warps=warps, num_stages=stages)
+            NORMALIZE=normalize, INCLUDE_SELF=include_self, PRECISION=_launch_precision(means_q, precision),
+            BLOCK=block, BLOCK_N=columns, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
     return d_means
 
 
@@ -331,7 +354,7 @@ class RegionInfoNCEFunction(torch.autograd.Function):
 
 def region_infonce(means: torch.Tensor, valid: torch.Tensor, temperature: float,
                    normalize: bool = True, include_self: bool = False, precision: str = "tf32x3",
-                   blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
+                   blocks: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """Per-region InfoNCE with the fused Triton kernels (differentiable in the means).
 
     Same value as :func:`lrc_fast.reference.region_loss.region_infonce` of ``means[0]``,
@@ -351,11 +374,12 @@ def region_infonce(means: torch.Tensor, valid: torch.Tensor, temperature: float,
         As in :func:`lrc_fast.region_contrast_loss`.
     precision : {'tf32x3', 'tf32', 'ieee'}
         ``tl.dot`` input precision on CUDA (the interpreter always computes in float32).
-    blocks : tuple of 3 ints, optional
-        ``(rows per program, warps, pipeline stages)`` of both kernels, for tuning (see
-        :data:`BLOCK_CHOICES`); rows a power of two >= 16. None: 64 rows (32 for ``64 < D <= 128``,
-        16 above), halved down to 16 while ``B * ceil(M / rows) < 128``; at ``D <= 64`` 4 warps
-        and 3 stages, or 2 and 2 at 16 rows. Only the order of float32 sums depends on it.
+    blocks : tuple of 4 ints, optional
+        ``(rows per program, columns per step, warps, pipeline stages)`` of both kernels, for
+        tuning (see :data:`BLOCK_CHOICES`); rows and columns powers of two >= 16. None: 64 rows
+        (32 for ``64 < D <= 128``, 16 above), halved down to 16 while ``B * ceil(M / rows) < 128``;
+        32 columns beside 64 rows, else 16; at ``D <= 64`` 4 warps and 3 stages, or 2 and 2 at 16
+        rows. Only the order of float32 sums depends on it.
 
     Returns
     -------
@@ -365,20 +389,21 @@ def region_infonce(means: torch.Tensor, valid: torch.Tensor, temperature: float,
     Raises
     ------
     TypeError
-        ``blocks`` not a tuple of three ints.
+        ``blocks`` not a tuple of four ints.
     ValueError
-        ``means`` not ``(2, B, M, D)``; an unknown ``precision``; in ``blocks``, rows not a power of two >= 16, warps not a power
-        of two <= 16, or stages < 1.
+        ``means`` not ``(2, B, M, D)``; an unknown ``precision``; in ``blocks``, rows or columns
+        not a power of two >= 16, warps not a power of two <= 16, or stages < 1.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     if blocks is not None:
-        if not (isinstance(blocks, tuple) and len(blocks) == 3 and all(type(v) is int for v in blocks)):
-            raise TypeError(f"blocks must be a tuple of 3 ints (rows, warps, stages), got {blocks!r}.")
-        rows, warps, stages = blocks
-        if rows < 16 or rows & (rows - 1) or warps not in (1, 2, 4, 8, 16) or stages < 1:
-            raise ValueError(f"blocks: rows must be a power of two >= 16, warps 1, 2, 4, 8 or 16 and "
-                             f"stages >= 1, got {blocks!r}.")
+        if not (isinstance(blocks, tuple) and len(blocks) == 4 and all(type(v) is int for v in blocks)):
+            raise TypeError(f"blocks must be a tuple of 4 ints (rows, columns, warps, stages), got {blocks!r}.")
+        rows, columns, warps, stages = blocks
+        if (min(rows, columns) < 16 or rows & (rows - 1) or columns & (columns - 1)
+                or warps not in (1, 2, 4, 8, 16) or stages < 1):
+            raise ValueError(f"blocks: rows and columns must be powers of two >= 16, warps 1, 2, 4, 8 "
+                             f"or 16 and stages >= 1, got {blocks!r}.")
         blocks = list(blocks)
     if means.dim() != 4 or means.shape[0] != 2:
         raise ValueError(f"means must have shape (2, B, M, D), got {tuple(means.shape)}.")
