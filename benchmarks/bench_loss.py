@@ -59,7 +59,8 @@ time). Where the first is near the second, the step is bound by the host, not by
 CUDA graph replay: the GPU's time, not the host's), each shape checked against the default
 shape's result first: the region index with the pooling forward
 that searches it (``INDEX_TILE_CHOICES``; the CUDA tile sort and tl.sort side by side where the
-extension has CUDA, and the index alone per sort), the dense feature-gradient kernel (one view;
+extension has CUDA, and the index alone per sort), the pooling forward alone at each width of its
+search for a sample's tile (``SEARCH_BITS_CHOICES``, channels_last features), the dense feature-gradient kernel (one view;
 ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`
 for NCHW gradients and of ``GRAD_BLOCK_CHOICES_CL`` for channels_last ones, beside a zero fill of
 one gradient and the scatter backward) and the InfoNCE forward + backward (``(rows, columns, warps,
@@ -652,6 +653,42 @@ def sweep_index(config, quick=False):
     return failures
 
 
+def sweep_search(config, quick=False):
+    """The pooling forward alone (both views, channels_last float32 features, no hit counts) at
+    each search width of SEARCH_BITS_CHOICES, on one index at the default tile: 1 bit is the binary
+    search over the tiles the forward used until stop 27, the baseline of the wider ones.
+
+    Every width's means and sample pixels are first checked equal, bit for bit, to the first's (the
+    search finds the same tile). Returns the failures.
+    """
+    from lrc_fast.kernels import region_pool as pk
+
+    device = "cuda" if CUDA else "cpu"
+    failures = []
+    print("\n| K | " + " | ".join(f"pooling forward, {bits}-bit search levels ms" for bits in pk.SEARCH_BITS_CHOICES)
+          + " |")
+    print("|---|" + "---|" * len(pk.SEARCH_BITS_CHOICES))
+    for k in _ks(config, quick):
+        feat_q, feat_p, regions_q, regions_p = make_inputs(config["batch"], config["channels"],
+                                                           config["size"], k, torch.float32, device)
+        feats = [f.contiguous(memory_format=torch.channels_last) for f in (feat_q, feat_p)]
+        uniforms = torch.rand((2, config["batch"], k, config["num_samples"]), device=device)
+        index = pk.region_index(regions_q, k, regions_p=regions_p)
+        valid = (index.counts[0] > 0) & (index.counts[1] > 0)
+
+        def run(bits):
+            means, idx, _ = pk._pool_forward(*feats, index.pixels, index.cum, index.local, None, valid,
+                                             uniforms, False, index.tile, bits)
+            return means, idx
+
+        expected = run(pk.SEARCH_BITS_CHOICES[0])
+        cells = sweep_cells(f"search K={k}", pk.SEARCH_BITS_CHOICES, run,
+                            lambda out: None if all(map(torch.equal, out, expected))
+                            else "means or sample pixels differ from the default width's", failures)
+        print(f"| {k} | " + " | ".join(cells) + " |", flush=True)
+    return failures
+
+
 def sweep_backward(config, quick=False):
     """The dense backward alone at each shape of GRAD_BLOCK_CHOICES (NCHW gradients) and of
     GRAD_BLOCK_CHOICES_CL (channels_last), beside one zero fill of a gradient in that layout (by
@@ -887,7 +924,8 @@ def main(argv=None):
         run_profile(config, quick=args.quick)
         return 0
     if args.sweep:
-        failures = (sweep_index(config, quick=args.quick) + sweep_backward(config, quick=args.quick)
+        failures = (sweep_index(config, quick=args.quick) + sweep_search(config, quick=args.quick)
+                    + sweep_backward(config, quick=args.quick)
                     + sweep_infonce(config, quick=args.quick) + sweep_overlap(config, quick=args.quick))
         for reason in sorted(DO_BENCH_REASONS):
             print(f"\ncells marked (do_bench): {reason}")

@@ -175,10 +175,10 @@ def coverage_workload():
     ``include_self``/``normalize``, one image with one region and one channel and a gradient for
     the warped view only, images that fit one tile of the region index, images of one pixel and
     of one column (the loss and the elastic pair), cropped features (any strides),
-    ``region_sample_mean``, every swept launch shape of the index, the dense backward, the
-    scatter backward in both layouts, the InfoNCE and the field, the warp with gradients and
-    without (an elastic pair, dense and coarse) under each padding, the coarse field's
-    upsampling, and the pooling's int64 gather.
+    ``region_sample_mean``, every swept launch shape of the index, the pooling's search widths,
+    the dense backward, the scatter backward in both layouts, the InfoNCE and the field, the
+    warp with gradients and without (an elastic pair, dense and coarse) under each padding, the
+    coarse field's upsampling, and the pooling's int64 gather.
     """
     from lrc_fast.kernels import elastic_warp, region_infonce, region_pool
 
@@ -264,6 +264,10 @@ def coverage_workload():
             uniforms = torch.zeros(2, batch, k, 5)
             means, idx, hits = region_pool._pool_forward(feat, feat, index.pixels, index.cum, index.local,
                                                          None, valid, uniforms, True, tile)
+        feat_cl = feat.contiguous(memory_format=torch.channels_last)
+        for bits in region_pool.SEARCH_BITS_CHOICES:  # the search widths the sweep times
+            region_pool._pool_forward(feat_cl, feat_cl, index.pixels, index.cum, index.local, None, valid,
+                                      uniforms, False, index.tile, bits)
         for blocks in region_pool.GRAD_BLOCK_CHOICES:
             region_pool._pool_backward(means, hits, regions, int32_map.long(), None, list(feat.shape),
                                        feat.dtype, [False, True], 5, [0, 1], blocks)

@@ -264,6 +264,32 @@ def test_pool_kernel_matches_reference(dtype, channels_last):
 
 
 @interpreter
+@pytest.mark.parametrize("tile", [16, 1024])
+def test_pool_search_widths_find_the_reference_samples(tile):
+    """Every width of the pooling's search for a sample's tile draws the reference's pixels: 211
+    tiles of 16 pixels (8 binary levels, 3 of 8 probes, 2 of 16), and one tile (no search). The
+    regions are scattered blobs, so a region's running count stays flat over many tiles."""
+    batch, channels, height, width, k, n = 2, 5, 37, 91, 11, 50
+    regions = blob_regions(batch, height, width, k, seed=61)
+    regions[:, 10:14] = -1  # rows that no region reaches: flat counts for every region
+    feat = features((batch, channels, height, width), channels_last=True, seed=62)
+    pixels, offsets, counts = ref.region_index(regions, k)
+    valid = counts > 0
+    uniforms = torch.rand((1, batch, k, n), generator=torch.Generator().manual_seed(63))
+    uniforms[0, :, :, 0] = 0.0  # the first and the last pixel of every region
+    uniforms[0, :, :, 1] = 1.0 - 2.0 ** -24
+    idx_ref = ref.sample_pixels(pixels, offsets, counts, valid, uniforms[0])
+    index = pool_kernels.region_index(regions, k, tile=tile)
+    assert index.cum.shape[2] == (211 if tile == 16 else 4)
+    results = [pool_kernels._pool_forward(feat, None, index.pixels, index.cum, index.local, None, valid,
+                                          uniforms, False, index.tile, bits)
+               for bits in pool_kernels.SEARCH_BITS_CHOICES]
+    for means, idx, _ in results:
+        assert torch.equal(idx[0], idx_ref)
+        assert torch.equal(means, results[0][0])
+
+
+@interpreter
 @pytest.mark.parametrize("two_maps", [False, True])
 @pytest.mark.parametrize("needs_grad", [(True, True), (False, True), (True, False)])
 def test_pool_two_views_in_one_launch(two_maps, needs_grad):

@@ -80,6 +80,13 @@ INDEX_TILE_CHOICES = (1024, 256, 512, 2048, 4096)
 _MAX_INDEX_ENTRIES = 1 << 24  # grow the tile (up to _MAX_TILE) to keep (V, B, T, K) below this
 _MAX_TILE = 4096
 _POOL_TILE = 4096  # N x D elements gathered per loop step of the pooling forward
+# log2 of the branching of the pooling forward's search for a sample's tile (_pool_fwd_kernel):
+# the widths `bench_loss.py --sweep` times, the first is the default. 1 bit searches as stops
+# 13-26 did, by halves: 8 dependent loads at 256 tiles (512 x 512, tile 1024); 3 bits take 3
+# levels of 8 probes. Either way cum[t - 1] comes from the probes: the old search loaded it after.
+# In the sm_90 build (Triton 3.6, D=64, channels_last) the kernel at 3 bits takes 40 registers in
+# float32 and 47 in bfloat16 (12 and 10 programs per SM), the old one 39 and 40 (12). Not timed.
+SEARCH_BITS_CHOICES = (3, 1, 2, 4)
 # (pixels per program, channels per inner step, warps) of the dense backward: the shapes
 # `bench_loss.py --sweep` times, the first is the default. 16 channels per step keep 16 values per
 # thread: the sm_90 build (compiled on a CPU by Triton 3.9) needs 56 registers per thread at
@@ -460,8 +467,9 @@ def _check_method(method, regions: torch.Tensor, tile: int) -> str:
 @triton.jit
 def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s_bw, W, HW, D,
                      pixels_ptr, cum_ptr, local_ptr, index_views, ids_ptr, valid_ptr, u_ptr,
-                     means_ptr, idx_ptr, hits_ptr, B, M, N, K, n_tiles, tile, steps,
-                     FLAT: tl.constexpr, WIDE: tl.constexpr, COUNT_HITS: tl.constexpr,
+                     means_ptr, idx_ptr, hits_ptr, B, M, N, K, n_tiles, tile, levels,
+                     SEARCH: tl.constexpr, SEARCH_BITS: tl.constexpr, FLAT: tl.constexpr,
+                     WIDE: tl.constexpr, COUNT_HITS: tl.constexpr,
                      IDENTITY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     m = tl.program_id(0)
     b = tl.program_id(1)
@@ -492,14 +500,21 @@ def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s
         take = n < n_take
         u = tl.load(u_ptr + vbm * N + n, mask=take, other=0.0)
         rank = tl.minimum((u * count.to(tl.float32)).to(tl.int32), count - 1)
-        # the sample's tile: t = number of tiles t' < T - 1 with cum[t'] <= rank (binary search)
+        # the sample's tile: t = number of tiles t' < T - 1 with cum[t'] <= rank (cum is
+        # nondecreasing in t'), found by a SEARCH-ary search in `levels` dependent loads of SEARCH
+        # probes (the last repeats a bound of the level above: masking it cost the sm_90 build 16
+        # registers); before = cum[t - 1], the largest probe <= rank (0 when t = 0)
         t = tl.zeros([BLOCK_N], dtype=tl.int32)
-        for s in range(steps):
-            cand = t + (1 << (steps - 1 - s))
-            probe_ok = take & (cand < n_tiles)
+        before = tl.zeros([BLOCK_N], dtype=tl.int32)
+        k = tl.arange(0, SEARCH)
+        for level in range(levels):
+            stride = 1 << (SEARCH_BITS * (levels - 1 - level))
+            cand = t[:, None] + (k[None, :] + 1) * stride  # (BLOCK_N, SEARCH): probe index + 1
+            probe_ok = take[:, None] & (cand < n_tiles)
             probe = tl.load(cum_col + (cand - 1).to(tl.int64) * K, mask=probe_ok, other=0)
-            t = tl.where(probe_ok & (probe <= rank), cand, t)
-        before = tl.load(cum_col + (t - 1).to(tl.int64) * K, mask=take & (t > 0), other=0)
+            below = probe_ok & (probe <= rank[:, None])  # a prefix of the SEARCH probes
+            t += tl.sum(below.to(tl.int32), axis=1) * stride
+            before = tl.maximum(before, tl.max(tl.where(below, probe, 0), axis=1))
         start = tl.load(local_col + t.to(tl.int64) * K, mask=take, other=0)
         pix = tl.load(pixels_ptr + image * HW + t * tile + start + rank - before, mask=take, other=0)
         tl.store(idx_ptr + vbm * N + n, tl.where(take, pix, -1), mask=in_n)
@@ -512,7 +527,8 @@ def _pool_fwd_kernel(feat_a, s_ab, s_ad, s_ah, s_aw, feat_b, s_bb, s_bd, s_bh, s
     tl.store(means_ptr + vbm * D + d, acc / N, mask=d_mask)
 
 
-def _pool_forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms, count_hits, tile):
+def _pool_forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms, count_hits, tile,
+                  search_bits=SEARCH_BITS_CHOICES[0]):
     batch, channels, height, width = feat.shape
     views, _, regions, num_samples = uniforms.shape
     other = feat if feat_p is None else feat_p
@@ -532,7 +548,7 @@ def _pool_forward(feat, feat_p, pixels, cum, local, ids, valid, uniforms, count_
             pixels, cum, local, index_views, valid if ids is None else ids, valid, uniforms, means,
             idx, hits,
             batch, regions, num_samples, num_regions, n_tiles, tile,
-            (n_tiles - 1).bit_length(),
+            -(-(n_tiles - 1).bit_length() // search_bits), SEARCH=1 << search_bits, SEARCH_BITS=search_bits,
             FLAT=_flat_pixels(feat, other), WIDE=_wide_offsets(feat, other), COUNT_HITS=count_hits,
             IDENTITY=ids is None, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
     return means, idx, hits
