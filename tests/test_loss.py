@@ -1326,6 +1326,24 @@ def test_gpu_region_index_and_samples_match_reference():
     assert_close(out[0], ref_out[0], rtol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", pool_kernels.SEARCH_BITS_CHOICES)
+def test_gpu_search_widths_find_the_reference_samples(bits):
+    """Each width of the sampler's tile search on CUDA, at 391 tiles of 256 pixels (9 levels by
+    halves, 3 of 8 or 16 probes), draws the reference's pixels; the means are the default's."""
+    regions = blocky_regions(2, 300, 333, 500, seed=64, block=5).cuda()
+    pixels, offsets, counts = ref.region_index(regions, 500)
+    valid = counts > 0
+    uniforms = torch.rand((1, 2, 500, 50), generator=torch.Generator().manual_seed(65)).cuda()
+    idx_ref = ref.sample_pixels(pixels, offsets, counts, valid, uniforms[0])
+    index = pool_kernels.region_index(regions, 500, tile=256)
+    feat = features((2, 64, 300, 333), torch.float32, True, seed=66).detach().cuda()
+    args = (feat, None, index.pixels, index.cum, index.local, None, valid, uniforms, False, index.tile)
+    means, idx, _ = pool_kernels._pool_forward(*args, bits)
+    assert torch.equal(idx[0], idx_ref)
+    assert torch.equal(means, pool_kernels._pool_forward(*args)[0])
+
+
 @interpreter
 def test_infonce_unit_rows_match_f_normalize():
     """The one normalising launch before the InfoNCE kernels, against F.normalize: odd D, a zero
