@@ -30,7 +30,7 @@ Backward (:func:`_infonce_bwd_kernel`)
     ``dq[t]``, the second recomputes ``a[u,t]`` and accumulates ``dp[t]``, in registers. This is
     deterministic: no atomics, no ``(M, M)`` buffer. One program used to do both; split, each
     holds one accumulator and fewer tiles (compiled for sm_90 at 64 rows, the backward went from
-    824 bytes of spilled registers per thread to none, see :data:`BLOCK_CHOICES`). The
+    848 bytes of spilled registers per thread to none, see :data:`BLOCK_CHOICES`). The
     gradient then goes through the normalisation: ``dm = (dy - y (y . dy)) / max(|m|, eps)``
     (``dy / eps`` below eps, as autograd of ``F.normalize``).
 
@@ -196,10 +196,10 @@ def _infonce_bwd_kernel(mq_ptr, mp_ptr, uq_ptr, up_ptr, valid_ptr, lse_ptr, grad
 # the rule's rows beat 64 rows and 8 warps at every K, 0.031 against 0.053 ms at K=64, 0.095
 # against 0.129 at K=256 and 0.708 against 0.852 at K=1024 in tf32x3 (benchmarks/RESULTS.md).
 # Columns narrower than the rows are not timed yet. They shrink every (rows, columns) logit tile a
-# program holds: compiled for sm_90 (Triton 3.6, tf32x3, D=64), the backward with square tiles
-# and both views in one program spilled 824 bytes per thread at 64 rows (1 program per SM) and
-# 392 at 32; split by view, it spills none at (64, 32, 4, 3) (2 per SM) and 16 bytes at
-# (32, 16, 4, 3) (benchmarks/RESULTS.md, stop 27).
+# program holds: compiled for sm_90 (Triton 3.6, tf32x3, D=64, the loss's launches at B=16), the
+# backward with square tiles and both views in one program spilled 848 bytes per thread at 64
+# rows (1 program per SM) and 392 at 32; split by view, it spills none at (64, 32, 4, 3) (2 per
+# SM) and 32 bytes at (32, 16, 4, 3) (benchmarks/RESULTS.md, stop 27).
 BLOCK_CHOICES = ((64, 32, 4, 3), (32, 16, 4, 3), (16, 16, 2, 2), (64, 64, 4, 3), (64, 16, 4, 3),
                  (32, 32, 4, 3))
 
@@ -221,7 +221,7 @@ def _launch(batch: int, regions: int, channels: int, blocks) -> tuple[int, int, 
     while block > 16 and batch * cdiv(regions, block) < _MIN_PROGRAMS:
         block //= 2
     # 32 columns beside 64 rows, else 16: at D=64 on sm_90 the widest whose tf32x3 backward spills
-    # at most 16 bytes per thread (BLOCK_CHOICES' comment)
+    # at most 32 bytes per thread (BLOCK_CHOICES' comment)
     columns = 32 if block == 64 else 16
     if block_d <= 64:
         warps, stages = (4, 3) if block >= 32 else (2, 2)

@@ -15,9 +15,9 @@ Region index (:func:`region_index`, :class:`RegionIndex`), on the device: two ke
     ``local[v, b, t, k]`` (``v``: the region map). A second kernel, a prefix sum over the tiles
     in place, turns ``hist`` into ``cum``, whose last row is every region's pixel count. Region ``k``'s pixel number ``r`` in raster
     order is then in the tile ``t`` with ``cum[t-1, k] <= r < cum[t, k]``, at position
-    ``local[t, k] + r - cum[t-1, k]`` of that tile's run. The pooling finds ``t`` by a binary
-    search over the tiles, per sample. There is no global scatter: the ids are read once and one
-    int32 is written per pixel.
+    ``local[t, k] + r - cum[t-1, k]`` of that tile's run. The pooling finds ``t`` by a search
+    over the tiles, per sample, of 8 probes a level (:data:`SEARCH_BITS_CHOICES`). There is no
+    global scatter: the ids are read once and one int32 is written per pixel.
 
 Views: the loss has two views (the slice and its warped copy), each with its features and
     usually its own region map. Every kernel takes both views' pointers and strides and runs both
@@ -75,7 +75,7 @@ from ._host import cdiv, next_power_of_2, on_device
 # threads (tile / 256 keys each, at least 1).
 # In the sm_90 build (CPU compile), tl.sort and the run starts of a 256-pixel tile take one warp,
 # no barrier and 58 % of the instructions per pixel of a 1024-pixel tile, but the (V, B, T, K)
-# tables grow 4 times and the search over them by two steps.
+# tables grow 4 times and the search over them by up to one level (two steps by halves).
 INDEX_TILE_CHOICES = (1024, 256, 512, 2048, 4096)
 _MAX_INDEX_ENTRIES = 1 << 24  # grow the tile (up to _MAX_TILE) to keep (V, B, T, K) below this
 _MAX_TILE = 4096
