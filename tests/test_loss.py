@@ -614,6 +614,25 @@ def test_infonce_kernel_matches_reference(normalize, include_self, blocks):
         assert torch.all(grad[~valid] == 0)
 
 
+@interpreter
+@pytest.mark.parametrize("regions, blocks, normalize", [(5, (16, 64, 2, 2), True), (5, (64, 16, 4, 3), False),
+                                                       (1, None, True), (33, (16, 32, 2, 2), False)])
+def test_infonce_kernel_with_fewer_regions_than_a_block(regions, blocks, normalize):
+    """Fewer regions than a row or a column block (every block partial), with include_self."""
+    g = torch.Generator().manual_seed(9)
+    scale = 1.0 if normalize else 0.2
+    means = (scale * torch.randn(2, 2, regions, 3, generator=g)).requires_grad_(True)  # (2, B, M, D)
+    valid = torch.rand(2, regions, generator=g) > 0.2
+    valid[0, 0] = True
+    rows_ref = ref.region_infonce(means[0], means[1], valid, 0.1, normalize, True)
+    rows = infonce_kernels.region_infonce(means, valid, 0.1, normalize, True, blocks=blocks)
+    torch.testing.assert_close(rows, rows_ref.detach(), rtol=1e-5, atol=1e-5)
+    upstream = torch.rand(2, regions, generator=g)
+    (grad_ref,) = torch.autograd.grad(rows_ref, means, upstream)
+    (grad,) = torch.autograd.grad(rows, means, upstream)
+    assert_close(grad, grad_ref, rtol=1e-5, atol_scale=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------
 # the whole loss: Triton path == reference
 # ----------------------------------------------------------------------------------------------
