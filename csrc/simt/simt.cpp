@@ -258,6 +258,13 @@ void suspend() {
   lrc_simt_switch(&c.fibers[c.current].sp, c.scheduler_sp);
 }
 
+// With a seed, one memory access in 8 lets another thread run first (an interleaving point).
+void maybe_switch(Cta& c) {
+  if (!c.randomised || (c.rng.next() & 7) != 0) return;
+  make_runnable(c, c.current);
+  suspend();
+}
+
 // Stops the launch: records the error and never resumes this fiber.
 [[noreturn]] void fail(const std::string& what) {
   Cta& c = cta();
@@ -493,16 +500,11 @@ void memory_op(bool waits, bool atomic) {
   Fiber& f = c->fibers[c->current];
   f.count(waits, atomic);
   ++f.memory;
-  if (!c->randomised || (c->rng.next() & 7) != 0) return;
-  make_runnable(*c, c->current);
-  suspend();
+  maybe_switch(*c);
 }
 
 void shared_op() {
-  Cta* c = tl_cta;
-  if (c == nullptr || !c->randomised || (c->rng.next() & 7) != 0) return;
-  make_runnable(*c, c->current);
-  suspend();
+  if (tl_cta != nullptr) maybe_switch(*tl_cta);
 }
 
 namespace {
