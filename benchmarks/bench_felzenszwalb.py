@@ -10,8 +10,9 @@ Script:  python benchmarks/bench_felzenszwalb.py [--quick] [--skip-cpu] [--sched
   extension, and with the slot engine, from its CPU emulation (rounds, edge offers and hub steps
   per slice; no GPU needed).
   --simt: the CUDA kernel's own code on the CPU SIMT simulator, for the launch shapes of B=16 with
-  the hub extension on and off, and with the slot engine: its critical path (global loads, atomics and warp collectives
-  waited for, summed over barrier intervals; loads issued together one wait, reductions none),
+  the hub extension on and off, and with the slot engine: its critical path (global loads,
+  atomics and warp collectives waited for, summed over barrier intervals; loads issued together
+  one wait, reductions none),
   the strict path (every load and atomic one wait), barriers, and the path by kernel phase, per
   slice, and an estimate: the strict path and the cluster barriers weighted as fitted to the H100
   run of commit 3f723fc (within 5% at 1-4 CTAs per slice there; the critical path did not track

@@ -57,15 +57,15 @@ time). Where the first is near the second, the step is bound by the host, not by
 
 ``--sweep``: instead of the table, kernels alone at each of their launch shapes (median ms of a
 CUDA graph replay: the GPU's time, not the host's), each shape checked against the default
-shape's result first: the region index with the pooling forward
-that searches it (``INDEX_TILE_CHOICES``; the CUDA tile sort and tl.sort side by side where the
-extension has CUDA, and the index alone per sort), the pooling forward alone at each width of its
-search for a sample's tile (``SEARCH_BITS_CHOICES``, channels_last features), the dense feature-gradient kernel (one view;
-``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool`
-for NCHW gradients and of ``GRAD_BLOCK_CHOICES_CL`` for channels_last ones, beside a zero fill of
-one gradient and the scatter backward) and the InfoNCE forward + backward (``(rows, columns, warps,
-stages)`` of ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`, and at the default shape without
-normalisation); last, on CUDA, an experiment: the InfoNCE backward with both gradients' zero
+shape's result first: the region index with the pooling forward that searches it
+(``INDEX_TILE_CHOICES``; the CUDA tile sort and tl.sort side by side where the extension has CUDA,
+and the index alone per sort), the pooling forward alone at each width of its search for a
+sample's tile (``SEARCH_BITS_CHOICES``, channels_last features), the dense feature-gradient
+kernel (one view; ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in
+:mod:`lrc_fast.kernels.region_pool` for NCHW gradients and of ``GRAD_BLOCK_CHOICES_CL`` for
+channels_last ones, beside a zero fill of one gradient and the scatter backward) and the InfoNCE
+forward + backward (``(rows, columns, warps, stages)`` of ``BLOCK_CHOICES`` in
+:mod:`lrc_fast.kernels.region_infonce`, and at the default shape without normalisation); last, on CUDA, an experiment: the InfoNCE backward with both gradients' zero
 fills on a second stream against one stream (:func:`sweep_overlap`).
 """
 from __future__ import annotations

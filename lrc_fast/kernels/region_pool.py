@@ -10,14 +10,14 @@ Region index (:func:`region_index`, :class:`RegionIndex`), on the device: two ke
     with ``__match_any_sync``; the CPU tests run it on the SIMT simulator), else ``tl.sort`` with
     a max-scan for the run starts; under the Triton interpreter, which runs ``tl.sort`` and custom
     scans element by element, a bitonic network of ``tl.gather`` stages and a branchless binary
-    search. At the end of
-    each run the program writes the run's length ``hist[v, b, t, k]`` and start
-    ``local[v, b, t, k]`` (``v``: the region map). A second kernel, a prefix sum over the tiles
-    in place, turns ``hist`` into ``cum``, whose last row is every region's pixel count. Region ``k``'s pixel number ``r`` in raster
-    order is then in the tile ``t`` with ``cum[t-1, k] <= r < cum[t, k]``, at position
-    ``local[t, k] + r - cum[t-1, k]`` of that tile's run. The pooling finds ``t`` by a search
-    over the tiles, per sample, of 8 probes a level (:data:`SEARCH_BITS_CHOICES`). There is no
-    global scatter: the ids are read once and one int32 is written per pixel.
+    search. At the end of each run the program writes the run's length ``hist[v, b, t, k]`` and
+    start ``local[v, b, t, k]`` (``v``: the region map). A second kernel, a prefix sum over the
+    tiles in place, turns ``hist`` into ``cum``, whose last row is every region's pixel count.
+    Region ``k``'s pixel number ``r`` in raster order is then in the tile ``t`` with
+    ``cum[t-1, k] <= r < cum[t, k]``, at position ``local[t, k] + r - cum[t-1, k]`` of that
+    tile's run. The pooling finds ``t`` by a search over the tiles, per sample, of 8 probes a
+    level (:data:`SEARCH_BITS_CHOICES`). There is no global scatter: the ids are read once and
+    one int32 is written per pixel.
 
 Views: the loss has two views (the slice and its warped copy), each with its features and
     usually its own region map. Every kernel takes both views' pointers and strides and runs both
