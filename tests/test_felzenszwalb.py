@@ -530,22 +530,26 @@ def test_cuda_real_ct():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("extend", [True, False])
-def test_cuda_phase_clock(extend):
+@pytest.mark.parametrize("extend,slots", [(True, False), (False, False), (True, True)])
+def test_cuda_phase_clock(extend, slots):
     """The timed kernel gives the same labels; its phase times are non-negative, the hub phases
-    are zero without the hub extension, and the phases cover the run."""
+    are zero without the hub extension, the slot engine's are zero without it (and the global
+    rounds' with it), and the phases cover the run."""
     ext = lrc_fast._ext.require_extension()
     batch = np.stack([window_hu(phantom_slice(128, 160, seed=s)) for s in range(3)]).astype(np.float64)
     x = torch.from_numpy(batch).cuda()
     taps = lrc_fast.superpixels._taps_on(0.8, x.device)
-    labels, counts, stats, ns = ext.felzenszwalb_cuda_timed(x, taps, 1 / 255, 20, 2, 256, 2048, extend)
+    labels, counts, stats, ns = ext.felzenszwalb_cuda_timed(x, taps, 1 / 255, 20, 2, 256, 2048, extend, slots)
     np.testing.assert_array_equal(labels.cpu().numpy(), lrc_fast.felzenszwalb(batch, backend="cpu"))
     names = ext.felzenszwalb_simt_phases()
     ns = ns.cpu().numpy()
     assert ns.shape == (3, len(names)) and (ns >= 0).all() and (ns.sum(1) > 0).all()
     hub = [names.index(n) for n in ("hub sort", "hub extend")]
-    assert (ns[:, hub].sum() > 0) == extend
-    untimed = ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 2, 256, 2048, extend)
+    assert (ns[:, hub].sum() > 0) == (extend and not slots)
+    slot = [names.index(n) for n in ("slot window", "slot sort", "slot load", "slot rounds", "slot store")]
+    rounds = [names.index(n) for n in ("main reserve", "main commit")]
+    assert (ns[:, slot].sum() > 0) == slots and (ns[:, rounds].sum() > 0) != slots
+    untimed = ext.felzenszwalb_cuda(x, taps, 1 / 255, 20, 2, 256, 2048, extend, slots)
     assert torch.equal(untimed[2], stats) and torch.equal(untimed[1], counts)
 
 

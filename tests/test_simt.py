@@ -43,16 +43,19 @@ def test_selftest_unknown_name(ext):
 # ---- the Felzenszwalb kernel on the simulator --------------------------------------------------
 
 def _check_kernel(batch: np.ndarray, launch=(1, 256), seed=0, sigma=0.8, scale=1.0, min_size=20, window=_WINDOW,
-                  extend=True, slots=False):
-    """Kernel labels == exact CPU labels; kernel schedule stats == emulation stats."""
+                  extend=True, slots=False, profile=False):
+    """Kernel labels == exact CPU labels; kernel schedule stats == emulation stats. Returns the
+    stats, and with ``profile`` the simulator's cost profile too."""
     x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float64))
-    labels, counts, stats = _segment(x, scale, sigma, min_size, "simt", launch, window, extend, seed, slots)
+    taps = lrc_fast.superpixels._taps_on(sigma, x.device)
+    labels, counts, stats, costs = lrc_fast._ext.require_extension().felzenszwalb_simt(
+        x, taps, scale / 255, min_size, *launch, window, extend, seed, slots)
     cpu_labels, cpu_counts, _ = _segment(x, scale, sigma, min_size, "cpu")
     _, _, emu_stats = _segment(x, scale, sigma, min_size, "emulate", window=window, extend=extend, slots=slots)
     np.testing.assert_array_equal(labels.numpy(), cpu_labels.numpy())
     np.testing.assert_array_equal(counts.numpy(), cpu_counts.numpy())
     np.testing.assert_array_equal(stats.numpy(), emu_stats.numpy())
-    return stats
+    return (stats, costs) if profile else stats
 
 
 def _phantoms(h, w, seeds):
@@ -169,8 +172,12 @@ def test_kernel_slot_engine(ext, launch, seed):
 
 
 def test_kernel_slot_engine_sub_bins(ext):
-    """A 512x512 slice: cost bins of more than kSlotEdges edges, sorted by sub-bin on the CTA."""
-    _check_kernel(_phantoms(512, 512, [5]), launch=(6, 1024), seed=1, slots=True)
+    """A 512x512 slice: cost bins of more than kSlotEdges edges, sorted by sub-bin on the CTA; the
+    profile puts that sort and the window searches in phases of their own."""
+    _, profile = _check_kernel(_phantoms(512, 512, [5]), launch=(6, 1024), seed=1, slots=True, profile=True)
+    names = ext.felzenszwalb_simt_phases()
+    for name in ("slot window", "slot sort", "slot load", "slot rounds"):
+        assert profile[0, 5 + names.index(name)] > 0, name
 
 
 @pytest.mark.parametrize("extend", [True, False])
@@ -184,15 +191,18 @@ def test_kernel_slot_engine_hands_over(ext, extend):
 
 
 def test_kernel_profile_slot_phases(ext):
-    """The slot engine's phases carry the main pass's cost with it on, and nothing without it."""
+    """The slot engine's phases carry the main pass's cost with it on, and nothing without it.
+    (Its store and a small slice's window ends wait for nothing the profile counts: stores, and
+    loads of shared memory.)"""
     names = ext.felzenszwalb_simt_phases()
     x = torch.from_numpy(_phantoms(48, 64, [1]))
     taps = lrc_fast.superpixels._taps_on(0.8, x.device)
-    slot = [names.index(n) + 5 for n in ("slot load", "slot rounds", "slot store")]
+    slot = [names.index(n) + 5 for n in ("slot window", "slot sort", "slot load", "slot rounds", "slot store")]
     main = [names.index(n) + 5 for n in ("main reserve", "main commit", "hub gather", "hub sort", "hub extend")]
     for slots in (True, False):
         profile = ext.felzenszwalb_simt(x, taps, 1 / 255, 20, 1, 256, _WINDOW, True, 0, slots)[3]
-        assert (profile[0, slot] > 0).all() == slots
+        assert (profile[0, slot[2:4]] > 0).all() == slots  # load, rounds
+        assert (profile[0, slot] > 0).any() == slots
         assert (profile[0, main] > 0).any() != slots
 
 

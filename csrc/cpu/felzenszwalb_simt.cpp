@@ -19,10 +19,10 @@
 namespace lrc {
 
 namespace {
-const char* const kPhaseNames[] = {"pixels",      "sort",        "main offer",    "main reserve",
-                                   "main commit", "hub gather",  "hub sort",      "hub extend",
-                                   "slot load",   "slot rounds", "slot store",    "small offer",
-                                   "small reserve", "small commit", "labels"};
+const char* const kPhaseNames[] = {"pixels",      "sort",          "main offer",   "main reserve", "main commit",
+                                   "hub gather",  "hub sort",      "hub extend",   "slot window",  "slot sort",
+                                   "slot load",   "slot rounds",   "slot store",   "small offer",  "small reserve",
+                                   "small commit", "labels"};
 static_assert(sizeof(kPhaseNames) / sizeof(kPhaseNames[0]) == kPhases, "one name per phase");
 static_assert(kPhases <= simt::kMaxPhases, "the simulator profiles at most kMaxPhases phases");
 }  // namespace

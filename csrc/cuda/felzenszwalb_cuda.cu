@@ -153,7 +153,9 @@ enum Phase : int {
   kPhaseHubGather,
   kPhaseHubSort,
   kPhaseHubExtend,
-  kPhaseSlotLoad,    // slot engine: windows, sub-bins, loading the table
+  kPhaseSlotWindow,  // slot engine: the next window's end (in the bin ends, or a large bin's sub-bins)
+  kPhaseSlotSort,    // slot engine: a large bin's counting sort by sub-bin
+  kPhaseSlotLoad,    // slot engine: the window's edges and roots into the table
   kPhaseSlotRounds,  // slot engine: offer, reserve, commit on the table
   kPhaseSlotStore,   // slot engine: the table back to global memory
   kPhaseSmallOffer,
@@ -709,6 +711,7 @@ __device__ int32_t slot_pass(const fh::Slice& s, const Work& w, char* smem, int3
   int32_t pos = 0, bin = 0, step = 0;  // bins before `bin` end at or before pos
   while (pos < live) {
     int32_t first = 0, first_end = live;
+    enter_phase(kPhaseSlotWindow);
     const int32_t end = live - pos <= fh::kSlotEdges ? live : warp_slot_window(w.bin_end, bin, pos, first, first_end);
     if (end > pos) {
       slot_drain(s, t, w.sorted + pos, end - pos, step, rounds, offers);
@@ -717,7 +720,7 @@ __device__ int32_t slot_pass(const fh::Slice& s, const Work& w, char* smem, int3
       continue;
     }
     // The bin at pos has more than kSlotEdges edges: counting sort by sub-bin into order[pos, bend).
-    enter_phase(kPhaseSlotLoad);
+    enter_phase(kPhaseSlotSort);
     const int32_t bend = first_end, n = bend - pos;
     for (int32_t b = tid; b < fh::kSubBins; b += nt) sops.st(t.sub_end + b, 0);
     __syncthreads();
@@ -749,6 +752,7 @@ __device__ int32_t slot_pass(const fh::Slice& s, const Work& w, char* smem, int3
     }
     __syncthreads();  // sub_end: the end of every sub-bin
     for (int32_t r0 = 0; r0 < n;) {
+      enter_phase(kPhaseSlotWindow);
       const int32_t r1 = fh::slot_window_end(t.sub_end, fh::kSubBins, r0, n, sops);
       if (r1 == r0) return pos;  // a sub-bin over the cap: the global rounds take this bin on
       slot_drain(s, t, order + pos + r0, r1 - r0, step, rounds, offers);

@@ -43,7 +43,7 @@ struct Dim3 {
 // (LRC_INDEPENDENT_LOADS) count as one wait, and atomics whose result it never uses
 // (LRC_UNUSED_RESULTS; the GPU issues them as reductions) as none. `strict_ops` ignores both
 // scopes: every load and atomic one full latency.
-constexpr int kMaxPhases = 16;
+constexpr int kMaxPhases = 32;
 
 struct Profile {
   uint64_t critical_ops = 0;
