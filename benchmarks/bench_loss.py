@@ -10,7 +10,10 @@ Paths, all run in one process on the same inputs:
   ``fused, channels_last, CUDA graph replay`` the channels_last one, beside the same step with the
   dense backward instead of its default scatter (``dense backward``), the scatter's baseline, and
   with the InfoNCE's column blocks as wide as its row blocks (``InfoNCE columns = rows``, the
-  tiles before stop 27), the narrower columns' baseline. Where the
+  tiles before stop 27), the narrower columns' baseline, and an experiment, ``fills forked at the
+  start``: both gradients zero-filled on a second stream from the step's start, under the
+  forward and the InfoNCE backward, where the loss fills them in its backward (its gradients are
+  first checked equal to the default step's, bit for bit). Where the
   extension has CUDA the fused step's region index is sorted by its CUDA kernel; ``fused, tl.sort
   index`` (and its replay) is the same step with the Triton tile sort instead, its baseline,
   after a check that both give the same index;
@@ -163,6 +166,10 @@ CL_DENSE_REPLAY = "fused, channels_last, dense backward, CUDA graph replay"
 # the channels_last step with the InfoNCE's column blocks as wide as its row blocks (its tiles
 # until stop 27): the baseline of the default rule's narrower columns
 CL_SQUARE_INFONCE_REPLAY = "fused, channels_last, InfoNCE columns = rows, CUDA graph replay"
+# an experiment: the channels_last step with both gradients' zero fills forked to a second stream
+# at the step's start (under the forward and the InfoNCE backward) and joined where the scatter
+# backward takes them; the loss itself fills them in its backward, one after the other
+CL_EARLY_FILLS_REPLAY = "fused, channels_last, fills forked at the start, CUDA graph replay"
 
 
 def with_patch(fn, module, name, replacement):
@@ -197,6 +204,51 @@ def with_square_infonce_tiles(fn):
         return rows, (columns if given else rows), block_d, warps, stages
 
     return with_patch(fn, ri, "_launch", square)
+
+
+def with_early_fills(fn, feats):
+    """``fn``, a channels_last step of the two features ``feats``, with both gradients zero-filled
+    at its start (on a second stream where there is CUDA) and handed to the scatter backward in
+    place of the fills it would make there."""
+    from lrc_fast.kernels import region_pool as pk
+
+    zero = pk._zero_gradient
+    side = torch.cuda.Stream() if CUDA else None
+
+    def run():
+        if CUDA:
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                ready = [zero(list(f.shape), f.dtype, True, f.device) for f in feats]
+        else:
+            ready = [zero(list(f.shape), f.dtype, True, f.device) for f in feats]
+
+        def take(size, dtype, channels_last, device):
+            grad = ready.pop(0)
+            if list(grad.shape) != list(size) or grad.dtype != dtype or not channels_last:
+                raise RuntimeError(f"the early fill is {tuple(grad.shape)} {grad.dtype}, the backward "
+                                   f"asked for {tuple(size)} {dtype} (channels_last={channels_last})")
+            if CUDA:  # the join: the scatter waits for the fills, and the buffer is used here
+                torch.cuda.current_stream().wait_stream(side)
+                grad.record_stream(torch.cuda.current_stream())
+            return grad
+
+        return with_patch(fn, pk, "_zero_gradient", take)()
+    return run
+
+
+def early_fills_differ(feat_q, feat_p, regions_q, regions_p, num_regions, num_samples) -> str | None:
+    """None when the step with early fills (:func:`with_early_fills`) gives the default step's
+    loss and gradients bit for bit (channels_last features, the same draw), else what differs."""
+    def loss_and_grads():
+        loss = region_contrast_loss(feat_q, feat_p, regions_q, regions_p, num_samples=num_samples,
+                                    num_regions=num_regions, generator=1234, backend="triton")
+        return (loss.detach(), *torch.autograd.grad(loss, [feat_q, feat_p]))
+    default, early = loss_and_grads(), with_early_fills(loss_and_grads, (feat_q, feat_p))()
+    for name, a, b in zip(("loss", "grad_q", "grad_p"), default, early):
+        if not torch.equal(a, b):
+            return f"early fills: {name} differs from the default step's"
+    return None
 
 
 def with_matmul_precision(fn, setting):
@@ -414,13 +466,15 @@ def run(config, quick=False):
             if fused_ok:
                 problem = (check_fused(*args) or check_fused(*cl_args)
                            or (high and check_fused(*cl_args, tf32=True))
-                           or (cuda_index and index_differs(k, regions_q, regions_p)))
+                           or (cuda_index and index_differs(k, regions_q, regions_p))
+                           or early_fills_differ(*cl_args))
                 if problem:
                     failures.append(f"{dtype} K={k}: {problem}")
                     print(f"CHECK FAILED {dtype} K={k}: {problem}", flush=True)
                     continue
             paths = (["floor", "fused", REPLAY] + ([SORT_INDEX, SORT_INDEX_REPLAY] if cuda_index else [])
-                     + ["fused, channels_last", CL_REPLAY, CL_DENSE_REPLAY, CL_SQUARE_INFONCE_REPLAY]
+                     + ["fused, channels_last", CL_REPLAY, CL_DENSE_REPLAY, CL_SQUARE_INFONCE_REPLAY,
+                        CL_EARLY_FILLS_REPLAY]
                      + ([f"fused, channels_last, {HIGH}"] if high else [])
                      + ["reference", "one-hot"]
                      if fused_ok else ["floor", "reference", "one-hot"])
@@ -437,6 +491,7 @@ def run(config, quick=False):
                               CL_DENSE_REPLAY: ("_backward_method", "dense")}.get(path)
                     fn = with_pool_choice(fn, *choice) if choice else fn
                     fn = with_square_infonce_tiles(fn) if path == CL_SQUARE_INFONCE_REPLAY else fn
+                    fn = with_early_fills(fn, cl_feats) if path == CL_EARLY_FILLS_REPLAY else fn
                     replay = graph_replay_ms(fn)
                     results[path] = ((replay, None, "") if isinstance(replay, float)
                                      else (None, None, replay or "needs CUDA"))
