@@ -10,10 +10,7 @@ Paths, all run in one process on the same inputs:
   ``fused, channels_last, CUDA graph replay`` the channels_last one, beside the same step with the
   dense backward instead of its default scatter (``dense backward``), the scatter's baseline, and
   with the InfoNCE's column blocks as wide as its row blocks (``InfoNCE columns = rows``, the
-  tiles before stop 27), the narrower columns' baseline, and an experiment, ``fills forked at the
-  start``: both gradients zero-filled on a second stream from the step's start, under the
-  forward and the InfoNCE backward, where the loss fills them in its backward (its gradients are
-  first checked equal to the default step's, bit for bit). Where the
+  tiles before stop 27), the narrower columns' baseline. Where the
   extension has CUDA the fused step's region index is sorted by its CUDA kernel; ``fused, tl.sort
   index`` (and its replay) is the same step with the Triton tile sort instead, its baseline,
   after a check that both give the same index;
@@ -69,7 +66,8 @@ kernel (one view; ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in
 channels_last ones, beside a zero fill of one gradient and the scatter backward) and the InfoNCE
 forward + backward (``(rows, columns, warps, stages)`` of ``BLOCK_CHOICES`` in
 :mod:`lrc_fast.kernels.region_infonce`, and at the default shape without normalisation); last, on CUDA, an experiment: the InfoNCE backward with both gradients' zero
-fills on a second stream against one stream (:func:`sweep_overlap`).
+fills on a second stream against one stream, and the whole channels_last step with both fills
+forked to a second stream at its start against the step as it is (:func:`sweep_overlap`).
 """
 from __future__ import annotations
 
@@ -166,10 +164,6 @@ CL_DENSE_REPLAY = "fused, channels_last, dense backward, CUDA graph replay"
 # the channels_last step with the InfoNCE's column blocks as wide as its row blocks (its tiles
 # until stop 27): the baseline of the default rule's narrower columns
 CL_SQUARE_INFONCE_REPLAY = "fused, channels_last, InfoNCE columns = rows, CUDA graph replay"
-# an experiment: the channels_last step with both gradients' zero fills forked to a second stream
-# at the step's start (under the forward and the InfoNCE backward) and joined where the scatter
-# backward takes them; the loss itself fills them in its backward, one after the other
-CL_EARLY_FILLS_REPLAY = "fused, channels_last, fills forked at the start, CUDA graph replay"
 
 
 def with_patch(fn, module, name, replacement):
@@ -466,15 +460,13 @@ def run(config, quick=False):
             if fused_ok:
                 problem = (check_fused(*args) or check_fused(*cl_args)
                            or (high and check_fused(*cl_args, tf32=True))
-                           or (cuda_index and index_differs(k, regions_q, regions_p))
-                           or early_fills_differ(*cl_args))
+                           or (cuda_index and index_differs(k, regions_q, regions_p)))
                 if problem:
                     failures.append(f"{dtype} K={k}: {problem}")
                     print(f"CHECK FAILED {dtype} K={k}: {problem}", flush=True)
                     continue
             paths = (["floor", "fused", REPLAY] + ([SORT_INDEX, SORT_INDEX_REPLAY] if cuda_index else [])
-                     + ["fused, channels_last", CL_REPLAY, CL_DENSE_REPLAY, CL_SQUARE_INFONCE_REPLAY,
-                        CL_EARLY_FILLS_REPLAY]
+                     + ["fused, channels_last", CL_REPLAY, CL_DENSE_REPLAY, CL_SQUARE_INFONCE_REPLAY]
                      + ([f"fused, channels_last, {HIGH}"] if high else [])
                      + ["reference", "one-hot"]
                      if fused_ok else ["floor", "reference", "one-hot"])
@@ -491,7 +483,6 @@ def run(config, quick=False):
                               CL_DENSE_REPLAY: ("_backward_method", "dense")}.get(path)
                     fn = with_pool_choice(fn, *choice) if choice else fn
                     fn = with_square_infonce_tiles(fn) if path == CL_SQUARE_INFONCE_REPLAY else fn
-                    fn = with_early_fills(fn, cl_feats) if path == CL_EARLY_FILLS_REPLAY else fn
                     replay = graph_replay_ms(fn)
                     results[path] = ((replay, None, "") if isinstance(replay, float)
                                      else (None, None, replay or "needs CUDA"))
@@ -851,27 +842,43 @@ def sweep_infonce(config, quick=False):
 
 
 def sweep_overlap(config, quick=False):
-    """Would the channels_last backward gain from zero-filling both gradients on a second stream
-    while the InfoNCE backward runs? (An experiment: the loss runs them one after the other.)
+    """Would the channels_last step gain from zero-filling both gradients on a second stream while
+    other kernels run? (An experiment: the loss fills them in its backward, one after the other.)
 
-    Per dtype and K, two CUDA graph replays (ms): the InfoNCE backward then both zero fills on one
-    stream, and the same launches with the fills on a second stream (forked before, joined after).
-    The fill is bound by DRAM bandwidth and the InfoNCE by latency, so the second could approach
-    the longer of the two. CUDA only (streams); elsewhere one line says so. Returns no failures:
-    the gradients are the same launches' either way.
+    Per dtype and K, CUDA graph replays (ms): the InfoNCE backward then both zero fills on one
+    stream, and the same launches with the fills on a second stream (forked before, joined
+    after); then the whole channels_last step as it is, and with both fills forked to a second
+    stream at its start, under the forward and the InfoNCE backward, and joined where the scatter
+    backward takes them (:func:`with_early_fills`; its loss and gradients first checked equal to
+    the default step's, bit for bit). The fill is bound by DRAM bandwidth and the other kernels
+    by latency, so the second of each pair could approach the longer of the two. The timings need
+    CUDA (streams); on the CPU the check alone runs. Returns the failed checks.
     """
     from lrc_fast.kernels import region_infonce as ri
     from lrc_fast.kernels import region_pool as pk
 
+    failures = []
+    device = "cuda" if CUDA else "cpu"
     if not CUDA:
-        print("\nfill / InfoNCE overlap: needs CUDA (two streams)")
-        return []
-    print("\n| dtype | K | InfoNCE backward, then both zero fills ms | the fills on a second stream ms |")
-    print("|---|---|---|---|")
-    side = torch.cuda.Stream()
+        print("\nfill / InfoNCE overlap: needs CUDA (two streams); the early fills' check only")
+    else:
+        print("\n| dtype | K | InfoNCE backward, then both zero fills ms | the fills on a second stream ms "
+              "| channels_last step ms | the step, fills forked at its start ms |")
+        print("|---|---|---|---|---|---|")
+        side = torch.cuda.Stream()
     for dtype in ((torch.float32,) if quick else config["dtypes"]):
         for k in _ks(config, quick):
             batch, channels, size = config["batch"], config["channels"], config["size"]
+            feat_q, feat_p, regions_q, regions_p = make_inputs(batch, channels, size, k, dtype, device)
+            cl_feats = [f.to(memory_format=torch.channels_last).requires_grad_(True) for f in (feat_q, feat_p)]
+            del feat_q, feat_p
+            problem = early_fills_differ(*cl_feats, regions_q, regions_p, k, config["num_samples"])
+            if problem:
+                failures.append(f"overlap {dtype} K={k}: {problem}")
+                print(f"CHECK FAILED {dtype} K={k}: {problem}", flush=True)
+                continue
+            if not CUDA:
+                continue
             g = torch.Generator(device="cuda").manual_seed(k)
             means = torch.randn((2, batch, k, channels), generator=g, device="cuda")
             valid = torch.rand((batch, k), generator=g, device="cuda") > 0.1
@@ -896,9 +903,13 @@ def sweep_overlap(config, quick=False):
                 torch.cuda.current_stream().wait_stream(side)
                 return d_means, grads
 
+            step = step_fn("fused", *cl_feats, regions_q, regions_p, k, config["num_samples"])
             print(f"| {str(dtype).replace('torch.', '')} | {k} | {kernel_ms(one_stream)} | "
-                  f"{kernel_ms(two_streams)} |", flush=True)
-    return []
+                  f"{kernel_ms(two_streams)} | {kernel_ms(step)} | {kernel_ms(with_early_fills(step, cl_feats))} |",
+                  flush=True)
+            del cl_feats, means, unit, lse
+            torch.cuda.empty_cache()
+    return failures
 
 
 def host_profile(config) -> int:
