@@ -67,7 +67,8 @@ channels_last ones, beside a zero fill of one gradient and the scatter backward)
 forward + backward (``(rows, columns, warps, stages)`` of ``BLOCK_CHOICES`` in
 :mod:`lrc_fast.kernels.region_infonce`, and at the default shape without normalisation); last, on CUDA, an experiment: the InfoNCE backward with both gradients' zero
 fills on a second stream against one stream, and the whole channels_last step with both fills
-forked to a second stream at its start against the step as it is (:func:`sweep_overlap`).
+forked to a second stream at its start against the step as it is (:func:`sweep_overlap`; on the
+CPU only its check that the early fills give the same gradients).
 """
 from __future__ import annotations
 
@@ -200,17 +201,31 @@ def with_square_infonce_tiles(fn):
     return with_patch(fn, ri, "_launch", square)
 
 
+def side_streams() -> list:
+    """Two CUDA streams for :func:`other_stream` (two in a row from torch's pool, so distinct)."""
+    return [torch.cuda.Stream(), torch.cuda.Stream()]
+
+
+def other_stream(streams):
+    """The first of ``streams`` that is not the current stream. torch hands streams out round-robin
+    from a pool of 32, and a graph's capture stream comes from it too: one stream made in advance
+    could be the very stream a step is captured on, and the "second stream" the same one."""
+    current = torch.cuda.current_stream()
+    return streams[0] if streams[0] != current else streams[1]
+
+
 def with_early_fills(fn, feats):
     """``fn``, a channels_last step of the two features ``feats``, with both gradients zero-filled
     at its start (on a second stream where there is CUDA) and handed to the scatter backward in
-    place of the fills it would make there."""
+    place of the fills it would make there. Raises if the backward did not take both."""
     from lrc_fast.kernels import region_pool as pk
 
     zero = pk._zero_gradient
-    side = torch.cuda.Stream() if CUDA else None
+    streams = side_streams() if CUDA else None
 
     def run():
         if CUDA:
+            side = other_stream(streams)
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 ready = [zero(list(f.shape), f.dtype, True, f.device) for f in feats]
@@ -227,7 +242,10 @@ def with_early_fills(fn, feats):
                 grad.record_stream(torch.cuda.current_stream())
             return grad
 
-        return with_patch(fn, pk, "_zero_gradient", take)()
+        result = with_patch(fn, pk, "_zero_gradient", take)()
+        if ready:  # e.g. a dense backward, which writes every element and takes no zero fill
+            raise RuntimeError(f"the backward took {len(feats) - len(ready)} of the {len(feats)} early fills")
+        return result
     return run
 
 
@@ -852,7 +870,9 @@ def sweep_overlap(config, quick=False):
     backward takes them (:func:`with_early_fills`; its loss and gradients first checked equal to
     the default step's, bit for bit). The fill is bound by DRAM bandwidth and the other kernels
     by latency, so the second of each pair could approach the longer of the two. The timings need
-    CUDA (streams); on the CPU the check alone runs. Returns the failed checks.
+    CUDA (streams); on the CPU the check alone runs. A capture that fails makes this and every
+    later cell of the run fall back to ``do_bench`` (marked), so each cell is paired with the one
+    before it only when both are replays. Returns the failed checks.
     """
     from lrc_fast.kernels import region_infonce as ri
     from lrc_fast.kernels import region_pool as pk
@@ -865,7 +885,7 @@ def sweep_overlap(config, quick=False):
         print("\n| dtype | K | InfoNCE backward, then both zero fills ms | the fills on a second stream ms "
               "| channels_last step ms | the step, fills forked at its start ms |")
         print("|---|---|---|---|---|---|")
-        side = torch.cuda.Stream()
+        streams = side_streams()
     for dtype in ((torch.float32,) if quick else config["dtypes"]):
         for k in _ks(config, quick):
             batch, channels, size = config["batch"], config["channels"], config["size"]
@@ -894,6 +914,7 @@ def sweep_overlap(config, quick=False):
                 return ri.infonce_backward_pass(grad_rows, means, unit, valid, lse, options), fills()
 
             def two_streams():
+                side = other_stream(streams)
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
                     grads = fills()
@@ -907,7 +928,7 @@ def sweep_overlap(config, quick=False):
             print(f"| {str(dtype).replace('torch.', '')} | {k} | {kernel_ms(one_stream)} | "
                   f"{kernel_ms(two_streams)} | {kernel_ms(step)} | {kernel_ms(with_early_fills(step, cl_feats))} |",
                   flush=True)
-            del cl_feats, means, unit, lse
+            del step, cl_feats, means, unit, lse
             torch.cuda.empty_cache()
     return failures
 

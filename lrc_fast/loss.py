@@ -5,7 +5,8 @@ and region maps ``r_q``, ``r_p`` ``(B, H, W)`` (ids ``0..K-1``, negative = ignor
 
 * **pooling** -- for every region ``k`` present in both views, ``N`` points are drawn uniformly
   with replacement from region ``k`` of ``f_q`` and, independently, ``N`` from region ``k`` of
-  ``f_p``; their feature means are ``q_k`` and ``p_k`` (accumulated in float32);
+  ``f_p``; their feature means are ``q_k`` and ``p_k`` (accumulated in float32, float64 for
+  float64 features);
 * **loss** -- with L2-normalised means and temperature ``tau``, per image::
 
       L = - sum_k log( e^{q_k.p_k/tau} / sum_j [ e^{q_k.p_j/tau} + [j != k] e^{q_k.q_j/tau} ] )
@@ -223,7 +224,7 @@ def region_contrast_loss(feat_q: torch.Tensor, feat_p: torch.Tensor, regions_q: 
     feat_q, feat_p : torch.Tensor
         ``(B, D, H, W)`` float32, bfloat16 or float16 (float64 on the reference backend); same
         shape, dtype and device; contiguous, channels_last or any strides. Accumulation is
-        float32. On the Triton path the logits of float32 features are float32-accurate
+        float32 (float64 for float64 features). On the Triton path the logits of float32 features are float32-accurate
         (``tf32x3`` tensor-core products) unless ``torch.set_float32_matmul_precision`` is
         'high' or 'medium', then ``tf32`` like 16-bit features (a third of the tensor-core
         work, 10-bit mantissas). With many regions, channels_last features and 'high' are the
@@ -254,8 +255,8 @@ def region_contrast_loss(feat_q: torch.Tensor, feat_p: torch.Tensor, regions_q: 
         Keep ``e^{q_k.q_k/tau}`` in the denominator, the formula exactly as printed (default
         False: the paper's text, "the rest of the local regions").
     reduction : {'mean', 'sum', 'none'}
-        ``'mean'`` (default): total over images / number of valid regions in the batch (0 when
-        there are none). ``'sum'``: the paper's sum over regions and images. ``'none'``: ``(B,)``,
+        ``'mean'`` (default): total over images / number of valid regions kept in the batch
+        (after ``max_regions``; 0 when there are none). ``'sum'``: the paper's sum over regions and images. ``'none'``: ``(B,)``,
         each image's sum over its regions.
     generator : torch.Generator or int, optional
         Source of the sample points (and of the random subset). It lives on the features' device;

@@ -946,6 +946,7 @@ __global__ void __launch_bounds__(kThreads) fh_kernel(Params P) {
       start = slot_pass(s, w, smem, rounds_main, offers_main);
       if (threadIdx.x == 0) __stcg(w.ctrl + kHandover, start);
     }
+    enter_phase(kPhaseMainOffer);  // the hand-over to the global rounds, not the slot engine's store
     team.sync();
     start = __ldcg(w.ctrl + kHandover);
   }
