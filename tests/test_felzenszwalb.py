@@ -475,25 +475,6 @@ def test_cuda_equals_cpu(case):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", range(9))
-def test_cuda_slot_engine_equals_cpu(case):
-    """The slot engine (its table in dynamic shared memory) on every case, with 1 and 6 CTAs."""
-    name, batch = _gpu_cases()[case]
-    for launch in [(1, 1024), (6, 1024)]:
-        _cuda_vs_cpu(batch, launch=launch, rounds=batch.shape[-1] <= 512, slots=True)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("launch", [(1, 256), (2, 512), (4, 1024)])
-def test_cuda_slot_engine_hands_over(launch):
-    """A plane's tied costs overflow a sub-bin; the team's global rounds take the pass on."""
-    i, j = np.mgrid[0:64, 0:96]
-    plane = ((i + 2.0 * j) / 256)[None]
-    for extend in (True, False):
-        _cuda_vs_cpu(plane, launch=launch, min_size=5, extend=extend, slots=True)
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("launch", [(1, 256), (1, 512), (1, 1024), (2, 1024), (4, 512), (8, 1024), (8, 256)])
 def test_cuda_launch_configurations_agree(launch):
     batch = np.stack([window_hu(phantom_slice(256, 320, seed=s)) for s in range(3)]).astype(np.float64)
@@ -530,8 +511,12 @@ def test_cuda_real_ct():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("extend,slots", [(True, False), (False, False), (True, True)])
-def test_cuda_phase_clock(extend, slots):
+@pytest.mark.parametrize("extend", [True, False])
+def test_cuda_phase_clock(extend):
+    _check_phase_clock(extend, slots=False)
+
+
+def _check_phase_clock(extend, slots):
     """The timed kernel gives the same labels; its phase times are non-negative, the hub phases
     are zero without the hub extension, the slot engine's are zero without it (and the global
     rounds' with it), and the phases cover the run."""
@@ -646,9 +631,34 @@ def test_cuda_default_launch_runs_the_batch_at_once():
             assert ext.felzenszwalb_cuda_max_active_teams(cluster, threads) >= batch, (batch, cluster)
 
 
-# Last in the file, so that under `pytest -x` (gpu_check) a failure here stops no other test: the
-# simulator runs these shapes, no GPU has yet.
+# Last in the file, so that under `pytest -x` (gpu_check) a failure here stops no other test:
+# cluster shapes outside the launch test's list, and the slot engine, which the simulator runs
+# and no GPU has yet.
 @pytest.mark.gpu
 @pytest.mark.parametrize("launch", [(3, 512), (6, 1024), (7, 1024)])
 def test_cuda_clusters_of_other_sizes_agree(launch):
     test_cuda_launch_configurations_agree(launch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", range(9))
+def test_cuda_slot_engine_equals_cpu(case):
+    """The slot engine (its table in dynamic shared memory) on every case, with 1 and 6 CTAs."""
+    name, batch = _gpu_cases()[case]
+    for launch in [(1, 1024), (6, 1024)]:
+        _cuda_vs_cpu(batch, launch=launch, rounds=batch.shape[-1] <= 512, slots=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("launch", [(1, 256), (2, 512), (4, 1024)])
+def test_cuda_slot_engine_hands_over(launch):
+    """A plane's tied costs overflow a sub-bin; the team's global rounds take the pass on."""
+    i, j = np.mgrid[0:64, 0:96]
+    plane = ((i + 2.0 * j) / 256)[None]
+    for extend in (True, False):
+        _cuda_vs_cpu(plane, launch=launch, min_size=5, extend=extend, slots=True)
+
+
+@pytest.mark.gpu
+def test_cuda_slot_engine_phase_clock():
+    _check_phase_clock(True, slots=True)
