@@ -640,13 +640,15 @@ def run_profile(config, quick=False):
                 print(profile_markdown(rows, kernel_ms, wall_ms, host_ms, replay_ms), flush=True)
 
 
-def kernel_ms(fn) -> str:
+def kernel_ms(fn, remember: bool = True) -> str:
     """A sweep cell's time: on CUDA the median replay of ``fn`` captured in a CUDA graph, the
     kernels' GPU time without the host's (which sets ``do_bench``'s time of a small launch);
-    where the capture fails, ``do_bench``'s time (marked). On the CPU, :func:`time_ms`."""
+    where the capture fails, ``do_bench``'s time (marked). On the CPU, :func:`time_ms`.
+    ``remember``: as :func:`cuda_timing.graph_replay_ms`'s (False: this cell's failed capture
+    leaves later cells to try their own)."""
     if not CUDA:
         return f"{time_ms(fn, 60):.3f}"
-    replay = graph_replay_ms(fn)
+    replay = graph_replay_ms(fn, remember)
     if isinstance(replay, float):
         return f"{replay:.4f}"
     DO_BENCH_REASONS.add(replay)
@@ -870,9 +872,9 @@ def sweep_overlap(config, quick=False):
     backward takes them (:func:`with_early_fills`; its loss and gradients first checked equal to
     the default step's, bit for bit). The fill is bound by DRAM bandwidth and the other kernels
     by latency, so the second of each pair could approach the longer of the two. The timings need
-    CUDA (streams); on the CPU the check alone runs. A capture that fails makes this and every
-    later cell of the run fall back to ``do_bench`` (marked), so each cell is paired with the one
-    before it only when both are replays. Returns the failed checks.
+    CUDA (streams); on the CPU the check alone runs. The two second-stream cells are experiments:
+    if one's capture fails, that cell alone falls back to ``do_bench`` (marked), and the others
+    are still replays. Returns the failed checks.
     """
     from lrc_fast.kernels import region_infonce as ri
     from lrc_fast.kernels import region_pool as pk
@@ -925,10 +927,11 @@ def sweep_overlap(config, quick=False):
                 return d_means, grads
 
             step = step_fn("fused", *cl_feats, regions_q, regions_p, k, config["num_samples"])
+            early = with_early_fills(step, cl_feats)
             print(f"| {str(dtype).replace('torch.', '')} | {k} | {kernel_ms(one_stream)} | "
-                  f"{kernel_ms(two_streams)} | {kernel_ms(step)} | {kernel_ms(with_early_fills(step, cl_feats))} |",
-                  flush=True)
-            del step, cl_feats, means, unit, lse
+                  f"{kernel_ms(two_streams, remember=False)} | {kernel_ms(step)} | "
+                  f"{kernel_ms(early, remember=False)} |", flush=True)
+            del step, early, cl_feats
             torch.cuda.empty_cache()
     return failures
 

@@ -70,11 +70,12 @@ def cpu_median_ms(fn, calls: int = 3) -> float:
 _GRAPH_FAILURE: list[str] = []  # why a capture failed: later configurations do not try again
 
 
-def graph_replay_ms(fn):
+def graph_replay_ms(fn, remember: bool = True):
     """Median time of one replay of ``fn`` captured in a CUDA graph (L2 flushed before each, as
     every time here): the step's GPU time without the host issuing it (what a trainer captured
     with CUDA graphs would see), or the reason the capture failed (a GPU->CPU sync inside the step
-    makes it fail). None on CPU."""
+    makes it fail). None on CPU. A failure is remembered, and later calls return it without
+    trying, unless ``remember`` is False (an experiment whose own capture may fail)."""
     if not torch.cuda.is_available():
         return None
     if _GRAPH_FAILURE:
@@ -94,7 +95,9 @@ def graph_replay_ms(fn):
         # stream context after ending the capture); the cause is the exception's context
         torch.cuda.set_stream(torch.cuda.default_stream())
         cause = error.__context__ or error
-        _GRAPH_FAILURE.append(f"capture failed: {type(cause).__name__}: {cause}"[:200])
-        return _GRAPH_FAILURE[0]
+        reason = f"capture failed: {type(cause).__name__}: {cause}"[:200]
+        if remember:
+            _GRAPH_FAILURE.append(reason)
+        return reason
     from triton.testing import do_bench
     return do_bench(graph.replay, warmup=10, rep=50, return_mode="median")
