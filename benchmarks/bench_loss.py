@@ -65,10 +65,11 @@ kernel (one view; ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in
 :mod:`lrc_fast.kernels.region_pool` for NCHW gradients and of ``GRAD_BLOCK_CHOICES_CL`` for
 channels_last ones, beside a zero fill of one gradient and the scatter backward) and the InfoNCE
 forward + backward (``(rows, columns, warps, stages)`` of ``BLOCK_CHOICES`` in
-:mod:`lrc_fast.kernels.region_infonce`, and at the default shape without normalisation); last, on CUDA, an experiment: the InfoNCE backward with both gradients' zero
-fills on a second stream against one stream, and the whole channels_last step with both fills
-forked to a second stream at its start against the step as it is (:func:`sweep_overlap`; on the
-CPU only its check that the early fills give the same gradients).
+:mod:`lrc_fast.kernels.region_infonce`, and at the default shape without normalisation); last,
+on CUDA, an experiment: the InfoNCE backward with both gradients' zero fills on a second stream
+against one stream, and the whole channels_last step with both fills forked to a second stream
+at its start against the step as it is (:func:`sweep_overlap`; on the CPU only its check that
+the early fills give the same gradients).
 """
 from __future__ import annotations
 
@@ -224,12 +225,10 @@ def with_early_fills(fn, feats):
     streams = side_streams() if CUDA else None
 
     def run():
+        side = other_stream(streams) if CUDA else None  # None: the current stream (the CPU)
         if CUDA:
-            side = other_stream(streams)
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                ready = [zero(list(f.shape), f.dtype, True, f.device) for f in feats]
-        else:
+        with torch.cuda.stream(side):
             ready = [zero(list(f.shape), f.dtype, True, f.device) for f in feats]
 
         def take(size, dtype, channels_last, device):

@@ -224,8 +224,8 @@ def region_contrast_loss(feat_q: torch.Tensor, feat_p: torch.Tensor, regions_q: 
     feat_q, feat_p : torch.Tensor
         ``(B, D, H, W)`` float32, bfloat16 or float16 (float64 on the reference backend); same
         shape, dtype and device; contiguous, channels_last or any strides. Accumulation is
-        float32 (float64 for float64 features). On the Triton path the logits of float32 features are float32-accurate
-        (``tf32x3`` tensor-core products) unless ``torch.set_float32_matmul_precision`` is
+        float32 (float64 for float64 features). On the Triton path the logits of float32
+        features are float32-accurate (``tf32x3`` tensor-core products) unless ``torch.set_float32_matmul_precision`` is
         'high' or 'medium', then ``tf32`` like 16-bit features (a third of the tensor-core
         work, 10-bit mantissas). With many regions, channels_last features and 'high' are the
         fast setting.
@@ -256,8 +256,8 @@ def region_contrast_loss(feat_q: torch.Tensor, feat_p: torch.Tensor, regions_q: 
         False: the paper's text, "the rest of the local regions").
     reduction : {'mean', 'sum', 'none'}
         ``'mean'`` (default): total over images / number of valid regions kept in the batch
-        (after ``max_regions``; 0 when there are none). ``'sum'``: the paper's sum over regions and images. ``'none'``: ``(B,)``,
-        each image's sum over its regions.
+        (after ``max_regions``; 0 when there are none). ``'sum'``: the paper's sum over regions
+        and images. ``'none'``: ``(B,)``, each image's sum over its regions.
     generator : torch.Generator or int, optional
         Source of the sample points (and of the random subset). It lives on the features' device;
         an int is a seed for a new generator there; None uses the global RNG. The same seed gives
