@@ -7,10 +7,9 @@ itself reports ``(x, y, z)``).
 Example
 -------
 >>> from lrc_fast.data import write_phantom_dataset, load_slice_dataset
->>> cases = write_phantom_dataset("/tmp/phantom", n_cases=4, seed=0)          # doctest: +SKIP
->>> ds = load_slice_dataset("/tmp/phantom", cache_dir="/tmp/phantom_cache",
-...                         spacing=None, labelled=True)                       # doctest: +SKIP
->>> ds[0]["image"].shape, ds[0]["label"].shape                                 # doctest: +SKIP
+>>> cases = write_phantom_dataset("phantom", n_cases=2, seed=0)
+>>> ds = load_slice_dataset("phantom", cache_dir="phantom_cache", spacing=None, labelled=True)
+>>> ds[0]["image"].shape, ds[0]["label"].shape
 (torch.Size([1, 256, 256]), torch.Size([256, 256]))
 """
 from __future__ import annotations

@@ -177,9 +177,11 @@ class VolumeCache:
 
     Example
     -------
-    >>> cache = VolumeCache("/tmp/lrc_cache", window="abdomen")      # doctest: +SKIP
-    >>> volumes = cache.prepare_all(find_cases("/data/phantom"))    # doctest: +SKIP
-    >>> volumes[0].image().shape                                    # doctest: +SKIP
+    >>> from lrc_fast.data import find_cases, write_phantom_dataset
+    >>> cases = write_phantom_dataset("phantom", n_cases=2, seed=0)
+    >>> cache = VolumeCache("lrc_cache", window="abdomen")
+    >>> volumes = cache.prepare_all(find_cases("phantom"))
+    >>> volumes[0].image().shape
     (77, 384, 384)
     """
 

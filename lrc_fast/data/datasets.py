@@ -268,7 +268,7 @@ def find_cases(
     >>> cases = find_cases("/data/openkbp", "pairs", image_pattern="*_ct.nii.gz",
     ...                    label_pattern="*_oars.nii.gz")                     # doctest: +SKIP
     >>> cases[0]                                                             # doctest: +SKIP
-    Case(case_id='pt_1', image=.../pt_1_ct.nii.gz, label=.../pt_1_oars.nii.gz, series_id=None)
+    Case(case_id='pt_1', image=PosixPath('.../pt_1_ct.nii.gz'), label=PosixPath('.../pt_1_oars.nii.gz'), series_id=None)
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
@@ -356,8 +356,10 @@ class CTSliceDataset(Dataset):
 
     Example
     -------
-    >>> ds = CTSliceDataset(volumes, labelled=True, slice_size=(256, 256))   # doctest: +SKIP
-    >>> ds[0]["image"].shape, ds[0]["label"].dtype                           # doctest: +SKIP
+    >>> from lrc_fast.data import VolumeCache, write_phantom_dataset
+    >>> volumes = VolumeCache("cache").prepare_all(write_phantom_dataset("phantom", n_cases=1))
+    >>> ds = CTSliceDataset(volumes, labelled=True, slice_size=(256, 256))
+    >>> ds[0]["image"].shape, ds[0]["label"].dtype
     (torch.Size([1, 256, 256]), torch.int64)
     """
 
@@ -496,9 +498,10 @@ def load_slice_dataset(
 
     Example
     -------
-    >>> write_phantom_dataset("/tmp/ph", 4)                                        # doctest: +SKIP
-    >>> ds = load_slice_dataset("/tmp/ph", cache_dir="/tmp/ph_cache", spacing=None) # doctest: +SKIP
-    >>> ds[0]["image"].shape                                                       # doctest: +SKIP
+    >>> from lrc_fast.data import write_phantom_dataset
+    >>> cases = write_phantom_dataset("phantom", n_cases=2)
+    >>> ds = load_slice_dataset("phantom", cache_dir="phantom_cache", spacing=None)
+    >>> ds[0]["image"].shape
     torch.Size([1, 256, 256])
     """
     _check_slice_options(n_neighbors, slice_size, min_foreground)  # before any volume is prepared

@@ -284,8 +284,9 @@ def read_image(path: os.PathLike | str, series_id: str | None = None) -> sitk.Im
 
     Example
     -------
-    >>> image = read_image("case_000.nii.gz")            # doctest: +SKIP
-    >>> sitk.GetArrayFromImage(image).shape               # doctest: +SKIP
+    >>> path = write_image(array_to_image(np.zeros((48, 256, 256), np.int16)), "case_000.nii.gz")
+    >>> image = read_image(path)
+    >>> sitk.GetArrayFromImage(image).shape
     (48, 256, 256)
     """
     path = Path(path)
@@ -381,7 +382,8 @@ def write_image(image: sitk.Image, path: os.PathLike | str, compress: bool = Tru
 
     Example
     -------
-    >>> write_image(array_to_image(np.zeros((2, 3, 4), np.int16)), "/tmp/x.nii.gz")  # doctest: +SKIP
+    >>> write_image(array_to_image(np.zeros((2, 3, 4), np.int16)), "x.nii.gz")
+    PosixPath('x.nii.gz')
     """
     if not isinstance(image, sitk.Image):
         raise ValueError(f"image must be a SimpleITK.Image; got {type(image).__name__} (see array_to_image)")

@@ -531,8 +531,8 @@ def write_phantom_dataset(
 
     Example
     -------
-    >>> cases = write_phantom_dataset("/tmp/phantom", 4, seed=0, layout="msd")  # doctest: +SKIP
-    >>> cases[0].image.name                                                     # doctest: +SKIP
+    >>> cases = write_phantom_dataset("phantom", 2, seed=0, layout="msd")
+    >>> cases[0].image.name
     'phantom_000.nii.gz'
     """
     from .datasets import Case

@@ -377,8 +377,10 @@ def prepare_volume(
 
     Example
     -------
-    >>> vol = prepare_volume("case_000_ct.nii.gz", "case_000_label.nii.gz")  # doctest: +SKIP
-    >>> vol.image.shape, vol.spacing                                         # doctest: +SKIP
+    >>> from lrc_fast.data import write_phantom_dataset
+    >>> case = write_phantom_dataset("phantom", n_cases=1)[0]
+    >>> vol = prepare_volume(case.image, case.label)
+    >>> vol.image.shape, vol.spacing
     ((77, 384, 384), (2.5, 1.0, 1.0))
     """
     window = resolve_window(window)

@@ -73,7 +73,11 @@ def split_cases(
 
     Example
     -------
-    >>> train, test = split_cases(find_cases("/data/phantom"), n_test=2, seed=0)  # doctest: +SKIP
+    >>> from lrc_fast.data import Case
+    >>> cases = [Case(f"pt_{i}", f"pt_{i}_ct.nii.gz", f"pt_{i}_oars.nii.gz") for i in range(90)]
+    >>> train, test = split_cases(cases, n_test=20, seed=0)
+    >>> len(train), len(test)
+    (70, 20)
     """
     ordered = _ordered(cases)
     seed = _check_seed(seed)
@@ -121,8 +125,10 @@ def labelled_subset(cases: Sequence[C], n: int, seed: int = 0) -> list[C]:
 
     Example
     -------
-    >>> ten = labelled_subset(train, 10, seed=0); sixty = labelled_subset(train, 60, seed=0)  # doctest: +SKIP
-    >>> set(c.case_id for c in ten) <= set(c.case_id for c in sixty)                          # doctest: +SKIP
+    >>> from lrc_fast.data import Case
+    >>> train = [Case(f"pt_{i}", f"pt_{i}_ct.nii.gz", f"pt_{i}_oars.nii.gz") for i in range(70)]
+    >>> ten = labelled_subset(train, 10, seed=0); sixty = labelled_subset(train, 60, seed=0)
+    >>> set(c.case_id for c in ten) <= set(c.case_id for c in sixty)
     True
     """
     ordered = _ordered(cases)
