@@ -421,6 +421,69 @@ def _sweep_table(rows, default_blocks):
             print(f"| {batch} | {shown} | {ms:.3f} | {ratio} |")
 
 
+def _batch_rows(batch: int) -> list[str]:
+    """The table rows of one batch size: every path's median ms and its ratio to elastic_pair."""
+    images, regions = make_inputs(batch)
+    gen = generator()
+    field = field_from_uniform_triton(draw(batch, gen), DEFAULT_ALPHA, DEFAULT_SIGMA)
+
+    def fused_field(precision):
+        return field_from_uniform_triton(draw(batch, gen), DEFAULT_ALPHA, DEFAULT_SIGMA,
+                                         precision=precision)
+
+    times = {
+        "elastic_pair (noise + field + warp)": timed_ms(lambda: triton_pair(images, regions, gen)),
+        "elastic_pair, float32 matmul 'high' (tf32 field)": timed_ms(
+            with_matmul_precision(lambda: triton_pair(images, regions, gen), "high")),
+        "fused field (noise + smoothing, tf32x3)": timed_ms(lambda: fused_field("tf32x3")),
+        "fused field (noise + smoothing, tf32)": timed_ms(lambda: fused_field("tf32")),
+        "fused warp (image + regions)": timed_ms(
+            lambda: elastic_warp(images, regions, field, backend="triton", check_finite=False)),
+        "reference pair (conv + gather)": timed_ms(lambda: reference_pair(images, regions, gen)),
+        "PyTorch baseline (conv + grid_sample)": timed_ms(
+            lambda: grid_sample_pair(images, regions, gen)),
+        "PyTorch baseline, cudnn.benchmark=True": timed_ms(
+            with_cudnn_benchmark(lambda: grid_sample_pair(images, regions, gen))),
+        "tuned PyTorch baseline (GEMM smoothing + grid_sample)": timed_ms(
+            lambda: gemm_grid_sample_pair(images, regions, gen)),
+    }
+    for spacing in COARSE_SPACINGS:
+        times[f"coarse elastic_pair, spacing {spacing} (noise to node rows + fused warp)"] = timed_ms(
+            lambda: coarse_pair(images, regions, gen, spacing))
+        times[f"coarse PyTorch baseline, spacing {spacing} (GEMM grid + gathers + grid_sample)"] = \
+            timed_ms(lambda: coarse_grid_sample_pair(images, regions, gen, spacing))
+    loop = "calls in a row (caches warm, host time included)"
+    times[f"elastic_pair, {loop}"] = back_to_back_ms(lambda: triton_pair(images, regions, gen))
+    times[f"tuned PyTorch baseline, {loop}"] = back_to_back_ms(
+        lambda: gemm_grid_sample_pair(images, regions, gen))
+    spacing = COARSE_SPACINGS[0]
+    times[f"coarse elastic_pair, spacing {spacing}, {loop}"] = back_to_back_ms(
+        lambda: coarse_pair(images, regions, gen, spacing))
+    times[f"coarse PyTorch baseline, spacing {spacing}, {loop}"] = back_to_back_ms(
+        lambda: coarse_grid_sample_pair(images, regions, gen, spacing))
+    host = "host time to issue a call (no GPU wait)"
+    times[f"elastic_pair, {host}"] = host_ms(lambda: triton_pair(images, regions, gen))
+    times[f"coarse elastic_pair, spacing {spacing}, {host}"] = host_ms(
+        lambda: coarse_pair(images, regions, gen, spacing))
+    # the pair's GPU time alone, as a trainer that captures its step in a CUDA graph runs it
+    # (the default generator: a capture registers it)
+    for name, spacing_or_none in (("elastic_pair", None), (f"coarse elastic_pair, spacing {spacing}", spacing)):
+        replay = graph_replay_ms(lambda: elastic_pair(images, regions, backend="triton",
+                                                      spacing=spacing_or_none))
+        times[f"{name}, CUDA graph replay"] = "needs CUDA" if replay is None else replay
+    monai = monai_per_sample(images, regions) if batch <= MONAI_MAX_BATCH else "not timed at this B"
+    times["MONAI Rand2DElasticd, per sample"] = timed_ms(monai) if callable(monai) else monai
+    fused = times["elastic_pair (noise + field + warp)"]
+    times = {name: "needs CUDA" if value is None else value for name, value in times.items()}
+    rows = []
+    for name, value in times.items():
+        if isinstance(value, str):
+            rows.append(f"| {batch} | {name} | {value} | |")
+        else:
+            rows.append(f"| {batch} | {name} | {value:.3f} | {value / fused:.1f}x |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
@@ -440,65 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name() if CUDA else "CPU (Triton interpreter, smoke run)"
     rows = []
     for batch in BATCHES:
-        images, regions = make_inputs(batch)
-        gen = generator()
-        field = field_from_uniform_triton(draw(batch, gen), DEFAULT_ALPHA, DEFAULT_SIGMA)
-
-        def fused_field(precision):
-            return field_from_uniform_triton(draw(batch, gen), DEFAULT_ALPHA, DEFAULT_SIGMA,
-                                             precision=precision)
-
-        times = {
-            "elastic_pair (noise + field + warp)": timed_ms(lambda: triton_pair(images, regions, gen)),
-            "elastic_pair, float32 matmul 'high' (tf32 field)": timed_ms(
-                with_matmul_precision(lambda: triton_pair(images, regions, gen), "high")),
-            "fused field (noise + smoothing, tf32x3)": timed_ms(lambda: fused_field("tf32x3")),
-            "fused field (noise + smoothing, tf32)": timed_ms(lambda: fused_field("tf32")),
-            "fused warp (image + regions)": timed_ms(
-                lambda: elastic_warp(images, regions, field, backend="triton", check_finite=False)),
-            "reference pair (conv + gather)": timed_ms(lambda: reference_pair(images, regions, gen)),
-            "PyTorch baseline (conv + grid_sample)": timed_ms(
-                lambda: grid_sample_pair(images, regions, gen)),
-            "PyTorch baseline, cudnn.benchmark=True": timed_ms(
-                with_cudnn_benchmark(lambda: grid_sample_pair(images, regions, gen))),
-            "tuned PyTorch baseline (GEMM smoothing + grid_sample)": timed_ms(
-                lambda: gemm_grid_sample_pair(images, regions, gen)),
-        }
-        for spacing in COARSE_SPACINGS:
-            times[f"coarse elastic_pair, spacing {spacing} (noise to node rows + fused warp)"] = timed_ms(
-                lambda: coarse_pair(images, regions, gen, spacing))
-            times[f"coarse PyTorch baseline, spacing {spacing} (GEMM grid + gathers + grid_sample)"] = \
-                timed_ms(lambda: coarse_grid_sample_pair(images, regions, gen, spacing))
-        loop = "calls in a row (caches warm, host time included)"
-        times[f"elastic_pair, {loop}"] = back_to_back_ms(lambda: triton_pair(images, regions, gen))
-        times[f"tuned PyTorch baseline, {loop}"] = back_to_back_ms(
-            lambda: gemm_grid_sample_pair(images, regions, gen))
-        spacing = COARSE_SPACINGS[0]
-        times[f"coarse elastic_pair, spacing {spacing}, {loop}"] = back_to_back_ms(
-            lambda: coarse_pair(images, regions, gen, spacing))
-        times[f"coarse PyTorch baseline, spacing {spacing}, {loop}"] = back_to_back_ms(
-            lambda: coarse_grid_sample_pair(images, regions, gen, spacing))
-        host = "host time to issue a call (no GPU wait)"
-        times[f"elastic_pair, {host}"] = host_ms(lambda: triton_pair(images, regions, gen))
-        times[f"coarse elastic_pair, spacing {spacing}, {host}"] = host_ms(
-            lambda: coarse_pair(images, regions, gen, spacing))
-        # the pair's GPU time alone, as a trainer that captures its step in a CUDA graph runs it
-        # (the default generator: a capture registers it)
-        for name, spacing_or_none in (("elastic_pair", None), (f"coarse elastic_pair, spacing {spacing}", spacing)):
-            replay = graph_replay_ms(lambda: elastic_pair(images, regions, backend="triton",
-                                                          spacing=spacing_or_none))
-            times[f"{name}, CUDA graph replay"] = "needs CUDA" if replay is None else replay
-        monai = monai_per_sample(images, regions) if batch <= MONAI_MAX_BATCH else "not timed at this B"
-        times["MONAI Rand2DElasticd, per sample"] = timed_ms(monai) if callable(monai) else monai
-        fused = times["elastic_pair (noise + field + warp)"]
-        times = {name: "needs CUDA" if value is None else value for name, value in times.items()}
-        for name, value in times.items():
-            if isinstance(value, str):
-                rows.append(f"| {batch} | {name} | {value} | |")
-            else:
-                rows.append(f"| {batch} | {name} | {value:.3f} | {value / fused:.1f}x |")
-        del images, regions, field
-        if CUDA:
+        rows += _batch_rows(batch)
+        if CUDA:  # the batch's tensors are gone with _batch_rows' frame
             torch.cuda.empty_cache()
     print(f"\nElastic pairs, {SIZE}x{SIZE}, alpha={DEFAULT_ALPHA:g}, sigma={DEFAULT_SIGMA:g} px, "
           f"float32 image + int64 regions, {device_name}; median ms; last column = time / elastic_pair\n")
