@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lrc_fast_installed
 SOURCES := setup.py pyproject.toml requirements/dev.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/* csrc/simt/*)
 
-.PHONY: setup demo test bench cuda-check triton-check ci-clone gpu-baseline gpu-wheels clean
+.PHONY: setup demo test bench cuda-check triton-check ci-clone gpu-baseline gpu-data gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -67,6 +67,19 @@ gpu-baseline:
 	@test -n "$(REV)" || { echo "usage: make gpu-baseline REV=<commit>"; exit 1; }
 	rm -rf .baseline && mkdir .baseline && git archive "$(REV)" | tar -x -C .baseline
 	git rev-parse --short "$(REV)" > .baseline/REV
+
+# Real CT for the lent GPU machine, into .gpu_data/ (ignored; carry it): the abdominal series and
+# the first GPU_DATA_VOLUMES OpenKBP CTs (pt_1 to pt_3 among them, which the realdata GPU tests
+# read). With 20 (9 MB in all) it fits the device tool's 64 MiB carry beside .whl (54 MB) and the tree.
+GPU_DATA_VOLUMES ?= 20
+SHARED_DATA ?= $(or $(LRC_FAST_SHARED_DATA),../shared/data)
+gpu-data:
+	rm -rf .gpu_data && mkdir -p .gpu_data/openkbp-train
+	cp -r $(SHARED_DATA)/totalseg-abdomen .gpu_data/
+	ls $(SHARED_DATA)/openkbp-train/*_ct.nii.gz | sort -V | head -n $(GPU_DATA_VOLUMES) \
+	  | xargs -I{} cp {} .gpu_data/openkbp-train/
+	chmod -R u+w .gpu_data
+	du -sh .gpu_data
 
 # Wheels the lent GPU machine (Python 3.12, no network) lacks, into .whl/ (ignored; carry it):
 # SimpleITK for lrc_fast.data, MONAI for bench_elastic's per-sample row. gpu_check installs them.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one script to run on a lent GPU machine (no network there):
 #   bash benchmarks/gpu_check.sh
-# Builds the extension with that machine's torch, runs `pytest -m gpu`, the benchmarks (and the
+# Builds the extension with that machine's torch, runs `pytest -m gpu`, the CUDA Felzenszwalb on
+# every carried real CT slice (benchmarks/exact_real_ct.py), the benchmarks (and the
 # loss step's per-kernel profile and host time, the launch-shape sweeps of the field and the loss, logs only),
 # Nsight Compute on one Felzenszwalb launch and on the Triton kernels of one loss step and one
 # elastic pair, and compute-sanitizer (memcheck, racecheck) on the CUDA kernel, and prints a short
@@ -110,6 +111,12 @@ elif selected fh_smoke; then
   FH_SMOKE=failed
 fi
 fh_step pytest_gpu_felzenszwalb 150 $PY -m pytest -m gpu -q -x -p no:cacheprovider tests/test_felzenszwalb.py
+# the kernel's labels on every slice of the carried real CT (`make gpu-data`), default engine and slot engine
+if [ -n "${LRC_FAST_SHARED_DATA:-}" ]; then
+  fh_step fh_exact_real_ct 90 $PY benchmarks/exact_real_ct.py --backends cuda,cuda-slots
+elif selected fh_exact_real_ct; then
+  SUMMARY+=("| fh_exact_real_ct | skipped: no .gpu_data carried (make gpu-data) | 0 s |")
+fi
 fh_step bench_felzenszwalb 180 $PY benchmarks/bench_felzenszwalb.py
 fh_step bench_felzenszwalb_phases 60 $PY benchmarks/bench_felzenszwalb.py --phases
 baseline_built() {  # whether the baseline's extension was built (waits for its build, once)
