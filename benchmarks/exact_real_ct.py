@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = "cuda,cuda-slots" if torch.cuda.is_available() else "emulate,emulate-slots"
     parser.add_argument("--backends", default=default, help=f"comma-separated, of {sorted(BACKENDS)}")
-    parser.add_argument("--per-volume", type=int, default=None, help="slices per volume (default: all)")
+    parser.add_argument("--per-volume", type=int, default=None,
+                        help="slices per volume, spread evenly (default: all; the report then numbers the slices taken)")
     parser.add_argument("--limit", type=int, default=None, help="OpenKBP volumes (default: all)")
     parser.add_argument("--params", default="1,0.8,20", help="scale,sigma,min_size (default: the demo's)")
     parser.add_argument("--seed", type=int, default=0, help="simt: the threads' interleaving (0: in order)")
@@ -102,8 +103,11 @@ def main(argv=None) -> int:
         parser.error(f"unknown backends {unknown}; choose from {sorted(BACKENDS)}")
     if args.per_volume is not None and args.per_volume < 1:
         parser.error(f"--per-volume must be at least 1, got {args.per_volume}")
-    scale, sigma, min_size = args.params.split(",")
-    params = (float(scale), float(sigma), int(min_size))
+    try:
+        scale, sigma, min_size = args.params.split(",")
+        params = (float(scale), float(sigma), int(min_size))
+    except ValueError:
+        parser.error(f"--params must be scale,sigma,min_size (two numbers and an int), got {args.params!r}")
     volumes = load_volumes(args.per_volume, args.limit)
     if volumes is None:
         print("no real CT: ../shared/data is absent (set LRC_FAST_SHARED_DATA); nothing compared")

@@ -46,6 +46,9 @@ def test_main_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         exact_real_ct.main(["--per-volume", "0"])
     assert "--per-volume must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        exact_real_ct.main(["--params", "1,0.8"])
+    assert "--params must be scale,sigma,min_size" in capsys.readouterr().err
 
 
 def test_main_without_real_ct_compares_nothing(monkeypatch, tmp_path, capsys):
