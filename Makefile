@@ -79,6 +79,8 @@ gpu-data:
 	ls $(SHARED_DATA)/openkbp-train/*_ct.nii.gz | sort -V | head -n $(GPU_DATA_VOLUMES) \
 	  | xargs -I{} cp {} .gpu_data/openkbp-train/
 	chmod -R u+w .gpu_data
+	test "$$(ls .gpu_data/openkbp-train | wc -l)" -eq $(GPU_DATA_VOLUMES) \
+	  || { echo "fewer than $(GPU_DATA_VOLUMES) OpenKBP CTs in $(SHARED_DATA)"; exit 1; }
 	du -sh .gpu_data
 
 # Wheels the lent GPU machine (Python 3.12, no network) lacks, into .whl/ (ignored; carry it):

@@ -2,13 +2,14 @@
 backend: the GPU kernel (default engine and slot engine), its CPU emulation, or the kernel's own
 source on the SIMT simulator. A check, not a timing: it exits 1 when any slice differs.
 
-    python benchmarks/exact_real_ct.py                          # emulate, emulate-slots (CPU)
+    python benchmarks/exact_real_ct.py                          # emulate, emulate-slots (no GPU)
     python benchmarks/exact_real_ct.py --backends cuda,cuda-slots
     python benchmarks/exact_real_ct.py --backends simt-slots --per-volume 1 --seed 3
 
 The data: the 90 OpenKBP head & neck volumes (128x128 slices, window head_neck) and the abdominal
 DICOM series (512x512, window abdomen); ``$LRC_FAST_SHARED_DATA`` points elsewhere (gpu_check.sh
-sets it to a carried ``.gpu_data``). Without the data it says so and exits 0. ``--per-volume N``
+sets it to a carried ``.gpu_data``). Without the data it says so and exits 0, or 2 with
+``--require-data``. ``--per-volume N``
 takes N slices of each volume, spread evenly (the SIMT simulator takes seconds per slice).
 """
 from __future__ import annotations
@@ -74,7 +75,8 @@ def load_volumes(per_volume: int | None, limit: int | None) -> dict | None:
     def windowed(image, window):
         vol = window_hu(sitk.GetArrayFromImage(image).astype(np.float64), window)
         if per_volume is not None:
-            vol = vol[np.unique(np.linspace(0, vol.shape[0] - 1, per_volume).astype(int))]
+            # interior slices: an OpenKBP volume's first slice is often blank (-1024 outside the scan)
+            vol = vol[np.unique(np.linspace(0, vol.shape[0] - 1, per_volume + 2).astype(int)[1:-1])]
         return torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float64))
 
     volumes = {}
@@ -96,6 +98,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="OpenKBP volumes (default: all)")
     parser.add_argument("--params", default="1,0.8,20", help="scale,sigma,min_size (default: the demo's)")
     parser.add_argument("--seed", type=int, default=0, help="simt: the threads' interleaving (0: in order)")
+    parser.add_argument("--require-data", action="store_true", help="exit 2 when no real CT is found")
     args = parser.parse_args(argv)
     backends = args.backends.split(",")
     unknown = [b for b in backends if b not in BACKENDS]
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
     volumes = load_volumes(args.per_volume, args.limit)
     if volumes is None:
         print("no real CT: ../shared/data is absent (set LRC_FAST_SHARED_DATA); nothing compared")
-        return 0
+        return 2 if args.require_data else 0
     rows = differing_slices(volumes, backends, params,
                             lambda slices, backend, p: labels_of(slices, backend, p, args.seed))
     print(f"\nFelzenszwalb labels against the CPU backend, scale {params[0]:g}, sigma {params[1]:g}, "

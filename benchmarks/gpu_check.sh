@@ -113,7 +113,7 @@ fi
 fh_step pytest_gpu_felzenszwalb 150 $PY -m pytest -m gpu -q -x -p no:cacheprovider tests/test_felzenszwalb.py
 # the kernel's labels on every slice of the carried real CT (`make gpu-data`), default engine and slot engine
 if [ -n "${LRC_FAST_SHARED_DATA:-}" ]; then
-  fh_step fh_exact_real_ct 90 $PY benchmarks/exact_real_ct.py --backends cuda,cuda-slots
+  fh_step fh_exact_real_ct 90 $PY benchmarks/exact_real_ct.py --backends cuda,cuda-slots --require-data
 elif selected fh_exact_real_ct; then
   SUMMARY+=("| fh_exact_real_ct | skipped: no .gpu_data carried (make gpu-data) | 0 s |")
 fi

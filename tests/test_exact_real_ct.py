@@ -55,3 +55,4 @@ def test_main_without_real_ct_compares_nothing(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("LRC_FAST_SHARED_DATA", str(tmp_path / "absent"))
     assert exact_real_ct.main(["--backends", "emulate"]) == 0
     assert "nothing compared" in capsys.readouterr().out
+    assert exact_real_ct.main(["--backends", "emulate", "--require-data"]) == 2  # gpu_check's step fails
