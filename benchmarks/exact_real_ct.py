@@ -9,8 +9,8 @@ source on the SIMT simulator. A check, not a timing: it exits 1 when any slice d
 The data: the 90 OpenKBP head & neck volumes (128x128 slices, window head_neck) and the abdominal
 DICOM series (512x512, window abdomen); ``$LRC_FAST_SHARED_DATA`` points elsewhere (gpu_check.sh
 sets it to a carried ``.gpu_data``). Without the data it says so and exits 0, or 2 with
-``--require-data``. ``--per-volume N``
-takes N slices of each volume, spread evenly (the SIMT simulator takes seconds per slice).
+``--require-data``. ``--per-volume N`` takes N interior slices of each volume, spread evenly
+(the SIMT simulator takes seconds per slice).
 """
 from __future__ import annotations
 
@@ -40,8 +40,7 @@ def labels_of(slices: torch.Tensor, backend: str, params: tuple[float, float, in
     name, slots = BACKENDS[backend]
     device = "cuda" if name == "cuda" else "cpu"
     launch = (6, 1024) if name == "simt" else None  # the B=16 launch of the GPU
-    extra = {"seed": seed} if name == "simt" else {}
-    parts = [_segment(chunk.to(device), *params, name, launch=launch, slots=slots, **extra)[0].cpu()
+    parts = [_segment(chunk.to(device), *params, name, launch=launch, slots=slots, seed=seed)[0].cpu()
              for chunk in slices.split(MAX_BATCH)]
     return torch.cat(parts)
 
@@ -65,15 +64,16 @@ def differing_slices(volumes, backends, params, labels=labels_of):
 
 def load_volumes(per_volume: int | None, limit: int | None) -> dict | None:
     """{data set: [(name, (D, H, W) float64 windowed slices)]} from ../shared/data, or None."""
-    from lrc_fast.data import read_dicom_series, read_image, shared_data_dir, window_hu
     import SimpleITK as sitk
+
+    from bench_felzenszwalb import real_ct_slices  # the abdominal series, windowed (benchmarks/ is on sys.path)
+    from lrc_fast.data import read_image, shared_data_dir, window_hu
 
     root = shared_data_dir()
     if root is None:
         return None
 
-    def windowed(image, window):
-        vol = window_hu(sitk.GetArrayFromImage(image).astype(np.float64), window)
+    def taken(vol: np.ndarray) -> torch.Tensor:
         if per_volume is not None:
             # interior slices: an OpenKBP volume's first slice is often blank (-1024 outside the scan)
             vol = vol[np.unique(np.linspace(0, vol.shape[0] - 1, per_volume + 2).astype(int)[1:-1])]
@@ -82,10 +82,11 @@ def load_volumes(per_volume: int | None, limit: int | None) -> dict | None:
     volumes = {}
     paths = sorted((root / "openkbp-train").glob("*_ct.nii.gz"))[:limit]
     if paths:
-        volumes["OpenKBP"] = [(p.name, windowed(read_image(p), "head_neck")) for p in paths]
-    series = root / "totalseg-abdomen" / "ct_dicom"
-    if series.is_dir():
-        volumes["abdomen"] = [(series.name, windowed(read_dicom_series(series), "abdomen"))]
+        volumes["OpenKBP"] = [(p.name, taken(window_hu(sitk.GetArrayFromImage(read_image(p)), "head_neck")))
+                              for p in paths]
+    abdomen = real_ct_slices()
+    if abdomen is not None:
+        volumes["abdomen"] = [("ct_dicom", taken(np.stack(abdomen)))]
     return volumes or None
 
 

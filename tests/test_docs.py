@@ -27,24 +27,28 @@ def _docstring_tests() -> list[doctest.DocTest]:
 
 DOCTESTS = _docstring_tests()
 
-
-@pytest.mark.parametrize("test", DOCTESTS, ids=[t.name for t in DOCTESTS])
-def test_docstring_example(test, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # examples that write files write them here
-    report: list[str] = []
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    result = runner.run(test, out=report.append)
-    if result.attempted == 0:
-        assert test.name in REAL_CT_EXAMPLES, f"{test.name}: every example is +SKIP, and nothing runs it"
-        pytest.skip("every example is marked +SKIP: it reads real CT (test_real_ct_example runs it on ../shared/data)")
-    assert result.failed == 0, "".join(report)
-
-
 # The examples that read real CT, with the folder each names and where ../shared/data holds it.
 REAL_CT_EXAMPLES = {
     "lrc_fast.data.datasets.find_cases": ('"/data/openkbp"', "openkbp-train"),
     "lrc_fast.data.io.read_dicom_series": ('"ct_dicom/"', "totalseg-abdomen/ct_dicom"),
 }
+
+
+def _run(test: doctest.DocTest) -> tuple[doctest.TestResults, str]:
+    """Run ``test`` as pytest's doctest would (ELLIPSIS): its results and its failure report."""
+    report: list[str] = []
+    result = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS).run(test, out=report.append)
+    return result, "".join(report)
+
+
+@pytest.mark.parametrize("test", DOCTESTS, ids=[t.name for t in DOCTESTS])
+def test_docstring_example(test, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that write files write them here
+    result, report = _run(test)
+    if result.attempted == 0:
+        assert test.name in REAL_CT_EXAMPLES, f"{test.name}: every example is +SKIP, and nothing runs it"
+        pytest.skip("every example is marked +SKIP: it reads real CT (test_real_ct_example runs it on ../shared/data)")
+    assert result.failed == 0, report
 
 
 @pytest.mark.realdata
@@ -61,9 +65,8 @@ def test_real_ct_example(name):
     for ex in test.examples:
         ex.source = ex.source.replace(spelled, repr(str(data / folder)))
         ex.options = {}
-    report: list[str] = []
-    result = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS).run(test, out=report.append)
-    assert result.attempted == len(test.examples) and result.failed == 0, "".join(report)
+    result, report = _run(test)
+    assert result.attempted == len(test.examples) and result.failed == 0, report
 
 
 def test_the_public_ops_have_runnable_examples():
