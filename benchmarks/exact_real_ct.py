@@ -15,13 +15,14 @@ sets it to a carried ``.gpu_data``). Without the data it says so and exits 0, or
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
 import numpy as np
 import torch
 
-from lrc_fast.superpixels import _segment
+from lrc_fast.superpixels import _check_params, _segment
 
 REFERENCE = "cpu"  # the exact CPU backend
 # backend name -> (the _segment backend, the slot engine on)
@@ -45,11 +46,10 @@ def labels_of(slices: torch.Tensor, backend: str, params: tuple[float, float, in
     return torch.cat(parts)
 
 
-def differing_slices(volumes, backends, params, labels=labels_of):
-    """Per (data set, backend): (slices compared, the (volume, slice) pairs whose labels differ
-    from the CPU backend's, seconds). ``volumes``: {data set: [(volume name, (D, H, W) float64)]};
-    ``labels(slices, backend, params)`` as :func:`labels_of`."""
-    rows = {}
+def compare(volumes, backends, params, labels=labels_of):
+    """Yield ``((data set, backend), (slices compared, the (volume, slice) pairs whose labels
+    differ from the CPU backend's, seconds))`` as each finishes. ``volumes``: {data set:
+    [(volume name, (D, H, W) float64)]}; ``labels(slices, backend, params)`` as :func:`labels_of`."""
     for data, vols in volumes.items():
         want = [labels(v, REFERENCE, params) for _, v in vols]
         for backend in backends:
@@ -58,8 +58,17 @@ def differing_slices(volumes, backends, params, labels=labels_of):
             for (name, v), expected in zip(vols, want):
                 got = labels(v, backend, params)
                 bad += [(name, z) for z in range(v.shape[0]) if not torch.equal(got[z], expected[z])]
-            rows[data, backend] = (sum(v.shape[0] for _, v in vols), bad, time.perf_counter() - start)
-    return rows
+            yield (data, backend), (sum(v.shape[0] for _, v in vols), bad, time.perf_counter() - start)
+
+
+def differing_slices(volumes, backends, params, labels=labels_of):
+    """:func:`compare`'s rows as one dict."""
+    return dict(compare(volumes, backends, params, labels))
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders pt_2 before pt_10, as ``make gpu-data``'s ``sort -V`` does."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def load_volumes(per_volume: int | None, limit: int | None) -> dict | None:
@@ -80,7 +89,7 @@ def load_volumes(per_volume: int | None, limit: int | None) -> dict | None:
         return torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float64))
 
     volumes = {}
-    paths = sorted((root / "openkbp-train").glob("*_ct.nii.gz"))[:limit]
+    paths = sorted((root / "openkbp-train").glob("*_ct.nii.gz"), key=lambda p: natural_key(p.name))[:limit]
     if paths:
         volumes["OpenKBP"] = [(p.name, taken(window_hu(sitk.GetArrayFromImage(read_image(p)), "head_neck")))
                               for p in paths]
@@ -96,7 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", default=default, help=f"comma-separated, of {sorted(BACKENDS)}")
     parser.add_argument("--per-volume", type=int, default=None,
                         help="slices per volume, spread evenly (default: all; the report then numbers the slices taken)")
-    parser.add_argument("--limit", type=int, default=None, help="OpenKBP volumes (default: all)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="the first N OpenKBP volumes in pt_1, pt_2, ... order (default: all)")
     parser.add_argument("--params", default="1,0.8,20", help="scale,sigma,min_size (default: the demo's)")
     parser.add_argument("--seed", type=int, default=0, help="simt: the threads' interleaving (0: in order)")
     parser.add_argument("--require-data", action="store_true", help="exit 2 when no real CT is found")
@@ -109,22 +119,28 @@ def main(argv=None) -> int:
         parser.error(f"--per-volume must be at least 1, got {args.per_volume}")
     try:
         scale, sigma, min_size = args.params.split(",")
-        params = (float(scale), float(sigma), int(min_size))
-    except ValueError:
-        parser.error(f"--params must be scale,sigma,min_size (two numbers and an int), got {args.params!r}")
+        params = _check_params(float(scale), float(sigma), int(min_size))
+    except ValueError as err:  # felzenszwalb's own checks (finite, >= 0) or a malformed value
+        parser.error(f"--params must be scale,sigma,min_size (two numbers >= 0 and an int >= 0), "
+                     f"got {args.params!r}: {err}")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be at least 1, got {args.limit}")
     volumes = load_volumes(args.per_volume, args.limit)
     if volumes is None:
         print("no real CT: ../shared/data is absent (set LRC_FAST_SHARED_DATA); nothing compared")
         return 2 if args.require_data else 0
-    rows = differing_slices(volumes, backends, params,
-                            lambda slices, backend, p: labels_of(slices, backend, p, args.seed))
-    print(f"\nFelzenszwalb labels against the CPU backend, scale {params[0]:g}, sigma {params[1]:g}, "
+    print(f"Felzenszwalb labels against the CPU backend, scale {params[0]:g}, sigma {params[1]:g}, "
           f"min_size {params[2]}\n")
     print("| data | backend | slices | equal | differing (first 5) | s |")
-    print("|---|---|---|---|---|---|")
-    for (data, backend), (n, bad, seconds) in rows.items():
-        print(f"| {data} | {backend} | {n} | {n - len(bad)} | {bad[:5] if bad else '-'} | {seconds:.1f} |")
-    return 1 if any(bad for _, bad, _ in rows.values()) else 0
+    print("|---|---|---|---|---|---|", flush=True)
+    differ = False
+    # each row as it finishes: a run cut short by its time limit still logs the rows it finished
+    for (data, backend), (n, bad, seconds) in compare(
+            volumes, backends, params, lambda slices, backend, p: labels_of(slices, backend, p, args.seed)):
+        print(f"| {data} | {backend} | {n} | {n - len(bad)} | {bad[:5] if bad else '-'} | {seconds:.1f} |",
+              flush=True)
+        differ = differ or bool(bad)
+    return 1 if differ else 0
 
 
 if __name__ == "__main__":

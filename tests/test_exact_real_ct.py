@@ -49,6 +49,55 @@ def test_main_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         exact_real_ct.main(["--params", "1,0.8"])
     assert "--params must be scale,sigma,min_size" in capsys.readouterr().err
+    # felzenszwalb's own checks: finite and >= 0
+    for bad, why in (("1,nan,20", "sigma must be finite and >= 0, got nan"),
+                     ("-1,0.8,20", "scale must be finite and >= 0, got -1.0"),
+                     ("1,0.8,-5", "min_size must be >= 0, got -5")):
+        with pytest.raises(SystemExit):
+            exact_real_ct.main([f"--params={bad}"])  # "=": argparse reads a bare "-1,..." as an option
+        assert why in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        exact_real_ct.main(["--limit", "0"])
+    assert "--limit must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_rows_come_as_each_backend_finishes():
+    # a step cut short by its time limit still has the rows it finished
+    def labels(slices, backend, params):
+        if backend == "emulate-slots":
+            raise RuntimeError("cut short")
+        return exact_real_ct.labels_of(slices, backend, params)
+
+    rows = exact_real_ct.compare(_volumes(), ["emulate", "emulate-slots"], PARAMS, labels)
+    key, (n, bad, _) = next(rows)
+    assert (key, n, bad) == (("phantom", "emulate"), 6, [])
+    with pytest.raises(RuntimeError, match="cut short"):
+        next(rows)
+
+
+def test_main_prints_a_row_per_backend_and_fails_on_a_difference(monkeypatch, capsys):
+    monkeypatch.setattr(exact_real_ct, "load_volumes", lambda per_volume, limit: _volumes())
+    assert exact_real_ct.main(["--backends", "emulate,emulate-slots"]) == 0
+    out = capsys.readouterr().out
+    assert "| phantom | emulate | 6 | 6 | - |" in out and "| phantom | emulate-slots | 6 | 6 | - |" in out
+
+    real = exact_real_ct.labels_of
+
+    def one_pixel_off(slices, backend, params, seed=0):
+        out = real(slices, backend, params, seed)
+        if backend == "emulate":
+            out[2, 5, 5] += 1
+        return out
+
+    monkeypatch.setattr(exact_real_ct, "labels_of", one_pixel_off)
+    assert exact_real_ct.main(["--backends", "emulate"]) == 1
+    assert "| phantom | emulate | 6 | 4 | [('a', 2), ('b', 2)] |" in capsys.readouterr().out
+
+
+def test_volumes_are_taken_in_natural_order():
+    names = ["pt_10_ct.nii.gz", "pt_2_ct.nii.gz", "pt_1_ct.nii.gz", "pt_100_ct.nii.gz"]
+    assert sorted(names, key=exact_real_ct.natural_key) == [
+        "pt_1_ct.nii.gz", "pt_2_ct.nii.gz", "pt_10_ct.nii.gz", "pt_100_ct.nii.gz"]
 
 
 def test_main_without_real_ct_compares_nothing(monkeypatch, tmp_path, capsys):
