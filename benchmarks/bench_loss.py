@@ -55,21 +55,27 @@ the smoke shapes): the time to issue a step when the GPU is not waited for, besi
 step of steps in a row, then a cProfile of 100 bfloat16 K=64 steps (the functions of most own
 time). Where the first is near the second, the step is bound by the host, not by its kernels.
 
-``--sweep``: instead of the table, kernels alone at each of their launch shapes (median ms of a
-CUDA graph replay: the GPU's time, not the host's), each shape checked against the default
-shape's result first: the region index with the pooling forward that searches it
-(``INDEX_TILE_CHOICES``; the CUDA tile sort and tl.sort side by side where the extension has CUDA,
-and the index alone per sort), the pooling forward alone at each width of its search for a
-sample's tile (``SEARCH_BITS_CHOICES``, channels_last features), the dense feature-gradient
-kernel (one view; ``(pixels, channels, warps)`` of ``GRAD_BLOCK_CHOICES`` in
-:mod:`lrc_fast.kernels.region_pool` for NCHW gradients and of ``GRAD_BLOCK_CHOICES_CL`` for
-channels_last ones, beside a zero fill of one gradient and the scatter backward) and the InfoNCE
-forward + backward (``(rows, columns, warps, stages)`` of ``BLOCK_CHOICES`` in
-:mod:`lrc_fast.kernels.region_infonce`, and at the default shape without normalisation); last,
-on CUDA, an experiment: the InfoNCE backward with both gradients' zero fills on a second stream
-against one stream, and the whole channels_last step with both fills forked to a second stream
-at its start against the step as it is (:func:`sweep_overlap`; on the CPU only its check that
-the early fills give the same gradients).
+``--sweep [TABLES]``: instead of the table, kernels alone at each of their launch shapes (median
+ms of a CUDA graph replay: the GPU's time, not the host's), each shape checked against the default
+shape's result first. ``TABLES``, comma-separated, picks some (default: all, in this order, the
+changes not yet timed on a GPU first):
+
+* ``infonce``: the InfoNCE forward + backward (``(rows, columns, warps, stages)`` of
+  ``BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_infonce`, and at the default shape without
+  normalisation);
+* ``search``: the pooling forward alone at each width of its search for a sample's tile
+  (``SEARCH_BITS_CHOICES``, channels_last features);
+* ``overlap``: on CUDA, an experiment: the InfoNCE backward with both gradients' zero fills on a
+  second stream against one stream, and the whole channels_last step with both fills forked to a
+  second stream at its start against the step as it is (:func:`sweep_overlap`; on the CPU only
+  its check that the early fills give the same gradients);
+* ``backward``: the dense feature-gradient kernel (one view; ``(pixels, channels, warps)`` of
+  ``GRAD_BLOCK_CHOICES`` in :mod:`lrc_fast.kernels.region_pool` for NCHW gradients and of
+  ``GRAD_BLOCK_CHOICES_CL`` for channels_last ones, beside a zero fill of one gradient and the
+  scatter backward);
+* ``index``: the region index with the pooling forward that searches it (``INDEX_TILE_CHOICES``;
+  the CUDA tile sort and tl.sort side by side where the extension has CUDA, and the index alone
+  per sort).
 """
 from __future__ import annotations
 
@@ -984,17 +990,28 @@ def index_sort() -> str:
     return {"cuda": "the CUDA tile sort", "network": "the gather network (Triton interpreter)"}[method]
 
 
+# --sweep's tables, in the default order: the changes not yet timed on a GPU first, so that a run
+# cut short by its time limit has those
+SWEEPS = {"infonce": sweep_infonce, "search": sweep_search, "overlap": sweep_overlap,
+          "backward": sweep_backward, "index": sweep_index}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only K=256 (on the CPU the smoke run's largest K), float32")
     parser.add_argument("--profile", action="store_true", help="the fused step's time per kernel instead")
     parser.add_argument("--bound", action="store_true",
                         help="only the DRAM traffic bound at the full-size setting (any device, no timing)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="the index, the dense backward and the InfoNCE alone at each launch shape instead")
+    parser.add_argument("--sweep", nargs="?", const=",".join(SWEEPS), default=None, metavar="TABLES",
+                        help="kernels alone at each launch shape instead: comma-separated tables of "
+                             f"{', '.join(SWEEPS)} (default: all, in that order)")
     parser.add_argument("--host", action="store_true",
                         help="the host's time per fused step and where it goes (cProfile) instead")
     args = parser.parse_args(argv)
+    tables = args.sweep.split(",") if args.sweep is not None else []
+    unknown = [t for t in tables if t not in SWEEPS]
+    if unknown:
+        parser.error(f"unknown --sweep tables {unknown}; choose from {list(SWEEPS)}")
     if args.bound:
         print_bounds(FULL, "cuda" if CUDA else "cpu")
         return 0
@@ -1004,7 +1021,7 @@ def main(argv=None):
     print(f"device: {device}; B={config['batch']} D={config['channels']} "
           f"{config['size']}x{config['size']} N={config['num_samples']}; the fused path's region "
           f"index: {index_sort()}", flush=True)
-    if (args.host or args.profile or args.sweep) and not (CUDA or triton_usable("cpu")):
+    if (args.host or args.profile or tables) and not (CUDA or triton_usable("cpu")):
         print("the fused path needs CUDA or TRITON_INTERPRET=1")
         return 1
     if args.host:
@@ -1012,10 +1029,10 @@ def main(argv=None):
     if args.profile:
         run_profile(config, quick=args.quick)
         return 0
-    if args.sweep:
-        failures = (sweep_index(config, quick=args.quick) + sweep_search(config, quick=args.quick)
-                    + sweep_backward(config, quick=args.quick)
-                    + sweep_infonce(config, quick=args.quick) + sweep_overlap(config, quick=args.quick))
+    if tables:
+        failures = []
+        for table in tables:
+            failures += SWEEPS[table](config, quick=args.quick)
         for reason in sorted(DO_BENCH_REASONS):
             print(f"\ncells marked (do_bench): {reason}")
         print("\nCORRECTNESS CHECK FAILED:\n" + "\n".join(failures) if failures else "")

@@ -156,8 +156,11 @@ step bench_loss_host 45 $PY benchmarks/bench_loss.py --host
 [ -f .baseline/benchmarks/bench_loss.py ] && baseline_built && step baseline_bench_loss_profile 30 \
   env PYTHONPATH="$PWD/.baseline${PYTHONPATH:+:$PYTHONPATH}" $PY .baseline/benchmarks/bench_loss.py --profile --quick
 step bench_elastic_sweep 60 $PY benchmarks/bench_elastic.py --sweep
-# each cell a capture and CUDA graph replays (about 150 cells)
-step bench_loss_sweep 150 $PY benchmarks/bench_loss.py --sweep
+# each cell a capture and CUDA graph replays: first the tables of the changes not yet timed (the
+# InfoNCE's shapes, the sampler's search widths, the zero fills on a second stream), then in a step
+# of their own the index's and the dense backward's shapes, so neither step's limit cuts the other
+step bench_loss_sweep 150 $PY benchmarks/bench_loss.py --sweep infonce,search,overlap
+step bench_loss_sweep_shapes 75 $PY benchmarks/bench_loss.py --sweep backward,index
 # where the Felzenszwalb kernel's warps wait, per SASS line (Nsight Compute, one B=16 launch); the
 # report goes to $OUT on its own (it could make the log archive too big to come back)
 REPORT_DIR=${OUT:-$LOG_DIR}

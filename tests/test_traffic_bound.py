@@ -1,4 +1,5 @@
-"""The loss benchmark's DRAM traffic bound (``benchmarks/bench_loss.py``) against brute force.
+"""The loss benchmark's DRAM traffic bound (``benchmarks/bench_loss.py``) against brute force,
+and its ``--sweep`` table selection.
 
 The bound says how close to the zero-fill floor any fused loss step could come; it is only worth
 printing if its sector count is right, so it is checked here byte by byte on small cases.
@@ -51,3 +52,18 @@ def test_traffic_bound_whole_map_read():
     assert bound["NCHW"] == pytest.approx(1 + (maps + gradients) / gradients)
     assert bound["channels_last"] == pytest.approx(bound["NCHW"])
     assert bound["sampled MB"]["NCHW"] == pytest.approx(gradients / 1e6)
+
+
+def test_sweep_runs_the_tables_asked_for_in_that_order(monkeypatch, capsys):
+    # gpu_check.sh runs the untimed changes' tables in one step and the older shapes in another
+    ran = []
+    for name in bench_loss.SWEEPS:
+        monkeypatch.setitem(bench_loss.SWEEPS, name, lambda config, quick, name=name: ran.append(name) or [])
+    assert bench_loss.main(["--sweep", "overlap,infonce"]) == 0
+    assert ran == ["overlap", "infonce"]
+    ran.clear()
+    assert bench_loss.main(["--sweep"]) == 0
+    assert ran == ["infonce", "search", "overlap", "backward", "index"]  # the untimed changes first
+    with pytest.raises(SystemExit):
+        bench_loss.main(["--sweep", "infonce,bogus"])
+    assert "unknown --sweep tables ['bogus']" in capsys.readouterr().err
