@@ -69,14 +69,15 @@ def _check_options(num_samples, temperature, num_regions, max_regions, subset, r
     num_samples = _check_int("num_samples", num_samples, 1)
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a real number, got {temperature!r}.")
+    given = temperature
     try:
         temperature = float(temperature)
     except OverflowError:  # an int beyond float range
         temperature = float("inf")
     if not (temperature > 0 and temperature != float("inf")):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}.")
+        raise ValueError(f"temperature must be a finite number > 0, got {given!r}.")
     if 1.0 / temperature > torch.finfo(torch.float32).max:  # the logits are scaled in float32
-        raise ValueError(f"temperature must be at least 1 / float32 max (~2.9e-39), got {temperature}.")
+        raise ValueError(f"temperature must be at least 1 / float32 max (~2.9e-39), got {given!r}.")
     num_regions = _check_int("num_regions", num_regions, 1, allow_none=True)
     max_regions = _check_int("max_regions", max_regions, 1, allow_none=True)
     if subset not in _ref.SUBSETS:
