@@ -53,6 +53,19 @@ def test_window_hu_numpy_and_torch_agree_and_are_float32():
         np.testing.assert_allclose(t.numpy(), expected, atol=1e-6)
 
 
+def test_window_hu_stays_within_0_1_for_non_integer_windows():
+    # float32 rounding of the window's ends once mapped (0.1, 0.3)'s top to 1.0000001
+    assert window_hu(np.array([0.3, 1.0]), (0.1, 0.3)).tolist() == [1.0, 1.0]
+    assert window_hu(torch.tensor([0.3, 1.0]), (0.1, 0.3)).tolist() == [1.0, 1.0]
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        low = rng.uniform(-1000, 1000)
+        high = low + rng.uniform(1e-3, 500)
+        x = rng.uniform(low - 10, high + 10, size=64)
+        for out in (window_hu(x, (low, high)), window_hu(torch.from_numpy(x), (low, high)).numpy()):
+            assert 0.0 <= out.min() and out.max() <= 1.0, (low, high)
+
+
 def test_window_hu_keeps_input_unchanged():
     x = np.array([-1000.0, 100.0], dtype=np.float32)
     window_hu(x)
@@ -279,6 +292,12 @@ def test_nan_is_an_error(tmp_path):
     path = write_image(array_to_image(bad, spacing), tmp_path / "nan.mha")  # NIfTI I/O turns NaN into 0
     with pytest.raises(CTDataError, match="nan.mha: contains NaN"):
         prepare_volume(path)
+    # over a million voxels the percentiles use a strided sample; the NaN check must not
+    big = np.tile(ct.astype(np.float32), (60, 1, 1))  # (720, 64, 64): 2.9 M voxels, a sample stride of 2
+    big[5, 3, 3] = np.nan  # voxel 5 * 4096 + 3 * 64 + 3, an odd index: not in the sample
+    path = write_image(array_to_image(big, spacing), tmp_path / "big_nan.mha")
+    with pytest.raises(CTDataError, match="big_nan.mha: contains NaN"):
+        prepare_volume(path, spacing=None)
 
 
 def test_bad_label_values_are_errors(tmp_path, phantom_files):

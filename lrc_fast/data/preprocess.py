@@ -99,7 +99,8 @@ def window_hu(x, window: Window = "abdomen"):
     Returns
     -------
     np.ndarray or torch.Tensor, same shape, float32
-        ``(clip(x, low, high) - low) / (high - low)``; a tensor stays on its device.
+        ``(clip(x, low, high) - low) / (high - low)``, within [0, 1] also where float32
+        rounding of a non-integer window would pass 1; a tensor stays on its device.
 
     Raises
     ------
@@ -114,14 +115,16 @@ def window_hu(x, window: Window = "abdomen"):
     array([0. , 0. , 0.5, 1. , 1. ], dtype=float32)
     """
     low, high = resolve_window(window)
-    width = high - low  # a division (not a reciprocal product) maps `high` to exactly 1.0
+    width = high - low  # a division (not a reciprocal product) maps an integer `high` to exactly 1.0
+    # the last clamp: with a window such as (0.1, 0.3), float32(0.3) - float32(0.1) exceeds
+    # float32(0.2), and the top of the window would map to 1.0000001
     if isinstance(x, torch.Tensor):
-        return (x.to(torch.float32).clamp(low, high) - low) / width
+        return ((x.to(torch.float32).clamp(low, high) - low) / width).clamp_(0.0, 1.0)
     if isinstance(x, np.ndarray):
         out = np.clip(x.astype(np.float32, copy=True), low, high)
         out -= np.float32(low)
         out /= np.float32(width)
-        return out
+        return np.clip(out, 0.0, 1.0, out=out)
     raise TypeError(f"x must be a numpy array or a torch tensor; got {type(x).__name__}")
 
 
@@ -143,16 +146,17 @@ def check_volume_3d(image: sitk.Image, path) -> None:
 def check_ct_intensity(array: np.ndarray, path) -> None:
     """Raise :class:`CTDataError` naming ``path`` unless ``array`` looks like CT in HU.
 
-    The test: finite values, 1st percentile within :data:`CT_P1_RANGE` (air or padding is
-    present) and 99th percentile within :data:`CT_P99_RANGE`. Percentiles are computed on at
-    most about one million evenly strided voxels. Data normalised to [0, 1] or [0, 255],
+    The test: finite values (every voxel), 1st percentile within :data:`CT_P1_RANGE` (air or
+    padding is present) and 99th percentile within :data:`CT_P99_RANGE`. Percentiles are
+    computed on at most about one million evenly strided voxels. Data normalised to [0, 1] or [0, 255],
     stored values without the rescale intercept, and MR fail it. Volumes cropped tightly
     inside the body also fail; turn the check off for them (``check_intensity=False``).
     """
     flat = array.reshape(-1)
-    sample = flat[:: max(1, flat.size // 1_000_000)].astype(np.float32)
-    if not np.isfinite(sample).all():
+    # every voxel, not the sample: one NaN would spread through resampling into the cache
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
         raise CTDataError(path, "contains NaN or infinite values; CT in HU is needed")
+    sample = flat[:: max(1, flat.size // 1_000_000)].astype(np.float32)
     p1, p99 = np.percentile(sample, [1, 99])
     if not (CT_P1_RANGE[0] <= p1 <= CT_P1_RANGE[1] and CT_P99_RANGE[0] <= p99 <= CT_P99_RANGE[1]):
         raise CTDataError(
