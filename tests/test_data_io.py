@@ -1,6 +1,7 @@
 """Reading and writing volumes: file round trips, DICOM series, and unreadable input."""
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,6 +162,36 @@ def test_dicom_folder_with_two_series_needs_series_id(tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(read_dicom_series(CT5N)))
     with pytest.raises(CTDataError, match="has no DICOM series 'nope'"):
         read_dicom_series(tmp_path, series_id="nope")
+
+
+@pytest.mark.parametrize("keep_bytes", [0, 100, "half"])
+@pytest.mark.parametrize("which", [0, -1, 2])  # the first, last and a middle slice by position
+def test_a_damaged_slice_is_an_error_not_a_shorter_volume(tmp_path, keep_bytes, which):
+    # GDCM leaves out a file it cannot parse: a damaged first or last slice would go unnoticed
+    # (the gaps stay uniform), a middle one would be reported as non-uniform gaps
+    for name in os.listdir(CT5N):
+        shutil.copy(os.path.join(CT5N, name), tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not a slice")  # other files are no slices
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    assert sitk.GetArrayFromImage(read_dicom_series(tmp_path)).shape[0] == 5
+    damaged = Path(dicom_series_files(tmp_path)[which])
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2 if keep_bytes == "half" else keep_bytes])
+    with pytest.raises(CTDataError, match=rf"1 file\(s\) look like slices but could not be read as DICOM "
+                                          rf".*\['{damaged.name}'\]; repair or remove them"):
+        read_dicom_series(tmp_path)
+
+
+def test_a_damaged_slice_with_another_series_beside_it(tmp_path):
+    for folder, tag in ((CT5N, "a"), (CT2, "b")):
+        for name in os.listdir(folder):
+            shutil.copy(os.path.join(folder, name), tmp_path / f"{tag}{name}.dcm")
+    ct5n_uid = sitk.ImageSeriesReader.GetGDCMSeriesIDs(CT5N)[0]
+    assert sitk.GetArrayFromImage(read_dicom_series(tmp_path, series_id=ct5n_uid)).shape[0] == 5
+    damaged = Path(dicom_series_files(tmp_path, ct5n_uid)[-1])
+    damaged.write_bytes(b"")
+    with pytest.raises(CTDataError, match=damaged.name):
+        read_dicom_series(tmp_path, series_id=ct5n_uid)
 
 
 def test_folder_without_dicom_is_an_error(tmp_path):

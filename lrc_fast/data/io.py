@@ -206,8 +206,10 @@ def read_dicom_series(folder: os.PathLike | str, series_id: str | None = None) -
     Raises
     ------
     CTDataError
-        Naming the folder: no or ambiguous series, unreadable files, mixed orientations,
-        duplicate or non-uniform slice positions.
+        Naming the folder: no or ambiguous series, unreadable files (also a damaged slice that
+        GDCM would leave out of the series: a file with DICOM's magic bytes, or named like the
+        slices read, that belongs to no series), mixed orientations, duplicate or non-uniform
+        slice positions.
 
     Example
     -------
@@ -216,6 +218,13 @@ def read_dicom_series(folder: os.PathLike | str, series_id: str | None = None) -
     (2.0, 0.9765625, 0.9765625)
     """
     files = dicom_series_files(folder, series_id)
+    unread = _unread_slices(folder, files)
+    if unread:
+        raise CTDataError(
+            folder,
+            f"{len(unread)} file(s) look like slices but could not be read as DICOM (damaged or "
+            f"truncated?): {unread[:5]}{' ...' if len(unread) > 5 else ''}; repair or remove them",
+        )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -226,6 +235,43 @@ def read_dicom_series(folder: os.PathLike | str, series_id: str | None = None) -
     if len(files) > 1:
         _check_series_geometry(folder, reader, files)
     return image
+
+
+def _unread_slices(folder, files: list[str]) -> list[str]:
+    """Names of the files directly in ``folder`` that GDCM left out of every series (it skips
+    what it cannot parse, so a damaged first or last slice would vanish without a trace) but
+    that look like slices: DICOM's magic bytes, or the name style that every file read has.
+
+    ``files``: the chosen series' files. Hidden files and ``DICOMDIR`` are not slices.
+    """
+    ids = dicom_series_ids(folder)
+    read = [files] if len(ids) == 1 else [
+        sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in ids]
+    claimed = {os.path.basename(f) for series in read for f in series}
+    styles = {_name_style(name) for name in claimed}
+    unread = []
+    for entry in sorted(Path(folder).iterdir()):
+        name = entry.name
+        if name in claimed or name.startswith(".") or name.upper() == "DICOMDIR" or not entry.is_file():
+            continue
+        if _has_dicom_magic(entry) or (len(styles) == 1 and _name_style(name) in styles):
+            unread.append(name)
+    return unread
+
+
+def _name_style(name: str) -> str:
+    # a file name's extension, with all-digit ones (UID-like names such as CT.1.3.12.2...16573) alike
+    suffix = Path(name).suffix.lower()
+    return "digits" if suffix[1:].isdigit() else suffix
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)  # after the 128-byte preamble
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _check_series_geometry(folder, reader: sitk.ImageSeriesReader, files: list[str]) -> None:
