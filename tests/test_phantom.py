@@ -179,8 +179,9 @@ def test_phantom_slice_takes_numpy_numbers():
 def test_rewriting_with_other_arguments_leaves_only_the_new_dataset(tmp_path):
     write_phantom_dataset(tmp_path, 3, seed=5, layout="msd", **SMALL)
     pairs = write_phantom_dataset(tmp_path, 2, seed=5, layout="pairs", **SMALL)  # another layout
-    assert not (tmp_path / "dataset.json").exists() and not list((tmp_path / "imagesTr").iterdir())
-    assert [(c.case_id, c.image) for c in find_cases(tmp_path)] == [(c.case_id, c.image) for c in pairs]
+    # the msd layout's folders go too: left empty, they failed a strict scan
+    assert not any((tmp_path / name).exists() for name in ("dataset.json", "imagesTr", "labelsTr"))
+    assert [(c.case_id, c.image) for c in find_cases(tmp_path, strict=True)] == [(c.case_id, c.image) for c in pairs]
     fewer = write_phantom_dataset(tmp_path, 1, seed=5, layout="pairs", **SMALL)  # fewer cases
     assert [c.case_id for c in find_cases(tmp_path)] == [c.case_id for c in fewer] == ["phantom_000"]
     assert json.loads((tmp_path / ".lrc_phantom.json").read_text())["cases"] == ["phantom_000"]
@@ -188,6 +189,14 @@ def test_rewriting_with_other_arguments_leaves_only_the_new_dataset(tmp_path):
     write_phantom_dataset(tmp_path, 1, seed=6, layout="plain", **SMALL)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [".lrc_phantom.json", "notes.txt",
                                                                          "phantom_000.nii.gz"]
+
+
+def test_an_msd_folder_holding_other_files_stays(tmp_path):
+    write_phantom_dataset(tmp_path, 1, seed=5, layout="msd", **SMALL)
+    (tmp_path / "labelsTr" / "notes.txt").write_text("not ours")
+    write_phantom_dataset(tmp_path, 1, seed=5, layout="plain", **SMALL)
+    assert not (tmp_path / "imagesTr").exists()
+    assert [p.name for p in (tmp_path / "labelsTr").iterdir()] == ["notes.txt"]
 
 
 def test_interrupted_rewrite_is_not_kept(tmp_path, monkeypatch):

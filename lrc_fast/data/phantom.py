@@ -591,8 +591,9 @@ def _case_paths(folder: Path, case_id: str, layout: str) -> tuple[Path, Path | N
 
 
 def _remove_unwanted(folder: Path, previous: dict, keep: set) -> None:
-    """Remove the files an earlier call recorded (``previous``) that are not in ``keep``, and its
-    dataset.json when this call writes another layout: nothing that call did not write."""
+    """Remove the files an earlier call recorded (``previous``) that are not in ``keep``, its
+    dataset.json when this call writes another layout, and its subfolders (imagesTr/, labelsTr/)
+    once empty: nothing that call did not write."""
     params = previous.get("params")
     layout = params.get("layout") if isinstance(params, dict) else None
     if layout not in ("msd", "pairs", "plain"):
@@ -603,6 +604,10 @@ def _remove_unwanted(folder: Path, previous: dict, keep: set) -> None:
                 path.unlink(missing_ok=True)
     if layout == "msd" and not any(p.parent.name == "imagesTr" for p in keep):
         (folder / "dataset.json").unlink(missing_ok=True)
+        for sub in ("imagesTr", "labelsTr"):  # empty folders left would break a strict scan
+            path = folder / sub
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
 
 
 def _write_msd_json(folder: Path, cases: list) -> None:
