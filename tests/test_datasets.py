@@ -129,6 +129,28 @@ def test_pairs_in_subfolders(tmp_path):
     assert [(c.case_id, c.image.parent.name, c.label.parent.name) for c in cases] == [("a7", "images", "labels")]
 
 
+@pytest.mark.parametrize("layout, patterns, match", [
+    ("pairs", dict(image_pattern="/abs/*.nii.gz"), "image_pattern must be a pattern relative to root and inside it"),
+    ("pairs", dict(label_pattern="../*_label.nii.gz"), "label_pattern must be a pattern relative to root"),
+    ("plain", dict(image_pattern="sub/../../*.nii.gz"), "image_pattern must be a pattern relative to root"),
+    ("pairs", dict(image_pattern=""), "image_pattern must contain exactly one"),  # not the default pattern
+    ("auto", dict(label_pattern=""), "label_pattern must contain exactly one"),
+])
+def test_patterns_outside_root_or_empty_are_errors(tmp_path, layout, patterns, match):
+    (tmp_path / "inner").mkdir()
+    write_phantom_dataset(tmp_path, 1, layout="pairs", **SMALL)  # files the patterns could reach
+    with pytest.raises(ValueError, match=match):
+        find_cases(tmp_path / "inner" if ".." in str(patterns) else tmp_path, layout, **patterns)
+
+
+def test_files_in_hidden_folders_are_ignored(tmp_path):
+    ct, _, spacing = make_phantom(1, **SMALL)
+    image = array_to_image(np.rint(ct).astype(np.int16), spacing)
+    for folder in ("a", ".Trash", "b/.cache"):
+        write_image(image, tmp_path / folder / "ct.nii.gz")
+    assert [c.case_id for c in find_cases(tmp_path, "plain", image_pattern="*/ct.nii.gz", strict=True)] == ["a"]
+
+
 def test_plain_layout_reports_what_it_cannot_use(tmp_path):
     pydicom = pytest.importorskip("pydicom")
     ct5n = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files", "dicomdirtests", "98892001", "CT5N")

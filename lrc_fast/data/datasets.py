@@ -85,6 +85,8 @@ class Case:
 def _pattern_regex(pattern: str, name: str) -> re.Pattern:
     if not isinstance(pattern, str) or pattern.count("*") != 1 or any(c in pattern for c in "?[]"):
         raise ValueError(f"{name} must contain exactly one '*' (the case id) and no other wildcards; got {pattern!r}")
+    if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+        raise ValueError(f"{name} must be a pattern relative to root and inside it; got {pattern!r}")
     before, after = pattern.split("*")
     return re.compile(re.escape(before) + "(.+)" + re.escape(after) + r"\Z")
 
@@ -95,7 +97,7 @@ def _match(root: Path, pattern: str, name: str) -> dict[str, Path]:
     for path in sorted(root.glob(pattern)):
         rel = path.relative_to(root).as_posix()
         hit = regex.match(rel)
-        if hit and not path.name.startswith("."):
+        if hit and not any(part.startswith(".") for part in Path(rel).parts):  # hidden files and folders
             found[hit.group(1)] = path
     return found
 
@@ -256,7 +258,8 @@ def find_cases(
     Raises
     ------
     ValueError
-        Unknown ``layout`` or a malformed pattern.
+        Unknown ``layout`` or a malformed pattern: not exactly one ``*``, another wildcard,
+        empty, absolute, or leading out of ``root`` (``..``).
     FileNotFoundError
         If ``root`` is not a folder.
     CTDataError
@@ -278,7 +281,7 @@ def find_cases(
     if layout == "auto":
         if (root / "dataset.json").exists():
             layout = "msd"
-        elif label_pattern or _match(root, DEFAULT_LABEL_PATTERN, "label_pattern"):
+        elif label_pattern is not None or _match(root, DEFAULT_LABEL_PATTERN, "label_pattern"):
             layout = "pairs"
         else:
             layout = "plain"
@@ -286,8 +289,9 @@ def find_cases(
     if layout == "plain":
         cases = _scan_plain(root, image_pattern, skipped)
     elif layout == "pairs":
-        image_pattern = image_pattern or DEFAULT_IMAGE_PATTERN
-        cases = _scan_pairs(root, image_pattern, label_pattern or DEFAULT_LABEL_PATTERN, skipped)
+        image_pattern = DEFAULT_IMAGE_PATTERN if image_pattern is None else image_pattern
+        label_pattern = DEFAULT_LABEL_PATTERN if label_pattern is None else label_pattern
+        cases = _scan_pairs(root, image_pattern, label_pattern, skipped)
     else:
         cases = _scan_msd(root, include_test, skipped)
     ids = [c.case_id for c in cases]
