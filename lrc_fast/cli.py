@@ -115,18 +115,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         print(backends())
         return 0
+    error = p_demo.error  # usage errors name `lrc-fast demo` and its options
     if args.size < 64:
-        parser.error(f"--size must be at least 64, got {args.size}")
+        error(f"--size must be at least 64, got {args.size}")
     if not 0 <= args.seed < 2 ** 64:  # what torch.manual_seed and the phantom take
-        parser.error(f"--seed must be in [0, 2**64), got {args.seed}")
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out must be a folder (it is created if missing); {str(args.out)!r} is a file")
+        error(f"--seed must be in [0, 2**64), got {args.seed}")
     try:
         device = torch.device(args.device)
     except RuntimeError:
-        parser.error(f"--device must be a torch device such as 'cpu' or 'cuda:0', got {args.device!r}")
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        error(f"--device must be 'cpu' or 'cuda' (optionally 'cuda:N'), got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: this torch has no CUDA device; use --device cpu")
+        error("--device cuda: this torch has no CUDA device; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        error(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if args.out.exists() and not args.out.is_dir():
+        error(f"--out must be a folder (it is created if missing); {str(args.out)!r} is a file")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error(f"--out {str(args.out)!r}: cannot create the folder ({exc.strerror or exc})")
     return demo(args.out, args.size, args.seed, args.device)
 
 

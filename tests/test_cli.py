@@ -25,14 +25,20 @@ def test_info_prints_the_backends(capsys):
     (["demo", "--seed", "-1"], "--seed must be in [0, 2**64), got -1"),
     (["demo", "--seed", str(2 ** 64)], "--seed must be in [0, 2**64)"),
     (["demo", "--out", __file__], "--out must be a folder"),
-    (["demo", "--device", "foo"], "--device must be a torch device"),
+    (["demo", "--out", __file__ + "/sub"], "cannot create the folder"),  # a folder under a file
+    (["demo", "--device", "foo"], "--device must be 'cpu' or 'cuda' (optionally 'cuda:N'), got 'foo'"),
+    (["demo", "--device", "meta"], "--device must be 'cpu' or 'cuda'"),
+    (["demo", "--device", "mps"], "--device must be 'cpu' or 'cuda'"),
     (["bogus"], "invalid choice"),
 ])
 def test_bad_arguments_are_usage_errors(args, match, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
-    assert match in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert match in err
+    if args[0] == "demo":  # the usage line is the subcommand's
+        assert err.startswith("usage: lrc-fast demo")
 
 
 def test_cuda_device_without_cuda_is_a_usage_error(monkeypatch, capsys):
@@ -40,3 +46,11 @@ def test_cuda_device_without_cuda_is_a_usage_error(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--device", "cuda"])
     assert "this torch has no CUDA device" in capsys.readouterr().err
+
+
+def test_cuda_device_index_beyond_the_machine_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    with pytest.raises(SystemExit):
+        main(["demo", "--device", "cuda:3"])
+    assert "--device cuda:3: this machine has 1 CUDA device(s)" in capsys.readouterr().err
