@@ -61,11 +61,6 @@ def compare(volumes, backends, params, labels=labels_of):
             yield (data, backend), (sum(v.shape[0] for _, v in vols), bad, time.perf_counter() - start)
 
 
-def differing_slices(volumes, backends, params, labels=labels_of):
-    """:func:`compare`'s rows as one dict."""
-    return dict(compare(volumes, backends, params, labels))
-
-
 def natural_key(name: str) -> list:
     """Sort key that orders pt_2 before pt_10, as ``make gpu-data``'s ``sort -V`` does."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

@@ -55,8 +55,7 @@ def _save_png(path: Path, rgb: np.ndarray) -> None:
 def demo(out: Path, size: int, seed: int, device: str) -> int:
     from .data.phantom import phantom_slice
 
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device)
+    dev = torch.device(device)  # `out` exists: main made it, or said why it could not
     print(f"lrc_fast demo on {dev}; backends: {backends()}")
 
     slices = {

@@ -39,9 +39,9 @@ from .io import (
     VOLUME_SUFFIXES,
     CTDataError,
     detached_data_files,
-    dicom_series_files,
     dicom_series_ids,
     report_skipped,
+    series_file_names,
     strip_volume_suffix,
     volume_suffix,
 )
@@ -123,9 +123,7 @@ def _scan_plain(root: Path, image_pattern: str | None, skipped: list) -> list[Ca
     loose = [p for p in loose if p.resolve() not in data_files]
     if loose:  # files without a volume ending: DICOM slices stored directly in root?
         ids = dicom_series_ids(root)
-        used = set()
-        for sid in ids:
-            used.update(Path(f).name for f in dicom_series_files(root, sid))
+        used = series_file_names(root, ids)
         cases.extend(_series_cases(root, ids))
         expected = ", ".join("*" + s for s in VOLUME_SUFFIXES)
         skipped.extend((str(p), f"not a volume file (expected one of {expected} or a DICOM series)")

@@ -170,7 +170,11 @@ def dicom_series_files(folder: os.PathLike | str, series_id: str | None = None) 
         If the folder holds no DICOM series, several series and no ``series_id``, or not
         the requested one.
     """
-    ids = dicom_series_ids(folder)
+    return _series_files(folder, dicom_series_ids(folder), series_id)
+
+
+def _series_files(folder, ids: Sequence[str], series_id: str | None) -> list[str]:
+    """:func:`dicom_series_files` given the folder's series ``ids`` (one GDCM scan fewer)."""
     if not ids:
         raise CTDataError(folder, "no DICOM series found in this folder")
     if series_id is None:
@@ -182,6 +186,11 @@ def dicom_series_files(folder: os.PathLike | str, series_id: str | None = None) 
     elif series_id not in ids:
         raise CTDataError(folder, f"has no DICOM series {series_id!r}; it holds {list(ids)}")
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id))
+
+
+def series_file_names(folder: os.PathLike | str, ids: Sequence[str]) -> set[str]:
+    """Names of the files that belong to any of the series ``ids`` directly inside ``folder``."""
+    return {os.path.basename(f) for i in ids for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i)}
 
 
 def read_dicom_series(folder: os.PathLike | str, series_id: str | None = None) -> sitk.Image:
@@ -217,8 +226,9 @@ def read_dicom_series(folder: os.PathLike | str, series_id: str | None = None) -
     >>> spacing_zyx(image)                                # doctest: +SKIP
     (2.0, 0.9765625, 0.9765625)
     """
-    files = dicom_series_files(folder, series_id)
-    unread = _unread_slices(folder, files)
+    ids = dicom_series_ids(folder)
+    files = _series_files(folder, ids, series_id)
+    unread = _unread_slices(folder, ids, files)
     if unread:
         raise CTDataError(
             folder,
@@ -237,17 +247,15 @@ def read_dicom_series(folder: os.PathLike | str, series_id: str | None = None) -
     return image
 
 
-def _unread_slices(folder, files: list[str]) -> list[str]:
+def _unread_slices(folder, ids: Sequence[str], files: list[str]) -> list[str]:
     """Names of the files directly in ``folder`` that GDCM left out of every series (it skips
     what it cannot parse, so a damaged first or last slice would vanish without a trace) but
     that look like slices: DICOM's magic bytes, or the name style that every file read has.
 
-    ``files``: the chosen series' files. Hidden files and ``DICOMDIR`` are not slices.
+    ``ids``: the folder's series; ``files``: the chosen one's. Hidden files and ``DICOMDIR`` are
+    not slices.
     """
-    ids = dicom_series_ids(folder)
-    read = [files] if len(ids) == 1 else [
-        sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in ids]
-    claimed = {os.path.basename(f) for series in read for f in series}
+    claimed = {os.path.basename(f) for f in files} if len(ids) == 1 else series_file_names(folder, ids)
     styles = {_name_style(name) for name in claimed}
     unread = []
     for entry in sorted(Path(folder).iterdir()):
